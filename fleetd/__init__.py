@@ -1,0 +1,1 @@
+"""fleetd: a fleet-compatible cluster init system on etcd v3."""

@@ -1,0 +1,142 @@
+"""`provision` command line: parse arguments, run a command, turn errors into exit codes.
+
+Commands return an exit status or raise; only `main` prints errors. A
+`UserError` (bad input) prints its problems, one line each, and exits 2; an
+`OperationFailed` exits 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from provision import __version__
+from provision.errors import EXIT_USAGE, OperationFailed, Problem, UserError
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    if args.user_data:
+        return _validate_user_data(args.files)
+    from provision.model_build import load_cluster
+
+    problems: list[Problem] = []
+    summaries = []
+    for file in args.files:
+        try:
+            cluster, warnings = load_cluster(file)
+        except UserError as err:
+            problems.extend(err.problems)
+            continue
+        problems.extend(warnings)
+        summaries.append(f"{file}: valid: {_summary(cluster)}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if any(p.severity == "error" for p in problems):
+        return EXIT_USAGE
+    for line in summaries:
+        print(line)
+    return 0
+
+
+def _validate_user_data(files: Sequence[str]) -> int:
+    from provision.cloudconfig import validate_user_data
+
+    failed = False
+    for file in files:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            print(Problem(file, None, None, f"cannot read: {err}"), file=sys.stderr)
+            failed = True
+            continue
+        problems = validate_user_data(text, file)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if any(p.severity == "error" for p in problems):
+            failed = True
+        elif not problems:
+            print(f"{file}: valid cloud-config")
+    return EXIT_USAGE if failed else 0
+
+
+def _summary(cluster) -> str:  # noqa: ANN001 - Cluster; imported lazily
+    members = len(cluster.members)
+    others = len(cluster.nodes) - members
+    units = sum(len(u.unit_names) for u in cluster.units)
+    return (f"{len(cluster.nodes)} nodes ({members} etcd members, {others} other), "
+            f"{cluster.etcd.discovery.mode.value} discovery, provider {cluster.provider}, "
+            f"{units} declared units")
+
+
+def default_output_dir(cluster_name: str) -> Path:
+    return Path("out") / cluster_name
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from provision import discovery
+    from provision.model_build import load_cluster
+    from provision.output import write_rendered
+    from provision.render import render_cluster
+
+    cluster, warnings = load_cluster(args.cluster)
+    for problem in warnings:
+        print(problem, file=sys.stderr)
+    out_dir = Path(args.output) if args.output else default_output_dir(cluster.name)
+    resolved, record = discovery.resolve(cluster, out_dir, new_token=args.new_token)
+    files = render_cluster(cluster, resolved, substitute=args.substitute)
+    write_rendered(out_dir, files, record)
+    others = ", ".join(f.name for f in files[len(cluster.nodes):])
+    first, last = cluster.nodes[0].user_data_name, cluster.nodes[-1].user_data_name
+    span = first if first == last else f"{first} … {last}"
+    print(f"rendered {cluster.name}: {len(cluster.nodes)} nodes to {out_dir}/ ({span}, {others})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provision",
+        description="Declare a cluster in YAML, render each node's cloud-config, bring it up.")
+    parser.add_argument("--version", action="version", version=f"provision {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    validate = commands.add_parser(
+        "validate", help="check cluster definitions (or cloud-config files with --user-data)")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--user-data", action="store_true",
+                          help="the files are rendered cloud-configs (user-data-N), not "
+                               "cluster definitions")
+    validate.set_defaults(run=_cmd_validate)
+
+    render = commands.add_parser("render", help="write user-data-1..N and a node manifest")
+    render.add_argument("cluster", metavar="CLUSTER.yaml")
+    render.add_argument("-o", "--output", metavar="DIR",
+                        help="output directory (default: out/<cluster name>)")
+    render.add_argument("--substitute", action="store_true",
+                        help="write each node's IPs instead of $private_ipv4/$public_ipv4")
+    render.add_argument("--new-token", action="store_true",
+                        help="request a fresh discovery token instead of reusing the cached one")
+    render.set_defaults(run=_cmd_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return err.exit_code
+    except OperationFailed as err:
+        print(f"provision: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("provision: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Each node's cloud-config as data: the single truth the template renders.
+
+`node_cloud_config` is pure: cluster model + resolved discovery in, a plain
+dict out, exactly what the rendered `user-data-N` must parse back to. Key
+names follow the seeds' CoreOS style (dashes under etcd2 and fleet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from provision.model import (
+    SUBSTITUTION_PRIVATE,
+    SUBSTITUTION_PUBLIC,
+    Cluster,
+    DiscoveryMode,
+    EtcdRole,
+    Node,
+    NodeUnit,
+    WriteFile,
+)
+
+NETWORK_DROP_IN = "50-network-config.conf"
+
+
+@dataclass(frozen=True)
+class ResolvedDiscovery:
+    """Discovery facts known only at render time (a requested or generated token URL)."""
+
+    url: str | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Addresses:
+    private: str
+    public: str
+    peer_host: str
+
+
+def addresses(cluster: Cluster, node: Node, substitute: bool) -> Addresses:
+    private = str(node.ip) if substitute else SUBSTITUTION_PRIVATE
+    public = str(node.ip) if substitute else SUBSTITUTION_PUBLIC
+    domain = cluster.etcd.discovery.domain
+    peer_host = (f"{node.name}.{domain}" if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
+                 else private)
+    return Addresses(private, public, peer_host)
+
+
+def _dashed(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def member_client_urls(cluster: Cluster) -> list[str]:
+    return [f"http://{n.ip}:{cluster.etcd.client_port}" for n in cluster.members]
+
+
+def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
+                  addr: Addresses) -> dict:
+    etcd = cluster.etcd
+    cp, pp = etcd.client_port, etcd.peer_port
+    mode = etcd.discovery.mode
+    section: dict = {"name": node.name}
+    if node.etcd_role is EtcdRole.DISCOVERY:
+        section["advertise-client-urls"] = f"http://{addr.public}:{cp}"
+        section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
+    elif node.etcd_role is EtcdRole.PROXY:
+        section["proxy"] = "on"
+        section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
+    else:
+        section["advertise-client-urls"] = f"http://{addr.public}:{cp}"
+        section["initial-advertise-peer-urls"] = f"http://{addr.peer_host}:{pp}"
+        section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
+        section["listen-peer-urls"] = f"http://{addr.private}:{pp}"
+
+    if node.etcd_role is not EtcdRole.DISCOVERY:
+        if mode is DiscoveryMode.STATIC:
+            if node.etcd_role is EtcdRole.MEMBER:
+                section["initial-cluster-token"] = etcd.discovery.cluster_token
+            section["initial-cluster"] = cluster.initial_cluster
+            if node.etcd_role is EtcdRole.MEMBER:
+                section["initial-cluster-state"] = "new"
+        elif mode is DiscoveryMode.DNS_SRV:
+            section["discovery-srv"] = etcd.discovery.domain
+            if node.etcd_role is EtcdRole.MEMBER:
+                section["initial-cluster-token"] = etcd.discovery.cluster_token
+                section["initial-cluster-state"] = "new"
+        else:
+            section["discovery"] = disc.url
+    for key, value in etcd.settings + node.etcd2_settings:
+        section[_dashed(key)] = value
+    return section
+
+
+def fleet_section(cluster: Cluster, node: Node, addr: Addresses) -> dict:
+    fleet = cluster.fleet
+    public_ip = fleet.public_ip.replace(SUBSTITUTION_PUBLIC, addr.public).replace(
+        SUBSTITUTION_PRIVATE, addr.private)
+    section: dict = {"public-ip": public_ip}
+    if node.metadata:
+        section["metadata"] = node.metadata_text
+    if fleet.etcd_servers:
+        servers = list(fleet.etcd_servers)
+    elif node.etcd_role is EtcdRole.DISCOVERY:
+        # The discovery etcd is not part of the cluster; fleet must use the members.
+        servers = member_client_urls(cluster)
+    else:
+        servers = [f"http://{addr.private}:{cluster.etcd.client_port}"]
+    section["etcd-servers"] = ",".join(servers)
+    if fleet.etcd_key_prefix:
+        section["etcd-key-prefix"] = fleet.etcd_key_prefix
+    if fleet.agent_ttl:
+        section["agent-ttl"] = fleet.agent_ttl
+    if fleet.engine_reconcile_interval is not None:
+        section["engine-reconcile-interval"] = fleet.engine_reconcile_interval
+    for key, value in node.fleet_settings:
+        section[_dashed(key)] = value
+    return section
+
+
+def flannel_section(cluster: Cluster, node: Node, addr: Addresses) -> dict | None:
+    flannel = cluster.flannel
+    if flannel is None:
+        return None
+    section: dict = {}
+    if flannel.interface:
+        section["interface"] = flannel.interface.replace(SUBSTITUTION_PUBLIC, addr.public).replace(
+            SUBSTITUTION_PRIVATE, addr.private)
+    if node.etcd_role is EtcdRole.DISCOVERY:
+        section["etcd-endpoints"] = ",".join(member_client_urls(cluster))
+    if flannel.etcd_prefix != "/coreos.com/network":
+        section["etcd-prefix"] = flannel.etcd_prefix
+    return section
+
+
+def network_config_command(cluster: Cluster) -> str | None:
+    """The drop-in line that stores flannel's network config in etcd, quoted for systemd."""
+    flannel = cluster.flannel
+    if flannel is None or flannel.config_json is None:
+        return None
+    # systemd unquotes Exec lines itself; inside single quotes it honours
+    # backslash escapes, so escaping \ and ' keeps any JSON value intact.
+    quoted = flannel.config_json.replace("\\", "\\\\").replace("'", "\\'")
+    return f"ExecStartPre=/usr/bin/etcdctl set {flannel.etcd_prefix}/config '{quoted}'"
+
+
+def _unit_dict(unit: NodeUnit) -> dict:
+    entry: dict = {"name": unit.name}
+    for key in ("command", "enable", "mask", "runtime", "content"):
+        value = getattr(unit, key)
+        if value is not None:
+            entry[key] = value
+    if unit.drop_ins:
+        entry["drop-ins"] = [{"name": d.name, "content": d.content} for d in unit.drop_ins]
+    return entry
+
+
+def system_units(cluster: Cluster) -> list[NodeUnit]:
+    from provision.model import DropIn
+
+    units = [NodeUnit("etcd2.service", command="start"), NodeUnit("fleet.service", command="start")]
+    if cluster.flannel is not None:
+        command = network_config_command(cluster)
+        drop_ins = (DropIn(NETWORK_DROP_IN, f"[Service]\n{command}\n"),) if command else ()
+        units.append(NodeUnit("flanneld.service", command="start", drop_ins=drop_ins))
+    return units
+
+
+def _merge_units(system: list[NodeUnit], declared: tuple[NodeUnit, ...]) -> list[NodeUnit]:
+    """Declared node units follow the system ones; one with a system unit's name replaces it."""
+    units = list(system)
+    for unit in declared:
+        same = next((i for i, u in enumerate(units) if u.name == unit.name), None)
+        if same is None:
+            units.append(unit)
+        else:
+            units[same] = unit
+    return units
+
+
+def _file_dict(wf: WriteFile) -> dict:
+    entry: dict = {"path": wf.path}
+    for key in ("permissions", "owner", "encoding"):
+        value = getattr(wf, key)
+        if value is not None:
+            entry[key] = value
+    entry["content"] = wf.content
+    return entry
+
+
+def node_write_files(cluster: Cluster, node: Node) -> list[WriteFile]:
+    files: list[WriteFile] = []
+    disc = cluster.etcd.discovery
+    if disc.mode is DiscoveryMode.DNS_SRV and disc.dns_server:
+        files.append(WriteFile("/etc/resolv.conf", f"nameserver {disc.dns_server}\n",
+                               permissions="0644", owner="root"))
+    return files + list(node.write_files)
+
+
+def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
+                      substitute: bool = False) -> dict:
+    addr = addresses(cluster, node, substitute)
+    coreos: dict = {
+        "etcd2": etcd2_section(cluster, node, disc, addr),
+        "fleet": fleet_section(cluster, node, addr),
+    }
+    flannel = flannel_section(cluster, node, addr)
+    if flannel is not None:
+        coreos["flannel"] = flannel
+    coreos["units"] = [_unit_dict(u) for u in _merge_units(system_units(cluster), node.node_units)]
+    config: dict = {"hostname": node.name}
+    if cluster.ssh_authorized_keys:
+        config["ssh_authorized_keys"] = list(cluster.ssh_authorized_keys)
+    config["coreos"] = coreos
+    files = node_write_files(cluster, node)
+    if files:
+        config["write_files"] = [_file_dict(f) for f in files]
+    if substitute:
+        # coreos-cloudinit substitutes the variables anywhere in the user-data,
+        # file and unit contents included; so does --substitute.
+        config = _substituted(config, str(node.ip), str(node.ip))
+    return config
+
+
+def _substituted(value: object, private: str, public: str) -> object:
+    if isinstance(value, str):
+        return value.replace(SUBSTITUTION_PRIVATE, private).replace(SUBSTITUTION_PUBLIC, public)
+    if isinstance(value, dict):
+        return {k: _substituted(v, private, public) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substituted(v, private, public) for v in value]
+    return value

@@ -1,0 +1,402 @@
+"""Build the typed `Cluster` from a structurally valid cluster document.
+
+This is the second validation pass: rules that span fields (names, IPs,
+membership, discovery mode) and the declared units. It collects every problem
+before raising, so one run reports them all. Pure apart from reading the unit
+files a definition names (a small, explicit edge: `read_text`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import posixpath
+import re
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from provision.errors import Problem, UserError, did_you_mean
+from provision.model import (
+    Cluster,
+    Discovery,
+    DiscoveryMode,
+    DropIn,
+    EtcdRole,
+    EtcdSpec,
+    FlannelSpec,
+    FleetSpec,
+    Node,
+    NodeUnit,
+    VagrantSettings,
+    WriteFile,
+)
+from provision.schema import check_structure
+from provision.units_build import build_unit_sets
+from provision.yamlmarks import MarkedDocument, dotted, load_yaml_file
+
+DEFAULT_NETWORKS = {"local": ("127.77.0.0/24", 1), "vagrant": ("172.17.8.0/24", 101)}
+_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
+_MODE_KEYS = {
+    "url": {DiscoveryMode.TOKEN}, "service": {DiscoveryMode.TOKEN},
+    "node": {DiscoveryMode.CUSTOM},
+    "domain": {DiscoveryMode.DNS_SRV}, "dns_server": {DiscoveryMode.DNS_SRV},
+    "cluster_token": {DiscoveryMode.STATIC, DiscoveryMode.DNS_SRV},
+}
+
+ReadText = Callable[[Path], str]
+
+
+def load_cluster(path: str | Path) -> tuple[Cluster, list[Problem]]:
+    """Load, check and build a cluster file: `(cluster, warnings)` or `UserError`."""
+    doc = load_yaml_file(path)
+    return build_cluster(doc)
+
+
+def build_cluster(doc: MarkedDocument, read_text: ReadText | None = None
+                  ) -> tuple[Cluster, list[Problem]]:
+    problems = check_structure(doc)
+    if problems:
+        raise UserError(problems)
+    builder = _Builder(doc, read_text or _read_unit_file)
+    cluster = builder.build()
+    errors = [p for p in builder.problems if p.severity == "error"]
+    if errors or cluster is None:
+        raise UserError(errors or [doc.problem((), "invalid cluster definition")])
+    return cluster, [p for p in builder.problems if p.severity != "error"]
+
+
+def _read_unit_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        raw = handle.read(1024 * 1024 + 1)
+    if len(raw) > 1024 * 1024:
+        raise ValueError("unit file is larger than 1 MiB")
+    return raw.decode("utf-8")
+
+
+class _Builder:
+    def __init__(self, doc: MarkedDocument, read_text: ReadText) -> None:
+        self.doc = doc
+        self.data: dict = doc.data
+        self.read_text = read_text
+        self.problems: list[Problem] = []
+
+    def error(self, path: tuple[Hashable, ...], message: str, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, key=key))
+
+    def warn(self, path: tuple[Hashable, ...], message: str) -> None:
+        self.problems.append(self.doc.problem(path, message, severity="warning"))
+
+    # -- top level ---------------------------------------------------------------------------
+
+    def build(self) -> Cluster | None:
+        d = self.data
+        provider = d.get("provider", "local")
+        network, start = self._network(provider)
+        vagrant = _vagrant(d.get("vagrant", {}), VagrantSettings())
+        fleet_meta = _metadata(d.get("fleet", {}).get("metadata", {}))
+        nodes = self._nodes(network, start, vagrant, fleet_meta) if network else []
+        names = [n["name"] for n in nodes]
+        etcd = self._etcd(names)
+        if etcd is None or network is None:
+            return None
+        members = set(etcd.members)
+        discovery_node = etcd.discovery.node
+        built = tuple(
+            Node(
+                index=i + 1, name=n["name"], ip=n["ip"],
+                etcd_role=(EtcdRole.DISCOVERY if n["name"] == discovery_node else
+                           EtcdRole.MEMBER if n["name"] in members else EtcdRole.PROXY),
+                metadata=n["metadata"], vagrant=n["vagrant"],
+                write_files=self._write_files(d.get("write_files", []), ("write_files",))
+                + self._write_files(n["write_files"], n["path"] + ("write_files",)),
+                node_units=self._node_units(d.get("node_units", []), ("node_units",))
+                + self._node_units(n["node_units"], n["path"] + ("node_units",)),
+                etcd2_settings=tuple(n["etcd2"].items()),
+                fleet_settings=tuple(n["fleet"].items()),
+            )
+            for i, n in enumerate(nodes)
+        )
+        units = build_unit_sets(self.doc, Path(self.doc.file).parent, self.read_text,
+                                self.problems)
+        return Cluster(
+            name=d["name"], source=self.doc.file, provider=provider, network=network,
+            nodes=built, etcd=etcd, fleet=self._fleet(), flannel=self._flannel(),
+            vagrant=vagrant, ssh_authorized_keys=tuple(d.get("ssh_authorized_keys", [])),
+            units=units,
+        )
+
+    def _network(self, provider: str) -> tuple[ipaddress.IPv4Network | None, int]:
+        spec = self.data.get("network", {})
+        cidr, start = DEFAULT_NETWORKS[provider]
+        cidr, start = spec.get("cidr", cidr), spec.get("start", start)
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as err:
+            hint = ""
+            try:
+                hint = f"; did you mean {ipaddress.ip_network(cidr, strict=False)}?"
+            except ValueError:
+                pass
+            self.error(("network", "cidr"), f"`network.cidr`: {err}{hint}")
+            return None, start
+        if not isinstance(network, ipaddress.IPv4Network):
+            self.error(("network", "cidr"), "`network.cidr` must be an IPv4 network")
+            return None, start
+        if provider == "local" and not network.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
+            self.error(("network", "cidr"), f"the local provider runs nodes on loopback "
+                                            f"addresses; use a 127.x network, not {network}")
+            return None, start
+        if provider == "vagrant" and network.is_loopback:
+            self.error(("network", "cidr"), "Vagrant machines need a private network such as "
+                                            "172.17.8.0/24, not a loopback range")
+            return None, start
+        return network, start
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def _nodes(self, network: ipaddress.IPv4Network, start: int, vagrant: VagrantSettings,
+               fleet_meta: dict[str, str]) -> list[dict[str, Any]]:
+        spec = self.data["nodes"]
+        if isinstance(spec, dict):
+            count, prefix = spec["count"], spec.get("name_prefix", "core")
+            width = max(2, len(str(count)))
+            group_meta = {**fleet_meta, **_metadata(spec.get("metadata", {}))}
+            overrides = spec.get("overrides", {})
+            entries = []
+            for i in range(count):
+                name = f"{prefix}-{i + 1:0{width}d}"
+                entries.append({**overrides.get(name, {}), "name": name,
+                                "path": ("nodes", "overrides", name) if name in overrides
+                                else ("nodes",)})
+            known = {e["name"] for e in entries}
+            for name in overrides:
+                if name not in known:
+                    self.error(("nodes", "overrides", name),
+                               f"`nodes.overrides`: no node is named `{name}`"
+                               f"{did_you_mean(name, sorted(known))}; nodes are "
+                               f"{_span(entries)}", key=True)
+        else:
+            group_meta = fleet_meta
+            entries = [{**e, "path": ("nodes", i)} for i, e in enumerate(spec)]
+
+        nodes, seen_names, seen_ips = [], {}, {}
+        usable = _usable_hosts(network)
+        next_offset = start
+        for entry in entries:
+            name, path = entry["name"], entry["path"]
+            if name in seen_names:
+                self.error(path + ("name",), f"duplicate node name `{name}` (also node "
+                                             f"{seen_names[name]}); node names must be unique")
+            seen_names.setdefault(name, len(nodes) + 1)
+            if "ip" in entry:
+                ip = self._explicit_ip(entry["ip"], network, path + ("ip",))
+            else:
+                ip = None
+                offset = next_offset
+                next_offset += 1
+                if offset > usable:
+                    if offset == usable + 1:
+                        self.error(("network",) if "network" in self.data else ("nodes",),
+                                   f"network {network} holds {max(usable - start + 1, 0)} node "
+                                   f"addresses from offset {start}, but the cluster has "
+                                   f"{len(entries)} nodes; use a larger network or a "
+                                   "smaller `network.start`")
+                else:
+                    ip = network.network_address + offset
+            if ip is not None:
+                if ip in seen_ips:
+                    self.error(path, f"node `{name}` has IP {ip}, already used by node "
+                                     f"`{seen_ips[ip]}`; give each node its own address")
+                seen_ips.setdefault(ip, name)
+            nodes.append({
+                "name": name, "ip": ip, "path": path,
+                "metadata": tuple({**group_meta, **_metadata(entry.get("metadata", {}))}.items()),
+                "vagrant": _vagrant(entry.get("vagrant", {}), vagrant),
+                "write_files": entry.get("write_files", []),
+                "node_units": entry.get("node_units", []),
+                "etcd2": entry.get("etcd2", {}), "fleet": entry.get("fleet", {}),
+            })
+        return nodes
+
+    def _explicit_ip(self, text: str, network: ipaddress.IPv4Network,
+                     path: tuple[Hashable, ...]) -> ipaddress.IPv4Address | None:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            self.error(path, f"`{dotted(path)}`: {text!r} is not an IPv4 address")
+            return None
+        if ip not in network:
+            self.error(path, f"`{dotted(path)}`: {ip} is outside the cluster network "
+                             f"{network}; pick an address inside it or widen `network.cidr`")
+            return None
+        return ip  # type: ignore[return-value]
+
+    # -- etcd --------------------------------------------------------------------------------
+
+    def _etcd(self, names: list[str]) -> EtcdSpec | None:
+        spec = self.data.get("etcd", {})
+        disc = spec.get("discovery", {"mode": "static"})
+        mode = DiscoveryMode(disc["mode"])
+        base = ("etcd", "discovery")
+        for key in disc:
+            if key in _MODE_KEYS and mode not in _MODE_KEYS[key]:
+                modes = " or ".join(sorted(m.value for m in _MODE_KEYS[key]))
+                self.error(base + (key,), f"`etcd.discovery.{key}` applies only to {modes} "
+                                          f"discovery, not {mode.value}; remove it", key=True)
+        known = set(names)
+        discovery_node = disc.get("node")
+        if mode is DiscoveryMode.CUSTOM:
+            if discovery_node is None:
+                self.error(base, "custom discovery needs `etcd.discovery.node`: the node that "
+                                 "runs the standalone discovery etcd (e.g. core-01)")
+            elif discovery_node not in known:
+                self.error(base + ("node",), f"`etcd.discovery.node`: no node is named "
+                                             f"`{discovery_node}`"
+                                             f"{did_you_mean(discovery_node, names)}")
+                discovery_node = None
+        if mode is DiscoveryMode.DNS_SRV:
+            domain = disc.get("domain")
+            if not domain:
+                self.error(base, "dns-srv discovery needs `etcd.discovery.domain`: the DNS "
+                                 "domain holding the _etcd-server._tcp SRV records")
+            elif not _DOMAIN.match(domain):
+                self.error(base + ("domain",), f"`etcd.discovery.domain`: {domain!r} is not a "
+                                               "DNS domain name")
+            if "dns_server" in disc:
+                try:
+                    ipaddress.ip_address(disc["dns_server"])
+                except ValueError:
+                    self.error(base + ("dns_server",), "`etcd.discovery.dns_server` must be "
+                                                      "the IP address of the DNS server")
+        for key in ("url", "service"):
+            if key in disc and not _URL.match(disc[key]):
+                self.error(base + (key,), f"`etcd.discovery.{key}` must be an http(s) URL, "
+                                          f"got {disc[key]!r}")
+
+        members_spec = spec.get("members", "all")
+        if members_spec == "all":
+            members = [n for n in names if n != discovery_node]
+        else:
+            members = []
+            for i, name in enumerate(members_spec):
+                path = ("etcd", "members", i)
+                if name not in known:
+                    self.error(path, f"`etcd.members`: `{name}` is not a node of this cluster"
+                                     f"{did_you_mean(name, names)}")
+                elif name == discovery_node:
+                    self.error(path, f"`{name}` runs the discovery etcd and cannot also be a "
+                                     "member; remove it from `etcd.members`")
+                elif name in members:
+                    self.error(path, f"`etcd.members` lists `{name}` twice")
+                else:
+                    members.append(name)
+        if not members and not any(p.severity == "error" for p in self.problems):
+            self.error(("etcd",), "no etcd members: list at least one node in `etcd.members`")
+        if members and len(members) % 2 == 0:
+            self.warn(("etcd", "members") if "members" in spec else ("etcd",),
+                      f"{len(members)} etcd members tolerate no more failures than "
+                      f"{len(members) - 1}; an odd number is recommended")
+        client_port, peer_port = spec.get("client_port", 2379), spec.get("peer_port", 2380)
+        if client_port == peer_port:
+            self.error(("etcd", "peer_port" if "peer_port" in spec else "client_port"),
+                       f"`etcd.client_port` and `etcd.peer_port` must differ (both {peer_port})")
+        discovery = Discovery(
+            mode=mode, url=disc.get("url"),
+            service=disc.get("service", Discovery.service).rstrip("/"),
+            node=discovery_node, domain=(disc.get("domain") or "").rstrip(".") or None,
+            dns_server=disc.get("dns_server"),
+            cluster_token=disc.get("cluster_token", f"{self.data['name']}-etcd"),
+        )
+        return EtcdSpec(members=tuple(members), discovery=discovery, client_port=client_port,
+                        peer_port=peer_port, settings=tuple(spec.get("settings", {}).items()))
+
+    # -- sections ------------------------------------------------------------------------------
+
+    def _fleet(self) -> FleetSpec:
+        spec = self.data.get("fleet", {})
+        ttl = spec.get("agent_ttl")
+        for i, url in enumerate(spec.get("etcd_servers", [])):
+            if not _URL.match(url):
+                self.error(("fleet", "etcd_servers", i), f"`fleet.etcd_servers` entries must "
+                                                         f"be http(s) URLs, got {url!r}")
+        return FleetSpec(
+            public_ip=spec.get("public_ip", FleetSpec.public_ip),
+            agent_ttl=f"{ttl}s" if isinstance(ttl, int) else ttl,
+            engine_reconcile_interval=spec.get("engine_reconcile_interval"),
+            etcd_servers=tuple(spec.get("etcd_servers", [])),
+            etcd_key_prefix=spec.get("etcd_key_prefix"),
+        )
+
+    def _flannel(self) -> FlannelSpec | None:
+        if "flannel" not in self.data:
+            return None
+        spec = self.data["flannel"]
+        config = spec.get("config")
+        if config is not None:
+            try:
+                ipaddress.ip_network(str(config["Network"]), strict=True)
+            except ValueError as err:
+                self.error(("flannel", "config", "Network"), f"`flannel.config.Network`: {err}")
+        return FlannelSpec(
+            interface=spec.get("interface"),
+            config_json=json.dumps(config, separators=(", ", ": "), default=str)
+            if config is not None else None,
+            etcd_prefix=spec.get("etcd_prefix", FlannelSpec.etcd_prefix).rstrip("/"),
+        )
+
+    def _write_files(self, specs: list[dict], base: tuple[Hashable, ...]
+                     ) -> tuple[WriteFile, ...]:
+        files = []
+        for i, spec in enumerate(specs):
+            path = posixpath.normpath(spec["path"])
+            if path == "/usr" or path.startswith("/usr/"):
+                self.error(base + (i, "path"), f"write_files path {spec['path']!r} is under "
+                                               "/usr, which is read-only on CoreOS; write to "
+                                               "/etc or /opt instead")
+            files.append(WriteFile(path=path, content=spec.get("content", ""),
+                                   permissions=spec.get("permissions"),
+                                   owner=spec.get("owner"), encoding=spec.get("encoding")))
+        return tuple(files)
+
+    def _node_units(self, specs: list[dict], base: tuple[Hashable, ...]
+                    ) -> tuple[NodeUnit, ...]:
+        from fleetd.unit.names import UnitNameError, parse_unit_name
+
+        units = []
+        for i, spec in enumerate(specs):
+            try:
+                parse_unit_name(spec["name"])
+            except UnitNameError as err:
+                self.error(base + (i, "name"), f"`{dotted(base + (i, 'name'))}`: {err}")
+            units.append(NodeUnit(
+                name=spec["name"], command=spec.get("command"), enable=spec.get("enable"),
+                mask=spec.get("mask"), runtime=spec.get("runtime"), content=spec.get("content"),
+                drop_ins=tuple(DropIn(d["name"], d["content"]) for d in spec.get("drop-ins", [])),
+            ))
+        return tuple(units)
+
+
+def _usable_hosts(network: ipaddress.IPv4Network) -> int:
+    """The highest offset from the network address that a node may take."""
+    if network.prefixlen >= 31:
+        return network.num_addresses - 1
+    return network.num_addresses - 2  # the broadcast address is not a host
+
+
+def _metadata(spec: dict[str, Any]) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in spec.items()}
+
+
+def _vagrant(spec: dict[str, Any], base: VagrantSettings) -> VagrantSettings:
+    if not spec:
+        return base
+    return VagrantSettings(**{**base.__dict__, **spec})
+
+
+def _span(entries: list[dict]) -> str:
+    if len(entries) <= 3:
+        return ", ".join(e["name"] for e in entries)
+    return f"{entries[0]['name']} … {entries[-1]['name']}"

@@ -1,0 +1,93 @@
+"""Write a rendered cluster into its output directory, all or nothing.
+
+Files go into a fresh sibling directory first; only when every file is
+written and synced does it replace the old output (rename old aside, rename
+new in, delete old). A failure at any point leaves the previous output as it
+was. A directory that holds files but no manifest of ours is never replaced:
+it is probably not ours to delete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from provision.discovery import CACHE_FILE
+from provision.errors import Problem, UserError
+from provision.render import GENERATOR, MANIFEST, RenderedFile
+
+
+def is_rendered_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_rendered(out_dir: Path, files: Iterable[RenderedFile],
+                   discovery_record: dict | None) -> None:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError([Problem(str(out_dir), None, None,
+                                 "exists and is not a directory; choose another -o")])
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not is_rendered_dir(out_dir):
+        raise UserError([Problem(str(out_dir), None, None,
+                                 "is not empty and holds no rendered cluster; refusing to "
+                                 "replace it: choose an empty or new directory with -o")])
+    parent = out_dir.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=parent))
+    except OSError as err:
+        raise UserError([Problem(str(out_dir), None, None,
+                                 f"cannot create the output directory: {err.strerror}")]) from None
+    try:
+        for item in files:
+            _write_file(staging / item.name, item.text, item.mode)
+        if discovery_record is not None:
+            _write_file(staging / CACHE_FILE, json.dumps(discovery_record, indent=2) + "\n",
+                        0o600)
+        staging.chmod(0o755)
+        _fsync_dir(staging)
+        _swap_in(staging, out_dir.resolve())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_file(path: Path, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, mode)  # the umask may have narrowed it
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not target.exists():
+        staging.rename(target)
+        _fsync_dir(target.parent)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""Cluster model → the files of a rendered cluster (pure: text in memory).
+
+`render_cluster` returns every file's name, text and mode; `provision.output`
+writes them atomically. Layout and wording of the cloud-configs live in the
+Jinja2 templates under `templates/`; values come from
+`provision.cloudconfig_model`, which the tests compare the output against.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from provision.cloudconfig_model import (
+    ResolvedDiscovery,
+    member_client_urls,
+    node_cloud_config,
+)
+from provision.model import Cluster, DiscoveryMode, EtcdRole
+from provision.yamltext import block, scalar
+
+MANIFEST = "manifest.json"
+ZONE_FILE = "etcd-srv.zone"
+MANIFEST_VERSION = 1
+GENERATOR = "provision"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    name: str
+    text: str
+    mode: int = 0o644
+
+
+def templates_dir() -> Path:
+    override = os.environ.get("PROVISION_TEMPLATES")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=4)
+def _environment(directory: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["scalar"] = scalar
+    env.filters["block"] = block
+    return env
+
+
+def _template(name: str) -> jinja2.Template:
+    return _environment(str(templates_dir())).get_template(name)
+
+
+def node_roles(role: EtcdRole) -> list[str]:
+    return [role.value, "fleet"]
+
+
+def render_cluster(cluster: Cluster, disc: ResolvedDiscovery, *, substitute: bool = False
+                   ) -> list[RenderedFile]:
+    """Every file of the rendered cluster: user-data-N, the manifest, the zone snippet."""
+    cloud_config = _template("cloud-config.yaml.j2")
+    files = []
+    for node in cluster.nodes:
+        config = node_cloud_config(cluster, node, disc, substitute)
+        text = cloud_config.render(cluster=cluster, node=node, config=config)
+        files.append(RenderedFile(node.user_data_name, text, 0o600))
+    if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV:
+        files.append(RenderedFile(ZONE_FILE, render_zone(cluster)))
+    files.append(RenderedFile(MANIFEST, json.dumps(manifest(cluster, disc, substitute),
+                                                   indent=2) + "\n"))
+    return files
+
+
+def render_zone(cluster: Cluster) -> str:
+    return _template("etcd-srv.zone.j2").render(
+        cluster=cluster, domain=cluster.etcd.discovery.domain, members=cluster.members,
+        peer_port=cluster.etcd.peer_port, client_port=cluster.etcd.client_port)
+
+
+def manifest(cluster: Cluster, disc: ResolvedDiscovery, substitute: bool) -> dict:
+    """What the Vagrantfile and the local provider need to know about each node."""
+    etcd = cluster.etcd
+    discovery: dict = {"mode": etcd.discovery.mode.value, "size": len(cluster.members)}
+    if etcd.discovery.mode in (DiscoveryMode.TOKEN, DiscoveryMode.CUSTOM):
+        discovery["url"] = disc.url
+    if etcd.discovery.mode is DiscoveryMode.CUSTOM:
+        discovery["node"] = etcd.discovery.node
+        discovery["size_key_url"] = f"{disc.url}/_config/size"
+    if etcd.discovery.mode is DiscoveryMode.DNS_SRV:
+        discovery["domain"] = etcd.discovery.domain
+        discovery["dns_server"] = etcd.discovery.dns_server
+        discovery["zone_file"] = ZONE_FILE
+    return {
+        "generator": GENERATOR,
+        "version": MANIFEST_VERSION,
+        "cluster": cluster.name,
+        "source": str(Path(cluster.source).resolve()),
+        "provider": cluster.provider,
+        "network": str(cluster.network),
+        "substituted": substitute,
+        "etcd": {
+            "members": list(etcd.members),
+            "client_port": etcd.client_port,
+            "peer_port": etcd.peer_port,
+            "endpoints": member_client_urls(cluster),
+            "discovery": discovery,
+        },
+        "nodes": [
+            {
+                "index": node.index,
+                "name": node.name,
+                "hostname": node.name,
+                "ip": str(node.ip),
+                "roles": node_roles(node.etcd_role),
+                "user_data": node.user_data_name,
+                "metadata": dict(node.metadata),
+                "vagrant": {
+                    "box": node.vagrant.box,
+                    "box_url": node.vagrant.box_url,
+                    "box_version": node.vagrant.box_version,
+                    "cpus": node.vagrant.cpus,
+                    "memory": node.vagrant.memory,
+                    "gui": node.vagrant.gui,
+                },
+            }
+            for node in cluster.nodes
+        ],
+        "units": [name for unit_set in cluster.units for name in unit_set.unit_names],
+    }

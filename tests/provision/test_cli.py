@@ -1,0 +1,63 @@
+"""The installed `provision` console script: exit codes and clean one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CLUSTERS, REPO
+
+
+def provision(*argv: str, cwd=None) -> subprocess.CompletedProcess:
+    exe = shutil.which("provision")
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=60,
+                          cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)
+
+
+def test_render_default_output_dir(tmp_path):
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text((CLUSTERS / "vagrant.yaml").read_text())
+    result = provision("render", str(cluster), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "vagrant" / "user-data-3").exists()
+    assert "rendered vagrant: 3 nodes" in result.stdout
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    ([], "required"),
+    (["render"], "required"),
+    (["frobnicate"], "invalid choice"),
+    (["render", "x.yaml", "--bogus"], "unrecognized arguments"),
+], ids=["no-command", "render-without-file", "unknown-command", "unknown-flag"])
+def test_usage_errors_exit_2(argv, fragment):
+    result = provision(*argv)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: demo\nnodes:\n  count: [\n")
+    result = provision("render", str(bad), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"{bad}:")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_user_data_reports_positions(tmp_path):
+    bad = tmp_path / "user-data"
+    bad.write_text("#cloud-config\ncoreos:\n  etcd2:\n    proxy: maybe\n"
+                   "write_files:\n  - path: /usr/share/x\n")
+    result = provision("validate", "--user-data", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:6:" in result.stderr and "/usr" in result.stderr
+    assert f"{bad}:4:" in result.stderr
