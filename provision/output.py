@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from provision.discovery import CACHE_FILE
@@ -46,11 +47,16 @@ def write_rendered(out_dir: Path, files: Iterable[RenderedFile],
         raise UserError([Problem(str(out_dir), None, None,
                                  f"cannot create the output directory: {err.strerror}")]) from None
     try:
-        for item in files:
-            _write_file(staging / item.name, item.text, item.mode)
+        items = list(files)
         if discovery_record is not None:
-            _write_file(staging / CACHE_FILE, json.dumps(discovery_record, indent=2) + "\n",
-                        0o600)
+            items.append(RenderedFile(CACHE_FILE, json.dumps(discovery_record, indent=2) + "\n",
+                                      0o600))
+        # fsync releases the GIL and concurrent fsyncs share journal commits, so a
+        # 1,000-node render syncs in a fraction of the time one-by-one would take.
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for future in [pool.submit(_write_file, staging / item.name, item.text, item.mode)
+                           for item in items]:
+                future.result()
         staging.chmod(0o755)
         _fsync_dir(staging)
         _swap_in(staging, out_dir.resolve())

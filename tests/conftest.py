@@ -39,3 +39,13 @@ def cluster_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def etcd_server():
+    """One real etcd per test module (tests in a module use distinct key prefixes)."""
+    from tests.support.etcd import EtcdServer
+
+    server = EtcdServer().start()
+    yield server
+    server.stop()

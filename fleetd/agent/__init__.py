@@ -1,0 +1,1 @@
+"""The agent: runs the units assigned to its machine."""

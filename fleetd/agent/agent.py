@@ -1,0 +1,233 @@
+"""The agent: announce this machine and run exactly the units assigned to it.
+
+It watches only its own assignments (`assign/<id>/`) and the global units,
+asks the pure `plan_tasks` what to do and has its runner do it, publishing
+each unit's state under its machine lease.
+
+Fail static: when etcd cannot be reached the agent keeps its units running as
+they are. When etcd answers again and its lease has expired meanwhile, it first
+re-reads its assignments and stops what was moved elsewhere, and only then
+registers again, so a unit is not left running on two machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from fleetd.agent.reconcile import Action, Current, Desired, Task, plan_tasks
+from fleetd.job import JobState
+from fleetd.machine import Machine
+from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
+from fleetd.registry.keys import Kind
+from fleetd.registry.registry import Registry
+from fleetd.runner.base import Runner, RunnerError, UnitStatus
+from fleetd.unit.xfleet import matches_metadata
+
+log = logging.getLogger("fleetd.agent")
+
+
+class Agent:
+    def __init__(self, registry: Registry, runner: Runner, machine: Machine, ttl: int) -> None:
+        self.registry = registry
+        self.keys = registry.keys
+        self.runner = runner
+        self.machine = machine
+        self.ttl = max(1, int(ttl))
+        self.lease: int | None = None
+        self.renewed_at = 0.0
+        self.connected = False
+        self.inbox: queue.Queue = queue.Queue()
+        self._cancel_watches: list[Callable[[], None]] = []
+        self.assigned: dict[str, Desired] = {}
+        self.global_units: dict[str, Desired] = {}
+        self.loaded: dict[str, str] = {}  # unit -> hash the runner holds
+        self.started: set[str] = set()
+        self.published: dict[str, tuple[str, UnitStatus]] = {}
+        runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if self.lease is None:
+                    self._join()
+                elif not self.connected:
+                    self._resync()
+                self._wait_and_handle(stop)
+                self._keepalive()
+            except (RegistryUnavailable, WatchCompacted) as err:
+                if self.connected:
+                    log.warning("etcd unreachable (%s): keeping %d units as they are",
+                                err, len(self.loaded))
+                self.connected = False
+                self._cancel()
+                stop.wait(min(1.0, self.ttl / 3))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self._cancel()
+        self.runner.shutdown()
+        if self.lease is not None:
+            self.registry.etcd.revoke(self.lease)  # machine and state keys go with it
+            self.lease = None
+
+    def _wait_and_handle(self, stop: threading.Event) -> None:
+        timeout = max(0.0, self.renewed_at + self.ttl / 3 - time.monotonic())
+        try:
+            item = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        items = [item]
+        while True:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        changed = False
+        for item in items:
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, tuple) and item[0] == "state":
+                self._publish(item[1], item[2])
+            else:
+                changed |= self._apply(item)
+        if changed and not stop.is_set():
+            self.reconcile()
+
+    def _keepalive(self) -> None:
+        if self.lease is None or time.monotonic() < self.renewed_at + self.ttl / 3:
+            return
+        remaining = self.registry.etcd.keepalive(self.lease)
+        if remaining <= 0:
+            log.warning("machine lease expired; rejoining")
+            self.lease = None
+            self.connected = False
+            self._cancel()
+            return
+        self.renewed_at = time.monotonic()
+
+    # -- joining -----------------------------------------------------------------------------------
+    def _join(self) -> None:
+        """(Re)enter the cluster: read assignments and reconcile *before* announcing."""
+        self._resync()
+        etcd = self.registry.etcd
+        self.lease = etcd.grant(self.ttl)
+        self.renewed_at = time.monotonic()
+        self.registry.register_machine(self.machine, self.lease)
+        self.published.clear()
+        for name, status in self.runner.units().items():
+            if name in self.loaded:
+                self._publish(name, status)
+        log.info("machine %s registered (%s)", self.machine.id, self.machine.public_ip)
+
+    def _resync(self) -> None:
+        self._cancel()
+        revision, assignments = self.registry.assignments(self.machine.id)
+        _, global_kvs = self.registry.etcd.snapshot(self.keys.of(Kind.GLOBAL), revision)
+        self.assigned = {a.name: Desired(a.hash, a.desired) for a in assignments}
+        self.global_units = {}
+        for kv in global_kvs:
+            self._apply_global(kv)
+        self.inbox = queue.Queue()
+        self.runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
+        etcd = self.registry.etcd
+        self._cancel_watches = [
+            etcd.watch(self.keys.assignments_of(self.machine.id), revision + 1, self.inbox),
+            etcd.watch(self.keys.of(Kind.GLOBAL), revision + 1, self.inbox),
+        ]
+        self.connected = True
+        self.reconcile()
+
+    def _cancel(self) -> None:
+        for cancel in self._cancel_watches:
+            cancel()
+        self._cancel_watches = []
+
+    # -- desired state -----------------------------------------------------------------------------
+    def _apply(self, events: list[Event]) -> bool:
+        changed = False
+        for event in events:
+            parsed = self.keys.parse(event.key)
+            if parsed is None:
+                continue
+            if parsed.kind is Kind.ASSIGN and parsed.machine == self.machine.id:
+                if event.value is None:
+                    changed |= self.assigned.pop(parsed.name, None) is not None
+                else:
+                    a = self.registry.assignment_from_kv(KV(event.key, event.value,
+                                                            event.revision))
+                    if a is not None:
+                        self.assigned[a.name] = Desired(a.hash, a.desired)
+                        changed = True
+            elif parsed.kind is Kind.GLOBAL:
+                if event.value is None:
+                    changed |= self.global_units.pop(parsed.name, None) is not None
+                else:
+                    self._apply_global(KV(event.key, event.value, event.revision))
+                    changed = True
+        return changed
+
+    def _apply_global(self, kv: KV) -> None:
+        record = self.registry.job_from_kv(kv)
+        if record is None:
+            return
+        job = record.job
+        if matches_metadata(job.options, self.machine.metadata):
+            self.global_units[job.name] = Desired(job.hash, job.desired)
+        else:
+            self.global_units.pop(job.name, None)
+
+    # -- acting ------------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        desired = {**self.global_units, **self.assigned}
+        statuses = self.runner.units()
+        current = {name: Current(digest, statuses.get(name, UnitStatus()), name in self.started)
+                   for name, digest in self.loaded.items()}
+        for task in plan_tasks(desired, current):
+            self._run(task)
+
+    def _run(self, task: Task) -> None:
+        log.info("%s %s: %s", task.action.value, task.unit, task.reason)
+        try:
+            if task.action is Action.UNLOAD:
+                self.runner.unload(task.unit)
+                self.loaded.pop(task.unit, None)
+                self.started.discard(task.unit)
+                if self.connected and self.published.pop(task.unit, None) is not None:
+                    self.registry.clear_state(task.unit, self.machine.id)
+            elif task.action is Action.LOAD:
+                unit = self.registry.unit(task.hash)
+                if unit is None:
+                    log.error("content %s of %s is missing from etcd", task.hash[:7], task.unit)
+                    return
+                self.runner.load(task.unit, unit)
+                self.loaded[task.unit] = task.hash
+                self._publish(task.unit, self.runner.units().get(task.unit, UnitStatus("loaded")))
+            elif task.action is Action.START:
+                self.runner.start(task.unit)
+                self.started.add(task.unit)
+            elif task.action is Action.STOP:
+                self.runner.stop(task.unit)
+                self.started.discard(task.unit)
+        except RunnerError as err:
+            log.error("%s %s failed: %s", task.action.value, task.unit, err)
+
+    def _publish(self, name: str, status: UnitStatus) -> None:
+        digest = self.loaded.get(name)
+        if digest is None or self.lease is None or not self.connected:
+            return
+        if self.published.get(name) == (digest, status):
+            return
+        try:
+            self.registry.publish_state(name, self.machine.id, digest, status, self.lease)
+            self.published[name] = (digest, status)
+        except RegistryUnavailable:
+            self.connected = False
+
+    @property
+    def desired_states(self) -> dict[str, JobState]:
+        return {n: d.state for n, d in {**self.global_units, **self.assigned}.items()}

@@ -1,0 +1,173 @@
+"""fleetd configuration under fleet's own names, from a file, the environment and flags.
+
+Precedence: `--flags` (dashes or underscores) over `FLEET_*` environment
+variables over the config file (`key=value` lines, like /etc/fleet/fleet.conf)
+over defaults. Every bad value is a `ConfigError` naming where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleetd.machine import parse_metadata
+from fleetd.registry.keys import DEFAULT_PREFIX
+
+DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names its source and what to do."""
+
+
+@dataclass(frozen=True)
+class Config:
+    etcd_servers: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_key_prefix: str = DEFAULT_PREFIX
+    etcd_request_timeout: float = 3.0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    public_ip: str = ""
+    agent_ttl: float = 30.0
+    engine_reconcile_interval: float = 2.0
+    disable_engine: bool = False
+    state_dir: Path = Path("/var/lib/fleetd")
+    root_dir: Path | None = None  # local clusters: the node directory that stands for `/`
+    runner: str = "process"
+    verbosity: int = 0
+
+
+SETTINGS = {
+    "etcd_servers": "comma-separated etcd client URLs",
+    "etcd_key_prefix": "etcd key prefix of the fleet keyspace",
+    "etcd_request_timeout": "seconds one etcd request may take",
+    "metadata": "machine metadata, k=v,k=v",
+    "public_ip": "IP address this machine announces",
+    "agent_ttl": "machine presence TTL (e.g. 30s); a silent machine is gone after it",
+    "engine_reconcile_interval": "seconds between full engine passes",
+    "disable_engine": "true: never run the engine on this machine",
+    "state_dir": "directory for machine-id, unit files and logs",
+    "root_dir": "directory that stands for / when resolving unit paths (local clusters)",
+    "runner": "process (systemd lands later)",
+    "verbosity": "0 quiet, 1 info, 2 debug",
+}
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 500ms or 1m")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _convert(name: str, raw: str):
+    if name == "etcd_servers":
+        servers = tuple(s.strip() for s in raw.split(",") if s.strip())
+        if not servers:
+            raise ValueError("no etcd server given")
+        for server in servers:
+            if not re.match(r"^https?://[^\s/]+/?$", server):
+                raise ValueError(f"{server!r} is not an http(s)://host:port URL")
+        return servers
+    if name == "etcd_key_prefix":
+        if not raw.startswith("/"):
+            raise ValueError("must start with /")
+        return raw if raw.endswith("/") else raw + "/"
+    if name in ("agent_ttl",):
+        value = parse_duration(raw)
+        if value < 1:
+            raise ValueError("must be at least 1s")
+        return value
+    if name in ("etcd_request_timeout", "engine_reconcile_interval"):
+        value = parse_duration(raw)
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    if name == "metadata":
+        return parse_metadata(raw)
+    if name == "disable_engine":
+        return _bool(raw)
+    if name in ("state_dir", "root_dir"):
+        return Path(raw).expanduser()
+    if name == "runner":
+        if raw not in ("process",):
+            raise ValueError(f"unknown runner {raw!r}; this build supports: process")
+        return raw
+    if name == "verbosity":
+        return int(raw)
+    return raw
+
+
+def read_config_file(path: Path) -> dict[str, tuple[str, str]]:
+    """`{setting: (raw value, where)}` from a fleet.conf-style file."""
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file: {err.strerror}") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{lineno}: expected key=value, got {stripped!r}")
+        key = key.strip().replace("-", "_")
+        if key not in SETTINGS:
+            raise ConfigError(f"{path}:{lineno}: unknown setting {key!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        found[key] = (value, f"{path}:{lineno}")
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fleetd", description="fleet-compatible cluster "
+                                     "init system daemon")
+    parser.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG_FILE} if it "
+                                         "exists)")
+    for name, help_text in SETTINGS.items():
+        flags = ["--" + name.replace("_", "-")]
+        if "_" in name:
+            flags.append("--" + name)  # fleet's own spelling works too
+        parser.add_argument(*flags, dest=name, default=None, help=help_text)
+    return parser
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    args = build_parser().parse_args(list(argv))
+    raw: dict[str, tuple[str, str]] = {}
+    config_path = args.config or environ.get("FLEET_CONFIG")
+    if config_path:
+        raw.update(read_config_file(Path(config_path)))
+    elif Path(DEFAULT_CONFIG_FILE).exists():
+        raw.update(read_config_file(Path(DEFAULT_CONFIG_FILE)))
+    for name in SETTINGS:
+        env_name = "FLEET_" + name.upper()
+        if env_name in environ:
+            raw[name] = (environ[env_name], f"${env_name}")
+    for name in SETTINGS:
+        value = getattr(args, name)
+        if value is not None:
+            raw[name] = (value, "--" + name.replace("_", "-"))
+    values = {}
+    for name, (text, where) in raw.items():
+        try:
+            values[name] = _convert(name, text)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {name}: {err}") from None
+    return Config(**values)

@@ -1,0 +1,1 @@
+"""The etcd registry: keyspace, client edge, domain operations."""

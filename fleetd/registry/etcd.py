@@ -1,0 +1,206 @@
+"""The etcd v3 edge: connection with endpoint failover, paginated snapshots,
+transactions, leases and resumable watches. Everything above speaks in keys
+from `fleetd.registry.keys` and plain values; nothing above imports etcd3.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import etcd3.events
+import etcd3.exceptions
+import etcd3.utils
+import etcd3.watch
+import grpc
+from etcd3.client import Endpoint, MultiEndpointEtcd3Client, Transactions
+
+# python3-etcd3 0.13's watcher names `six` without importing it, so when a watch
+# stream breaks it dies with NameError instead of telling the callbacks. Supply
+# the one function it uses, so a broken stream reaches us as an error.
+if not hasattr(etcd3.watch, "six"):
+    etcd3.watch.six = types.SimpleNamespace(itervalues=lambda mapping: list(mapping.values()))
+
+PAGE_SIZE = 1000  # keys per range request: stays far below gRPC's 4 MB message cap
+RETRY_ENDPOINT_AFTER_S = 0.5
+
+
+class RegistryUnavailable(Exception):
+    """etcd cannot be reached (all endpoints failed within the deadline)."""
+
+
+class WatchCompacted(Exception):
+    """The watch's start revision was compacted: rebuild from a fresh snapshot."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted at {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    key: str
+    value: bytes | None  # None: deleted
+    revision: int
+
+
+def parse_endpoints(urls: Iterable[str]) -> list[tuple[str, int]]:
+    endpoints = []
+    for url in urls:
+        url = url.strip()
+        if not url:
+            continue
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"etcd endpoint {url!r} is not http://host:port")
+        endpoints.append((parts.hostname, parts.port or 2379))
+    if not endpoints:
+        raise ValueError("no etcd endpoint given")
+    return endpoints
+
+
+_TRANSIENT = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError,
+              etcd3.exceptions.NoServerAvailableError, etcd3.exceptions.InternalServerError,
+              grpc.RpcError, ValueError)
+
+
+class Etcd:
+    """A thin, counted, retrying wrapper of one etcd3 client."""
+
+    def __init__(self, urls: Sequence[str], timeout: float = 5.0) -> None:
+        endpoints = [Endpoint(host, port, secure=False,
+                                           time_retry=RETRY_ENDPOINT_AFTER_S)
+                     for host, port in parse_endpoints(urls)]
+        self.client = MultiEndpointEtcd3Client(endpoints=endpoints, timeout=timeout,
+                                                     failover=True)
+        self.timeout = timeout
+        self.requests = 0  # every RPC sent; benchmarks and tests read it
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, action: Callable, deadline_s: float | None = None):
+        deadline = time.monotonic() + (self.timeout if deadline_s is None else deadline_s)
+        delay = 0.05
+        while True:
+            self.requests += 1
+            try:
+                return action()
+            except _TRANSIENT as err:
+                if time.monotonic() + delay > deadline:
+                    raise RegistryUnavailable(f"etcd unreachable: {err!r}") from err
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def get(self, key: str) -> KV | None:
+        value, meta = self._call(lambda: self.client.get(key))
+        if meta is None:
+            return None
+        return KV(key, value, meta.mod_revision, meta.create_revision, meta.lease_id)
+
+    def snapshot(self, prefix: str, revision: int | None = None) -> tuple[int, list[KV]]:
+        """All keys under `prefix` at one revision, read in pages; returns (revision, kvs)."""
+        end = etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(prefix))
+        start = etcd3.utils.to_bytes(prefix)
+        found: list[KV] = []
+        while True:
+            response = self._call(lambda s=start, r=revision: self.client.kvstub.Range(
+                self.client._build_get_range_request(s, range_end=end, limit=PAGE_SIZE,
+                                                     revision=r, sort_order="ascend"),
+                self.timeout, credentials=self.client.call_credentials,
+                metadata=self.client.metadata))
+            if revision is None:
+                revision = response.header.revision
+            for kv in response.kvs:
+                found.append(KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision,
+                                kv.lease))
+            if not response.more or not response.kvs:
+                return revision, found
+            start = response.kvs[-1].key + b"\0"
+
+    def revision(self) -> int:
+        """The store's current revision (a count-only read; no data moves)."""
+        response = self._call(lambda: self.client.get_response("\0", count_only=True))
+        return response.header.revision
+
+    # -- writes ----------------------------------------------------------------------------------
+    def put(self, key: str, value: bytes | str, lease: int | None = None) -> None:
+        self._call(lambda: self.client.put(key, value, lease=lease))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(lambda: self.client.delete(key)))
+
+    def txn(self, compare: list, success: list, failure: list | None = None) -> bool:
+        """One transaction; `compare`/`success` built with `self.ops`."""
+        ok, _ = self._call(lambda: self.client.transaction(compare=compare, success=success,
+                                                          failure=failure or []))
+        return bool(ok)
+
+    @property
+    def ops(self) -> Transactions:
+        return self.client.transactions
+
+    # -- leases ----------------------------------------------------------------------------------
+    def grant(self, ttl: int) -> int:
+        return self._call(lambda: self.client.lease(ttl)).id
+
+    def keepalive(self, lease_id: int) -> int:
+        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
+        def refresh() -> int:
+            for response in self.client.refresh_lease(lease_id):
+                return response.TTL
+            return 0
+        return self._call(refresh, deadline_s=self.timeout)
+
+    def revoke(self, lease_id: int) -> None:
+        try:
+            self._call(lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
+        except RegistryUnavailable:
+            pass  # it expires by itself
+
+    # -- watches ---------------------------------------------------------------------------------
+    def watch(self, prefix: str, start_revision: int,
+              sink: queue.Queue) -> Callable[[], None]:
+        """Stream events under `prefix` from `start_revision` into `sink` as lists of Event;
+        a stream failure puts the exception instead. Returns a cancel function."""
+        def deliver(response) -> None:
+            if isinstance(response, etcd3.exceptions.RevisionCompactedError):
+                sink.put(WatchCompacted(response.compacted_revision))
+            elif isinstance(response, BaseException):
+                sink.put(RegistryUnavailable(f"watch stream broke: {response!r}"))
+            else:
+                sink.put([Event(e.key.decode(),
+                                None if isinstance(e, etcd3.events.DeleteEvent) else e.value,
+                                e.mod_revision) for e in response.events])
+
+        self.requests += 1
+        try:
+            watch_id = self.client.add_watch_prefix_callback(prefix, deliver,
+                                                             start_revision=start_revision)
+        except etcd3.exceptions.RevisionCompactedError as err:
+            raise WatchCompacted(err.compacted_revision) from err
+        except _TRANSIENT as err:
+            raise RegistryUnavailable(f"cannot watch {prefix}: {err!r}") from err
+
+        def cancel() -> None:
+            try:
+                self.client.cancel_watch(watch_id)
+            except Exception:  # noqa: BLE001 - the stream may already be gone
+                pass
+        return cancel

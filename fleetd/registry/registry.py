@@ -1,0 +1,242 @@
+"""fleetd's registry: the cluster's state in etcd, as domain operations.
+
+Engine, agents and the API depend on this class only. Values are JSON (unit
+bodies are text); every multi-key change is one transaction, and writes that
+could race compare a revision first. The key layout is in `keys.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fleetd.job import Job, JobState
+from fleetd.machine import Machine
+from fleetd.registry.etcd import KV, Etcd
+from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
+from fleetd.runner.base import UnitStatus
+from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
+from fleetd.unit.xfleet import parse_fleet_options
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+
+
+class Conflict(Exception):
+    """The registry changed under us (a compare failed); the message says what to do."""
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what the engine and API read back."""
+
+    job: Job
+    revision: int  # mod revision of its key: the guard for compare-and-swap
+
+
+@dataclass(frozen=True)
+class Assignment:
+    machine: str
+    name: str
+    hash: str
+    desired: JobState
+
+
+@dataclass(frozen=True)
+class UnitStateRecord:
+    name: str
+    machine: str
+    hash: str
+    status: UnitStatus
+
+
+def encode(value: dict) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes) -> dict:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("registry value is not a JSON object")
+    return value
+
+
+class Registry:
+    def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX) -> None:
+        self.etcd = etcd
+        self.keys = Keys(prefix)
+        self._units: dict[str, UnitFile] = {}  # by hash; content never changes for a hash
+
+    # -- unit bodies ---------------------------------------------------------------------------
+    def unit(self, content_hash_: str) -> UnitFile | None:
+        cached = self._units.get(content_hash_)
+        if cached is not None:
+            return cached
+        kv = self.etcd.get(self.keys.unit(content_hash_))
+        if kv is None:
+            return None
+        unit = parse_unit_file(kv.value.decode())
+        self._units[content_hash_] = unit
+        return unit
+
+    # -- jobs --------------------------------------------------------------------------------
+    def job_from_kv(self, kv: KV) -> JobRecord | None:
+        parsed = self.keys.parse(kv.key)
+        if parsed is None or parsed.kind not in (Kind.JOB, Kind.GLOBAL):
+            return None
+        data = decode(kv.value)
+        unit = self.unit(data["hash"])
+        options = parse_fleet_options(unit, parsed.name) if unit is not None else None
+        if options is None:
+            return None
+        return JobRecord(Job(parsed.name, data["hash"], JobState(data["desired"]), options),
+                         kv.mod_revision)
+
+    def get_job(self, name: str) -> JobRecord | None:
+        for key in (self.keys.job(name), self.keys.global_job(name)):
+            kv = self.etcd.get(key)
+            if kv is not None:
+                return self.job_from_kv(kv)
+        return None
+
+    def jobs(self) -> tuple[int, dict[str, JobRecord]]:
+        revision, kvs = self.etcd.snapshot(self.keys.of(Kind.JOB))
+        _, global_kvs = self.etcd.snapshot(self.keys.of(Kind.GLOBAL), revision)
+        records = {}
+        for kv in kvs + global_kvs:
+            record = self.job_from_kv(kv)
+            if record is not None:
+                records[record.job.name] = record
+        return revision, records
+
+    def create_job(self, name: str, unit: UnitFile, desired: JobState,
+                   replace: bool = False) -> JobRecord:
+        """Submit a unit. Refuses to overwrite a different unit of the same name unless
+        `replace`; submitting identical content again is a no-op that keeps its state."""
+        options = parse_fleet_options(unit, name)  # validates before anything is written
+        text = serialize(unit)
+        digest = content_hash(unit)
+        key = self.keys.global_job(name) if options.global_ else self.keys.job(name)
+        other = self.keys.job(name) if options.global_ else self.keys.global_job(name)
+        existing = self.get_job(name)
+        ops = self.etcd.ops
+        success = [ops.put(self.keys.unit(digest), text),
+                   ops.put(key, encode({"name": name, "hash": digest,
+                                        "desired": desired.value}))]
+        if existing is None:
+            compare = [ops.version(key) == 0, ops.version(other) == 0]
+        else:
+            if existing.job.hash == digest:
+                return existing
+            if not replace:
+                raise Conflict(f"unit {name} already exists with different content "
+                               f"({existing.job.hash[:7]}); destroy it first or use --replace")
+            existing_key = (self.keys.global_job(name) if existing.job.is_global
+                            else self.keys.job(name))
+            compare = [ops.mod(existing_key) == existing.revision]
+            if existing_key != key:  # Global= changed: the job moves between namespaces
+                compare.append(ops.version(key) == 0)
+                success.append(ops.delete(existing_key))
+        if not self.etcd.txn(compare, success):
+            raise Conflict(f"unit {name} changed while submitting; retry")
+        self._units[digest] = unit
+        record = self.get_job(name)
+        assert record is not None
+        return record
+
+    def set_desired(self, name: str, desired: JobState) -> JobRecord:
+        for _ in range(10):
+            record = self.get_job(name)
+            if record is None:
+                raise NotFound(f"Unit {name} does not exist.")
+            if record.job.desired is desired:
+                return record
+            key = self.keys.global_job(name) if record.job.is_global else self.keys.job(name)
+            value = encode({"name": name, "hash": record.job.hash, "desired": desired.value})
+            ops = self.etcd.ops
+            if self.etcd.txn([ops.mod(key) == record.revision], [ops.put(key, value)]):
+                return JobRecord(Job(name, record.job.hash, desired, record.job.options),
+                                 record.revision)
+        raise Conflict(f"unit {name} keeps changing; retry")
+
+    def destroy_job(self, name: str) -> bool:
+        record = self.get_job(name)
+        if record is None:
+            return False
+        key = self.keys.global_job(name) if record.job.is_global else self.keys.job(name)
+        return self.etcd.delete(key)
+
+    # -- machines ----------------------------------------------------------------------------
+    def register_machine(self, machine: Machine, lease: int) -> None:
+        self.etcd.put(self.keys.machine(machine.id), encode(machine.to_json()), lease=lease)
+
+    def machines(self, revision: int | None = None) -> tuple[int, dict[str, Machine]]:
+        revision, kvs = self.etcd.snapshot(self.keys.of(Kind.MACHINE), revision)
+        found = {}
+        for kv in kvs:
+            try:
+                machine = Machine.from_json(decode(kv.value))
+            except (ValueError, KeyError):
+                continue
+            found[machine.id] = machine
+        return revision, found
+
+    # -- assignments -------------------------------------------------------------------------
+    def assignment_from_kv(self, kv: KV) -> Assignment | None:
+        parsed = self.keys.parse(kv.key)
+        if parsed is None or parsed.kind is not Kind.ASSIGN:
+            return None
+        data = decode(kv.value)
+        return Assignment(parsed.machine, parsed.name, data["hash"], JobState(data["desired"]))
+
+    def assignments(self, machine: str | None = None, revision: int | None = None
+                    ) -> tuple[int, list[Assignment]]:
+        prefix = self.keys.assignments_of(machine) if machine else self.keys.of(Kind.ASSIGN)
+        revision, kvs = self.etcd.snapshot(prefix, revision)
+        return revision, [a for a in map(self.assignment_from_kv, kvs) if a is not None]
+
+    def assignment_value(self, job: Job) -> bytes:
+        return encode({"hash": job.hash, "desired": job.desired.value})
+
+    # -- unit states ------------------------------------------------------------------------
+    def publish_state(self, name: str, machine: str, digest: str, status: UnitStatus,
+                      lease: int) -> None:
+        value = encode({"hash": digest, "load": status.load, "active": status.active,
+                        "sub": status.sub})
+        self.etcd.put(self.keys.state(name, machine), value, lease=lease)
+
+    def clear_state(self, name: str, machine: str) -> None:
+        self.etcd.delete(self.keys.state(name, machine))
+
+    def states(self) -> list[UnitStateRecord]:
+        _, kvs = self.etcd.snapshot(self.keys.of(Kind.STATE))
+        found = []
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            if parsed is None or parsed.kind is not Kind.STATE:
+                continue
+            data = decode(kv.value)
+            found.append(UnitStateRecord(parsed.name, parsed.machine, data.get("hash", ""),
+                                         UnitStatus(data.get("load", "not-found"),
+                                                    data.get("active", "inactive"),
+                                                    data.get("sub", "dead"))))
+        return found
+
+    # -- batching ----------------------------------------------------------------------------
+    def commit_batches(self, guard: list, ops: Iterable, per_txn: int = MAX_TXN_OPS) -> int:
+        """Run `ops` in transactions of at most `per_txn` operations, each guarded by
+        `guard` (e.g. "I still hold the engine lease"). Returns how many batches failed."""
+        failed = 0
+        batch: list = []
+        for op in ops:
+            batch.append(op)
+            if len(batch) == per_txn:
+                failed += not self.etcd.txn(list(guard), batch)
+                batch = []
+        if batch:
+            failed += not self.etcd.txn(list(guard), batch)
+        return failed

