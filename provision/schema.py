@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 
 from provision.errors import Problem, did_you_mean
-from provision.yamlmarks import MarkedDocument, dotted
+from provision.yamlmarks import MarkedDocument, dotted, value_kind
 
 _TYPE_NAMES = {
     "string": "a string", "integer": "an integer", "number": "a number",
@@ -79,7 +79,7 @@ def _to_problems(doc: MarkedDocument, error: jsonschema.ValidationError) -> list
         wanted = error.validator_value
         wanted = [wanted] if isinstance(wanted, str) else wanted
         names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
-        return [doc.problem(path, f"`{where}` must be {names}, not {_kind(error.instance)} "
+        return [doc.problem(path, f"`{where}` must be {names}, not {value_kind(error.instance)} "
                                   f"({_show(error.instance)})")]
     if kind == "enum":
         options = [str(o) for o in error.validator_value]
@@ -111,22 +111,6 @@ def _to_problems(doc: MarkedDocument, error: jsonschema.ValidationError) -> list
 
 def _known_list(known: list[str]) -> str:
     return f"; known keys: {', '.join(known)}" if len(known) <= 12 else ""
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if value is None:
-        return "empty"
-    return type(value).__name__
 
 
 def _show(value: Any) -> str:

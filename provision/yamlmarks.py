@@ -10,6 +10,7 @@ budget (a "billion laughs" document is small on disk and huge in memory).
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,3 +234,26 @@ class _Converter:
 
 def _codepoint(character: int | str) -> int:
     return character if isinstance(character, int) else ord(character)
+
+
+def value_kind(value: Any) -> str:
+    """How a YAML value reads to a user: 'a string', 'a list', …"""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "an empty value"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, bytes):
+        return "binary data"
+    return type(value).__name__

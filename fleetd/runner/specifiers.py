@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fleetd.unit.names import UnitName
+from fleetd.unit.specifiers import SpecifierError
+from fleetd.unit.specifiers import expand_specifiers as _expand
 from fleetd.unit.unitfile import UnitFileError, split_command_line
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -21,6 +23,14 @@ _HEX = "0123456789abcdefABCDEF"
 
 class ExpansionError(ValueError):
     """A setting that cannot be expanded (unknown specifier, bad quoting)."""
+
+
+def expand_specifiers(value: str, table: Mapping[str, str]) -> str:
+    """Replace `%x` specifiers; an unknown one or a lone trailing `%` is an error."""
+    try:
+        return _expand(value, table)
+    except SpecifierError as err:
+        raise ExpansionError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -76,23 +86,6 @@ def specifier_table(name: UnitName, context: SpecifierContext) -> dict[str, str]
     }
 
 
-def expand_specifiers(value: str, table: Mapping[str, str]) -> str:
-    """Replace `%x` specifiers; an unknown one or a lone trailing `%` is an error."""
-    out: list[str] = []
-    start = 0
-    while (at := value.find("%", start)) >= 0:
-        out.append(value[start:at])
-        code = value[at + 1:at + 2]
-        if not code:
-            raise ExpansionError("value ends with a lone '%'; write %% for a literal %")
-        if code not in table:
-            known = " ".join(f"%{key}" for key in table if key != "%")
-            raise ExpansionError(f"unknown specifier %{code} at position {at + 1}; known: "
-                                 f"{known} and %% (a literal %)")
-        out.append(table[code])
-        start = at + 2
-    out.append(value[start:])
-    return "".join(out)
 
 
 def is_env_name(name: str) -> bool:

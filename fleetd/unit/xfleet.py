@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from fleetd.unit.names import INSTANCE_CHARS, UnitName, UnitNameError, parse_unit_name
+from fleetd.unit.specifiers import SpecifierError
+from fleetd.unit.specifiers import expand_specifiers as expand_generic
 from fleetd.unit.unitfile import UnitFile, UnitFileError, split_command_line
 
 SECTION = "X-Fleet"
@@ -115,21 +117,10 @@ def expand_specifiers(value: str, name: UnitName) -> str:
     """Expand fleet's specifiers: %n name, %N name without type, %p prefix, %i instance, %%."""
     table = {"n": name.full, "N": name.stem, "p": name.prefix, "i": name.instance or "",
              "%": "%"}
-    out: list[str] = []
-    start = 0
-    while (at := value.find("%", start)) >= 0:
-        out.append(value[start:at])
-        code = value[at + 1:at + 2]
-        if not code:
-            raise FleetOptionsError("value ends with a lone '%'; write %% for a literal %")
-        if code not in table:
-            raise FleetOptionsError(f"unknown specifier %{code} at position {at + 1}; "
-                                    "[X-Fleet] values understand %n, %N, %p, %i and %% "
-                                    "(a literal %)")
-        out.append(table[code])
-        start = at + 2
-    out.append(value[start:])
-    return "".join(out)
+    try:
+        return expand_generic(value, table)
+    except SpecifierError as err:
+        raise FleetOptionsError(str(err)) from None
 
 
 def matches_metadata(options: FleetOptions, machine_metadata: Mapping[str, str]) -> bool:

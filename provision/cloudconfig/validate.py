@@ -27,7 +27,7 @@ from provision.cloudconfig.rules import (
     canonical,
 )
 from provision.errors import Problem, UserError, did_you_mean
-from provision.yamlmarks import MarkedDocument, Path_, load_yaml
+from provision.yamlmarks import MarkedDocument, Path_, load_yaml, value_kind
 
 HEADER = "#cloud-config"
 
@@ -89,7 +89,7 @@ def _check_body(text: str, file: str) -> list[Problem]:
     checker = _Checker(doc, text)
     if not isinstance(doc.data, dict):
         checker.report((), f"the top level must be a mapping (keys like coreos: and "
-                           f"write_files:), not {_describe_value(doc.data)}",
+                           f"write_files:), not {value_kind(doc.data)}",
                        key=False, severity="error")
     else:
         checker.mapping((), doc.data, CLOUD_CONFIG)
@@ -208,7 +208,7 @@ class _Checker:
     def _got(self, path: Path_, value: Any, rule: Field) -> str:
         if value is None:
             return "the value is empty"
-        got = f"got {_describe_value(value)}"
+        got = f"got {value_kind(value)}"
         if rule.kind == BOOL and isinstance(value, str) and value.lower() in _YAML11_BOOLS:
             return f'{got} "{_clip(value)}"; remove the quotes'
         if rule.kind == INT and isinstance(value, str) and value.strip().isdigit():
@@ -271,26 +271,6 @@ def _describe_valid(rule: Field) -> str:
     if literal:
         return f'want "{literal.group(1)}"'
     return f"want a value matching {rule.valid}"
-
-
-def _describe_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, datetime.date):
-        return "a date"
-    if isinstance(value, bytes):
-        return "binary data"
-    return "an empty value" if value is None else type(value).__name__
 
 
 def _suggest(key: str, known: Any) -> str:

@@ -152,8 +152,8 @@ BAD = [
     ("machine-id-space", "web.service", "MachineID=a b\n", r"MachineID=a b is not a machine ID"),
     ("machine-id-empty", "web.service", "MachineID=\n", r"MachineID= is not a machine ID"),
     ("unknown-specifier", "web.service", "MachineOf=%z.service\n",
-     r"MachineOf=%z\.service: unknown specifier %z at position 1; \[X-Fleet\] values "
-     r"understand %n, %N, %p, %i and %%"),
+     r"MachineOf=%z\.service: unknown specifier %z at position 1; known: %n, %N, %p, %i "
+     r"and %%"),
     ("lone-percent", "web.service", "MachineMetadata=load=100%\n",
      r"ends with a lone '%'; write %% for a literal %"),
 ]
