@@ -8,6 +8,7 @@ over defaults. Every bad value is a `ConfigError` naming where it came from.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class Config:
     root_dir: Path | None = None  # local clusters: the node directory that stands for `/`
     runner: str = "process"
     verbosity: int = 0
+    api_socket: Path | None = None  # None: <state_dir>/fleet.sock
+    api_address: str = ""  # host:port of an extra TCP listener; "" for none
+    api_allow_remote: bool = False
+
+    @property
+    def api_socket_path(self) -> Path:
+        return self.api_socket if self.api_socket is not None else self.state_dir / "fleet.sock"
 
 
 SETTINGS = {
@@ -54,6 +62,11 @@ SETTINGS = {
     "root_dir": "directory that stands for / when resolving unit paths (local clusters)",
     "runner": "process (systemd lands later)",
     "verbosity": "0 quiet, 1 info, 2 debug",
+    "api_socket": "unix socket of the fleet API (default <state_dir>/fleet.sock)",
+    "api_address": "host:port for the fleet API over TCP too (loopback unless "
+                   "api_allow_remote)",
+    "api_allow_remote": "true: let api_address listen beyond loopback (the API has no "
+                        "authentication)",
 }
 
 
@@ -62,6 +75,48 @@ def parse_duration(text: str) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration such as 30s, 500ms or 1m")
     return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (every interface) -> (host, port)."""
+    text = text.strip()
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^\s:\[\]]*):([0-9]{1,5})", text)
+    if not match:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:49153 or [::1]:49153)")
+    host = match[1] if match[1] is not None else match[3]
+    port = int(match[2] if match[2] is not None else match[4])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    if match[1] is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {text!r} is not an IPv6 address") from None
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname could resolve anywhere
+
+
+def api_address_problem(config: Config) -> str | None:
+    """Why `config.api_address` may not be used as it is, or None."""
+    if not config.api_address:
+        return None
+    try:
+        host, _ = parse_listen_address(config.api_address)
+    except ValueError as err:
+        return str(err)
+    if config.api_allow_remote or is_loopback(host):
+        return None
+    where = host or "every interface"
+    return (f"{where} is not a loopback address; the fleet API has no authentication, so it "
+            "listens on 127.0.0.1 or ::1 unless you also set api_allow_remote=true")
 
 
 def _bool(text: str) -> bool:
@@ -98,9 +153,13 @@ def _convert(name: str, raw: str):
         return value
     if name == "metadata":
         return parse_metadata(raw)
-    if name == "disable_engine":
+    if name in ("disable_engine", "api_allow_remote"):
         return _bool(raw)
-    if name in ("state_dir", "root_dir"):
+    if name == "api_address":
+        if raw.strip():
+            parse_listen_address(raw)
+        return raw.strip()
+    if name in ("state_dir", "root_dir", "api_socket"):
         return Path(raw).expanduser()
     if name == "runner":
         if raw not in ("process",):
@@ -170,4 +229,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
             values[name] = _convert(name, text)
         except ValueError as err:
             raise ConfigError(f"{where}: {name}: {err}") from None
-    return Config(**values)
+    config = Config(**values)
+    problem = api_address_problem(config)
+    if problem is not None:
+        raise ConfigError(f"{raw['api_address'][1]}: api_address: {problem}")
+    return config

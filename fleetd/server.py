@@ -1,4 +1,4 @@
-"""Wiring only: build the registry, runner, agent and engine from a Config and run them."""
+"""Wiring only: build the registry, runner, API, agent and engine from a Config and run them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import uuid
 from pathlib import Path
 
 from fleetd.agent.agent import Agent
-from fleetd.config import Config
+from fleetd.api import Api, ApiServer
+from fleetd.config import Config, api_address_problem, parse_listen_address
 from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
@@ -47,16 +48,29 @@ class Server:
     def __init__(self, config: Config) -> None:
         from fleetd.runner.process import ProcessRunner
 
+        problem = api_address_problem(config)
+        if problem is not None:
+            raise ValueError(f"api_address: {problem}")
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         mid = machine_id(config.state_dir)
         self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
-        self.machine = Machine(id=mid, public_ip=config.public_ip or default_public_ip(),
-                               metadata=dict(config.metadata), version=VERSION)
         ttl = max(1, round(config.agent_ttl))
         self.runner = ProcessRunner(config.state_dir, mid, socket.gethostname(),
                                     root_dir=config.root_dir)
+        # Bound now (served from start()) so the machine record carries the API's real URL.
+        try:
+            self.api = ApiServer(Api(self.registry, self.runner, mid), config.api_socket_path,
+                                 parse_listen_address(config.api_address)
+                                 if config.api_address else None)
+        except BaseException:
+            self.runner.shutdown()
+            self.etcd.close()
+            raise
+        public_ip = config.public_ip or default_public_ip()
+        self.machine = Machine(id=mid, public_ip=public_ip, metadata=dict(config.metadata),
+                               api_url=self.api.url(public_ip), version=VERSION)
         self.agent = Agent(self.registry, self.runner, self.machine, ttl)
         self.engine = None if config.disable_engine else Engine(
             self.registry, mid, ttl, config.engine_reconcile_interval)
@@ -64,6 +78,7 @@ class Server:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.api.start()
         self.threads.append(threading.Thread(target=self.agent.run, args=(self.stop,),
                                              name="agent", daemon=True))
         if self.engine is not None:
@@ -75,7 +90,11 @@ class Server:
                  ",".join(self.config.etcd_servers))
 
     def shutdown(self, timeout: float = 30.0) -> None:
+        self.api.close()
         self.stop.set()
+        self.agent.wake()
+        if self.engine is not None:
+            self.engine.wake()
         for thread in self.threads:
             thread.join(timeout)
         self.etcd.close()

@@ -27,6 +27,8 @@ from fleetd.registry.registry import Registry
 from fleetd.runner.base import Runner, RunnerError, UnitStatus
 from fleetd.unit.xfleet import matches_metadata
 
+WAKE = object()  # queued by `wake`; carries no events
+
 log = logging.getLogger("fleetd.agent")
 
 
@@ -75,6 +77,10 @@ class Agent:
             self.registry.etcd.revoke(self.lease)  # machine and state keys go with it
             self.lease = None
 
+    def wake(self) -> None:
+        """Cut short the wait for watch events (on shutdown: the stop event is not a queue)."""
+        self.inbox.put(WAKE)
+
     def _wait_and_handle(self, stop: threading.Event) -> None:
         timeout = max(0.0, self.renewed_at + self.ttl / 3 - time.monotonic())
         try:
@@ -89,6 +95,8 @@ class Agent:
                 break
         changed = False
         for item in items:
+            if item is WAKE:
+                continue
             if isinstance(item, Exception):
                 raise item
             if isinstance(item, tuple) and item[0] == "state":

@@ -23,6 +23,8 @@ from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
 from fleetd.registry.registry import Registry, decode
 
+WAKE = object()  # queued by `wake`; carries no events
+
 log = logging.getLogger("fleetd.engine")
 
 
@@ -101,6 +103,10 @@ class Engine:
         self._drop_cache()
         self.leadership.resign()
 
+    def wake(self) -> None:
+        """Cut short a wait for watch events (on shutdown: the stop event is not a queue)."""
+        self.events.put(WAKE)
+
     def _outage(self, err: Exception) -> None:
         """etcd was out of reach: machine leases may lapse for reasons that are not the
         machines' fault, so treat vanished machines as alive for one more TTL."""
@@ -114,6 +120,8 @@ class Engine:
             first = self.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return False
+        if first is WAKE:
+            return False
         batches = [first]
         deadline = time.monotonic() + DEBOUNCE_S
         while True:
@@ -122,6 +130,8 @@ class Engine:
             except queue.Empty:
                 break
         for batch in batches:
+            if batch is WAKE:
+                continue
             if isinstance(batch, Exception):
                 raise batch
             for event in batch:

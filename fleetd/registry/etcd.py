@@ -78,6 +78,9 @@ _TRANSIENT = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.Connectio
               grpc.RpcError, ValueError)
 
 
+_FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class Etcd:
     """A thin, counted, retrying wrapper of one etcd3 client."""
 
@@ -102,10 +105,23 @@ class Etcd:
             try:
                 return action()
             except _TRANSIENT as err:
+                if isinstance(err, grpc.RpcError):
+                    self._fail_over(err)
                 if time.monotonic() + delay > deadline:
                     raise RegistryUnavailable(f"etcd unreachable: {err!r}") from err
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    def _fail_over(self, err: grpc.RpcError) -> None:
+        """Raw stub calls (the paginated reads) bypass etcd3's own failover, which would
+        otherwise retry a dead member until the deadline: mark it failed, as etcd3 does."""
+        if err.code() not in _FAILOVER_CODES:
+            return
+        with self._lock:
+            endpoint = self.client.endpoint_in_use
+            if endpoint is not None and not endpoint.is_failed():
+                endpoint.fail()
+                self.client._clear_old_stubs()
 
     # -- reads -----------------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
@@ -180,7 +196,9 @@ class Etcd:
         """Stream events under `prefix` from `start_revision` into `sink` as lists of Event;
         a stream failure puts the exception instead. Returns a cancel function."""
         def deliver(response) -> None:
-            if isinstance(response, etcd3.exceptions.RevisionCompactedError):
+            if response is None:  # the stream ended without an error (client failed over)
+                sink.put(RegistryUnavailable("watch stream closed"))
+            elif isinstance(response, etcd3.exceptions.RevisionCompactedError):
                 sink.put(WatchCompacted(response.compacted_revision))
             elif isinstance(response, BaseException):
                 sink.put(RegistryUnavailable(f"watch stream broke: {response!r}"))

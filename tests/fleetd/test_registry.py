@@ -13,6 +13,7 @@ from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Keys, Kind, ParsedKey
 from fleetd.registry.registry import Conflict, NotFound, Registry
 from fleetd.unit.unitfile import parse_unit_file
+from tests.support.etcd import free_port
 
 KEY_ROWS = [
     ("unit", lambda k: k.unit("abc123"), ParsedKey(Kind.UNIT, "abc123")),
@@ -185,3 +186,19 @@ def test_unreachable_etcd_is_a_clear_error():
     with pytest.raises(RegistryUnavailable, match="etcd unreachable"):
         etcd.get("/x")
     etcd.close()
+
+
+def test_paginated_reads_fail_over_from_a_dead_member(etcd_server):
+    """The client starts on a random endpoint; a dead one must not fail the read."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    prefix = f"/failover-{uuid.uuid4().hex[:8]}/"
+    seed = Etcd([etcd_server.url], timeout=3)
+    seed.put(prefix + "a", "1")
+    seed.close()
+    for _ in range(6):  # both starting points, several times
+        etcd = Etcd([dead, etcd_server.url, dead], timeout=2)
+        try:
+            _, kvs = etcd.snapshot(prefix)
+            assert [kv.key for kv in kvs] == [prefix + "a"]
+        finally:
+            etcd.close()

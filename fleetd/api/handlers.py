@@ -1,0 +1,174 @@
+"""What each route does, in terms of the registry and this machine's runner.
+
+The registry is the single source of truth: every request reads or writes it
+and the API keeps no state of its own. Handlers return a `Response`; `answer`
+turns every exception into the right status (Conflict 409, NotFound 404, etcd
+unreachable 503, anything unexpected 500).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from fleetd.api import encode, schema
+from fleetd.api.errors import ApiError
+from fleetd.registry.etcd import RegistryUnavailable
+from fleetd.registry.registry import Conflict, NotFound, Registry, UnitStateRecord
+from fleetd.runner.base import Runner, RunnerError
+from fleetd.unit.unitfile import UnitFileError, content_hash
+from fleetd.unit.xfleet import FleetOptionsError
+
+log = logging.getLogger("fleetd.api")
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict | str | None = None  # dict: JSON; str: text/plain; None: no body
+    stream: Iterator[str] | None = None  # text/plain lines, sent as they come (chunked)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error(status: int, message: str, **headers: str) -> Response:
+    return Response(status, encode.error_json(status, message), headers=dict(headers))
+
+
+def answer(call: Callable[[], Response]) -> Response:
+    try:
+        return call()
+    except ApiError as err:
+        return error(err.status, err.message)
+    except Conflict as err:
+        return error(409, str(err))
+    except NotFound as err:
+        return error(404, str(err))
+    except (FleetOptionsError, UnitFileError) as err:
+        return error(400, str(err))
+    except RegistryUnavailable as err:
+        log.warning("API request failed, etcd unavailable: %s", err)
+        return error(503, "fleet registry (etcd) unavailable; nothing was changed, retry when "
+                          f"etcd is reachable: {err}")
+    except Exception:  # noqa: BLE001 - one bad request must not take the server down
+        log.exception("API request failed")
+        return error(500, "internal error in fleetd; see its log")
+
+
+class Api:
+    def __init__(self, registry: Registry, runner: Runner, machine_id: str,
+                 page_size: int = encode.PAGE_SIZE) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.machine_id = machine_id
+        self.page_size = page_size
+
+    # -- cluster-wide ------------------------------------------------------------------------
+    def discovery(self) -> Response:
+        return Response(200, schema.DISCOVERY)
+
+    def list_machines(self, query: schema.Query) -> Response:
+        token = schema.single(query, "nextPageToken")
+        _, machines = self.registry.machines()
+        page, next_token = encode.paginate(machines.values(), lambda m: (m.id,), "machines",
+                                           token, self.page_size)
+        return Response(200, encode.page_body("machines", [encode.machine_json(m) for m in page],
+                                              next_token))
+
+    def list_units(self, query: schema.Query) -> Response:
+        token = schema.single(query, "nextPageToken")
+        revision, jobs = self.registry.jobs()
+        page, next_token = encode.paginate(jobs.values(), lambda r: (r.job.name,), "units",
+                                           token, self.page_size)
+        if not page:
+            return Response(200, encode.page_body("units", [], next_token))
+        _, assignments = self.registry.assignments(revision=revision)
+        where = {a.name: a.machine for a in assignments}
+        states: dict[str, list[UnitStateRecord]] = {}
+        for state in self.registry.states():
+            states.setdefault(state.name, []).append(state)
+        entities = []
+        for record in page:
+            unit = self.registry.unit(record.job.hash)
+            if unit is None:  # destroyed and its body collected between two reads
+                continue
+            entities.append(encode.unit_json(record.job, unit, where.get(record.job.name, ""),
+                                             states.get(record.job.name, [])))
+        return Response(200, encode.page_body("units", entities, next_token))
+
+    def list_states(self, query: schema.Query) -> Response:
+        token = schema.single(query, "nextPageToken")
+        machine = schema.single(query, "machineID")
+        name = schema.single(query, "unitName")
+        states = [s for s in self.registry.states()
+                  if (machine is None or s.machine == machine)
+                  and (name is None or s.name == name)]
+        page, next_token = encode.paginate(states, lambda s: (s.name, s.machine), "state",
+                                           token, self.page_size)
+        return Response(200, encode.page_body("states", [encode.state_json(s) for s in page],
+                                              next_token))
+
+    # -- one unit ----------------------------------------------------------------------------
+    def get_unit(self, name: str) -> Response:
+        name = schema.unit_name(name)
+        record = self.registry.get_job(name)
+        unit = self.registry.unit(record.job.hash) if record is not None else None
+        if record is None or unit is None:
+            raise ApiError(404, f"Unit {name} does not exist.")
+        _, assignments = self.registry.assignments()
+        machine = next((a.machine for a in assignments if a.name == name), "")
+        states = [s for s in self.registry.states() if s.name == name]
+        return Response(200, encode.unit_json(record.job, unit, machine, states))
+
+    def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
+        name = schema.unit_name(name)
+        replace = schema.flag(query, "replace")
+        request = schema.parse_unit_request(name, body)
+        existing = self.registry.get_job(name)
+        if existing is None:
+            if request.unit is None:
+                raise ApiError(409, f"unit {name} does not exist and options field empty; "
+                                    "send its options to create it")
+            if request.desired is None:
+                raise ApiError(409, f"must provide desiredState to create unit {name}")
+            self.registry.create_job(name, request.unit, request.desired)
+            return Response(201)
+        if request.desired is None:
+            raise ApiError(409, f"must provide desiredState to update existing unit {name}")
+        if request.unit is not None and content_hash(request.unit) != existing.job.hash:
+            if not replace:
+                raise ApiError(409, f"unit {name} already exists with different content; "
+                                    "fleet never changes a unit's content: destroy it first "
+                                    f"(fleetctl destroy {name}) or replace it "
+                                    "(fleetctl submit --replace, ?replace=true)")
+            self.registry.create_job(name, request.unit, request.desired, replace=True)
+            return Response(201)
+        self.registry.set_desired(name, request.desired)
+        return Response(204)
+
+    def delete_unit(self, name: str) -> Response:
+        name = schema.unit_name(name)
+        if not self.registry.destroy_job(name):
+            raise ApiError(404, f"Unit {name} does not exist.")
+        return Response(204)
+
+    # -- this machine (fleetctl status / journal) ---------------------------------------------
+    def unit_status(self, name: str) -> Response:
+        name = schema.unit_name(name)
+        try:
+            text = self.runner.status_text(name)
+        except RunnerError:
+            raise ApiError(404, f"Unit {name} is not loaded on machine "
+                                f"{self.machine_id}") from None
+        return Response(200, {"machineID": self.machine_id, "status": text})
+
+    def journal(self, name: str, query: schema.Query) -> Response:
+        name = schema.unit_name(name)
+        lines, follow = schema.journal_query(query)
+        try:
+            found = self.runner.journal(name, lines, follow)
+        except RunnerError as err:
+            raise ApiError(404, str(err)) from None
+        if follow:
+            return Response(200, stream=iter(found))
+        return Response(200, "".join(f"{line}\n" for line in found))

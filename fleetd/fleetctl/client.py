@@ -1,0 +1,278 @@
+"""HTTP client of the fleet API v1, over a unix socket or TCP.
+
+One request per connection keeps the client stateless and simple; the API is
+small and fleetctl makes few calls. Errors come back typed: a 404 on a unit is
+`None`/`False` from the method (the caller knows what that means), a 409 on PUT
+is `UnitConflict`, any other error status is `ApiError`, and a socket that is
+missing, refuses or times out is `ConnectError` naming the endpoint.
+"""
+
+from __future__ import annotations
+
+import codecs
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from fleetd.fleetctl.errors import ApiError, ConnectError, UnitConflict, UsageError
+from fleetd.fleetctl.model import Machine, Unit, UnitState, malformed
+from fleetd.unit.unitfile import UnitOption
+
+API_PREFIX = "/fleet/v1"
+_MAX_PAGES = 10_000
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an API listens: `unix` with a socket path, or `http`/`https` with host:port."""
+
+    scheme: str
+    address: str
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.address}"
+        return f"{self.scheme}://{self.address}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`unix:///path`, `http://host:port`, `https://host:port`; a bare `/path` is a socket."""
+    text = text.strip()
+    if not text:
+        raise UsageError("the endpoint is empty; give unix:///path/to/fleet.sock or "
+                         "http://host:port")
+    if text.startswith("/"):
+        return Endpoint("unix", text)
+    parts = urlsplit(text)
+    if parts.scheme in ("unix", "file"):
+        if parts.netloc:
+            raise UsageError(f"endpoint {text!r} names host {parts.netloc!r}; a socket path "
+                             f"needs three slashes: unix:///{parts.netloc}{parts.path}")
+        if not parts.path:
+            raise UsageError(f"endpoint {text!r} has no socket path; write "
+                             "unix:///path/to/fleet.sock")
+        return Endpoint("unix", parts.path)
+    if parts.scheme in ("http", "https"):
+        if not parts.netloc:
+            raise UsageError(f"endpoint {text!r} has no host; write {parts.scheme}://host:port")
+        if parts.path not in ("", "/"):
+            raise UsageError(f"endpoint {text!r} has a path; give only "
+                             f"{parts.scheme}://{parts.netloc} (fleetctl adds /fleet/v1)")
+        return Endpoint(parts.scheme, parts.netloc)
+    raise UsageError(f"endpoint {text!r} is neither unix:///path/to/fleet.sock nor "
+                     "http://host:port")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def unit_path(name: str, *rest: str) -> str:
+    return "/".join((f"{API_PREFIX}/units/{quote(name, safe='@:')}",) + rest)
+
+
+class Client:
+    """The fleet API at one endpoint; `timeout` bounds every single request (seconds)."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+
+    # -- transport -------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.endpoint.scheme == "unix":
+            return _UnixConnection(self.endpoint.address, self.timeout)
+        if self.endpoint.scheme == "https":
+            return http.client.HTTPSConnection(self.endpoint.address, timeout=self.timeout)
+        return http.client.HTTPConnection(self.endpoint.address, timeout=self.timeout)
+
+    def _open(self, method: str, path: str, query: Mapping[str, str] | None = None,
+              body: Any = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        target = path + (f"?{urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        conn = self._connection()
+        try:
+            conn.request(method, target, body=data, headers=headers)
+            response = conn.getresponse()
+        except TimeoutError:
+            conn.close()
+            raise ConnectError(f"fleet at {self.endpoint} did not answer {method} {path} "
+                               f"within {self.timeout:g}s (--request-timeout)") from None
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise ConnectError(self._unreachable(err)) from None
+        return conn, response
+
+    def _unreachable(self, err: BaseException) -> str:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        hint = ("is fleetd running on this machine? set --endpoint or FLEETCTL_ENDPOINT "
+                "to reach another one")
+        return f"cannot reach fleet at {self.endpoint}: {reason}; {hint}"
+
+    def _call(self, method: str, path: str, query: Mapping[str, str] | None = None,
+              body: Any = None) -> tuple[int, bytes]:
+        conn, response = self._open(method, path, query, body)
+        try:
+            data = response.read()
+        except TimeoutError:
+            raise ConnectError(f"fleet at {self.endpoint} stopped answering {method} {path} "
+                               f"(--request-timeout {self.timeout:g}s)") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise ConnectError(self._unreachable(err)) from None
+        finally:
+            conn.close()
+        return response.status, data
+
+    def _json(self, path: str, status: int, data: bytes) -> Any:
+        try:
+            return json.loads(data.decode("utf-8")) if data else None
+        except (UnicodeDecodeError, ValueError):
+            raise malformed(f"{path} (HTTP {status})", "the body is not JSON") from None
+
+    def _error(self, method: str, path: str, status: int, data: bytes) -> ApiError:
+        message = ""
+        try:
+            document = json.loads(data.decode("utf-8"))
+            message = str(document["error"]["message"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+            message = data.decode("utf-8", "replace").strip()[:200]
+        reason = http.client.responses.get(status, "error")
+        text = f"fleet API {method} {path}: {status} {reason}"
+        return ApiError(f"{text}: {message}" if message else text, status)
+
+    def get_json(self, path: str, query: Mapping[str, str] | None = None) -> Any:
+        status, data = self._call("GET", path, query)
+        if status != 200:
+            raise self._error("GET", path, status, data)
+        return self._json(path, status, data)
+
+    def paged(self, path: str, key: str, query: Mapping[str, str] | None = None) -> list[Any]:
+        """All items of a listing, following `nextPageToken` until it is absent."""
+        items: list[Any] = []
+        seen: set[str] = set()
+        params = dict(query or {})
+        for _ in range(_MAX_PAGES):
+            document = self.get_json(path, params or None)
+            if not isinstance(document, dict):
+                raise malformed(path, "expected a JSON object")
+            page = document.get(key) or []
+            if not isinstance(page, list):
+                raise malformed(path, f"{key!r} is not a list")
+            items.extend(page)
+            token = document.get("nextPageToken")
+            if not token:
+                return items
+            if token in seen:
+                raise malformed(path, f"page token {token!r} came back twice")
+            seen.add(token)
+            params["nextPageToken"] = str(token)
+        raise malformed(path, f"more than {_MAX_PAGES} pages")
+
+    # -- cluster-wide calls ----------------------------------------------------------
+
+    def machines(self) -> list[Machine]:
+        return [Machine.from_json(item) for item in
+                self.paged(f"{API_PREFIX}/machines", "machines")]
+
+    def units(self) -> list[Unit]:
+        return [Unit.from_json(item) for item in self.paged(f"{API_PREFIX}/units", "units")]
+
+    def unit(self, name: str) -> Unit | None:
+        path = unit_path(name)
+        status, data = self._call("GET", path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._error("GET", path, status, data)
+        return Unit.from_json(self._json(path, status, data))
+
+    def put_unit(self, name: str, desired_state: str,
+                 options: Sequence[UnitOption] | None = None, replace: bool = False) -> bool:
+        """Create (True) or change (False) a unit; 409 becomes UnitConflict."""
+        path = unit_path(name)
+        body: dict[str, Any] = {"desiredState": desired_state}
+        if options is not None:
+            body["options"] = [{"section": o.section, "name": o.name, "value": o.value}
+                               for o in options]
+        status, data = self._call("PUT", path, {"replace": "true"} if replace else None, body)
+        if status == 409:
+            raise UnitConflict(self._error("PUT", path, status, data).message)
+        if status not in (200, 201, 204):
+            raise self._error("PUT", path, status, data)
+        return status == 201
+
+    def delete_unit(self, name: str) -> bool:
+        """True when deleted, False when there was no such unit."""
+        path = unit_path(name)
+        status, data = self._call("DELETE", path)
+        if status == 404:
+            return False
+        if status not in (200, 204):
+            raise self._error("DELETE", path, status, data)
+        return True
+
+    def states(self, machine_id: str | None = None,
+               unit_name: str | None = None) -> list[UnitState]:
+        query = {k: v for k, v in (("machineID", machine_id), ("unitName", unit_name)) if v}
+        return [UnitState.from_json(item) for item in
+                self.paged(f"{API_PREFIX}/state", "states", query)]
+
+    # -- per-machine calls (sent to the fleetd of the machine running the unit) --------
+
+    def unit_status(self, name: str) -> str:
+        path = unit_path(name, "status")
+        document = self.get_json(path)
+        if not isinstance(document, dict) or not isinstance(document.get("status"), str):
+            raise malformed(path, "expected {\"machineID\", \"status\"}")
+        return document["status"]
+
+    def journal(self, name: str, lines: int, follow: bool) -> Iterator[str]:
+        """The unit's journal as text chunks; with `follow` it streams until closed."""
+        path = unit_path(name, "journal")
+        query = {"lines": str(lines), "follow": "true" if follow else "false"}
+        conn, response = self._open("GET", path, query)
+        try:
+            if response.status != 200:
+                raise self._error("GET", path, response.status, response.read())
+            if follow and conn.sock is not None:
+                conn.sock.settimeout(None)  # a quiet unit is not a dead server
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            while True:
+                try:
+                    chunk = response.read1(65536)
+                except TimeoutError:
+                    raise ConnectError(f"fleet at {self.endpoint} stopped sending the journal "
+                                       f"of {name}") from None
+                except (OSError, http.client.HTTPException) as err:
+                    raise ConnectError(self._unreachable(err)) from None
+                if not chunk:
+                    break
+                text = decoder.decode(chunk)
+                if text:
+                    yield text
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+        finally:
+            conn.close()

@@ -1,0 +1,297 @@
+"""`fleetctl` console script: parse arguments, run one command, map errors to exit codes.
+
+Commands return data or raise typed errors; `run` is the only place that prints
+errors: `UsageError` (bad arguments or input files) exits 2 with a pointer to
+`--help`, any other `FleetctlError` (unknown unit, conflict, timeout, API
+unreachable) exits 1 with its message, Ctrl-C prints a short notice and exits 1
+(but ends `journal -f` normally).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn, TextIO
+
+from fleetd.fleetctl import inspect, lifecycle, lists
+from fleetd.fleetctl.client import Client, Endpoint, parse_endpoint
+from fleetd.fleetctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FleetctlError, UsageError
+from fleetd.fleetctl.session import Session
+from fleetd.fleetctl.tables import render
+from fleetd.fleetctl.waiting import DEFAULT_TIMEOUT, WaitPolicy
+
+PROG = "fleetctl"
+DEFAULT_SOCKET = "/var/run/fleet.sock"
+DEFAULT_REQUEST_TIMEOUT = 5.0
+COMMANDS = ("list-machines", "list-unit-files", "list-units", "submit", "load", "start", "stop",
+            "unload", "destroy", "cat", "status", "journal", "version")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG):].strip() if self.prog.startswith(PROG) else ""
+        unknown = re.match(r"argument COMMAND: invalid choice: '(.*?)'", message)
+        if unknown:
+            message = f"unknown command {unknown.group(1)!r}"
+            close = difflib.get_close_matches(unknown.group(1), COMMANDS, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        raise UsageError(message, usage=self.format_usage(), command=command or None)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The global options; on subcommands they default to SUPPRESS so that giving them
+    after the command works without hiding a value given before it."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--endpoint", default=default, metavar="URL",
+                        help="fleet API: unix:///path/to/fleet.sock or http://host:port "
+                             f"(env FLEETCTL_ENDPOINT; default unix://{DEFAULT_SOCKET} "
+                             "when it exists)")
+    parser.add_argument("--request-timeout", type=_positive_float, default=default,
+                        metavar="SECONDS",
+                        help="time allowed for a single request (env "
+                             f"FLEETCTL_REQUEST_TIMEOUT; default {DEFAULT_REQUEST_TIMEOUT:g})")
+
+
+def _list_options(parser: argparse.ArgumentParser, fields: str) -> None:
+    parser.add_argument("-l", "--full", action="store_true",
+                        help="do not abbreviate machine ids and hashes")
+    parser.add_argument("--no-legend", action="store_true", help="do not print the header")
+    parser.add_argument("--fields", metavar="A,B", help=f"columns to print, in order ({fields})")
+    parser.add_argument("--output", choices=("table", "json"), default="table",
+                        help="table (default) or json")
+
+
+def _block_options(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-block", action="store_true",
+                       help=f"do not wait until the units are {what}")
+    group.add_argument("--block-attempts", type=_non_negative_int, default=0, metavar="N",
+                       help=f"wait until the units are {what}, polling up to N times "
+                            "(0: until --block-timeout)")
+    parser.add_argument("--block-timeout", type=_non_negative_int, default=None,
+                        metavar="SECONDS",
+                        help=f"give up waiting after SECONDS (default {DEFAULT_TIMEOUT:g}; "
+                             "0: wait forever)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="fleetctl is a command-line interface to fleet, "
+                     "the cluster-wide init system.")
+    _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+
+    p = command("list-machines", "Enumerate the current hosts in the cluster")
+    _list_options(p, "machine,ip,metadata")
+    p = command("list-unit-files", "List the units that exist in the cluster")
+    _list_options(p, "unit,hash,dstate,state,target,global,desc")
+    p = command("list-units", "List the current state of units in the cluster")
+    _list_options(p, "unit,machine,ip,active,sub,load,hash")
+
+    p = command("submit", "Upload one or more units to the cluster without starting them")
+    p.add_argument("units", nargs="+", metavar="UNIT")
+    p.add_argument("--replace", action="store_true",
+                   help="replace units that exist with different content")
+    for name, help_text, what in (
+            ("load", "Schedule one or more units in the cluster, first submitting them if "
+                     "necessary", "loaded"),
+            ("start", "Start one or more units in the cluster, first submitting and loading "
+                      "them if necessary", "launched")):
+        p = command(name, help_text)
+        p.add_argument("units", nargs="+", metavar="UNIT")
+        p.add_argument("--replace", action="store_true",
+                       help="replace units that exist with different content")
+        _block_options(p, what)
+    p = command("stop", "Stop one or more units in the cluster (they stay loaded)")
+    p.add_argument("units", nargs="+", metavar="UNIT")
+    _block_options(p, "stopped")
+    p = command("unload", "Unschedule one or more units in the cluster")
+    p.add_argument("units", nargs="+", metavar="UNIT")
+    _block_options(p, "inactive")
+    p = command("destroy", "Destroy one or more units in the cluster")
+    p.add_argument("units", nargs="+", metavar="UNIT")
+
+    p = command("cat", "Print the unit file of a submitted unit")
+    p.add_argument("unit", metavar="UNIT")
+    p = command("status", "Print the systemd status of one or more units")
+    p.add_argument("units", nargs="+", metavar="UNIT")
+    p = command("journal", "Print the journal of a unit")
+    p.add_argument("unit", metavar="UNIT")
+    p.add_argument("--lines", "-n", type=_non_negative_int, default=10, metavar="N",
+                   help="number of recent lines to print (default 10)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    command("version", "Print the version and exit")
+    return parser
+
+
+def resolve_endpoint(flag: str | None, env: Mapping[str, str],
+                     exists: Callable[[str], bool] = os.path.exists) -> Endpoint:
+    if flag:
+        return parse_endpoint(flag)
+    if env.get("FLEETCTL_ENDPOINT"):
+        return parse_endpoint(env["FLEETCTL_ENDPOINT"])
+    if exists(DEFAULT_SOCKET):
+        return Endpoint("unix", DEFAULT_SOCKET)
+    raise UsageError(f"no fleet endpoint: {DEFAULT_SOCKET} does not exist; set --endpoint "
+                     "or FLEETCTL_ENDPOINT to unix:///path/to/fleet.sock or http://host:port "
+                     "(`provision env` prints it for a cluster)")
+
+
+def _request_timeout(flag: float | None, env: Mapping[str, str]) -> float:
+    if flag is not None:
+        return flag
+    text = env.get("FLEETCTL_REQUEST_TIMEOUT")
+    if not text:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        return _positive_float(text)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"FLEETCTL_REQUEST_TIMEOUT: {err}") from None
+
+
+def _policy(args: argparse.Namespace) -> WaitPolicy | None:
+    if args.no_block:
+        return None
+    timeout: float | None = DEFAULT_TIMEOUT
+    if args.block_timeout is not None:
+        timeout = float(args.block_timeout) or None
+    if args.block_attempts and args.block_timeout is None:
+        timeout = None  # N attempts given alone: exactly N attempts, as in fleet
+    return WaitPolicy(attempts=args.block_attempts or None, timeout=timeout)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("provision-fleetd")
+    except Exception:  # noqa: BLE001 - not installed: running from a checkout
+        return "0.0.0+unknown"
+
+
+def _dispatch(args: argparse.Namespace, session: Session) -> int:
+    out = session.out
+    command = args.command
+    if command in ("list-machines", "list-unit-files", "list-units"):
+        build = {"list-machines": lists.list_machines, "list-unit-files": lists.list_unit_files,
+                 "list-units": lists.list_units}[command]
+        table = build(session, args.fields)
+        out.write(render(table, args.output, full=args.full, legend=not args.no_legend))
+    elif command == "submit":
+        lifecycle.submit(session, args.units, replace=args.replace)
+    elif command == "load":
+        lifecycle.load(session, args.units, _policy(args), replace=args.replace)
+    elif command == "start":
+        lifecycle.start(session, args.units, _policy(args), replace=args.replace)
+    elif command == "stop":
+        lifecycle.stop(session, args.units, _policy(args))
+    elif command == "unload":
+        lifecycle.unload(session, args.units, _policy(args))
+    elif command == "destroy":
+        lifecycle.destroy(session, args.units)
+    elif command == "cat":
+        out.write(inspect.cat(session, args.unit))
+    elif command == "status":
+        for i, text in enumerate(inspect.status(session, args.units)):
+            out.write(("\n" if i else "") + text)
+    elif command == "journal":
+        try:
+            for chunk in inspect.journal(session, args.unit, args.lines, args.follow):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            if not args.follow:
+                raise
+    else:  # pragma: no cover - argparse only accepts the commands above
+        raise UsageError(f"unknown command {command!r}")
+    out.flush()
+    return EXIT_OK
+
+
+def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+        stdout: TextIO | None = None, stderr: TextIO | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        socket_exists: Callable[[str], bool] = os.path.exists) -> int:
+    """Run one fleetctl command line; returns the exit code (the testable entry point)."""
+    env = os.environ if env is None else env
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    parser = build_parser()
+    command = None
+    try:
+        try:
+            args = parser.parse_args(list(argv))
+        except SystemExit as done:  # --help printed its text
+            return int(done.code or 0)
+        command = args.command
+        if args.version or command == "version":
+            out.write(f"{PROG} version {_version()}\n")
+            return EXIT_OK
+        if command is None:
+            err.write(parser.format_help())
+            return EXIT_USAGE
+        endpoint = resolve_endpoint(args.endpoint, env, socket_exists)
+        client = Client(endpoint, _request_timeout(args.request_timeout, env))
+        session = Session(client, out=out, err=err, sleep=sleep, monotonic=monotonic)
+        return _dispatch(args, session)
+    except UsageError as error:
+        if error.usage:
+            err.write(error.usage)
+        err.write(f"{PROG}: {error.message}\n")
+        where = error.command or command
+        hint = f"{PROG} {where} --help" if where else f"{PROG} --help"
+        err.write(f"Run '{hint}' for usage.\n")
+        return error.exit_code
+    except FleetctlError as error:
+        out.flush()
+        err.write(error.message.rstrip("\n") + "\n")
+        return error.exit_code
+    except KeyboardInterrupt:
+        err.write("Aborted!\n")
+        return EXIT_FAILED
+    except BrokenPipeError:  # `fleetctl list-units | head`: the reader has all it wants
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

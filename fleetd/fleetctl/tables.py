@@ -1,0 +1,94 @@
+"""Tables as fleetctl prints them, and the same rows as JSON.
+
+A `Column` knows how to show a row as a cell (short or `--full`) and as a JSON
+value; a `Table` is chosen columns plus rows. Text layout follows fleetctl's
+tab-aligned output: every column but the last is padded to the next tab stop
+(multiples of 8) leaving at least two spaces, so columns line up as in fleet
+while staying plain spaces that copy and `awk` well.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fleetd.fleetctl.errors import UsageError
+
+GAP = 2
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # lowercase field name used by --fields; the header is its upper case
+    cell: Callable[[Any, bool], str]  # (row, full) -> text
+    value: Callable[[Any], Any]  # row -> JSON value (never abbreviated)
+
+    @property
+    def header(self) -> str:
+        return self.name.upper()
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: tuple[Column, ...]
+    rows: tuple[Any, ...]
+
+
+def choose_columns(spec: str | None, available: Mapping[str, Column],
+                   default: Sequence[str]) -> tuple[Column, ...]:
+    """`--fields a,b`: pick and order columns; unknown or empty names are usage errors."""
+    names = list(default) if spec is None else [part.strip() for part in spec.split(",")]
+    valid = ",".join(sorted(available))
+    if not any(names):
+        raise UsageError(f"--fields is empty; choose from {valid}")
+    chosen = []
+    for name in names:
+        column = available.get(name.lower())
+        if column is None:
+            raise UsageError(f"Invalid key in output format: {name!r}; valid fields are "
+                             f"{valid}")
+        chosen.append(column)
+    return tuple(chosen)
+
+
+def layout(lines: Sequence[Sequence[str]]) -> str:
+    """Align rows of cells; the last column is never padded (no trailing blanks)."""
+    if not lines:
+        return ""
+    count = max(len(line) for line in lines)
+    widths = [max((len(line[i]) for line in lines if i < len(line)), default=0)
+              for i in range(count)]
+    out = []
+    for line in lines:
+        cells = [cell.ljust(widths[i] + GAP) if i < len(line) - 1 else cell
+                 for i, cell in enumerate(line)]
+        out.append("".join(cells).rstrip() + "\n")
+    return "".join(out)
+
+
+def render_table(table: Table, full: bool = False, legend: bool = True) -> str:
+    lines: list[list[str]] = []
+    if legend:
+        lines.append([column.header for column in table.columns])
+    for row in table.rows:
+        lines.append([_one_line(column.cell(row, full)) for column in table.columns])
+    return layout(lines)
+
+
+def render_json(table: Table) -> str:
+    document = [{column.name: column.value(row) for column in table.columns}
+                for row in table.rows]
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def render(table: Table, output: str, full: bool = False, legend: bool = True) -> str:
+    if output == "json":
+        return render_json(table)
+    return render_table(table, full=full, legend=legend)
+
+
+def _one_line(text: str) -> str:
+    # A newline or tab inside a cell would break the columns for every later row.
+    return text.replace("\t", " ").replace("\n", " ") or "-"
