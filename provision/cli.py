@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--new-token", action="store_true",
                         help="request a fresh discovery token instead of reusing the cached one")
     render.set_defaults(run=_cmd_render)
+
+    from provision.lifecycle_cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -1,0 +1,356 @@
+"""How a local node boots from its own user-data, as a plan (pure: text in, values out).
+
+`plan_node` does what coreos-cloudinit does on a CoreOS machine, but answers
+with data instead of acting: substitute `$private_ipv4` / `$public_ipv4` with
+the node IP, list the `write_files` to apply under the node root, translate the
+`etcd2` section into an etcd 3.5 command line (or an etcd gateway for
+`proxy: on`), the `fleet` section into a fleetd command line, and the `units`
+into unit files for the node's process runner. The supervisor carries it out.
+
+Local differences, each reported as a note: listeners on 0.0.0.0 or loopback
+names are narrowed to the node IP (every node has its own loopback address),
+data and state live in the node directory, every etcd serves the v2 API too
+(flannel's `etcdctl set` needs it), and flanneld itself cannot run here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from provision.errors import Problem, UserError
+from provision.providers.local.units import (
+    ETCD_UNIT,
+    FLEET_UNIT,
+    Tools,
+    UnitPlan,
+    node_units,
+)
+
+# etcd 3.5 flags an etcd2 section may carry through unchanged (`etcd --help`).
+ETCD_FLAGS = frozenset("""
+name snapshot-count heartbeat-interval election-timeout initial-election-tick-advance
+listen-peer-urls listen-client-urls max-snapshots max-wals quota-backend-bytes
+backend-bbolt-freelist-type backend-batch-interval backend-batch-limit max-txn-ops
+max-request-bytes grpc-keepalive-min-time grpc-keepalive-interval grpc-keepalive-timeout
+socket-reuse-port socket-reuse-address initial-advertise-peer-urls initial-cluster
+initial-cluster-state initial-cluster-token advertise-client-urls discovery
+discovery-fallback discovery-proxy discovery-srv discovery-srv-name strict-reconfig-check
+pre-vote auto-compaction-retention auto-compaction-mode enable-v2 v2-deprecation cert-file
+key-file client-cert-auth client-crl-file client-cert-allowed-hostname trusted-ca-file
+auto-tls peer-cert-file peer-key-file peer-client-cert-auth peer-trusted-ca-file
+peer-cert-allowed-cn peer-cert-allowed-hostname peer-auto-tls self-signed-cert-validity
+peer-crl-file cipher-suites cors host-whitelist auth-token bcrypt-cost auth-token-ttl
+enable-pprof metrics listen-metrics-urls logger log-outputs log-level
+experimental-initial-corrupt-check experimental-corrupt-check-time
+experimental-enable-lease-checkpoint experimental-compaction-batch-limit
+experimental-watch-progress-notify-interval experimental-warning-apply-duration
+""".split())
+# etcd2 names that etcd 3 spells differently.
+ETCD_RENAMED = {"ca-file": "trusted-ca-file", "peer-ca-file": "peer-trusted-ca-file"}
+URL_FLAGS = ("listen-client-urls", "listen-peer-urls", "advertise-client-urls",
+             "initial-advertise-peer-urls", "listen-metrics-urls")
+NARROWED_HOSTS = ("0.0.0.0", "::", "[::]", "", "localhost", "127.0.0.1")
+OWN_PATHS = ("data-dir", "wal-dir")
+GATEWAY_RETRY = "1s"
+
+
+@dataclass(frozen=True)
+class NodeDirs:
+    """Where one node lives on this host."""
+
+    base: Path
+
+    @property
+    def root(self) -> Path:  # stands for the node's `/`: write_files land here
+        return self.base / "root"
+
+    @property
+    def etcd(self) -> Path:
+        return self.base / "etcd"
+
+    @property
+    def fleet(self) -> Path:  # fleetd's state: machine-id, its units, logs, API socket
+        return self.base / "fleet"
+
+    @property
+    def system(self) -> Path:  # the supervisor's runner for this node: units/, logs/
+        return self.base / "system"
+
+    def unit_log(self, unit: str) -> Path:
+        return self.system / "logs" / f"{unit}.log"
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    path: str  # absolute path on the node, e.g. /etc/environment
+    content: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class NodeBoot:
+    name: str
+    hostname: str
+    ip: str
+    role: str  # etcd-member | etcd-proxy | etcd-discovery
+    dirs: NodeDirs
+    files: tuple[FileWrite, ...]
+    etcd_argv: tuple[str, ...]
+    etcd_url: str  # where this node's etcd (or gateway) answers clients
+    fleetd_argv: tuple[str, ...]
+    fleet_etcd_servers: tuple[str, ...]
+    fleet_prefix: str
+    api_socket: str
+    units: tuple[UnitPlan, ...]  # etcd2 and fleet first
+    env: tuple[tuple[str, str], ...]  # what node units start from (ETCDCTL_*)
+    notes: tuple[str, ...]
+
+    @property
+    def started_units(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.units if u.start)
+
+    @property
+    def node_units(self) -> tuple[str, ...]:
+        """Units started besides etcd and fleet (the "units" health column)."""
+        return tuple(n for n in self.started_units if n not in (ETCD_UNIT, FLEET_UNIT))
+
+
+def substitute(text: str, ip: str) -> str:
+    return text.replace("$private_ipv4", ip).replace("$public_ipv4", ip)
+
+
+def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
+              dirs: NodeDirs, tools: Tools, fleet_settings: frozenset[str],
+              api_socket_flag: bool = False) -> NodeBoot:
+    """The boot plan of one node; UserError (naming `source`) when it cannot boot locally."""
+    problems: list[str] = []
+    notes: list[str] = []
+    ip = str(node["ip"])
+    try:
+        config = yaml.safe_load(substitute(user_data, ip))
+    except yaml.YAMLError as err:
+        raise _error(source, f"not valid YAML: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("coreos"), dict):
+        raise _error(source, "no `coreos` section: not a rendered user-data file")
+    coreos = config["coreos"]
+    etcd2 = coreos.get("etcd2")
+    if not isinstance(etcd2, dict):
+        raise _error(source, "no `coreos.etcd2` section: the node cannot start etcd")
+    role = _role(node)
+    etcd = manifest["etcd"]
+    etcd_argv, etcd_url = etcd_command(etcd2, ip=ip, role=role, data_dir=dirs.etcd,
+                                       tools=tools, etcd=etcd, notes=notes)
+    fleet = coreos.get("fleet") if isinstance(coreos.get("fleet"), dict) else {}
+    fleet_argv, servers, prefix = fleetd_command(fleet, dirs=dirs, tools=tools,
+                                                 settings=fleet_settings,
+                                                 api_socket_flag=api_socket_flag, notes=notes)
+    files = tuple(_write_file(entry, i, problems) for i, entry in
+                  enumerate(config.get("write_files") or []))
+    units = node_units(coreos.get("units") or [], etcd_argv=etcd_argv, fleetd_argv=fleet_argv,
+                       tools=tools, node_name=str(node["name"]), notes=notes, problems=problems)
+    if problems:
+        raise UserError([Problem(source, None, None, p) for p in problems])
+    flannel = coreos.get("flannel") if isinstance(coreos.get("flannel"), dict) else {}
+    endpoints = flannel.get("etcd-endpoints") or etcd_url
+    env = (("ETCDCTL_API", "2"), ("ETCDCTL_ENDPOINTS", str(endpoints)),
+           ("ETCDCTL_PEERS", str(endpoints)))
+    return NodeBoot(
+        name=str(node["name"]), hostname=str(config.get("hostname") or node["name"]), ip=ip,
+        role=role, dirs=dirs, files=tuple(f for f in files if f is not None),
+        etcd_argv=etcd_argv, etcd_url=etcd_url, fleetd_argv=fleet_argv,
+        fleet_etcd_servers=servers, fleet_prefix=prefix,
+        api_socket=str(dirs.fleet / "fleet.sock"), units=units, env=env,
+        notes=tuple(dict.fromkeys(notes)))
+
+
+def _role(node: Mapping) -> str:
+    roles = [r for r in node.get("roles", ()) if str(r).startswith("etcd-")]
+    return roles[0] if roles else "etcd-member"
+
+
+def _error(source: str, message: str) -> UserError:
+    return UserError([Problem(source, None, None, message)])
+
+
+# -- etcd ------------------------------------------------------------------------------------------
+
+def narrow_urls(value: str, ip: str) -> str:
+    """Listeners on every address or on loopback names become the node IP (deduplicated)."""
+    out: list[str] = []
+    for url in (u.strip() for u in str(value).split(",")):
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.hostname is None or parts.hostname in NARROWED_HOSTS or \
+                f"[{parts.hostname}]" in NARROWED_HOSTS:
+            port = f":{parts.port}" if parts.port else ""
+            url = urlunsplit((parts.scheme, f"{ip}{port}", parts.path, parts.query,
+                              parts.fragment))
+        if url not in out:
+            out.append(url)
+    return ",".join(out)
+
+
+def _flag_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _proxy_on(value: object) -> bool:
+    return value is True or str(value).lower() in ("on", "readonly", "true")
+
+
+def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools: Tools,
+                 etcd: Mapping, notes: list[str]) -> tuple[tuple[str, ...], str]:
+    """(argv, client URL) of the node's etcd: a member, the discovery etcd or a gateway."""
+    client_port, peer_port = int(etcd["client_port"]), int(etcd["peer_port"])
+    if _proxy_on(section.get("proxy")) or role == "etcd-proxy":
+        listen = narrow_urls(section.get("listen-client-urls") or f"http://{ip}:{client_port}",
+                             ip).split(",")[0]
+        parts = urlsplit(listen)
+        address = f"{parts.hostname}:{parts.port or client_port}"
+        members = ",".join(urlsplit(u).netloc for u in etcd["endpoints"])
+        notes.append("etcd proxies run as `etcd gateway` (etcd 3 has no v2 proxy)")
+        # The gateway gives up on an endpoint for --retry-delay (default 1m) after one
+        # failed dial; members still starting must not cost a minute.
+        return ((tools.etcd, "gateway", "start", "--listen-addr", address,
+                 "--endpoints", members, "--retry-delay", GATEWAY_RETRY), f"http://{address}")
+    flags: dict[str, str] = {}
+    for key, value in section.items():
+        key = ETCD_RENAMED.get(str(key), str(key))
+        if key == "proxy" or key.startswith("proxy-"):
+            continue
+        if key in OWN_PATHS:
+            notes.append(f"etcd2 `{key}` is replaced by the node directory")
+            continue
+        if key not in ETCD_FLAGS:
+            notes.append(f"etcd2 `{key}` has no etcd 3.5 flag; left out")
+            continue
+        text = _flag_value(value)
+        flags[key] = narrow_urls(text, ip) if key in URL_FLAGS else text
+    flags.setdefault("listen-client-urls", f"http://{ip}:{client_port}")
+    flags.setdefault("advertise-client-urls", flags["listen-client-urls"].split(",")[0])
+    # etcd's defaults bind localhost:2380 and name the cluster `default`: both clash
+    # between nodes of one host, so a node without peer settings gets its own.
+    flags.setdefault("listen-peer-urls", f"http://{ip}:{peer_port}")
+    flags.setdefault("initial-advertise-peer-urls", flags["listen-peer-urls"].split(",")[0])
+    if role == "etcd-discovery" or not {"initial-cluster", "discovery", "discovery-srv"} & set(
+            flags):
+        name = flags.get("name", "default")
+        flags.setdefault("initial-cluster",
+                         f"{name}={flags['initial-advertise-peer-urls'].split(',')[0]}")
+    flags["data-dir"] = str(data_dir)
+    flags["enable-v2"] = "true"
+    argv = [tools.etcd] + [f"--{key}={value}" for key, value in flags.items()]
+    client = _client_url(flags["advertise-client-urls"], flags["listen-client-urls"], ip)
+    return tuple(argv), client
+
+
+def _client_url(advertised: str, listened: str, ip: str) -> str:
+    for url in (advertised.split(",") + listened.split(",")):
+        if urlsplit(url).hostname == ip:
+            return url.rstrip("/")
+    return listened.split(",")[0].rstrip("/")
+
+
+# -- fleet -----------------------------------------------------------------------------------------
+
+def fleetd_command(section: Mapping, *, dirs: NodeDirs, tools: Tools,
+                   settings: frozenset[str], api_socket_flag: bool, notes: list[str]
+                   ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(argv, etcd servers, key prefix) of the node's fleetd."""
+    argv = [tools.python, "-m", "fleetd.cli", "--state-dir", str(dirs.fleet),
+            "--root-dir", str(dirs.root)]
+    given: dict[str, str] = {}
+    for key, value in section.items():
+        name = str(key).replace("-", "_")
+        if name in ("state_dir", "root_dir", "api_socket"):
+            notes.append(f"fleet `{key}` is replaced by the node directory")
+            continue
+        if name not in settings:
+            notes.append(f"fleet `{key}` is not a fleetd setting; left out")
+            continue
+        given[name] = _flag_value(value)
+    given.setdefault("verbosity", "1")
+    for name, value in given.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    if api_socket_flag:
+        argv += ["--api-socket", str(dirs.fleet / "fleet.sock")]
+    servers = tuple(s.strip() for s in given.get("etcd_servers", "http://127.0.0.1:2379")
+                    .split(",") if s.strip())
+    prefix = given.get("etcd_key_prefix", "/_coreos.com/fleet/")
+    return tuple(argv), servers, prefix if prefix.endswith("/") else prefix + "/"
+
+
+# -- write_files -----------------------------------------------------------------------------------
+
+def _write_file(entry: object, index: int, problems: list[str]) -> FileWrite | None:
+    where = f"write_files[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        problems.append(f"{where}: needs a `path`")
+        return None
+    path = entry["path"]
+    if not path.startswith("/"):
+        problems.append(f"{where}: path {path!r} is not absolute")
+        return None
+    if ".." in path.split("/"):
+        problems.append(f"{where}: path {path!r} contains `..`; refusing a path that could "
+                        "leave the node root")
+        return None
+    try:
+        mode = _mode(entry.get("permissions"))
+    except ValueError:
+        problems.append(f"{where}: permissions {entry.get('permissions')!r} is not an octal "
+                        "mode such as \"0644\"")
+        return None
+    try:
+        content = decode_content(str(entry.get("content") or ""), entry.get("encoding"))
+    except ValueError as err:
+        problems.append(f"{where} ({path}): {err}")
+        return None
+    return FileWrite(posixpath.normpath(path), content, mode)
+
+
+def _mode(value: object) -> int:
+    if value is None:
+        return 0o644
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML reads 0644 (unquoted) as octal in 1.1 and some writers emit the decimal value.
+        mode = value
+    else:
+        mode = int(str(value).strip(), 8)
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(value)
+    return mode
+
+
+def decode_content(text: str, encoding: object) -> bytes:
+    """coreos-cloudinit's write_files encodings: base64 (b64), gzip (gz), and both."""
+    kind = str(encoding or "").lower()
+    if kind in ("", "none"):
+        return text.encode("utf-8")
+    data = text.encode("utf-8")
+    if kind in ("b64", "base64", "gz+b64", "gzip+b64", "gz+base64", "gzip+base64"):
+        try:
+            data = base64.b64decode(data, validate=False)
+        except binascii.Error as err:
+            raise ValueError(f"content is not valid base64: {err}") from None
+        kind = kind.partition("+")[0] if "+" in kind else ""
+    if kind in ("gz", "gzip"):
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"content is not valid gzip data: {err}") from None
+    if kind:
+        raise ValueError(f"unknown encoding {encoding!r} (known: b64, gz, gz+b64)")
+    return data

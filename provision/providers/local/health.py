@@ -1,0 +1,174 @@
+"""Is a local node healthy? The probes `up`, `node start` and `status` share.
+
+    python -m provision.providers.local.health ENDPOINTS PREFIX   (a prober in a namespace)
+
+- etcd: a read through the node's own client URL answers (a member in a
+  cluster with quorum, the discovery etcd, or a gateway reaching the members);
+- fleet: the node's machine key exists under fleet's prefix (`<prefix>machine/<id>`);
+- units: every node unit the user-data starts is active, as the supervisor reports.
+
+Each probe is a condition polled against a deadline by the caller; none sleeps.
+A `Prober` runs them here; a `NamespaceProber` runs them through a helper process
+inside the cluster's network namespace (dns-srv clusters), where the nodes are.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.keys import Keys, Kind
+
+PROBE_TIMEOUT_S = 1.0
+EXCERPT_LINES = 12
+EXCERPT_WIDTH = 300
+
+
+def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    import etcd3
+
+    parts = urlsplit(url)
+    # A fresh client per probe: etcd3 keeps a refused endpoint marked failed for long.
+    client = etcd3.client(host=parts.hostname, port=parts.port or 2379, timeout=timeout)
+    try:
+        client.get("/provision/health")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+        return False
+    finally:
+        client.close()
+
+
+class MachineProbe:
+    """Reads the machine ids fleet has registered, through any member that answers."""
+
+    def __init__(self, endpoints: list[str], prefix: str) -> None:
+        self.endpoints = endpoints
+        self.keys = Keys(prefix)
+        self._etcd: Etcd | None = None
+
+    def machines(self) -> set[str] | None:
+        """Registered machine ids, or None when etcd cannot be read now."""
+        try:
+            if self._etcd is None:
+                self._etcd = Etcd(self.endpoints, timeout=PROBE_TIMEOUT_S)
+            _, kvs = self._etcd.snapshot(self.keys.of(Kind.MACHINE))
+        except Exception:  # noqa: BLE001 - not reachable yet
+            self.close()
+            return None
+        found = set()
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            if parsed is not None and parsed.kind is Kind.MACHINE:
+                found.add(parsed.name)
+        return found
+
+    def close(self) -> None:
+        if self._etcd is not None:
+            try:
+                self._etcd.close()
+            except Exception:  # noqa: BLE001 - closing a broken client
+                pass
+            self._etcd = None
+
+
+class Prober:
+    """etcd health of many nodes at once, and fleet's registered machines, from here."""
+
+    def __init__(self, endpoints: list[str], prefix: str) -> None:
+        self._machines = MachineProbe(endpoints, prefix)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
+
+    def etcd(self, urls: list[str]) -> list[bool]:
+        return list(self._pool.map(etcd_healthy, urls))
+
+    def machines(self) -> set[str] | None:
+        return self._machines.machines()
+
+    def close(self) -> None:
+        self._machines.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class NamespaceProber:
+    """The same probes, answered by `python -m ...health` inside a network namespace."""
+
+    def __init__(self, endpoints: list[str], prefix: str, exec_prefix: list[str],
+                 env: dict[str, str]) -> None:
+        self._proc = subprocess.Popen(
+            [*exec_prefix, sys.executable, "-m", "provision.providers.local.health",
+             ",".join(endpoints), prefix], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env)
+
+    def _ask(self, request: dict) -> object:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except OSError:
+            line = ""
+        return json.loads(line)["answer"] if line else None
+
+    def etcd(self, urls: list[str]) -> list[bool]:
+        answer = self._ask({"op": "etcd", "urls": urls})
+        return list(answer) if isinstance(answer, list) else [False] * len(urls)
+
+    def machines(self) -> set[str] | None:
+        answer = self._ask({"op": "machines"})
+        return set(answer) if isinstance(answer, list) else None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+def serve(endpoints: list[str], prefix: str) -> None:
+    """Answer probe requests, one JSON line each, until stdin closes."""
+    prober = Prober(endpoints, prefix)
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request.get("op") == "etcd":
+                answer: object = prober.etcd(list(request["urls"]))
+            else:
+                found = prober.machines()
+                answer = sorted(found) if found is not None else None
+            sys.stdout.write(json.dumps({"answer": answer}) + "\n")
+            sys.stdout.flush()
+    finally:
+        prober.close()
+
+
+def unit_state(node_status: dict | None, unit: str) -> tuple[str, str]:
+    info = ((node_status or {}).get("units") or {}).get(unit) or {}
+    return info.get("active", "inactive"), info.get("sub", "dead")
+
+
+def excerpt(path: Path, lines: int = EXCERPT_LINES) -> str:
+    """The last lines of a log, each clipped, for error messages."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return f"(no log at {path})"
+    tail = [line if len(line) <= EXCERPT_WIDTH else line[:EXCERPT_WIDTH] + " …"
+            for line in text.splitlines()[-lines:]]
+    return f"--- last lines of {path} ---\n" + "\n".join(tail)
+
+
+if __name__ == "__main__":
+    serve([u for u in sys.argv[1].split(",") if u], sys.argv[2])

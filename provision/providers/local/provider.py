@@ -1,0 +1,352 @@
+"""The local provider: `up`, `down`, `status`, `node stop|start` and `env` for local clusters.
+
+`up` renders the cluster into `<state>/rendered` (the user-data files are the
+source of truth), plans every node from its own user-data (boot.py), prepares
+the node directories, starts the cluster's supervisor (supervisor.py) and asks
+it to run the nodes, then waits, against one deadline, until every node's etcd
+answers, its fleet machine is registered and its node units are active. It
+returns 0 only then; otherwise it stops everything it started and raises
+`OperationFailed` with the failing node's log lines. Ctrl-C does the same.
+
+Every function takes the cluster as a YAML path or a cluster name, and
+`state_root` (default `$PROVISION_STATE`, else ~/.local/state/provision); a
+cluster's state lives in `<state_root>/<name>`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from provision import discovery as render_discovery
+from provision.errors import OperationFailed, Problem, UserError, did_you_mean
+from provision.model import DiscoveryMode
+from provision.providers.local import control, dns, nodes, state
+from provision.providers.local.boot import NodeBoot
+from provision.providers.local.discovery import write_size
+from provision.providers.local.etcdbin import (
+    EtcdBinaries,
+    find_etcd,
+    parse_version,
+    version_warning,
+)
+from provision.providers.local.health import unit_state
+from provision.providers.local.progress import Progress
+from provision.providers.local.units import UnitPlan, system_unit
+from provision.providers.local.waiter import Waiter, prober_for
+
+DEFAULT_TIMEOUT = 120.0
+POLL_S = 0.1
+DNS_UNIT = "dnsmasq.service"
+
+
+def default_state_root() -> Path:
+    override = os.environ.get("PROVISION_STATE")
+    return Path(override) if override else Path.home() / ".local" / "state" / "provision"
+
+
+def cluster_state_dir(name: str, state_root: str | Path | None = None) -> Path:
+    root = Path(state_root) if state_root is not None else default_state_root()
+    return (root / name).resolve()
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
+       state_root: str | Path | None = None, console: Console | None = None) -> int:
+    """Bring the cluster up (or check that it is); 0 once every node is healthy."""
+    from provision.model_build import load_cluster
+    from provision.output import write_rendered
+    from provision.render import render_cluster
+
+    deadline = time.monotonic() + timeout
+    console = console or Console(stderr=True)
+    cluster, warnings = load_cluster(str(cluster_path))
+    for problem in warnings:
+        console.print(str(problem), markup=False, highlight=False)
+    _check_local_network(cluster)
+    dns_srv = cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
+    if dns_srv and (problem := dns.requirements_problem()):
+        raise UserError([Problem(cluster.source, None, None, problem)])
+    state_dir = cluster_state_dir(cluster.name, state_root)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    binaries = find_etcd()
+    warning = version_warning(binaries.version)
+    if warning:
+        console.print(f"warning: {warning}", markup=False, highlight=False)
+    rendered = state_dir / state.RENDERED
+    was_running = control.running(state_dir)
+    resolved, record = render_discovery.resolve(cluster, rendered)
+    files = render_cluster(cluster, resolved)
+    if was_running and _changed(rendered, files):
+        raise UserError([Problem(str(cluster_path), None, None,
+                                 f"cluster {cluster.name} is running with a different "
+                                 f"definition; run `provision down {cluster.name}` first")])
+    if not was_running:
+        write_rendered(rendered, files, record)
+    manifest = nodes.read_manifest(rendered)
+    boots = nodes.plan_cluster(state_dir, manifest, binaries)
+    for note in dict.fromkeys(n for b in boots for n in b.notes):
+        console.print(f"note: {note}", markup=False, highlight=False)
+    shared = _dns_services(state_dir, manifest) if dns_srv else nodes.Shared()
+    launched = False
+    try:
+        if not was_running:
+            control.sweep(state_dir)  # anything a killed supervisor may have left
+            nodes.prepare(state_dir, cluster.name, boots, shared, binaries)
+            # A new supervisor starts from nothing running; _boot says what to start.
+            control.set_desired(state_dir, {b.name: "stopped" for b in boots})
+            if shared.netns:
+                dns.create(shared.netns, shared.wait_tcp[0].rpartition(":")[0])
+            launched = True
+            control.start_supervisor(state_dir, deadline, shared.netns)
+        title = f"{cluster.name}: {len(boots)} nodes, state in {state_dir}"
+        with Progress([(b.name, b.ip) for b in boots], console, title) as progress:
+            waiter = Waiter(state_dir, boots, manifest, progress)
+            try:
+                _boot(state_dir, manifest, waiter, deadline)
+            finally:
+                waiter.close()
+    except BaseException:  # a failed node, a timeout or Ctrl-C: leave nothing running
+        _uninterrupted(lambda: _stop(state_dir, launched=launched))
+        raise
+    console.print(f"{cluster.name} is up: {len(boots)} nodes healthy "
+                  f"(`provision env {cluster.name}` for fleetctl/etcdctl)",
+                  markup=False, highlight=False)
+    return 0
+
+
+def _dns_services(state_dir: Path, manifest: dict) -> nodes.Shared:
+    """dns-srv: the namespace the nodes run in and the dnsmasq serving the rendered zone."""
+    disc = manifest["etcd"]["discovery"]
+    zone = state_dir / state.RENDERED / disc["zone_file"]
+    records = dns.zone_records(zone.read_text())
+    address = dns.dns_address(manifest["network"], {n["ip"] for n in manifest["nodes"]},
+                              disc.get("dns_server"))
+    argv = dns.dnsmasq_argv(shutil.which("dnsmasq") or "dnsmasq", address, disc["domain"],
+                            records, str(state_dir / state.SHARED / "dnsmasq.pid"))
+    unit = UnitPlan(DNS_UNIT, system_unit(f"DNS of {manifest['cluster']} ({disc['domain']})",
+                                          argv), True)
+    return nodes.Shared(dns.namespace(manifest["cluster"]), (unit,), (f"{address}:53",))
+
+
+def _stop(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> bool:
+    """Stop the supervisor and everything it ran; remove the cluster's namespace."""
+    was_running = control.stop_supervisor(state_dir, timeout, launched=launched)
+    netns = nodes.netns(state_dir)
+    if netns:
+        dns.delete(netns)
+    return was_running
+
+
+def _uninterrupted(cleanup) -> None:  # noqa: ANN001 - a callable
+    """Run a cleanup that a second Ctrl-C must not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        cleanup()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cleanup()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _boot(state_dir: Path, manifest: dict, waiter: Waiter, deadline: float) -> None:
+    names = [n["name"] for n in manifest["nodes"]]
+    disc = manifest["etcd"]["discovery"]
+    if disc["mode"] == "custom" and disc.get("node") in names:
+        # The discovery etcd first, then the size key, then the members that read it.
+        generation = control.set_desired(state_dir, {disc["node"]: "running"})
+        waiter.wait([disc["node"]], generation, deadline, columns=("etcd",))
+        write_size(disc["url"], int(disc["size"]), deadline)
+    generation = control.set_desired(state_dir, dict.fromkeys(names, "running"))
+    waiter.wait(names, generation, deadline)
+
+
+def _check_local_network(cluster) -> None:  # noqa: ANN001 - a provision.model.Cluster
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    if not cluster.network.subnet_of(loopback):
+        raise UserError([Problem(cluster.source, None, None,
+                                 f"the local provider runs nodes on loopback addresses, but "
+                                 f"network.cidr is {cluster.network}; use a 127.x.y.0/24 "
+                                 "network (or the vagrant provider)")])
+
+
+def _changed(rendered: Path, files) -> bool:  # noqa: ANN001 - RenderedFile list
+    for item in files:
+        try:
+            if (rendered / item.name).read_text() != item.text:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+# -- the other commands ------------------------------------------------------------------------
+
+def locate(cluster: str | Path, state_root: str | Path | None = None) -> Path:
+    """The state directory of a cluster given as a YAML path or a name; it must exist."""
+    text = str(cluster)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        from provision.model_build import load_cluster
+
+        name = load_cluster(text)[0].name
+    else:
+        name = text
+    state_dir = cluster_state_dir(name, state_root)
+    if not (state_dir / state.PLAN).is_file():
+        known = sorted(p.name for p in state_dir.parent.glob("*") if (p / state.PLAN).is_file())
+        raise UserError(f"no local cluster named {name!r} under {state_dir.parent}"
+                        f"{did_you_mean(name, known)}; bring one up with `provision up "
+                        "CLUSTER.yaml`")
+    return state_dir
+
+
+def down(cluster: str | Path, *, purge: bool = False, state_root: str | Path | None = None,
+         timeout: float = 60.0) -> str:
+    """Stop every process of the cluster (fleetd first, then etcd); with `purge`, forget it."""
+    state_dir = locate(cluster, state_root)
+    was_running = _stop(state_dir, timeout)
+    control.set_desired(state_dir, dict.fromkeys(nodes.machine_ids(state_dir), "stopped"))
+    name = state_dir.name
+    message = f"{name}: stopped" if was_running else f"{name}: was not running"
+    if purge:
+        rendered = state_dir / state.RENDERED
+        if rendered.is_dir():
+            render_discovery.mark_spent(rendered)
+        shutil.rmtree(state_dir)
+        message += f"; state removed ({state_dir})"
+    return message
+
+
+def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], dict]:
+    """The nodes' plans again, for their addresses, units and paths (not to run anything,
+    so the etcd binary does not matter here)."""
+    manifest = nodes.read_manifest(state_dir / state.RENDERED)
+    placeholder = EtcdBinaries("etcd", "etcdctl", None, "not needed")
+    return nodes.plan_cluster(state_dir, manifest, placeholder), manifest
+
+
+def _node_name(state_dir: Path, node: str) -> str:
+    names = list(nodes.machine_ids(state_dir))
+    if node not in names:
+        raise UserError(f"{state_dir.name} has no node {node!r}{did_you_mean(node, names)} "
+                        f"(nodes: {', '.join(names)})")
+    return node
+
+
+def _require_running(state_dir: Path) -> None:
+    if not control.running(state_dir):
+        raise OperationFailed(f"{state_dir.name} is not running; `provision up` it first")
+
+
+def node_stop(cluster: str | Path, node: str, *, state_root: str | Path | None = None,
+              timeout: float = 60.0) -> None:
+    """Stop one node's processes (fleetd, then etcd); returns once they are gone."""
+    state_dir = locate(cluster, state_root)
+    node = _node_name(state_dir, node)
+    _require_running(state_dir)
+    generation = control.set_desired(state_dir, {node: "stopped"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = control.read_status(state_dir, generation)
+        if status is not None and status["nodes"][node]["state"] == "stopped":
+            return
+        time.sleep(POLL_S)
+    raise OperationFailed(f"node {node} did not stop within {timeout:g}s")
+
+
+def node_start(cluster: str | Path, node: str, *, state_root: str | Path | None = None,
+               timeout: float = DEFAULT_TIMEOUT, console: Console | None = None) -> None:
+    """Start one node again; returns once it is healthy (etcd, fleet, units)."""
+    state_dir = locate(cluster, state_root)
+    node = _node_name(state_dir, node)
+    _require_running(state_dir)
+    boots, manifest = _plan_boots(state_dir)
+    deadline = time.monotonic() + timeout
+    generation = control.set_desired(state_dir, {node: "running"})
+    boot = next(b for b in boots if b.name == node)
+    with Progress([(node, boot.ip)], console or Console(stderr=True)) as progress:
+        waiter = Waiter(state_dir, boots, manifest, progress)
+        try:
+            waiter.wait([node], generation, deadline)
+        finally:
+            waiter.close()
+
+
+def status(cluster: str | Path, *, state_root: str | Path | None = None) -> list[dict]:
+    """One row per node: name, ip, role, state, etcd health, fleet machine, node units."""
+    state_dir = locate(cluster, state_root)
+    plan = state.read_json(state_dir / state.PLAN) or {}
+    manifest = nodes.read_manifest(state_dir / state.RENDERED)
+    live = control.running(state_dir)
+    current = (state.read_json(state_dir / state.STATUS) or {}) if live else {}
+    node_status = current.get("nodes") or {}
+    boots = {b.name: b for b in _plan_boots(state_dir)[0]}
+    rows_in = plan.get("nodes") or []
+    running_nodes = [n for n in rows_in
+                     if live and node_status.get(n["name"], {}).get("state") == "running"]
+    answers: list[bool] = []
+    registered: set[str] = set()
+    if running_nodes:
+        prober = prober_for(state_dir, manifest, list(boots.values()))
+        try:
+            answers = prober.etcd([boots[n["name"]].etcd_url for n in running_nodes])
+            registered = prober.machines() or set()
+        finally:
+            prober.close()
+    healthy_names = {n["name"] for n, ok in zip(running_nodes, answers, strict=True) if ok}
+    rows = []
+    for spec in rows_in:
+        name = spec["name"]
+        etcd_ok = name in healthy_names
+        info = node_status.get(name) or {}
+        running = info.get("state") == "running"
+        units = {u: "/".join(unit_state(info, u)) for u in boots[name].node_units}
+        rows.append({
+            "name": name, "ip": spec["ip"], "role": spec.get("role", ""),
+            "state": "running" if running else "stopped",
+            "etcd": "healthy" if etcd_ok else ("unhealthy" if running else "stopped"),
+            "machine_id": spec["machine_id"],
+            "fleet": "registered" if spec["machine_id"] in registered else "absent",
+            "units": units,
+            "units_running": sum(1 for v in units.values() if v.startswith("active")),
+            "pids": {u: i.get("pid") for u, i in (info.get("units") or {}).items()
+                     if i.get("pid")},
+        })
+    return rows
+
+
+def etcd_binary(cluster: str | Path, *, state_root: str | Path | None = None) -> dict:
+    """The etcd binary the cluster was brought up with (path, version, where the choice came
+    from) and, for a known-bad version, the warning; empty if not recorded."""
+    state_dir = locate(cluster, state_root)
+    chosen = dict((state.read_json(state_dir / state.PLAN) or {}).get("etcd_binary") or {})
+    if chosen:
+        chosen["warning"] = version_warning(parse_version(f"etcd Version: {chosen['version']}"))
+    return chosen
+
+
+def env(cluster: str | Path, *, state_root: str | Path | None = None) -> str:
+    """Shell export lines for fleetctl and etcdctl against this cluster."""
+    state_dir = locate(cluster, state_root)
+    boots, manifest = _plan_boots(state_dir)
+    current = state.read_json(state_dir / state.STATUS) or {}
+    running = [b for b in boots
+               if ((current.get("nodes") or {}).get(b.name) or {}).get("state") == "running"]
+    chosen = (running or boots)[0]
+    endpoints = ",".join(manifest["etcd"]["endpoints"])
+    lines = (f"export FLEETCTL_ENDPOINT=unix://{chosen.api_socket}\n"
+             f"export ETCDCTL_ENDPOINTS={endpoints}\n")
+    netns = nodes.netns(state_dir)
+    if netns:
+        lines += (f"# the nodes run in network namespace {netns}: fleetctl reaches them through "
+                  f"the socket; run etcdctl as `ip netns exec {netns} etcdctl ...`\n")
+    return lines

@@ -1,0 +1,296 @@
+"""The per-cluster supervisor: owns every process of a local cluster after `up` returns.
+
+    python -m provision.providers.local.supervisor STATE_DIR [--daemon]
+
+One process per cluster (an flock on `supervisor.lock` makes sure), detached
+from the terminal. Each node gets a process runner (fleetd.runner.process) with
+the node's units from `plan.json`: etcd2.service, fleet.service (ordered after
+etcd, so it stops first) and the node's own units. The runner's guards give the
+orphan safety: if the supervisor dies, even by SIGKILL, every node process is
+killed with it.
+
+It reconciles: on SIGHUP (and every few seconds) it reads `desired.json` and
+starts or stops whole nodes to match, in parallel; after every change it
+rewrites `status.json` (unit states and pids). SIGTERM or SIGINT stops every
+node cleanly (fleetd first, then etcd) and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fleetd.runner.process import ProcessRunner
+from fleetd.unit.unitfile import parse_unit_file
+from provision.providers.local import state
+from provision.providers.local.units import ETCD_UNIT
+
+log = logging.getLogger("provision.supervisor")
+RESCAN_S = 2.0
+NODE_STOP_TIMEOUT_S = 40.0
+SHARED_READY_S = 15.0
+
+
+class Node:
+    """The processes of one node: a process runner loaded with the node's units."""
+
+    def __init__(self, spec: dict, on_change) -> None:  # noqa: ANN001 - a callable
+        self.spec = spec
+        self.name = spec["name"]
+        self.on_change = on_change
+        self.runner: ProcessRunner | None = None
+        self.error: str | None = None  # why the last start failed
+        self.error_generation = -1  # a failed start is retried on a new desired state only
+        self.lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None
+
+    def start(self) -> None:
+        with self.lock:
+            if self.runner is not None:
+                return
+            self.error = None
+            base = Path(self.spec["dir"])
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TZ") if k in os.environ})
+            env.update(self.spec.get("env") or {})
+            runner = ProcessRunner(base / "system", self.spec["machine_id"], self.spec["hostname"],
+                                   env=env, root_dir=base / "root")
+            runner.subscribe(lambda name, status: self.on_change())
+            try:
+                for unit in self.spec["units"]:
+                    runner.load(unit["name"], parse_unit_file(unit["text"]))
+            except Exception as err:
+                self.error = f"cannot load the node's units: {err}"
+                runner.shutdown(5)
+                raise
+            self.runner = runner
+            for unit in self.spec["units"]:
+                if unit["start"]:
+                    runner.start(unit["name"])
+            log.info("node %s started", self.name)
+
+    def stop(self) -> None:
+        with self.lock:
+            runner, self.runner = self.runner, None
+            if runner is None:
+                return
+            runner.shutdown(NODE_STOP_TIMEOUT_S)
+            log.info("node %s stopped", self.name)
+        self.on_change()
+
+    def quiesce(self) -> None:
+        """Stop every unit but etcd and wait for them: a cluster stops fleet everywhere before
+        any etcd goes, so no fleetd loses its etcd (or quorum) while it says goodbye."""
+        runner = self.runner
+        if runner is None:
+            return
+        others = [u["name"] for u in self.spec["units"] if u["name"] != ETCD_UNIT]
+        for name in others:
+            runner.stop(name)
+        deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            states = runner.units()
+            if all(states[n].active in ("inactive", "failed") for n in others if n in states):
+                return
+            time.sleep(0.05)
+
+    def leads_etcd(self) -> bool:
+        """True when this node's etcd is the raft leader (asked over the v2 stats API)."""
+        url = self.spec.get("etcd_url")
+        if self.runner is None or not url:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/v2/stats/self", timeout=1) as answer:  # noqa: S310
+                return json.load(answer).get("state") == "StateLeader"
+        except (OSError, ValueError):
+            return False
+
+    def status(self) -> dict:
+        runner = self.runner
+        units = {}
+        if runner is not None:
+            for name, unit in runner.units().items():
+                units[name] = {"active": unit.active, "sub": unit.sub,
+                               "pid": runner.main_pid(name)}
+        return {"state": "running" if runner is not None else "stopped",
+                "machine_id": self.spec["machine_id"], "error": self.error, "units": units}
+
+
+class Supervisor:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        plan = state.read_json(state_dir / state.PLAN)
+        if plan is None:
+            raise SystemExit(f"supervisor: no readable {state.PLAN} in {state_dir}")
+        self.cluster = plan.get("cluster", "?")
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.nodes = {spec["name"]: Node(spec, self.wake.set) for spec in plan["nodes"]}
+        self.shared = Node({"name": "shared", "dir": str(state_dir / state.SHARED),
+                            "machine_id": "0" * 32, "hostname": self.cluster,
+                            "units": plan.get("shared_units") or []}, self.wake.set)
+        self.wait_tcp = list(plan.get("wait_tcp") or [])
+        self.generation = 0  # of the desired state last applied
+        self.pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)),
+                                       thread_name_prefix="node")
+
+    def desired(self) -> dict[str, str]:
+        data = state.read_json(self.state_dir / state.DESIRED) or {}
+        generation = data.get("generation")
+        self.generation = generation if isinstance(generation, int) else 0
+        wanted = data.get("nodes") or {}
+        return {name: wanted.get(name, "stopped") for name in self.nodes}
+
+    def reconcile(self) -> None:
+        desired = self.desired()
+        jobs = []
+        for name, node in self.nodes.items():
+            retry = node.error is None or node.error_generation != self.generation
+            if desired[name] == "running" and not node.running and retry:
+                jobs.append(self.pool.submit(self._guarded, node.start, name))
+            elif desired[name] != "running" and node.running:
+                jobs.append(self.pool.submit(self._guarded, node.stop, name))
+        for job in jobs:
+            job.result()
+
+    def _each(self, phase: str, nodes: dict[str, Node]) -> None:
+        jobs = [self.pool.submit(self._guarded, getattr(node, phase), name)
+                for name, node in nodes.items()]
+        for job in jobs:
+            job.result()
+
+    def _guarded(self, action, name: str) -> None:  # noqa: ANN001 - a bound method
+        try:
+            action()
+        except Exception as err:  # one node's trouble must not take the others down
+            log.exception("node %s: %s failed", name, action.__name__)
+            node = self.nodes.get(name, self.shared)
+            node.error = node.error or f"{action.__name__} failed: {err}"
+            node.error_generation = self.generation
+            self.wake.set()
+
+    def write_status(self, final: bool = False) -> None:
+        data = {
+            "cluster": self.cluster,
+            "supervisor_pid": os.getpid(),
+            "running": not final,
+            "generation": self.generation,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "nodes": {name: node.status() for name, node in self.nodes.items()},
+            "shared": self.shared.status(),
+        }
+        state.write_json(self.state_dir / state.STATUS, data)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self.wake.set())
+        if self.shared.spec["units"]:
+            self._guarded(self._start_shared, "shared")
+        self.write_status()
+        log.info("supervisor of %s ready (pid %s)", self.cluster, os.getpid())
+        while not self.stopping.is_set():
+            self.reconcile()
+            self.write_status()
+            self.wake.wait(RESCAN_S)
+            self.wake.clear()
+        log.info("stopping every node of %s", self.cluster)
+        self._each("quiesce", self.nodes)  # fleet and node units everywhere first
+        # Then etcd: a leader that stops while its followers stop too waits for a
+        # leadership transfer that cannot happen, so followers go first, leaders last.
+        leaders = {n for n, node in self.nodes.items() if node.leads_etcd()}
+        self._each("stop", {n: v for n, v in self.nodes.items() if n not in leaders})
+        self._each("stop", {n: v for n, v in self.nodes.items() if n in leaders})
+        self._guarded(self.shared.stop, "shared")
+        self.write_status(final=True)
+        self.pool.shutdown()
+        return 0
+
+    def _start_shared(self) -> None:
+        """Start what every node needs (the cluster's DNS server) and wait until it answers."""
+        self.shared.start()
+        deadline = time.monotonic() + SHARED_READY_S
+        for address in self.wait_tcp:
+            host, _, port = address.rpartition(":")
+            while True:
+                try:
+                    socket.create_connection((host, int(port)), timeout=0.5).close()
+                    break
+                except OSError as err:
+                    runner = self.shared.runner
+                    failed = [n for n, u in (runner.units() if runner else {}).items()
+                              if u.active == "failed"]
+                    if failed:
+                        raise RuntimeError(f"{', '.join(failed)} failed") from None
+                    if time.monotonic() > deadline or self.stopping.is_set():
+                        raise RuntimeError(f"{address} does not answer: {err}") from None
+                    time.sleep(0.05)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+
+def _daemonize(log_path: Path) -> None:
+    """Detach: the caller's child exits at once, the grandchild leads a new session."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="provision-supervisor")
+    parser.add_argument("state_dir")
+    parser.add_argument("--daemon", action="store_true", help="detach from the caller")
+    args = parser.parse_args(argv)
+    state_dir = Path(args.state_dir).resolve()
+    if args.daemon:
+        _daemonize(state_dir / state.LOG_FILE)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lock = state.take_lock(state_dir)
+    if lock is None:
+        log.error("another supervisor already runs %s", state_dir)
+        return 3
+    pid_path = state_dir / state.PID_FILE
+    pid_path.write_text(f"{os.getpid()}\n")
+    try:
+        return Supervisor(state_dir).run()
+    finally:
+        try:
+            if state.supervisor_pid(state_dir) == os.getpid():
+                pid_path.unlink()
+        except OSError:
+            pass
+        os.close(lock)
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # every node is stopped: no reason to wait for interpreter teardown

@@ -1,0 +1,310 @@
+"""Vagrant provider: the top-level `Vagrantfile`, driven through python-vagrant.
+
+The Vagrantfile defines one machine per node of the manifest named by
+`$PROVISION_MANIFEST`; this module runs `vagrant` in the directory holding it with
+that variable set:
+
+- `up`: `vagrant up NODE` for each node in manifest order, reporting progress; it first
+  records the manifest in `out/.last-manifest`, so a plain `vagrant ssh core-01` in that
+  directory afterwards means this cluster.
+- `status`: one `vagrant status --machine-readable` → one `NodeStatus` per node.
+- `down`: `vagrant destroy NODE --force` for each node in reverse order.
+
+Vagrant's own output reaches the user: stdout is inherited, stderr is echoed as it comes
+and its last lines end up in the `OperationFailed` message (python-vagrant would
+otherwise send stderr to /dev/null). python-vagrant is imported only when `vagrant` is
+installed (it warns on import otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TextIO
+
+from provision.errors import OperationFailed, Problem, UserError
+from provision.providers import (
+    FAILED,
+    READY,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    NodeStatus,
+    Progress,
+    no_progress,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MANIFEST_ENV = "PROVISION_MANIFEST"
+POINTER = Path("out") / ".last-manifest"
+NOT_INSTALLED = "vagrant is not installed; apt-get install vagrant (or use provider: local)"
+STDERR_TAIL = 12
+UNKNOWN = "unknown"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path                        # absolute
+    nodes: tuple[tuple[str, str], ...]  # (name, ip) in manifest order
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.nodes]
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """The node names and IPs of a rendered manifest (a file, or the directory holding it)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "manifest.json"
+    path = path.absolute()
+
+    def problem(message: str, line: int | None = None, col: int | None = None) -> UserError:
+        return UserError([Problem(str(path), line, col, message)])
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise problem("node manifest not found; run `provision render CLUSTER.yaml` "
+                      "first") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise problem(f"cannot read the node manifest: {err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise problem(f"not valid JSON ({err.msg}); render it again with "
+                      "`provision render CLUSTER.yaml`", err.lineno, err.colno) from None
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, list) or not nodes:
+        raise problem("not a node manifest (no `nodes`); render it again with "
+                      "`provision render CLUSTER.yaml`")
+    found = []
+    for i, node in enumerate(nodes):
+        name = node.get("name") if isinstance(node, dict) else None
+        ip = node.get("ip") if isinstance(node, dict) else None
+        if not (isinstance(name, str) and name and isinstance(ip, str) and ip):
+            raise problem(f"nodes[{i}] has no `name` or `ip`; render it again with "
+                          "`provision render CLUSTER.yaml`")
+        found.append((name, ip))
+    return Manifest(path, tuple(found))
+
+
+class VagrantProvider:
+    """`Provider` over the Vagrantfile in `root` (default: this checkout)."""
+
+    name = "vagrant"
+
+    def __init__(self, root: Path | str = REPO_ROOT, *, env: Mapping[str, str] | None = None,
+                 stderr: TextIO | None = None) -> None:
+        """`env` is laid over this process's environment for every `vagrant` run
+        (e.g. VAGRANT_HOME, VAGRANT_DEFAULT_PROVIDER); Vagrant's stderr is echoed to
+        `stderr` (default: sys.stderr at the time of the call)."""
+        self.root = Path(root).absolute()
+        self.extra_env = dict(env or {})
+        self.stderr = stderr
+
+    # -- the Provider interface ------------------------------------------------------------
+
+    def up(self, manifest_path: Path | str, progress: Progress = no_progress) -> None:
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest)
+        self._refuse_foreign_machines(manifest, session.env)
+        remember_manifest(manifest.path, self.root)
+        for name in manifest.names:
+            progress(name, STARTING, f"vagrant up {name}")
+            try:
+                session.run(f"vagrant up {name}", lambda n=name: session.vagrant.up(vm_name=n))
+            except OperationFailed as err:
+                progress(name, FAILED, session.last_line or str(err).splitlines()[0])
+                raise
+            progress(name, READY, "running")
+
+    def status(self, manifest_path: Path | str) -> list[NodeStatus]:
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest)
+        found = session.run("vagrant status", session.vagrant.status)
+        by_name = {s.name: s for s in found}
+        result = []
+        for name, ip in manifest.nodes:
+            seen = by_name.get(name)
+            state = seen.state if seen and seen.state else UNKNOWN
+            result.append(NodeStatus(name, ip, state, (seen.provider or "") if seen else ""))
+        return result
+
+    def down(self, manifest_path: Path | str, purge: bool = False,
+             progress: Progress = no_progress) -> None:
+        """Destroy every node (all are tried); `purge` also forgets the manifest
+        in `out/.last-manifest` when it names this cluster."""
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest)
+        failures = []
+        for name in reversed(manifest.names):
+            progress(name, STOPPING, f"vagrant destroy {name} --force")
+            try:
+                session.run(f"vagrant destroy {name}",
+                            lambda n=name: session.vagrant.destroy(vm_name=n))
+            except OperationFailed as err:
+                progress(name, FAILED, session.last_line or str(err).splitlines()[0])
+                failures.append(str(err))
+                continue
+            progress(name, STOPPED, "destroyed")
+        if failures:
+            raise OperationFailed("\n".join(failures))
+        if purge:
+            forget_manifest(manifest.path, self.root)
+
+    # -- helpers for the CLI ---------------------------------------------------------------
+
+    def user_env(self, manifest_path: Path | str) -> dict[str, str]:
+        """What to export to run `vagrant ssh NODE` & co. by hand in `root`."""
+        return {MANIFEST_ENV: str(read_manifest(manifest_path).path)}
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _session(self, manifest: Manifest) -> _Session:
+        env = {**os.environ, **self.extra_env, MANIFEST_ENV: str(manifest.path)}
+        if shutil.which("vagrant", path=env.get("PATH", os.defpath)) is None:
+            raise UserError(NOT_INSTALLED)
+        if not (self.root / "Vagrantfile").is_file():
+            raise UserError([Problem(str(self.root / "Vagrantfile"), None, None,
+                                     "not found; run provision from its source checkout "
+                                     "(the Vagrantfile sits at its top)")])
+        return _Session(self.root, env, self.stderr)
+
+    def _refuse_foreign_machines(self, manifest: Manifest, env: Mapping[str, str]) -> None:
+        """The Vagrantfile defines one cluster at a time: machines of another cluster
+        still created in this directory would be left behind, out of Vagrant's sight."""
+        dotfile = self.root / env.get("VAGRANT_DOTFILE_PATH", ".vagrant")
+        machines = dotfile / "machines"
+        if not machines.is_dir():
+            return
+        ours = set(manifest.names)
+        foreign = sorted(d.name for d in machines.iterdir()
+                         if d.name not in ours and any(d.glob("*/id")))
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+            raise UserError([Problem(str(machines), None, None,
+                                     f"VMs of another cluster still exist ({listed}); take "
+                                     "that cluster down first (`provision down` with its "
+                                     "manifest, or `vagrant destroy`)")])
+
+
+def remember_manifest(manifest_path: Path, root: Path = REPO_ROOT) -> Path:
+    """Record `manifest_path` in ROOT/out/.last-manifest, the Vagrantfile's default."""
+    pointer = root / POINTER
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    staged = pointer.with_name(pointer.name + ".tmp")
+    staged.write_text(f"{Path(manifest_path).absolute()}\n", encoding="utf-8")
+    os.replace(staged, pointer)
+    return pointer
+
+
+def forget_manifest(manifest_path: Path, root: Path = REPO_ROOT) -> None:
+    pointer = root / POINTER
+    with contextlib.suppress(OSError):
+        if pointer.read_text(encoding="utf-8").strip() == str(Path(manifest_path).absolute()):
+            pointer.unlink()
+
+
+class _Session:
+    """One python-vagrant `Vagrant` plus the stderr it produced."""
+
+    def __init__(self, root: Path, env: dict[str, str], sink: TextIO | None) -> None:
+        import vagrant  # python-vagrant; warns on import when the binary is missing
+
+        self.env = env
+        self.stderr = _StderrTee(sink)
+        self.vagrant = vagrant.Vagrant(root=str(root), env=env, quiet_stdout=False,
+                                       quiet_stderr=False, err_cm=self.stderr)
+
+    @property
+    def last_line(self) -> str:
+        return self.stderr.lines[-1] if self.stderr.lines else ""
+
+    def run(self, what: str, call: Callable[[], object]):
+        try:
+            return call()
+        except subprocess.CalledProcessError as err:
+            raise OperationFailed(self._failure(what, err)) from None
+        except FileNotFoundError:
+            raise UserError(NOT_INSTALLED) from None
+        except RuntimeError as err:  # python-vagrant: executable not found
+            if "cannot be found" in str(err):
+                raise UserError(NOT_INSTALLED) from None
+            raise
+        except OSError as err:
+            raise OperationFailed(f"{what}: cannot run vagrant: {err}") from None
+
+    def _failure(self, what: str, err: subprocess.CalledProcessError) -> str:
+        lines = list(self.stderr.lines)
+        for line in _machine_readable_errors(err.output):
+            if line not in lines:
+                lines.append(line)
+        head = f"{what} failed (exit status {err.returncode})"
+        if not lines:
+            return f"{head}; Vagrant printed no error (see its output above)"
+        return head + ":\n" + "\n".join(f"  {line}" for line in lines[-STDERR_TAIL:])
+
+
+class _StderrTee:
+    """An `err_cm` for python-vagrant: each run's stderr goes through a pipe; every line
+    is echoed to the sink as it comes and the last ones are kept for error messages."""
+
+    def __init__(self, sink: TextIO | None) -> None:
+        self.sink = sink
+        self.lines: deque[str] = deque(maxlen=STDERR_TAIL)
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[IO[bytes]]:
+        self.lines.clear()
+        read_fd, write_fd = os.pipe()
+        pump = threading.Thread(target=self._pump, args=(read_fd,), daemon=True,
+                                name="vagrant-stderr")
+        pump.start()
+        writer = os.fdopen(write_fd, "wb", buffering=0)
+        try:
+            yield writer
+        finally:
+            writer.close()
+            # Vagrant has exited by now; a grandchild keeping the pipe open must not hang us.
+            pump.join(timeout=5)
+
+    def _pump(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb") as reader:
+            for raw in reader:
+                text = raw.decode("utf-8", errors="replace")
+                sink = self.sink or sys.stderr
+                with contextlib.suppress(OSError, ValueError):
+                    sink.write(text)
+                    sink.flush()
+                line = _ANSI.sub("", text).strip()
+                if line:
+                    self.lines.append(line)
+
+
+def _machine_readable_errors(output: bytes | str | None) -> list[str]:
+    """The messages of `error-exit` lines (`vagrant … --machine-readable` prints errors on
+    stdout as TIMESTAMP,TARGET,error-exit,CLASS,MESSAGE)."""
+    if not output:
+        return []
+    if isinstance(output, bytes):
+        output = output.decode("utf-8", errors="replace")
+    found = []
+    for row in output.splitlines():
+        parts = row.split(",", 4)
+        if len(parts) == 5 and parts[2] == "error-exit":
+            message = parts[4].replace("%!(VAGRANT_COMMA)", ",").replace("\\n", " ")
+            found.append(" ".join(message.split()))
+    return found

@@ -1,0 +1,186 @@
+"""A fake `vagrant` executable, for testing the Vagrant driver without Vagrant or VMs.
+
+`install(directory)` writes `directory/bin/vagrant` (a shim running `main` below with the
+current interpreter) and returns a `FakeVagrant`; put its `bin_dir` first on PATH. Every
+run appends one JSON line to `calls.jsonl`: argv, cwd and the VAGRANT_* / PROVISION_*
+environment. Like the real Vagrantfile, the fake learns its machines from the manifest
+named by $PROVISION_MANIFEST, keeps their states in `machines.json` and answers as
+Vagrant 2.3 does:
+
+- `status --machine-readable [NAME…]`: provider-name / state / … lines per machine;
+- `up [NAME…]` → running; `destroy [NAME…] --force` → not_created (without `--force`
+  it fails as Vagrant does when it cannot ask for confirmation);
+- an unknown machine name → Vagrant's MachineNotFound error.
+
+`fail(command, machine, stderr=…)` scripts a failure: that run prints the text on
+stderr and exits non-zero, changing nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PROVIDER = "libvirt"
+NOT_CREATED = "not_created"
+RUNNING = "running"
+
+_SHIM = """#!{python}
+import sys
+sys.path.insert(0, {repo!r})
+from tests.support.fake_vagrant import main
+sys.exit(main({state!r}))
+"""
+
+
+@dataclass
+class FakeVagrant:
+    bin_dir: Path
+    state_dir: Path
+
+    @property
+    def executable(self) -> Path:
+        return self.bin_dir / "vagrant"
+
+    def calls(self) -> list[dict]:
+        log = self.state_dir / "calls.jsonl"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+    def argvs(self) -> list[list[str]]:
+        return [call["argv"] for call in self.calls()]
+
+    def states(self) -> dict[str, str]:
+        return _read_json(self.state_dir / "machines.json", {})
+
+    def set_state(self, machine: str, state: str) -> None:
+        states = self.states()
+        states[machine] = state
+        _write_json(self.state_dir / "machines.json", states)
+
+    def fail(self, command: str, machine: str | None = None, *, stderr: str,
+             stdout: str = "", exit_code: int = 1) -> None:
+        failures = _read_json(self.state_dir / "failures.json", [])
+        failures.append({"command": command, "machine": machine, "stderr": stderr,
+                         "stdout": stdout, "exit_code": exit_code})
+        _write_json(self.state_dir / "failures.json", failures)
+
+
+def install(directory: Path) -> FakeVagrant:
+    bin_dir, state_dir = directory / "bin", directory / "fake-vagrant"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fake = FakeVagrant(bin_dir, state_dir)
+    fake.executable.write_text(_SHIM.format(python=sys.executable, repo=str(REPO),
+                                            state=str(state_dir)))
+    fake.executable.chmod(0o755)
+    return fake
+
+
+def main(state_dir: str) -> int:
+    state = Path(state_dir)
+    argv = sys.argv[1:]
+    env = {k: v for k, v in os.environ.items() if k.startswith(("VAGRANT_", "PROVISION_"))}
+    with open(state / "calls.jsonl", "a", encoding="utf-8") as log:
+        log.write(json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env}) + "\n")
+
+    if argv[:1] in (["--version"], ["-v"]):
+        print("Vagrant 2.3.4")
+        return 0
+    command = next((a for a in argv if not a.startswith("-")), "")
+    targets = [a for a in argv if not a.startswith("-") and a != command]
+    machine_readable = "--machine-readable" in argv
+
+    machines = _manifest_machines()
+    if machines is None:
+        return 1
+    for failure in _read_json(state / "failures.json", []):
+        if failure["command"] == command and failure["machine"] in (None, *targets):
+            sys.stdout.write(failure["stdout"])
+            sys.stderr.write(failure["stderr"])
+            return failure["exit_code"]
+    unknown = [t for t in targets if t not in machines]
+    if unknown:
+        message = (f"The machine with the name '{unknown[0]}' was not found configured for\n"
+                   "this Vagrant environment.")
+        if machine_readable:
+            print(f"{int(time.time())},,error-exit,Vagrant::Errors::MachineNotFound,"
+                  + message.replace("\n", "\\n").replace(",", "%!(VAGRANT_COMMA)"))
+        else:
+            print(message, file=sys.stderr)
+        return 1
+
+    states = _read_json(state / "machines.json", {})
+    chosen = targets or machines
+    if command == "status":
+        _print_status(chosen, states)
+        return 0
+    if command == "up":
+        for name in chosen:
+            print(f"Bringing machine '{name}' up with '{PROVIDER}' provider...")
+            print(f"==> {name}: Machine booted and ready!")
+            states[name] = RUNNING
+    elif command == "destroy":
+        if "--force" not in argv and "-f" not in argv:
+            print("Vagrant is attempting to interface with the UI in a way that requires\n"
+                  "a TTY. Most actions in Vagrant that require a TTY have configuration\n"
+                  "switches to disable this requirement. Please do that or run Vagrant\n"
+                  "with TTY.", file=sys.stderr)
+            return 1
+        for name in chosen:
+            print(f"==> {name}: Removing domain...")
+            states[name] = NOT_CREATED
+    else:
+        print(f"fake vagrant: `{command}` is not faked", file=sys.stderr)
+        return 1
+    _write_json(state / "machines.json", states)
+    return 0
+
+
+def _manifest_machines() -> list[str] | None:
+    """Machine names as the Vagrantfile would define them (None: it would abort)."""
+    given = os.environ.get("PROVISION_MANIFEST", "")
+    path = Path(given) if given else Path("out/.last-manifest")
+    try:
+        if not given:
+            path = Path(path.read_text().strip())
+        if path.is_dir():
+            path = path / "manifest.json"
+        return [node["name"] for node in json.loads(path.read_text())["nodes"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"{path}: cannot read the node manifest ({err})", file=sys.stderr)
+        return None
+
+
+def _print_status(names: list[str], states: dict[str, str]) -> None:
+    now = int(time.time())
+    human = {NOT_CREATED: "not created", RUNNING: "running"}
+    for name in names:
+        state = states.get(name, NOT_CREATED)
+        print(f"{now},{name},metadata,provider,{PROVIDER}")
+        print(f"{now},{name},provider-name,{PROVIDER}")
+        print(f"{now},{name},state,{state}")
+        print(f"{now},{name},state-human-short,{human.get(state, state)}")
+        print(f"{now},{name},state-human-long,The domain is {human.get(state, state)}.")
+    shown = {n: states.get(n, NOT_CREATED) for n in names}
+    summary = "\\n".join(f"{n:<25} {human.get(s, s)} ({PROVIDER})" for n, s in shown.items())
+    print(f"{now},,ui,info,Current machine states:\\n\\n{summary}")
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+
+
+def _write_json(path: Path, value) -> None:
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps(value))
+    os.replace(staged, path)
