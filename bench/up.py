@@ -4,14 +4,12 @@
 
 Each round runs `provision up` as a fresh process (Python start-up included) on a
 copy of clusters/local.yaml with its own state directory, and stops the clock
-when it returns 0: every node's etcd answers, its fleet machine is registered
-and its node units are active. A second clock runs on through `fleetctl start`
-of the example's web@1..3 until all three are active (`provision apply` does
-that from step 5 on). Then `provision down --purge`. The baseline,
+when it returns 0: every node's etcd answers, its fleet machine is registered,
+its node units are active, and (up ends with apply) the example's declared
+web units are active and announced in etcd. Then `provision down --purge`. The baseline,
 measured in the same run, is three bare etcd processes forming the same static
 cluster (no fleetd, no supervisor), timed to all three answering a read.
-Last line: `up_s=… up_units_active_s=… baseline_s=… ratio=… down_s=…` (best of the
-rounds). Goal: up_units_active_s < 10.
+Last line: `up_s=… baseline_s=… ratio=… down_s=…` (best of the rounds). Goal: up_s < 10.
 """
 
 from __future__ import annotations
@@ -40,32 +38,18 @@ def provision(args: list[str], state_root: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-def fleetctl(args: list[str], endpoint: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "fleetd.fleetctl.main", *args], env=env,
-                          cwd=cwd, capture_output=True, text=True)
-
-
-def one_up(cluster: Path, name: str, state_root: Path) -> tuple[float, float, float]:
-    """(up_s, units_s, down_s): `provision up` until it returns 0; then `fleetctl start` of
-    the example's web@1..3 until all three are active; then `provision down --purge`."""
+def one_up(cluster: Path, name: str, state_root: Path) -> tuple[float, float]:
+    """(up_s, down_s): `provision up` until it returns 0 (nodes healthy, the declared units
+    active and announced); then `provision down --purge`."""
     start = time.perf_counter()
     result = provision(["up", str(cluster)], state_root)
     up_s = time.perf_counter() - start
-    try:
-        if result.returncode != 0:
-            raise SystemExit(f"provision up failed ({result.returncode}):\n{result.stderr}")
-        exports = provision(["env", name], state_root).stdout
-        endpoint = exports.split("FLEETCTL_ENDPOINT=", 1)[1].split()[0]
-        units = [f"web@{i}.service" for i in (1, 2, 3)]
-        started = fleetctl(["start", *units], endpoint, cluster.parent / "units")
-        units_s = time.perf_counter() - start
-        if started.returncode != 0:
-            raise SystemExit(f"fleetctl start failed:\n{started.stderr}")
-    finally:
-        down_start = time.perf_counter()
-        provision(["down", name, "--purge"], state_root)
-    return up_s, units_s, time.perf_counter() - down_start
+    down_start = time.perf_counter()
+    provision(["down", name, "--purge"], state_root)
+    down_s = time.perf_counter() - down_start
+    if result.returncode != 0:
+        raise SystemExit(f"provision up failed ({result.returncode}):\n{result.stderr}")
+    return up_s, down_s
 
 
 def bare_etcd(network: str, work: Path) -> float:
@@ -113,19 +97,17 @@ def main() -> int:
         data["network"]["cidr"] = args.network
         cluster = work / "local.yaml"
         cluster.write_text(yaml.safe_dump(data, sort_keys=False))
-        ups, units, downs, bases = [], [], [], []
+        ups, downs, bases = [], [], []
         for round_no in range(1, args.repeat + 1):
-            up_s, units_s, down_s = one_up(cluster, data["name"], work / "state")
+            up_s, down_s = one_up(cluster, data["name"], work / "state")
             base_s = bare_etcd(args.network, work / f"bare{round_no}")
             ups.append(up_s)
-            units.append(units_s)
             downs.append(down_s)
             bases.append(base_s)
-            print(f"round {round_no}: up {up_s:.2f}s, units active {units_s:.2f}s, "
-                  f"down {down_s:.2f}s, bare etcd {base_s:.2f}s", flush=True)
-        print(f"up_s={min(ups):.2f} up_units_active_s={min(units):.2f} "
-              f"baseline_s={min(bases):.2f} ratio={min(ups) / min(bases):.1f} "
-              f"down_s={min(downs):.2f}")
+            print(f"round {round_no}: up {up_s:.2f}s, down {down_s:.2f}s, "
+                  f"bare etcd {base_s:.2f}s", flush=True)
+        print(f"up_s={min(ups):.2f} baseline_s={min(bases):.2f} "
+              f"ratio={min(ups) / min(bases):.1f} down_s={min(downs):.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

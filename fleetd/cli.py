@@ -1,4 +1,7 @@
-"""`fleetd` console script: configuration errors exit 2; SIGTERM shuts down cleanly."""
+"""`fleetd` console script: configuration errors exit 2; SIGTERM shuts down cleanly.
+
+`fleetd announce …` is the discovery sidekick's command (fleetd/announce/).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,20 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from fleetd.config import ConfigError, load_config
+from fleetd.wakeup import SignalSafeEvent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["announce"]:
+        from fleetd.announce.main import main as announce
+
+        return announce(argv[1:])
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+        config = load_config(argv, os.environ)
     except ConfigError as err:
         print(f"fleetd: {err}", file=sys.stderr)
         return 2
@@ -28,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"fleetd: cannot start: {err}", file=sys.stderr)
         return 2
-    done = threading.Event()
+    done = SignalSafeEvent()  # set by signal handlers: a threading.Event can deadlock there
 
     def on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
         done.set()

@@ -44,6 +44,19 @@ def default_public_ip() -> str:
         return "127.0.0.1"
 
 
+def node_hostname(root_dir: Path | None) -> str:
+    """The node's own name (its root's /etc/hostname, as on a booted machine) for %H and
+    journal lines; this host's name when fleetd runs on the host itself."""
+    if root_dir is not None:
+        try:
+            name = (Path(root_dir) / "etc" / "hostname").read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        if name:
+            return name
+    return socket.gethostname()
+
+
 class Server:
     def __init__(self, config: Config) -> None:
         from fleetd.runner.process import ProcessRunner
@@ -57,7 +70,7 @@ class Server:
         self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))
-        self.runner = ProcessRunner(config.state_dir, mid, socket.gethostname(),
+        self.runner = ProcessRunner(config.state_dir, mid, node_hostname(config.root_dir),
                                     root_dir=config.root_dir)
         # Bound now (served from start()) so the machine record carries the API's real URL.
         try:

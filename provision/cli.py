@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="request a fresh discovery token instead of reusing the cached one")
     render.set_defaults(run=_cmd_render)
 
-    from provision.lifecycle_cli import add_commands
+    from provision import apply_cli, lifecycle_cli
 
-    add_commands(commands)
+    lifecycle_cli.add_commands(commands)
+    apply_cli.add_commands(commands)
     return parser
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     from provision.providers.local import provider as local
 
     remember_last(target.name)
-    return local.up(target.yaml, timeout=args.timeout, console=_console())
+    started = time.monotonic()
+    code = local.up(target.yaml, timeout=args.timeout, console=_console())
+    if code != 0:
+        return code
+    from provision.apply_cli import apply_after_up
+
+    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)))
 
 
 def _up_vagrant(target: Target) -> int:

@@ -153,6 +153,7 @@ class UnitSet:
     machine_id: str | None = None
     metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
     sidekick: Sidekick | None = None
+    max_unavailable: int = 1  # instances replaced at once when the unit file changes
 
     @property
     def unit_names(self) -> tuple[str, ...]:

@@ -125,6 +125,7 @@ def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
         global_=is_global, state=spec.get("state", "launched"),
         conflicts=tuple(spec.get("conflicts", ())), machine_of=spec.get("machine_of"),
         machine_id=spec.get("machine_id"), metadata=metadata, sidekick=sidekick,
+        max_unavailable=spec.get("max_unavailable", 1),
     )
 
 

@@ -65,6 +65,17 @@ def decode(raw: bytes) -> dict:
     return value
 
 
+@dataclass(frozen=True)
+class JobWrite:
+    """One unit's change in a guarded multi-unit write (`Registry.write_jobs`)."""
+
+    name: str
+    unit: UnitFile | None         # the content to store; None with `desired` None: destroy
+    desired: JobState | None
+    expect_revision: int = 0      # the job key's mod revision seen; 0: it must not exist
+    was_global: bool = False      # where the job is now (when expect_revision != 0)
+
+
 class Registry:
     def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX) -> None:
         self.etcd = etcd
@@ -162,6 +173,46 @@ class Registry:
                 return JobRecord(Job(name, record.job.hash, desired, record.job.options),
                                  record.revision)
         raise Conflict(f"unit {name} keeps changing; retry")
+
+    def write_jobs(self, writes: Iterable[JobWrite]) -> bool:
+        """Create, replace, restate and destroy several jobs in ONE transaction, each guarded
+        by the revision its writer saw; False (nothing written) if any of them changed.
+        The caller keeps a transaction within etcd's op limit (`MAX_TXN_OPS`)."""
+        writes = list(writes)
+        ops = self.etcd.ops
+        compare: list = []
+        success: list = []
+        bodies: dict[str, str] = {}
+        for w in writes:
+            current = self.keys.global_job(w.name) if w.was_global else self.keys.job(w.name)
+            if w.unit is None and w.desired is None:
+                compare.append(ops.mod(current) == w.expect_revision)
+                success.append(ops.delete(current))
+                continue
+            assert w.unit is not None and w.desired is not None
+            options = parse_fleet_options(w.unit, w.name)  # validates before writing
+            digest = content_hash(w.unit)
+            bodies.setdefault(digest, serialize(w.unit))
+            key = self.keys.global_job(w.name) if options.global_ else self.keys.job(w.name)
+            other = self.keys.job(w.name) if options.global_ else self.keys.global_job(w.name)
+            if w.expect_revision == 0:
+                compare += [ops.version(key) == 0, ops.version(other) == 0]
+            else:
+                compare.append(ops.mod(current) == w.expect_revision)
+                if current != key:  # Global= changed: the job moves between namespaces
+                    compare.append(ops.version(key) == 0)
+                    success.append(ops.delete(current))
+            success.append(ops.put(key, encode({"name": w.name, "hash": digest,
+                                                "desired": w.desired.value})))
+        success = [ops.put(self.keys.unit(d), text) for d, text in bodies.items()] + success
+        if not success:
+            return True
+        if not self.etcd.txn(compare, success):
+            return False
+        for w in writes:
+            if w.unit is not None:
+                self._units.setdefault(content_hash(w.unit), w.unit)
+        return True
 
     def destroy_job(self, name: str) -> bool:
         record = self.get_job(name)

@@ -225,11 +225,15 @@ class ProcessRunner:
             unit.job = None
         self._emit(unit)
         self.cond.notify_all()
-        if ended:
+        # As systemd: a BindsTo= unit goes down with this one only when this one has no
+        # start queued (a restart, or new content being started) and the bound unit is
+        # already active; one still starting sees the outcome in start_dependencies.
+        if ended and not unit.start_pending and unit.job != "start":
             for other in list(self._units.values()):
                 config = other.config
                 if (other is not unit and config is not None and unit.full in config.binds_to
-                        and other.worker is not None and not other.stop_requested):
+                        and other.worker is not None and not other.stop_requested
+                        and other.active == "active"):
                     other.say(f"{other.full}: Bound to unit {unit.full}, but unit isn't "
                               "active.")
                     self._stop_locked(other, set())
@@ -260,7 +264,7 @@ class ProcessRunner:
                              "for it.")
                 else:
                     waits.append(other)
-            while not all(other.job != "start" for other in waits):
+            while any(other.job == "start" or other.start_pending for other in waits):
                 if self.aborting or unit.stop_requested:
                     return "stop"
                 self.cond.wait(1.0)

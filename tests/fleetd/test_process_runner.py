@@ -595,6 +595,33 @@ def test_sidekick_bound_to_its_parent_goes_down_with_it(runner, recorder, how):
     assert not any(alive(pid) for pid in sidekick_pids)
 
 
+def test_parent_and_sidekick_replaced_together_both_end_up_running(runner):
+    """What an agent does when a parent's content changes (and so its sidekick's): unload
+    both, load the new contents, start both at once, sidekick first. The old parent
+    ending while the new one is queued must not take the new sidekick down: systemd stops
+    a BindsTo= unit only once it is active and its parent has no start pending."""
+    parent = """
+        [Service]
+        ExecStart=/bin/sleep {n}
+    """
+    runner.load("web@1.service", unit(parent.format(n=300)))
+    runner.load("web-discovery@1.service", unit(SIDEKICK))
+    runner.start("web-discovery@1.service")
+    wait_state(runner, "web-discovery@1.service", "active", "running")
+    for _ in range(3):
+        runner.unload("web-discovery@1.service")
+        runner.unload("web@1.service")
+        runner.load("web-discovery@1.service", unit(SIDEKICK + "\nEnvironment=X=1\n"))
+        runner.load("web@1.service", unit(parent.format(n=301)))
+        runner.start("web-discovery@1.service")
+        runner.start("web@1.service")
+        wait_state(runner, "web@1.service", "active", "running")
+        wait_state(runner, "web-discovery@1.service", "active", "running")
+        # Still running a moment later: nothing stops it behind our back.
+        time.sleep(0.3)
+        assert state(runner, "web-discovery@1.service").active == "active"
+
+
 def test_requires_starts_the_dependency_first_and_stop_propagates(runner, recorder):
     runner.load("db.service", unit("""
         [Service]

@@ -11,7 +11,7 @@ from fleetd.job import JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Keys, Kind, ParsedKey
-from fleetd.registry.registry import Conflict, NotFound, Registry
+from fleetd.registry.registry import Conflict, JobWrite, NotFound, Registry
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import free_port
 
@@ -202,3 +202,34 @@ def test_paginated_reads_fail_over_from_a_dead_member(etcd_server):
             assert [kv.key for kv in kvs] == [prefix + "a"]
         finally:
             etcd.close()
+
+
+def test_write_jobs_is_one_guarded_transaction(registry):
+    unit, other = parse_unit_file(UNIT), parse_unit_file(OTHER)
+    assert registry.write_jobs([JobWrite("a.service", unit, JobState.LAUNCHED),
+                                JobWrite("b.service", unit, JobState.LOADED)])
+    _, jobs = registry.jobs()
+    a, b = jobs["a.service"], jobs["b.service"]
+    assert (a.job.desired, b.job.desired) == (JobState.LAUNCHED, JobState.LOADED)
+
+    # Someone else changes b after we read it: the whole write is refused, a untouched.
+    registry.set_desired("b.service", JobState.LAUNCHED)
+    refused = [JobWrite("a.service", other, JobState.LAUNCHED, a.revision),
+               JobWrite("b.service", None, None, b.revision)]
+    assert not registry.write_jobs(refused)
+    _, after = registry.jobs()
+    assert after["a.service"].job.hash == a.job.hash and "b.service" in after
+
+    # With fresh revisions: replace a, destroy b, create c, all at once.
+    fresh = [JobWrite("a.service", other, JobState.LAUNCHED, after["a.service"].revision),
+             JobWrite("b.service", None, None, after["b.service"].revision),
+             JobWrite("c.service", unit, JobState.INACTIVE)]
+    before = registry.etcd.revision()
+    assert registry.write_jobs(fresh)
+    assert registry.etcd.revision() == before + 1  # one transaction
+    _, final = registry.jobs()
+    assert sorted(final) == ["a.service", "c.service"]
+    assert final["a.service"].job.hash != a.job.hash
+
+    # Creating what exists is refused too.
+    assert not registry.write_jobs([JobWrite("c.service", unit, JobState.LAUNCHED)])

@@ -157,7 +157,7 @@ def test_substitute_writes_real_ips(run_cli, tmp_path):
 def test_local_example_declares_web_units_with_sidekick():
     cluster, _ = load_cluster(CLUSTERS / "local.yaml")
     (web,) = cluster.units
-    assert web.unit_names == ("web@1.service", "web@2.service", "web@3.service")
+    assert web.unit_names == ("web@1.service", "web@2.service")
     assert web.sidekick is not None and web.sidekick.port == 8080
     assert dict(cluster.node("core-03").metadata) == {"region": "local", "disk": "ssd"}
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from fleetd.runner.process import ProcessRunner
 from fleetd.unit.unitfile import parse_unit_file
+from fleetd.wakeup import SignalSafeEvent
 from provision.providers.local import state
 from provision.providers.local.units import ETCD_UNIT
 
@@ -137,8 +138,9 @@ class Supervisor:
         if plan is None:
             raise SystemExit(f"supervisor: no readable {state.PLAN} in {state_dir}")
         self.cluster = plan.get("cluster", "?")
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
+        # Set from signal handlers: see fleetd.wakeup for why not threading.Event.
+        self.wake = SignalSafeEvent()
+        self.stopping = SignalSafeEvent()
         self.nodes = {spec["name"]: Node(spec, self.wake.set) for spec in plan["nodes"]}
         self.shared = Node({"name": "shared", "dir": str(state_dir / state.SHARED),
                             "machine_id": "0" * 32, "hostname": self.cluster,

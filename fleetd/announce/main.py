@@ -1,0 +1,95 @@
+"""`fleetd announce …` arguments; usage errors exit 2 (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from fleetd.announce.announcer import Announcer, Target
+from fleetd.announce.checks import http_check, tcp_check
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.keys import DEFAULT_PREFIX, Keys
+from fleetd.wakeup import SignalSafeEvent
+
+CHECK_TIMEOUT_S = 2.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetd announce",
+        description="Hold an etcd key for a service while its health check passes.")
+    parser.add_argument("--unit", required=True, help="the unit being announced")
+    parser.add_argument("--key", required=True, help="etcd key, e.g. /services/web/1")
+    parser.add_argument("--port", required=True, type=_port)
+    parser.add_argument("--check", choices=("tcp", "http"), default="tcp")
+    parser.add_argument("--path", default="/", help="http check: path to GET")
+    parser.add_argument("--ttl", type=_positive_int, default=30,
+                        help="lease TTL in seconds: how long a dead announcer's key lingers")
+    parser.add_argument("--interval", type=_positive_float,
+                        help="seconds between checks (default ttl/3)")
+    parser.add_argument("--etcd-servers", required=True,
+                        help="comma-separated etcd client URLs")
+    parser.add_argument("--etcd-key-prefix", default=DEFAULT_PREFIX,
+                        help="fleet's keyspace, to read this machine's IP")
+    parser.add_argument("--machine", required=True, help="this machine's id (%%m in a unit)")
+    parser.add_argument("--host", default="", help="host name to publish (%%H in a unit)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.key.startswith("/"):
+        print(f"fleetd announce: --key {args.key!r} must be an absolute etcd key",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    interval = args.interval or max(0.5, args.ttl / 3)
+    target = Target(args.unit, args.key, args.port, args.ttl, interval, args.machine,
+                    args.host)
+    timeout = min(CHECK_TIMEOUT_S, interval)
+    if args.check == "http":
+        check = functools.partial(_http, port=args.port, path=args.path, timeout=timeout)
+    else:
+        check = functools.partial(_tcp, port=args.port, timeout=timeout)
+    etcd = Etcd(args.etcd_servers.split(","), timeout=5.0)
+    stop = SignalSafeEvent()  # set by signal handlers: a threading.Event can deadlock there
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        Announcer(etcd, Keys(args.etcd_key_prefix), target, check).run(stop)
+    finally:
+        etcd.close()
+    return 0
+
+
+def _http(ip: str, *, port: int, path: str, timeout: float) -> bool:
+    return http_check(ip, port, path, timeout)
+
+
+def _tcp(ip: str, *, port: int, timeout: float) -> bool:
+    return tcp_check(ip, port, timeout)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    return value

@@ -1,0 +1,343 @@
+"""`provision plan / apply` against one real local cluster (3 nodes: etcd + fleetd each),
+brought up by `provision up`, which applies the example's declared units.
+
+Each test declares its own unit sets for the same cluster and starts with
+`apply --prune`, so the tests do not depend on each other's leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleetd.job import JobState
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.registry import Registry
+from provision import apply as apply_module
+from provision.errors import OperationFailed
+from provision.model_build import load_cluster
+from provision.providers.local.etcdbin import find_etcd
+from tests.support.etcd import wait_for
+from tests.support.localenv import REPO, UP_TIMEOUT, Env
+
+WEB = (REPO / "clusters" / "units" / "web@.service").read_text()
+WEB_SET = {"file": "units/web@.service", "instances": 3,
+           "sidekick": {"port": 8080, "check": "http", "path": "/", "ttl": 10}}
+
+
+class Cluster:
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.path, self.name = env.cluster("local.yaml")
+        self.data = yaml.safe_load(self.path.read_text())
+        self.endpoints: list[str] = []
+
+    def provision(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        exe = shutil.which("provision")
+        command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+        return subprocess.run([*command, *argv], capture_output=True, text=True,
+                              timeout=timeout, cwd=self.env.base, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PROVISION_STATE": str(self.env.state_root),
+                                   "PYTHONPATH": str(REPO)})
+
+    def declare(self, tag: str, units: list[dict], files: dict[str, str] | None = None) -> Path:
+        """A definition of this same cluster declaring `units` (unit files written beside)."""
+        folder = self.env.base / f"units-{tag}"
+        folder.mkdir(exist_ok=True)
+        for name, text in (files or {}).items():
+            (folder / name).write_text(text)
+        data = {**self.data, "units": units}
+        path = self.env.base / f"{self.name}-{tag}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def etcd(self) -> Etcd:
+        return Etcd(self.endpoints, timeout=3)
+
+    def etcdctl_get(self, prefix: str) -> dict[str, dict]:
+        result = subprocess.run([find_etcd().etcdctl, "--endpoints", ",".join(self.endpoints),
+                                 "get", "--prefix", prefix], capture_output=True, text=True,
+                                timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+        lines = result.stdout.splitlines()
+        return {lines[i]: json.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
+
+    def states(self) -> dict[str, list[tuple[str, str, str]]]:
+        """unit -> [(machine, hash, active)] as the agents report."""
+        etcd = self.etcd()
+        try:
+            found: dict[str, list[tuple[str, str, str]]] = {}
+            for record in Registry(etcd).states():
+                found.setdefault(record.name, []).append(
+                    (record.machine, record.hash, record.status.active))
+            return found
+        finally:
+            etcd.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    env = Env()
+    try:
+        running = Cluster(env)
+        up = running.provision("up", str(running.path), "--timeout", str(UP_TIMEOUT))
+        assert up.returncode == 0, up.stderr
+        exports = running.provision("env", running.name).stdout
+        running.endpoints = exports.split("ETCDCTL_ENDPOINTS=", 1)[1].split()[0].split(",")
+        yield running
+    finally:
+        env.close()
+
+
+def active_web(states: dict) -> dict[str, tuple[str, str]]:
+    return {name: (rows[0][0], rows[0][1]) for name, rows in states.items()
+            if name.startswith("web@") and len(rows) == 1 and rows[0][2] == "active"}
+
+
+def test_up_applied_the_example_and_a_second_apply_changes_nothing(cluster):
+    # `provision up` ended with apply: the example's 2 instances on 2 machines, announced.
+    up_applied = active_web(cluster.states())
+    assert sorted(up_applied) == ["web@1.service", "web@2.service"]
+    assert len({machine for machine, _ in up_applied.values()}) == 2
+
+    # Three instances with Conflicts=web@*: three machines.
+    three = cluster.declare("three", [WEB_SET])
+    applied = cluster.provision("apply", str(three))
+    assert applied.returncode == 0, applied.stderr
+    running = active_web(cluster.states())
+    assert sorted(running) == ["web@1.service", "web@2.service", "web@3.service"]
+    assert len({machine for machine, _ in running.values()}) == 3
+    keys = cluster.etcdctl_get("/services/web/")
+    assert sorted(keys) == ["/services/web/1", "/services/web/2", "/services/web/3"]
+    for instance in ("1", "2", "3"):
+        value = keys[f"/services/web/{instance}"]
+        assert value["machine"] == running[f"web@{instance}.service"][0]
+        assert value["port"] == 8080 and value["unit"] == f"web@{instance}.service"
+
+    plan = cluster.provision("plan", str(three), "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stderr
+    assert "No changes" in plan.stdout
+    etcd = cluster.etcd()
+    try:
+        before = etcd.revision()
+        again = cluster.provision("apply", str(three))
+        assert again.returncode == 0, again.stderr
+        assert etcd.revision() == before  # nothing written
+    finally:
+        etcd.close()
+
+
+def test_a_changed_unit_file_rolls_one_instance_at_a_time(cluster):
+    base = cluster.declare("roll1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    old = active_web(cluster.states())
+    v2 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v2)")
+    path = cluster.declare("roll2", [{**WEB_SET, "file": "units-roll2/web@.service"}],
+                           {"web@.service": v2})
+
+    plan = cluster.provision("plan", str(path), "--detailed-exitcode", "--output", "json")
+    assert plan.returncode == 2, plan.stderr
+    changes = json.loads(plan.stdout)["changes"]
+    assert {c["action"] for c in changes} == {"replace"}
+    assert sorted({c["step"] for c in changes}) == [1, 2, 3]
+
+    fewest = [3]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            fewest[0] = min(fewest[0], len(active_web(cluster.states())))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = cluster.provision("apply", str(path))
+    finally:
+        done.set()
+        watcher.join(10)
+    assert result.returncode == 0, result.stderr
+    assert fewest[0] >= 2, "more than one instance was down at once"
+    now = active_web(cluster.states())
+    assert sorted(now) == sorted(old)
+    assert all(now[u][1] != old[u][1] for u in now)            # new content everywhere
+    assert all(now[u][0] == old[u][0] for u in now)            # replaced in place
+    assert sorted(cluster.etcdctl_get("/services/web/")) == [
+        "/services/web/1", "/services/web/2", "/services/web/3"]
+
+
+def test_prune_destroys_only_what_apply_created_and_no_longer_declares(cluster):
+    assert cluster.provision("apply", str(cluster.declare("prune1", [WEB_SET])),
+                             "--prune").returncode == 0
+    two = cluster.declare("prune2", [{**WEB_SET, "instances": 2}])
+    kept = cluster.provision("plan", str(two))
+    assert "web@3.service" in kept.stdout and "`--prune` destroys it" in kept.stdout
+    assert "No changes to apply; 2 units no longer declared kept" in kept.stdout
+    pruned = cluster.provision("apply", str(two), "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "- destroy  web@3.service" in pruned.stderr
+    wait_for(lambda: "/services/web/3" not in cluster.etcdctl_get("/services/web/"), 15,
+             message="web@3's announcement withdrawn")
+    assert sorted(active_web(cluster.states())) == ["web@1.service", "web@2.service"]
+
+
+def test_a_stopped_node_moves_its_instance_and_the_announcement_follows(cluster):
+    two = cluster.declare("move", [{**WEB_SET, "instances": 2}])
+    assert cluster.provision("apply", str(two), "--prune").returncode == 0
+    machine = active_web(cluster.states())["web@1.service"][0]
+    status = json.loads(cluster.provision("status", cluster.name, "--output", "json").stdout)
+    node = next(n["name"] for n in status["nodes"] if n["machine_id"] == machine)
+    stopped = cluster.provision("node", "stop", node, "--cluster", cluster.name)
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+        def moved() -> dict | None:
+            value = cluster.etcdctl_get("/services/web/").get("/services/web/1")
+            return value if value and value["machine"] != machine else None
+
+        value = wait_for(moved, WEB_SET["sidekick"]["ttl"] + 5,
+                         message="the announcement names web@1's new machine")
+        assert active_web(cluster.states())["web@1.service"][0] == value["machine"]
+    finally:
+        started = cluster.provision("node", "start", node, "--cluster", cluster.name)
+        assert started.returncode == 0, started.stderr
+
+
+def test_a_unit_failing_its_health_check_is_never_announced(cluster):
+    sick = "[Unit]\nDescription=never answers %i\n[Service]\nExecStart=/bin/sleep 300\n"
+    path = cluster.declare("sick", [
+        {"file": "units-sick/sick@.service", "instances": 1,
+         "sidekick": {"port": 9, "check": "tcp", "ttl": 3}}], {"sick@.service": sick})
+    result = cluster.provision("apply", str(path), "--prune", "--timeout", "8")
+    assert result.returncode == 1
+    assert "sick@1.service: active, not announced at /services/sick/1 yet" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cluster.etcdctl_get("/services/sick/") == {}
+
+
+def test_unschedulable_and_failed_units_are_named_with_the_reason(cluster):
+    nowhere = cluster.declare("nowhere", [
+        {"name": "nvme.service", "content": "[Service]\nExecStart=/bin/sleep 300\n",
+         "metadata": {"disk": "nvme"}}])
+    result = cluster.provision("apply", str(nowhere), "--prune", "--timeout", "60")
+    assert result.returncode == 1
+    assert "cannot be scheduled: nvme.service:" in result.stderr
+    assert "disk=nvme" in result.stderr
+
+    broken = cluster.declare("broken", [
+        {"name": "boom.service",
+         "content": "[Service]\nExecStart=/bin/sh -c 'echo boom-$$((6*7)); exit 3'\n"}])
+    result = cluster.provision("apply", str(broken), "--prune", "--timeout", "60")
+    assert result.returncode == 1
+    assert "boom.service failed on" in result.stderr
+    assert "boom-42" in result.stderr  # its last log lines
+
+
+def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
+    base = cluster.declare("race1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    declared = load_cluster(cluster.declare("race2", [{**WEB_SET, "state": "loaded"}]))[0]
+    session = apply_module.open_session(declared)
+    try:
+        assert {c.action.value for c in session.plan.changes} == {"state"}
+        # Someone else stops web@2 between our read and our write.
+        session.registry.set_desired("web@2.service", JobState.INACTIVE)
+        with pytest.raises(OperationFailed, match="changed since the plan was read"):
+            apply_module.apply(session, deadline=time.monotonic() + 30, report=lambda _: None)
+        _, jobs = session.registry.jobs()
+        # Nothing of the step was written: web@1 and web@3 are still launched.
+        assert jobs["web@1.service"].job.desired is JobState.LAUNCHED
+        assert jobs["web@3.service"].job.desired is JobState.LAUNCHED
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("units,message", [
+    ([{"file": "units/missing@.service", "instances": 2}], "not found"),
+    ([{"file": "units/web@.service"}], "is a template; say how many"),
+    ([{"name": "mon.service", "content": "[Service]\nExecStart=/bin/true\n", "global": True,
+       "machine_of": "web@1.service"}], "`global: true` cannot be combined with `machine_of`"),
+    ([{"file": "units/web@.service", "instances": 1, "sidekick": {"check": "tcp"}}],
+     "needs a `port`"),
+])
+def test_bad_declarations_end_in_one_line_and_write_nothing(cluster, units, message):
+    path = cluster.declare("bad", units)
+    etcd = cluster.etcd()
+
+    def jobs() -> dict:  # the units fleet holds, with the revision of each job key
+        return {n: (r.job.hash, r.job.desired, r.revision)
+                for n, r in Registry(etcd).jobs()[1].items()}
+    try:
+        before = jobs()
+        for command in ("plan", "apply"):
+            result = cluster.provision(command, str(path))
+            assert result.returncode == 2, (command, result.stderr)
+            assert message in result.stderr and "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+        assert jobs() == before
+    finally:
+        etcd.close()
+
+
+def test_sigkill_during_a_rolling_apply_leaves_old_or_new_and_the_next_apply_converges(cluster):
+    base = cluster.declare("kill1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    old = {n: h for n, (_, h) in active_web(cluster.states()).items()}
+    v3 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v3)")
+    path = cluster.declare("kill2", [{**WEB_SET, "file": "units-kill2/web@.service"}],
+                           {"web@.service": v3})
+    exe = shutil.which("provision")
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    applying = subprocess.Popen([*command, "apply", str(path)], cwd=cluster.env.base,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PROVISION_STATE": str(cluster.env.state_root),
+                                     "PYTHONPATH": str(REPO)})
+    etcd = cluster.etcd()
+    try:
+        def first_step_written() -> bool:
+            jobs = Registry(etcd).jobs()[1]
+            return any(jobs[n].job.hash != old[n] for n in old)
+        wait_for(first_step_written, 30, message="the rollout's first step")
+        applying.kill()  # SIGKILL, mid-rollout
+        applying.wait(10)
+        jobs = Registry(etcd).jobs()[1]
+        new = {n: jobs[n].job.hash for n in old}
+        replaced = [n for n in old if new[n] != old[n]]
+        assert replaced and len(replaced) < 3  # stopped part-way
+        for name in old:  # every parent is old or new, and its sidekick goes with it
+            side = name.replace("web@", "web-announce@")
+            side_unit = Registry(etcd).unit(jobs[side].job.hash)
+            parent_hash = dict(((o.section, o.name), o.value)
+                               for o in side_unit.options)[("X-Provision", "ParentHash")]
+            assert parent_hash == new[name]
+    finally:
+        etcd.close()
+        if applying.poll() is None:
+            applying.kill()
+            applying.wait()
+    again = cluster.provision("apply", str(path))
+    assert again.returncode == 0, again.stderr
+    assert cluster.provision("plan", str(path), "--detailed-exitcode").returncode == 0
+
+
+def test_plan_detailed_exitcode_is_1_on_errors(cluster, tmp_path):
+    bad = cluster.declare("bad-exit", [{"file": "units/web@.service"}])
+    assert cluster.provision("plan", str(bad), "--detailed-exitcode").returncode == 1
+    elsewhere = dict(cluster.data, name="nowhere", network={"cidr": "127.254.254.0/24"})
+    path = tmp_path / "nowhere.yaml"
+    path.write_text(yaml.safe_dump({**elsewhere, "units": [WEB_SET]}, sort_keys=False))
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "web@.service").write_text(WEB)
+    unreachable = cluster.provision("plan", str(path), "--detailed-exitcode")
+    assert unreachable.returncode == 1
+    assert "cannot read fleet's registry" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    plain = cluster.provision("apply", str(path))
+    assert plain.returncode == 1 and "is the cluster up?" in plain.stderr
