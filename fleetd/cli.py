@@ -29,11 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if config.verbosity <= 0 else (
         logging.INFO if config.verbosity == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from fleetd.runner.base import RunnerError
     from fleetd.server import Server
 
     try:
         server = Server(config)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RunnerError) as err:
         print(f"fleetd: cannot start: {err}", file=sys.stderr)
         return 2
     done = SignalSafeEvent()  # set by signal handlers: a threading.Event can deadlock there

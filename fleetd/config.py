@@ -38,7 +38,9 @@ class Config:
     disable_engine: bool = False
     state_dir: Path = Path("/var/lib/fleetd")
     root_dir: Path | None = None  # local clusters: the node directory that stands for `/`
-    runner: str = "process"
+    runner: str = "auto"  # process | systemd | auto (systemd when its system bus answers)
+    units_directory: Path = Path("/run/fleet/units")
+    journal_root: Path | None = None  # read unit logs under this root (a container's)
     verbosity: int = 0
     api_socket: Path | None = None  # None: <state_dir>/fleet.sock
     api_address: str = ""  # host:port of an extra TCP listener; "" for none
@@ -60,7 +62,11 @@ SETTINGS = {
     "disable_engine": "true: never run the engine on this machine",
     "state_dir": "directory for machine-id, unit files and logs",
     "root_dir": "directory that stands for / when resolving unit paths (local clusters)",
-    "runner": "process (systemd lands later)",
+    "runner": "systemd (units run by systemd over D-Bus), process (units run as fleetd's "
+              "children), or auto: systemd when a system bus with systemd is reachable",
+    "units_directory": "where the systemd runner writes unit files (default /run/fleet/units)",
+    "journal_root": "systemd runner: read unit logs with journalctl --root DIR (e.g. a "
+                    "container's /proc/<pid>/root) instead of this host's journal",
     "verbosity": "0 quiet, 1 info, 2 debug",
     "api_socket": "unix socket of the fleet API (default <state_dir>/fleet.sock)",
     "api_address": "host:port for the fleet API over TCP too (loopback unless "
@@ -159,11 +165,11 @@ def _convert(name: str, raw: str):
         if raw.strip():
             parse_listen_address(raw)
         return raw.strip()
-    if name in ("state_dir", "root_dir", "api_socket"):
+    if name in ("state_dir", "root_dir", "api_socket", "units_directory", "journal_root"):
         return Path(raw).expanduser()
     if name == "runner":
-        if raw not in ("process",):
-            raise ValueError(f"unknown runner {raw!r}; this build supports: process")
+        if raw not in ("process", "systemd", "auto"):
+            raise ValueError(f"unknown runner {raw!r}; use systemd, process or auto")
         return raw
     if name == "verbosity":
         return int(raw)

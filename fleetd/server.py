@@ -15,6 +15,7 @@ from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
+from fleetd.runner.base import Runner, RunnerError
 
 log = logging.getLogger("fleetd")
 VERSION = "0.1.0"
@@ -57,10 +58,44 @@ def node_hostname(root_dir: Path | None) -> str:
     return socket.gethostname()
 
 
+def runner_kind(config: Config) -> str:
+    """`process` or `systemd`: what `runner = auto` means here (a local node, with a root
+    directory standing for `/`, always runs processes)."""
+    if config.runner != "auto":
+        return config.runner
+    if config.root_dir is not None:
+        return "process"
+    from fleetd.runner.systemd import system_bus_present
+
+    if not system_bus_present():
+        return "process"
+    try:
+        import pydbus  # noqa: F401 - only whether it can be imported
+    except ImportError:
+        log.warning("a system bus is present but pydbus is not installed: running units "
+                    "as processes (pip install '.[systemd]' for the systemd runner)")
+        return "process"
+    return "systemd"
+
+
+def make_runner(config: Config, machine: str) -> Runner:
+    """The runner the configuration asks for; RunnerError when it cannot work here."""
+    if runner_kind(config) == "systemd":
+        from fleetd.runner.systemd import SystemdRunner, journal_command_for
+
+        if config.root_dir is not None:
+            raise RunnerError("runner=systemd cannot use root_dir (a local node's processes "
+                              "are not systemd's); use runner=process")
+        return SystemdRunner(config.units_directory,
+                             journal_command=journal_command_for(config.journal_root))
+    from fleetd.runner.process import ProcessRunner
+
+    return ProcessRunner(config.state_dir, machine, node_hostname(config.root_dir),
+                         root_dir=config.root_dir)
+
+
 class Server:
     def __init__(self, config: Config) -> None:
-        from fleetd.runner.process import ProcessRunner
-
         problem = api_address_problem(config)
         if problem is not None:
             raise ValueError(f"api_address: {problem}")
@@ -70,8 +105,7 @@ class Server:
         self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))
-        self.runner = ProcessRunner(config.state_dir, mid, node_hostname(config.root_dir),
-                                    root_dir=config.root_dir)
+        self.runner = make_runner(config, mid)
         # Bound now (served from start()) so the machine record carries the API's real URL.
         try:
             self.api = ApiServer(Api(self.registry, self.runner, mid), config.api_socket_path,

@@ -50,6 +50,24 @@ class Agent:
         self.started: set[str] = set()
         self.published: dict[str, tuple[str, UnitStatus]] = {}
         runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Units a runner kept from an earlier fleetd (systemd: its units directory) count as
+        loaded, and started when active: reconcile then keeps what is still wanted as it
+        is, with no reload or restart, and unloads the rest."""
+        adopt = getattr(self.runner, "adopt", None)
+        if adopt is None:
+            return
+        found = adopt()
+        if not found:
+            return
+        statuses = self.runner.units()
+        for name, digest in found.items():
+            self.loaded[name] = digest
+            if statuses.get(name, UnitStatus()).is_active:
+                self.started.add(name)
+        log.info("adopted %d units left running by an earlier fleetd", len(found))
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -73,6 +91,11 @@ class Agent:
     def shutdown(self) -> None:
         self._cancel()
         self.runner.shutdown()
+        if getattr(self.runner, "keeps_units_on_shutdown", False):
+            # Units still run here: leaving the cluster now would start them elsewhere too.
+            # The lease lapses after the TTL unless a restarted fleetd takes over first.
+            self.lease = None
+            return
         if self.lease is not None:
             self.registry.etcd.revoke(self.lease)  # machine and state keys go with it
             self.lease = None

@@ -64,3 +64,33 @@ def test_fleetd_exits_2_on_bad_config(capsys):
     assert main(["--agent-ttl", "never"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fleetd: --agent-ttl: agent_ttl:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,env,kind", [
+    (["--runner", "process"], {}, "process"),
+    (["--runner", "auto", "--root-dir", "/tmp"], {}, "process"),   # a local node
+    (["--runner", "auto"], {"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/bus"},
+     "process"),                                                   # no system bus here
+    ([], {"FLEET_RUNNER": "systemd"}, "systemd"),
+], ids=["process", "local-node", "no-bus", "env"])
+def test_runner_choice(argv, env, kind, monkeypatch):
+    from fleetd.server import runner_kind
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert runner_kind(load_config(argv, env)) == kind
+
+
+def test_systemd_runner_without_a_bus_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    from fleetd.cli import main
+
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    code = main(["--runner", "systemd", "--state-dir", str(tmp_path / "state"),
+                 "--units-directory", str(tmp_path / "units"),
+                 "--etcd-servers", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("fleetd: cannot start: ")
+    assert ("cannot reach systemd on the system bus" in err
+            or "needs pydbus and PyGObject" in err)
+    assert len(err.strip().splitlines()) == 1

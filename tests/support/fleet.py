@@ -73,21 +73,25 @@ class FleetHarness:
         self.etcd = Etcd([self.etcd_url], timeout=3)
         self.registry = Registry(self.etcd, self.prefix)
 
-    def start(self, name: str, metadata: str = "", engine: bool = True) -> FleetdProcess:
+    def start(self, name: str, metadata: str = "", engine: bool = True,
+              runner: tuple[str, ...] = ("--runner", "process"),
+              env: dict[str, str] | None = None) -> FleetdProcess:
+        """A fleetd on this harness's etcd; `runner`: its runner flags, `env`: extra
+        environment (e.g. DBUS_SYSTEM_BUS_ADDRESS for the systemd runner)."""
         state_dir = self.base / name
         state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.base / f"{name}.log"
         argv = [sys.executable, "-m", "fleetd.cli", "--etcd-servers", self.etcd_url,
                 "--etcd-key-prefix", self.prefix, "--state-dir", str(state_dir),
                 "--agent-ttl", f"{self.ttl}s", "--engine-reconcile-interval", "1",
-                "--public-ip", "127.0.0.1", "--verbosity", "1",
+                "--public-ip", "127.0.0.1", "--verbosity", "1", *runner,
                 "--disable-engine", "false" if engine else "true"]
         if metadata:
             argv += ["--metadata", metadata]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         with open(log_path, "ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+                                       stdin=subprocess.DEVNULL, env=environment, cwd=REPO)
         fleetd = FleetdProcess(name, state_dir, process, log_path)
         self.fleetds[name] = fleetd
         machine = fleetd.machine_id

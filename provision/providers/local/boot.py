@@ -282,6 +282,11 @@ def fleetd_command(section: Mapping, *, dirs: NodeDirs, tools: Tools,
             continue
         given[name] = _flag_value(value)
     given.setdefault("verbosity", "1")
+    if given.get("runner", "process") != "process":
+        notes.append(f"fleet `runner: {given['runner']}` cannot drive this host's systemd for "
+                     "a local node; its units run as processes")
+    given["runner"] = "process"
+    given.pop("units_directory", None)
     for name, value in given.items():
         argv += [f"--{name.replace('_', '-')}", value]
     if api_socket_flag:
