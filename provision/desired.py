@@ -16,7 +16,6 @@ starts after the new parent.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from fleetd.job import JobState
@@ -148,16 +147,28 @@ def announce_key(unit_set: UnitSet, unit: str) -> str:
     return f"{base.rstrip('/')}/{name.instance or name.prefix}"
 
 
+def exec_word(value: str) -> str:
+    """One literal word of an ExecStart= line, as systemd reads it: `%`, `$` and `\\` are
+    escaped (systemd expands specifiers, variables and escapes even inside quotes) and a
+    word with blanks or quotes is double-quoted. (Shell quoting would not do: this line is
+    never seen by a shell.)"""
+    escaped = (value.replace("\\", "\\\\").replace("%", "%%").replace("$", "$$")
+               .replace('"', '\\"'))
+    return f'"{escaped}"' if not value or any(c in value for c in " \t'\"") else escaped
+
+
 def sidekick_unit(cluster: Cluster, sidekick: Sidekick, parent: str, key: str,
                   parent_hash: str) -> UnitFile:
-    argv = ["/usr/bin/env", "fleetd", "announce", "--unit", parent, "--key", key,
-            "--port", str(sidekick.port), "--check", sidekick.check, "--ttl", str(sidekick.ttl),
-            "--etcd-servers", ",".join(etcd_endpoints(cluster)),
-            "--etcd-key-prefix", fleet_prefix(cluster), "--machine", "%m", "--host", "%H"]
+    words = [exec_word(a) for a in (
+        "/usr/bin/env", "fleetd", "announce", "--unit", parent, "--key", key,
+        "--port", str(sidekick.port), "--check", sidekick.check, "--ttl", str(sidekick.ttl),
+        "--etcd-servers", ",".join(etcd_endpoints(cluster)),
+        "--etcd-key-prefix", fleet_prefix(cluster))]
+    words += ["--machine", "%m", "--host", "%H"]  # specifiers, expanded where it runs
     if sidekick.check == "http":
-        argv += ["--path", sidekick.path]
+        words += ["--path", exec_word(sidekick.path)]
     if sidekick.interval is not None:
-        argv += ["--interval", f"{sidekick.interval:g}"]
+        words += ["--interval", f"{sidekick.interval:g}"]
     text = "\n".join([
         "[Unit]",
         f"Description=Announce {parent} at {key} while its {sidekick.check} check passes",
@@ -165,7 +176,7 @@ def sidekick_unit(cluster: Cluster, sidekick: Sidekick, parent: str, key: str,
         f"After={parent}",
         "",
         "[Service]",
-        "ExecStart=" + " ".join(shlex.quote(a) for a in argv),
+        "ExecStart=" + " ".join(words),
         "Restart=always",
         "RestartSec=2",
         "",

@@ -97,7 +97,14 @@ def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
                       "units run on every machine that matches `metadata`", (key,), key=True)
                 return None
 
-    merged = _merge_constraints(unit, spec)
+    try:
+        merged = _merge_constraints(unit, spec)
+    except UnitFileError as err:
+        # A YAML constraint (conflicts, machine_of, ...) holding a newline or another
+        # control character cannot become a unit-file line: a positioned problem, not
+        # a traceback (bad-input suite, issue 8).
+        error(f"`{where}` ({name.full}): {err.message}")
+        return None
     first_name = UnitName(name.prefix, instances[0], name.suffix) if instances else name
     try:
         parse_fleet_options(merged, first_name.full)
@@ -112,6 +119,15 @@ def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
             error(f"`{where}.sidekick` needs a `port` to health-check and announce "
                   "(e.g. port: 8080)", ("sidekick",))
             return None
+        for key in ("path", "key"):
+            # Both land inside the generated sidekick's Description= and ExecStart=
+            # lines; a newline would end the line and smuggle in settings of its own
+            # (e.g. ExecStartPre=), so control characters are refused (issue 8).
+            bad = _control_char(side.get(key))
+            if bad is not None:
+                error(f"`{where}.sidekick.{key}` holds control character U+{ord(bad):04X}; "
+                      "remove it", ("sidekick", key))
+                return None
         sidekick = Sidekick(port=side["port"], check=side.get("check", "tcp"),
                             path=side.get("path", "/"), ttl=side.get("ttl", 30),
                             interval=side.get("interval"), key=side.get("key"))
@@ -178,3 +194,10 @@ def _merge_constraints(unit: UnitFile, spec: dict) -> UnitFile:
     if not extra:
         return unit
     return UnitFile.from_options(tuple(unit.options) + tuple(extra))
+
+
+def _control_char(value: object) -> str | None:
+    """The first C0 control character (or DEL) in a string value, else None."""
+    if not isinstance(value, str):
+        return None
+    return next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)

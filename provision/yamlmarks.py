@@ -159,12 +159,19 @@ class _Converter:
         mark = node.start_mark
         self.problems.append(Problem(self.doc.file, mark.line + 1, mark.column + 1, message))
 
-    def convert(self, node: yaml.Node, path: Path_) -> Any:
-        self.budget -= 1
+    def _spend(self, node: yaml.Node, cost: int = 1) -> bool:
+        """Charge the expansion budget; False (and one problem) once it is spent."""
+        was = self.budget
+        self.budget -= cost
         if self.budget < 0:
-            if self.budget == -1:
+            if was >= 0:
                 self._problem(node, f"document expands to more than {MAX_VALUES} values "
                                     "(an alias bomb?); write the values out or use fewer aliases")
+            return False
+        return True
+
+    def convert(self, node: yaml.Node, path: Path_) -> Any:
+        if not self._spend(node):
             return None
         if len(path) > MAX_DEPTH:
             self._problem(node, f"YAML nested deeper than {MAX_DEPTH} levels")
@@ -178,6 +185,13 @@ class _Converter:
             return self.scalars.construct_object(node)
         except yaml.constructor.ConstructorError as err:
             self._problem(node, f"bad value: {err.problem}")
+            return None
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            # An explicit tag on a scalar that does not fit it (`!!int x`, `!!timestamp
+            # nope`) makes PyYAML's constructors fail with plain Python errors, which
+            # escaped as tracebacks (bad-input suite, issue 8).
+            self._problem(node, f"bad value: {node.value!r} is not a valid {node.tag}; "
+                                "remove the tag or fix the value")
             return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict:
@@ -202,11 +216,21 @@ class _Converter:
             return None
         try:
             return self.scalars.construct_object(node)
-        except yaml.constructor.ConstructorError:
+        except (yaml.constructor.ConstructorError, ValueError, TypeError, AttributeError,
+                OverflowError):  # a mis-tagged key is "not a string" (see convert)
             return None
 
-    def _entries(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-        """Mapping entries with `<<` merge keys resolved (explicit keys win)."""
+    def _entries(self, node: yaml.MappingNode,
+                 merging: frozenset[int] = frozenset()) -> list[tuple[yaml.Node, yaml.Node]]:
+        """Mapping entries with `<<` merge keys resolved (explicit keys win).
+
+        Merges are charged to the alias budget and a mapping merging itself is refused:
+        `a: &a {<<: *a}` recursed until RecursionError and nested `<<: [*x, *x, ...]`
+        expanded exponentially without touching the budget (bad-input suite, issue 8).
+        """
+        if not self._spend(node, 1 + len(node.value)):
+            return []
+        merging = merging | {id(node)}
         own: list[tuple[yaml.Node, yaml.Node]] = []
         merged: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
@@ -214,8 +238,11 @@ class _Converter:
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
                     else [value_node]
                 for source in sources:
-                    if isinstance(source, yaml.MappingNode):
-                        merged.extend(self._entries(source))
+                    if isinstance(source, yaml.MappingNode) and id(source) in merging:
+                        self._problem(source, "`<<` merges a mapping into itself; remove "
+                                              "the alias")
+                    elif isinstance(source, yaml.MappingNode):
+                        merged.extend(self._entries(source, merging))
                     else:
                         self._problem(source, "`<<` merges only mappings")
             else:

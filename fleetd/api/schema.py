@@ -69,6 +69,9 @@ def _desired(value: object) -> JobState | None:
         return None
     if not isinstance(value, str):
         raise ApiError(400, f"desiredState must be a string, one of {_STATES}")
+    if len(value) > 64:  # a 500 kB state must not come back as a 500 kB message
+        raise ApiError(400, f"desiredState: unknown unit state {value[:32]!r}... "
+                            f"({len(value)} characters); use one of {_STATES}")
     try:
         return JobState.parse(value)
     except ValueError as err:

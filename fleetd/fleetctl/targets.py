@@ -37,7 +37,9 @@ def unit_name_of(arg: str) -> str:
     try:
         return normalize_unit_name(base)
     except UnitNameError as err:
-        raise UsageError(f"{arg!r} is not a unit name: {err.message}") from None
+        # Clip the echo: a 100 kB argument made a 100 kB error line (bad-input suite).
+        shown = repr(arg) if len(repr(arg)) <= 80 else repr(arg)[:76] + "...'"
+        raise UsageError(f"{shown} is not a unit name: {err.message}") from None
 
 
 def match_units(pattern: str, names: Iterable[str]) -> list[str]:

@@ -8,9 +8,10 @@ Template instances are written under their instance names (`web@1.service`), so 
 instance carries its own content.
 
 States come from systemd itself: one `ListUnitsByNames` call reads every known unit
-(fleet's agents burned CPU issuing a call per unit), and `PropertiesChanged` signals on
-the units' objects, handled on a GLib main loop thread, report changes as they happen;
-a slow full read catches anything a signal did not say.
+(fleet-scaling.md: agents burned CPU on D-Bus at ~500 units; bench/systemd_states.py
+measures one call for 500 units at 0.026 s against 0.85 s for one GetAll per unit), and
+`PropertiesChanged` signals on the units' objects, handled on a GLib main loop thread,
+report changes as they happen; a slow full read catches anything a signal did not say.
 
 Units survive fleetd: `shutdown` leaves them running (a restarted fleetd adopts them:
 `adopt` reports what the units directory holds, so the agent neither reloads nor
