@@ -3,11 +3,17 @@
 The leader key is put with a lease only if absent; its create revision is the
 fencing token every engine write compares, so a leader that lost its lease
 (paused, partitioned) cannot write a stale plan after a new leader took over.
+
+While leading, a small thread renews the lease every ttl/3, independent of the engine's
+loop: a pass or a cache load that takes longer than the TTL (50,000 units on a busy
+2-core machine) must not cost the leadership it is working under — that livelocked
+bench/schedule.py at 5,000 machines x 50,000 units (load, lose the lease, load again).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from fleetd.registry.etcd import Etcd, RegistryUnavailable  # noqa: F401 - raised through
@@ -24,6 +30,9 @@ class Leadership:
         self.lease: int | None = None
         self.token: int = 0  # create revision of our leader key
         self.renewed_at = 0.0
+        self._lost: str | None = None  # set by the renewer: "expired" or "unreachable"
+        self._stop_renewing = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -38,25 +47,36 @@ class Leadership:
         return max(0.0, self.renewed_at + self.ttl / 3 - time.monotonic())
 
     def ensure(self) -> bool:
-        """Renew our lease or try to become leader; True while we lead.
+        """True while we lead (the renewer keeps the lease); else try to become leader.
 
-        Raises RegistryUnavailable when etcd cannot be reached (leadership is then
-        given up: its lease may expire before etcd answers again)."""
+        Raises RegistryUnavailable when etcd could not be reached to renew (leadership is
+        then given up: its lease may expire before etcd answers again)."""
         if self.lease is not None:
-            if self.due() > 0:
+            lost = self._lost
+            if lost is None:
                 return True
-            try:
-                remaining = self.etcd.keepalive(self.lease)
-            except RegistryUnavailable:
-                self.lease, self.token = None, 0
-                raise
-            if remaining > 0:
-                self.renewed_at = time.monotonic()
-                return True
-            log.warning("engine leadership lost (lease expired or etcd unreachable)")
-            self.lease, self.token = None, 0
+            self._drop()
+            if lost == "unreachable":
+                raise RegistryUnavailable("engine lease could not be renewed")
+            log.warning("engine leadership lost (lease expired)")
             return False
         return self._try_acquire()
+
+    def _renew(self, lease: int, stop: threading.Event) -> None:
+        while not stop.wait(self.ttl / 3):
+            try:
+                remaining = self.etcd.keepalive(lease)
+            except RegistryUnavailable:
+                self._lost = "unreachable"
+                return
+            if remaining <= 0:
+                self._lost = "expired"
+                return
+            self.renewed_at = time.monotonic()
+
+    def _drop(self) -> None:
+        self._stop_renewing.set()
+        self.lease, self.token, self._lost = None, 0, None
 
     def _try_acquire(self) -> bool:
         current = self.etcd.get(self.key)
@@ -72,12 +92,17 @@ class Leadership:
         kv = self.etcd.get(self.key)
         if kv is None or kv.value.decode() != self.machine_id:
             return False
-        self.lease, self.token = lease, kv.create_revision
+        self.lease, self.token, self._lost = lease, kv.create_revision, None
         self.renewed_at = time.monotonic()
+        self._stop_renewing = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, args=(lease, self._stop_renewing),
+                                         name="engine-lease", daemon=True)
+        self._renewer.start()
         log.info("became engine leader (token %d)", self.token)
         return True
 
     def resign(self) -> None:
-        if self.lease is not None:
-            self.etcd.revoke(self.lease)
-        self.lease, self.token = None, 0
+        lease = self.lease
+        self._drop()
+        if lease is not None:
+            self.etcd.revoke(lease)

@@ -123,3 +123,38 @@ def test_machine_id_is_made_once_and_kept(tmp_path):
     (tmp_path / "machine-id").write_text("garbage\n")
     replaced = machine_id(tmp_path)
     assert replaced != first and machine_id(tmp_path) == replaced
+
+
+def test_leadership_survives_a_pass_longer_than_its_ttl(registry):
+    """The lease is renewed beside the engine's loop: a long cache load or pass (seen at
+    50,000 units) must not lose the leadership it runs under."""
+    from fleetd.engine.lease import Leadership
+
+    key = registry.keys.leader()
+    leader = Leadership(registry.etcd, key, "long-pass", ttl=2)
+    rival = Leadership(registry.etcd, key, "rival", ttl=2)
+    try:
+        assert leader.ensure()
+        # The loop is busy for 2 TTLs without calling ensure(); meanwhile a rival keeps
+        # trying to take over (it would succeed the moment the lease lapsed).
+        taken = threading.Event()
+        done = threading.Event()
+
+        def rival_tries() -> None:
+            while not done.is_set():
+                if rival.ensure():
+                    taken.set()
+                    return
+                done.wait(0.1)
+        thread = threading.Thread(target=rival_tries, daemon=True)
+        thread.start()
+        done.wait(4.5)  # the "long pass": an interval, not a condition
+        done.set()
+        thread.join(5)
+        assert not taken.is_set()
+        assert leader.ensure()
+        assert registry.etcd.get(key).value.decode() == "long-pass"
+    finally:
+        leader.resign()
+        rival.resign()
+    assert registry.etcd.get(key) is None
