@@ -105,7 +105,12 @@ def fleet_section(cluster: Cluster, node: Node, addr: Addresses) -> dict:
         # The discovery etcd is not part of the cluster; fleet must use the members.
         servers = member_client_urls(cluster)
     else:
-        servers = [f"http://{addr.private}:{cluster.etcd.client_port}"]
+        # Its own member (or proxy) first, then every other member: fleetd fails over
+        # between them, so a node whose etcd dies keeps its fleet (fault suite: with only
+        # its own member it lost its machine while fail-static kept its units running).
+        own = f"http://{addr.private}:{cluster.etcd.client_port}"
+        servers = [own] + [f"http://{m.ip}:{cluster.etcd.client_port}"
+                           for m in cluster.members if m.name != node.name]
     section["etcd-servers"] = ",".join(servers)
     if fleet.etcd_key_prefix:
         section["etcd-key-prefix"] = fleet.etcd_key_prefix

@@ -174,6 +174,9 @@ def sidekick_unit(cluster: Cluster, sidekick: Sidekick, parent: str, key: str,
         f"Description=Announce {parent} at {key} while its {sidekick.check} check passes",
         f"BindsTo={parent}",
         f"After={parent}",
+        # Rolling replaces restart it several times in a few seconds; systemd's default
+        # start limit (5 in 10 s) would then refuse it and fail the apply.
+        "StartLimitIntervalSec=0",
         "",
         "[Service]",
         "ExecStart=" + " ".join(words),

@@ -66,6 +66,7 @@ class Engine:
         self.events: queue.Queue = queue.Queue()
         self._cancel_watches: list[Callable[[], None]] = []
         self.settle_until = 0.0
+        self.outage_since: float | None = None  # first failure of the current outage
         self.passes = 0
         self.placements = 0
 
@@ -79,6 +80,8 @@ class Engine:
                 self._outage(err)
                 leading = False
             if not leading:
+                if self.outage_since is not None and self.leadership.answered:
+                    self._recovered()
                 self._drop_cache()
                 stop.wait(min(1.0, self.ttl / 3))
                 continue
@@ -108,11 +111,26 @@ class Engine:
         self.events.put(WAKE)
 
     def _outage(self, err: Exception) -> None:
-        """etcd was out of reach: machine leases may lapse for reasons that are not the
-        machines' fault, so treat vanished machines as alive for one more TTL."""
-        if time.monotonic() >= self.settle_until:
-            log.warning("engine lost its view of etcd (%s); will settle for %ss", err, self.ttl)
-        self.settle_until = time.monotonic() + self.ttl + self.ttl / 3
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            log.warning("engine lost its view of etcd (%s)", err)
+
+    def _recovered(self) -> None:
+        """etcd answers again. If it was away long enough that agents may have missed a
+        renewal (ttl/3, their renewal period), machine leases may lapse for reasons that
+        are not the machines' fault: treat vanished machines as alive for one more TTL.
+        A shorter gap (our member died and the client failed over at once, while the other
+        members kept serving every agent) settles nothing, so failover is not delayed."""
+        if self.outage_since is None:
+            return
+        away = time.monotonic() - self.outage_since
+        self.outage_since = None
+        if away >= self.ttl / 3:
+            self.settle_until = time.monotonic() + self.ttl + self.ttl / 3
+            log.warning("etcd answers again after %.1fs; settling for %.1fs before treating "
+                        "vanished machines as dead", away, self.ttl + self.ttl / 3)
+        else:
+            log.info("etcd answers again after %.1fs (failed over); nothing to settle", away)
 
     def _drain(self, timeout: float) -> bool:
         """Apply queued watch events; True when any arrived."""
@@ -144,6 +162,7 @@ class Engine:
         revision, jobs = registry.jobs()
         _, machines = registry.machines(revision)
         _, assignments = registry.assignments(revision=revision)
+        self._recovered()
         cache = EngineCache()
         cache.jobs = {n: r.job for n, r in jobs.items() if not r.job.is_global}
         cache.machines = machines

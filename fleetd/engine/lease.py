@@ -33,6 +33,7 @@ class Leadership:
         self._lost: str | None = None  # set by the renewer: "expired" or "unreachable"
         self._stop_renewing = threading.Event()
         self._renewer: threading.Thread | None = None
+        self.answered = False  # the last ensure() that asked etcd got an answer
 
     @property
     def is_leader(self) -> bool:
@@ -79,7 +80,9 @@ class Leadership:
         self.lease, self.token, self._lost = None, 0, None
 
     def _try_acquire(self) -> bool:
+        self.answered = False
         current = self.etcd.get(self.key)
+        self.answered = True
         if current is not None:
             return False
         lease = self.etcd.grant(self.ttl)

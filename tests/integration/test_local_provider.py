@@ -25,19 +25,15 @@ from provision.providers.local import control, dns, provider, state
 from provision.providers.local.discovery import LocalDiscoveryService
 from provision.providers.local.etcdbin import find_etcd
 from tests.support.etcd import wait_for
-from tests.support.localenv import UP_TIMEOUT, Env, survivors
+from tests.support.localenv import (
+    UP_TIMEOUT,
+    Env,
+    survivors,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_FLEET = {"agent_ttl": "5s", "engine_reconcile_interval": 1}  # as the local example
 
-
-@pytest.fixture
-def env():
-    environment = Env()
-    try:
-        yield environment
-    finally:
-        environment.close()
 
 
 def rows(env: Env, name: str) -> dict[str, dict]:

@@ -18,16 +18,11 @@ from provision.providers.vagrant import VagrantProvider
 from tests.conftest import CLUSTERS
 from tests.support import fake_vagrant
 from tests.support.etcd import wait_for
-from tests.support.localenv import REPO, UP_TIMEOUT, Env
-
-
-@pytest.fixture
-def env():
-    environment = Env()
-    try:
-        yield environment
-    finally:
-        environment.close()
+from tests.support.localenv import (
+    REPO,
+    UP_TIMEOUT,
+    Env,
+)
 
 
 def provision(env: Env, *argv: str) -> subprocess.CompletedProcess:

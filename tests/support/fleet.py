@@ -75,27 +75,32 @@ class FleetHarness:
 
     def start(self, name: str, metadata: str = "", engine: bool = True,
               runner: tuple[str, ...] = ("--runner", "process"),
-              env: dict[str, str] | None = None) -> FleetdProcess:
-        """A fleetd on this harness's etcd; `runner`: its runner flags, `env`: extra
-        environment (e.g. DBUS_SYSTEM_BUS_ADDRESS for the systemd runner)."""
+              env: dict[str, str] | None = None, *, etcd_urls: list[str] | None = None,
+              public_ip: str = "127.0.0.1", wrapper: tuple[str, ...] = (),
+              base_env: dict[str, str] | None = None) -> FleetdProcess:
+        """A fleetd on this harness's etcd (or `etcd_urls`); `runner`: its runner flags,
+        `env`: extra environment (e.g. DBUS_SYSTEM_BUS_ADDRESS for the systemd runner),
+        `wrapper`: a command prefix (e.g. `ip netns exec NS`)."""
         state_dir = self.base / name
         state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.base / f"{name}.log"
-        argv = [sys.executable, "-m", "fleetd.cli", "--etcd-servers", self.etcd_url,
+        argv = [*wrapper, sys.executable, "-m", "fleetd.cli",
+                "--etcd-servers", ",".join(etcd_urls or [self.etcd_url]),
                 "--etcd-key-prefix", self.prefix, "--state-dir", str(state_dir),
                 "--agent-ttl", f"{self.ttl}s", "--engine-reconcile-interval", "1",
-                "--public-ip", "127.0.0.1", "--verbosity", "1", *runner,
+                "--public-ip", public_ip, "--verbosity", "1", *runner,
                 "--disable-engine", "false" if engine else "true"]
         if metadata:
             argv += ["--metadata", metadata]
-        environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        environment = {**(os.environ if base_env is None else base_env),
+                       "PYTHONPATH": str(REPO), **(env or {})}
         with open(log_path, "ab") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=environment, cwd=REPO)
         fleetd = FleetdProcess(name, state_dir, process, log_path)
         self.fleetds[name] = fleetd
         machine = fleetd.machine_id
-        wait_for(lambda: machine in self.registry.machines()[1], 15,
+        wait_for(lambda: machine in self.registry.machines()[1], 20,
                  message=f"{name} registered")
         return fleetd
 

@@ -81,3 +81,4 @@ class Env:
             leftovers += survivors(state_dir)
         shutil.rmtree(self.base, ignore_errors=True)
         assert not leftovers, f"processes outlived the test: {leftovers}"
+
