@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fleetd.engine.scheduler import ClusterView, schedule
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import MAX_TXN_OPS, JobWrite, Registry
-from fleetd.unit.unitfile import parse_unit_file
+from fleetd.unit.unitfile import content_hash, parse_unit_file
 from provision.convergence import FAILED, Lag, lagging
 from provision.desired import DesiredUnit, desired_units, etcd_endpoints, fleet_prefix, owner_of
 from provision.errors import OperationFailed
@@ -87,10 +87,15 @@ def apply(session: Session, *, deadline: float, report: Report,
           count: Count = _no_count) -> None:
     """Write every step and wait for convergence; OperationFailed naming what did not."""
     for number, step in enumerate(session.plan.steps, 1):
+        if step.rolling:
+            # An announcement older than this step is the old instance's, not the new one's
+            # (read before writing: a slow read after it could miss the new announcement).
+            try:
+                since = session.registry.etcd.revision()
+            except RegistryUnavailable as err:
+                raise OperationFailed(f"etcd became unreachable: {err}") from None
         _write(session, step)
         if step.rolling:
-            # An announcement older than this step is the old instance's, not the new one's.
-            since = session.registry.etcd.revision()
             report(f"step {number}/{len(session.plan.steps)}: replaced "
                    f"{', '.join(step.wait_for)}; waiting until active and announced")
             units = [u for u in session.desired if u.name in step.wait_for]
@@ -116,12 +121,34 @@ def _write(session: Session, step: Step) -> None:
             ok = session.registry.write_jobs(chunk)
         except RegistryUnavailable as err:
             raise OperationFailed(f"etcd became unreachable while writing: {err}") from None
+        if not ok and _landed(session.registry, chunk):
+            # The transaction committed but its reply was lost and the client's retry
+            # found its own write: not a conflict.
+            ok = True
         if not ok:
             names = ", ".join(w.name for w in chunk[:5]) + (", …" if len(chunk) > 5 else "")
+            written = (f"the first {start} changes of this step were written, the rest not"
+                       if start else "nothing of this step was written")
             raise OperationFailed(
                 f"the registry changed since the plan was read (revision "
-                f"{session.revision}): one of {names} was changed by someone else; nothing "
-                "of this step was written. Run `provision plan` to see the new difference")
+                f"{session.revision}): one of {names} was changed by someone else; "
+                f"{written}. Run `provision plan` to see the new difference")
+
+
+def _landed(registry: Registry, writes: list[JobWrite]) -> bool:
+    """Whether the registry already holds exactly what `writes` would have written."""
+    try:
+        for w in writes:
+            record = registry.get_job(w.name)
+            if w.unit is None:
+                if record is not None:
+                    return False
+            elif (record is None or record.job.hash != content_hash(w.unit)
+                  or record.job.desired is not w.desired):
+                return False
+    except RegistryUnavailable:
+        return False
+    return True
 
 
 def _job_write(change: Change, now: ActualUnit | None) -> JobWrite:

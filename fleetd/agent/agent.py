@@ -79,6 +79,12 @@ class Agent:
                     self._resync()
                 self._wait_and_handle(stop)
                 self._keepalive()
+            except RunnerError as err:
+                # The runner could not be read (systemd re-executing, a bus hiccup): the
+                # units are as they were; try again shortly instead of ending the agent.
+                log.warning("runner unavailable (%s); retrying", err)
+                stop.wait(1.0)
+                continue
             except (RegistryUnavailable, WatchCompacted) as err:
                 if self.connected:
                     log.warning("etcd unreachable (%s): keeping %d units as they are",
@@ -163,8 +169,9 @@ class Agent:
         self.global_units = {}
         for kv in global_kvs:
             self._apply_global(kv)
+        # A fresh queue; the runner's listener (subscribed once, in __init__) reads
+        # self.inbox when it fires, so it follows without subscribing again.
         self.inbox = queue.Queue()
-        self.runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
         etcd = self.registry.etcd
         self._cancel_watches = [
             etcd.watch(self.keys.assignments_of(self.machine.id), revision + 1, self.inbox),

@@ -77,7 +77,9 @@ class Engine:
             try:
                 leading = self.leadership.ensure()
             except RegistryUnavailable as err:
-                self._outage(err)
+                # etcd stopped answering after the lease's last renewal, not when the
+                # renewer gave up: date the outage from there.
+                self._outage(err, since=self.leadership.renewed_at or None)
                 leading = False
             if not leading:
                 if self.outage_since is not None and self.leadership.answered:
@@ -110,9 +112,9 @@ class Engine:
         """Cut short a wait for watch events (on shutdown: the stop event is not a queue)."""
         self.events.put(WAKE)
 
-    def _outage(self, err: Exception) -> None:
+    def _outage(self, err: Exception, since: float | None = None) -> None:
         if self.outage_since is None:
-            self.outage_since = time.monotonic()
+            self.outage_since = since if since is not None else time.monotonic()
             log.warning("engine lost its view of etcd (%s)", err)
 
     def _recovered(self) -> None:

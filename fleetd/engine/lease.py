@@ -58,6 +58,7 @@ class Leadership:
                 return True
             self._drop()
             if lost == "unreachable":
+                self.answered = False
                 raise RegistryUnavailable("engine lease could not be renewed")
             log.warning("engine leadership lost (lease expired)")
             return False

@@ -143,18 +143,23 @@ class SystemdRunner:
     def unload(self, name: str) -> None:
         with self._lock:
             known = name in self._known
-            self._known.pop(name, None)
         if not known and not (self.units_dir / name).exists():
             return
         try:
             self.manager.StopUnit(name, "replace")
-        except Exception as err:  # noqa: BLE001 - not loaded: nothing to stop
-            log.debug("stop %s on unload: %s", name, _dbus_message(err))
+        except Exception as err:  # noqa: BLE001 - GLib.Error: only "not loaded" is fine
+            if "NoSuchUnit" not in str(err) and "not loaded" not in str(err):
+                # Forgetting a unit systemd refused to stop would leave it running here
+                # while the engine starts it elsewhere.
+                raise RunnerError(f"systemd could not stop {name}: "
+                                  f"{_dbus_message(err)}") from None
         try:
             self.manager.DisableUnitFiles([name], True)
         except Exception as err:  # noqa: BLE001 - not linked: nothing to unlink
             log.debug("unlink %s: %s", name, _dbus_message(err))
         (self.units_dir / name).unlink(missing_ok=True)
+        with self._lock:
+            self._known.pop(name, None)
         self._call("reload systemd", self.manager.Reload)
         self._refresh([name])
 
