@@ -91,7 +91,8 @@ def test_up_status_env_node_stop_start_and_down_from_the_command_line(env):
     assert len(table(fleetctl(exports["FLEETCTL_ENDPOINT"], "list-machines",
                               "--no-legend").stdout)) == 3
 
-    again = provision(env, "up", str(path))
+    # Its own deadline below the subprocess timeout: a failure then says what it waited for.
+    again = provision(env, "up", str(path), "--timeout", "60")
     assert again.returncode == 0, again.stderr  # idempotent
 
     down = provision(env, "down", "--purge")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,17 +59,9 @@ def plan_cluster(state_dir: Path, manifest: dict, binaries: EtcdBinaries) -> lis
 
 def machine_id(dirs: NodeDirs) -> str:
     """The node's machine id: kept in fleetd's state dir (where fleetd reads it) across runs."""
-    path = dirs.fleet / "machine-id"
-    try:
-        existing = path.read_text().strip()
-    except OSError:
-        existing = ""
-    if len(existing) == 32 and all(c in "0123456789abcdef" for c in existing):
-        return existing
-    new = uuid.uuid4().hex
-    dirs.fleet.mkdir(parents=True, exist_ok=True)
-    path.write_text(new + "\n")
-    return new
+    from fleetd.server import machine_id as fleetd_machine_id
+
+    return fleetd_machine_id(dirs.fleet)
 
 
 def write_into_root(root: Path, item: FileWrite) -> None:

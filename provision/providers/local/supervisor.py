@@ -206,10 +206,13 @@ class Supervisor:
         self.write_status()
         log.info("supervisor of %s ready (pid %s)", self.cluster, os.getpid())
         while not self.stopping.is_set():
+            # Clear before acting, not after waiting: a SIGHUP (a new desired.json) that
+            # lands while we reconcile must cut the next wait short, not be wiped out by
+            # it (that lost wake-up left `provision up` waiting a whole rescan period).
+            self.wake.clear()
             self.reconcile()
             self.write_status()
             self.wake.wait(RESCAN_S)
-            self.wake.clear()
         log.info("stopping every node of %s", self.cluster)
         self._each("quiesce", self.nodes)  # fleet and node units everywhere first
         # Then etcd: a leader that stops while its followers stop too waits for a
