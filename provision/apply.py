@@ -25,6 +25,7 @@ from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
 
 POLL_S = 0.25
 UNSCHEDULABLE_GRACE_S = 6.0   # the scheduler must say "no machine" this long before we do
+EXPLAIN_EVERY_S = 1.0         # how often a wait asks the scheduler why units are unplaced
 JOURNAL_LINES = 8
 # Per create: a body put and a job put; etcd limits the ops of one transaction.
 UNITS_PER_TXN = MAX_TXN_OPS // 2 - 1
@@ -168,6 +169,8 @@ def wait(session: Session, units: list[DesiredUnit], deadline: float, report: Re
     OperationFailed for a failed unit, an unschedulable one, or the deadline."""
     registry = session.registry
     unschedulable_since: dict[str, float] = {}
+    pending: dict[str, str] = {}
+    explained_at = -EXPLAIN_EVERY_S
     shown = None
     while True:
         try:
@@ -185,9 +188,14 @@ def wait(session: Session, units: list[DesiredUnit], deadline: float, report: Re
         failed = {n: lag for n, lag in lags.items() if lag.kind == FAILED}
         if failed:
             raise OperationFailed(_failure_text(registry, failed))
-        pending = _unschedulable(registry, [n for n, lag in lags.items()
-                                            if lag.machine is None])
         now = time.monotonic()
+        if now >= explained_at + EXPLAIN_EVERY_S:
+            # Asking the scheduler reads every machine, job and assignment: not each poll.
+            pending = _unschedulable(registry, [n for n, lag in lags.items()
+                                                if lag.machine is None])
+            explained_at = now
+        pending = {n: why for n, why in pending.items()
+                   if n in lags and lags[n].machine is None}
         for name in list(unschedulable_since):
             if name not in pending:
                 del unschedulable_since[name]
