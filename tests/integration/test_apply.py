@@ -204,9 +204,14 @@ def test_a_stopped_node_moves_its_instance_and_the_announcement_follows(cluster)
 
         value = wait_for(moved, WEB_SET["sidekick"]["ttl"] + 5,
                          message="the announcement names web@1's new machine")
-        # The agent's own report may trail the announcer's HTTP check by a moment.
-        wait_for(lambda: active_web(cluster.states()).get("web@1.service", ("",))[0]
-                 == value["machine"], 10, message="web@1 reported active on that machine")
+        # The agent's own report may trail the announcer's HTTP check by a moment, and the
+        # stopped machine's last (inactive) report may linger until its lease lapses.
+        def reported_there() -> bool:
+            rows = cluster.states().get("web@1.service", [])
+            active = {m for m, _, state in rows if state == "active"}
+            return active == {value["machine"]}
+        wait_for(reported_there, WEB_SET["sidekick"]["ttl"] + 5,
+                 message="web@1 reported active on that machine, and only there")
     finally:
         started = cluster.provision("node", "start", node, "--cluster", cluster.name)
         assert started.returncode == 0, started.stderr
