@@ -155,10 +155,8 @@ class Agent:
         self.lease = etcd.grant(self.ttl)
         self.renewed_at = time.monotonic()
         self.registry.register_machine(self.machine, self.lease)
-        self.published.clear()
-        for name, status in self.runner.units().items():
-            if name in self.loaded:
-                self._publish(name, status)
+        self.published.clear()  # the old lease took every state key with it
+        self._republish()
         log.info("machine %s registered (%s)", self.machine.id, self.machine.public_ip)
 
     def _resync(self) -> None:
@@ -179,6 +177,26 @@ class Agent:
         ]
         self.connected = True
         self.reconcile()
+        if self.lease is not None:
+            self._republish()
+            if self.connected:
+                log.info("etcd answers again: assignments re-read, unit states republished")
+
+    def _republish(self) -> None:
+        """Make the published states the runner's. While etcd was away, state changes were
+        not written, unloads left their state keys behind, and runner events queued just
+        before the resync went with the old inbox: without this a unit that started then
+        would show its last published state (`activating`) until it changed again."""
+        for name in [n for n in self.published if n not in self.loaded]:
+            try:
+                self.registry.clear_state(name, self.machine.id)
+            except RegistryUnavailable:
+                self.connected = False
+                return
+            del self.published[name]
+        statuses = self.runner.units()
+        for name in list(self.loaded):
+            self._publish(name, statuses.get(name, UnitStatus("loaded")))
 
     def _cancel(self) -> None:
         for cancel in self._cancel_watches:

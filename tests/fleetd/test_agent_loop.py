@@ -10,11 +10,13 @@ import uuid
 import pytest
 
 from fleetd.agent.agent import Agent
+from fleetd.job import JobState
 from fleetd.machine import Machine
-from fleetd.registry.etcd import Etcd
+from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import Registry
 from fleetd.runner.base import RunnerError
 from fleetd.runner.process import ProcessRunner
+from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import wait_for
 
 
@@ -62,6 +64,46 @@ def test_runner_errors_are_retried_and_resyncs_do_not_add_listeners(registry, tm
             agent.connected = False
             wait_for(lambda: agent.connected, 10, message="resynced")
         assert runner.subscriptions == 1
+    finally:
+        stop.set()
+        agent.wake()
+        thread.join(15)
+    assert not thread.is_alive()
+
+
+def published(registry: Registry, name: str) -> tuple[str, str] | None:
+    for record in registry.states():
+        if record.name == name:
+            return record.status.active, record.status.sub
+    return None
+
+
+def test_states_that_changed_while_etcd_was_away_are_published_on_resync(registry, tmp_path):
+    """The CI failure this comes from: a watch broke just as a unit started; its
+    `active` state was never written and `activating/start` stayed published for good."""
+    flag = tmp_path / "go"
+    unit = parse_unit_file(
+        "[Service]\n"
+        f"ExecStartPre=/bin/sh -c 'while [ ! -e {flag} ]; do sleep 0.02; done'\n"
+        "ExecStart=/bin/sleep 600\n"
+        "[X-Fleet]\nGlobal=true\n")
+    registry.create_job("held.service", unit, JobState.LAUNCHED)
+    machine = Machine(uuid.uuid4().hex, "127.0.0.1")
+    runner = ProcessRunner(tmp_path / "runner", machine.id, "node")
+    agent = Agent(registry, runner, machine, ttl=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: published(registry, "held.service") == ("activating", "start-pre"),
+                 15, message="start-pre published")
+        agent.inbox.put(RegistryUnavailable("watch stream broke"))  # what a broken watch sends
+        wait_for(lambda: not agent.connected, 5, message="the agent notices the break")
+        flag.touch()  # the unit becomes active while the agent is not connected
+        wait_for(lambda: runner.units()["held.service"].active == "active", 10,
+                 message="the runner runs it")
+        wait_for(lambda: published(registry, "held.service") == ("active", "running"), 10,
+                 message="the resynced agent publishes the state it missed")
     finally:
         stop.set()
         agent.wake()
