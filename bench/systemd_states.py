@@ -5,9 +5,9 @@
 Boots Debian's systemd in a systemd-nspawn container (tests/support/systemd_container.py;
 needs root; prints the reason and exits 2 where it cannot run) and hands it N trivial
 services (`bench-<i>.service`, `ExecStart=/bin/sleep 100000`) through fleetd's systemd
-runner: `load` every unit (write + LinkUnitFiles + Reload each), then `start` every unit,
-timed, then waits (condition with a deadline) until all are active and the runner's state
-signals have gone quiet.
+runner: `load` every unit (write + LinkUnitFiles; the runner's one Reload comes with the
+first start), then `start` every unit, timed, then waits (condition with a deadline) until
+all are active and the runner's state signals have gone quiet.
 
 Then, interleaved, `--repeat` rounds of:
   batched   `runner.units()`: one ListUnitsByNames call for all N units;
@@ -20,8 +20,13 @@ Every read is checked to say active/running for all N. Wall time (perf_counter) 
 process's CPU time (process_time: every thread, so GDBus's worker and the runner's signal
 and refresh threads too) are medians over the rounds. Then every unit is unloaded through
 the runner (timed), the runner shut down and the container stopped.
-Last line: `units=N batched_read_s=… per_unit_read_s=… ratio=… load_start_s=…`
-(ratio = per_unit_read_s / batched_read_s, wall).
+
+Baseline for load+start, in the same run: N other units (`base-<i>.service`) loaded with a
+`Reload` after each load — what the runner did before it coalesced reloads — then started
+and waited for in the same way, then unloaded.
+Last line: `units=N batched_read_s=… per_unit_read_s=… ratio=… load_start_s=…
+load_start_reload_each_s=… load_start_ratio=…` (ratio = per_unit_read_s / batched_read_s,
+load_start_ratio = load_start_reload_each_s / load_start_s, wall).
 """
 
 from __future__ import annotations
@@ -194,11 +199,31 @@ def bench(container: SystemdContainer, units: int, repeat: int, timeout: float) 
         while loaded:
             runner.unload(loaded[-1])
             loaded.pop()
+        runner.units()  # the unloads' one Reload
         print(f"unload {units} units: wall {time.perf_counter() - wall2:.3f}s "
               f"cpu {time.process_time() - cpu2:.3f}s", flush=True)
+
+        base_names = [f"base-{i}.service" for i in range(units)]
+        wall3 = time.perf_counter()
+        for name in base_names:
+            runner.load(name, unit)
+            loaded.append(name)
+            runner.manager.Reload()  # the baseline: a Reload per load
+        for name in base_names:
+            runner.start(name)
+        wait_all_active(runner, base_names, deadline)
+        base_s = time.perf_counter() - wall3
+        print(f"baseline load (Reload each) + start: wall {base_s:.3f}s", flush=True)
+        wait_quiet(last_change, min(deadline, time.monotonic() + 60))
+        while loaded:
+            runner.unload(loaded[-1])
+            loaded.pop()
+        runner.units()
         print(f"units={units} batched_read_s={med['batched']:.4f} "
               f"per_unit_read_s={med['per-unit']:.4f} "
-              f"ratio={med['per-unit'] / med['batched']:.1f} load_start_s={load_start_s:.2f}")
+              f"ratio={med['per-unit'] / med['batched']:.1f} load_start_s={load_start_s:.2f} "
+              f"load_start_reload_each_s={base_s:.2f} "
+              f"load_start_ratio={base_s / load_start_s:.1f}")
     finally:
         for name in reversed(loaded):  # only when something above failed
             try:

@@ -243,8 +243,16 @@ class Agent:
         statuses = self.runner.units()
         current = {name: Current(digest, statuses.get(name, UnitStatus()), name in self.started)
                    for name, digest in self.loaded.items()}
-        for task in plan_tasks(desired, current):
+        tasks = plan_tasks(desired, current)
+        for task in tasks:
             self._run(task)
+        loaded = [t.unit for t in tasks if t.action is Action.LOAD and t.unit in self.loaded]
+        if loaded:
+            # One state read for the whole pass, after the starts: with systemd that is
+            # also where the loads' one Reload happens, instead of one per unit.
+            statuses = self.runner.units()
+            for name in loaded:
+                self._publish(name, statuses.get(name, UnitStatus("loaded")))
 
     def _run(self, task: Task) -> None:
         log.info("%s %s: %s", task.action.value, task.unit, task.reason)
@@ -262,7 +270,6 @@ class Agent:
                     return
                 self.runner.load(task.unit, unit)
                 self.loaded[task.unit] = task.hash
-                self._publish(task.unit, self.runner.units().get(task.unit, UnitStatus("loaded")))
             elif task.action is Action.START:
                 self.runner.start(task.unit)
                 self.started.add(task.unit)

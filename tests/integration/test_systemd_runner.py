@@ -112,6 +112,55 @@ def test_slow_start_pre_shows_activating_start_pre_and_failure_shows_failed(runn
         runner.unload(name)
 
 
+class CountingManager:
+    """systemd's manager object as the runner sees it, counting `Reload` calls."""
+
+    def __init__(self, inner) -> None:  # noqa: ANN001 - a pydbus proxy
+        self.inner = inner
+        self.reloads = 0
+
+    def Reload(self) -> None:  # noqa: N802 - systemd's method name
+        self.reloads += 1
+        self.inner.Reload()
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - every other method as is
+        return getattr(self.inner, name)
+
+
+def test_a_batch_of_loads_and_a_replace_cost_one_reload_each(runner, systemd_container):  # noqa: F811
+    """Loads and unloads wait for one Reload when systemd's view is next needed; a unit
+    replaced under the same name still starts with its new content."""
+    counting = CountingManager(runner.manager)
+    runner.manager = counting
+    names = [unique("batch") + ".service" for _ in range(8)]
+    try:
+        for name in names:
+            runner.load(name, unit("[Service]\nExecStart=/bin/sleep 1000\n"))
+        assert counting.reloads <= 1  # only the runner's 10 s safety read may reload
+        for name in names:
+            runner.start(name)
+        assert 1 <= counting.reloads <= 2  # one per batch, not one per unit (8 before)
+        wait_for(lambda: all(s.active == "active" for n, s in runner.units().items()
+                             if n in names), 15, message="all eight active")
+
+        first = names[0]
+        before = counting.reloads
+        runner.unload(first)
+        runner.load(first, unit("[Service]\nExecStart=/bin/sh -c 'echo second-content; "
+                                "exec sleep 1000'\n"))
+        runner.start(first)
+        assert 1 <= counting.reloads - before <= 2
+        wait_for(lambda: "second-content" in "".join(runner.journal(first, lines=20)), 15,
+                 message="the replaced unit runs its new content")
+        before = counting.reloads
+        for name in names:
+            runner.unload(name)
+        assert all(state_after_unload(runner, n) == "not-found" for n in names)
+        assert 1 <= counting.reloads - before <= 2
+    finally:
+        runner.manager = counting.inner
+
+
 def test_template_instances_and_a_bindsto_sidekick(runner, seen, systemd_container):  # noqa: F811
     prefix = unique("web")
     parent, sidekick = f"{prefix}@1.service", f"{prefix}-announce@1.service"
