@@ -90,6 +90,10 @@ class Etcd:
                      for host, port in parse_endpoints(urls)]
         self.client = MultiEndpointEtcd3Client(endpoints=endpoints, timeout=timeout,
                                                      failover=True)
+        # python3-etcd3 starts on a random endpoint. fleetd lists its own node's member
+        # first: started elsewhere, it would lose its watches whenever that other node
+        # stops. (Failover then takes the first endpoint that has not failed.)
+        self.client._current_endpoint_label = endpoints[0].netloc
         self.timeout = timeout
         self.requests = 0  # every RPC sent; benchmarks and tests read it
         self._lock = threading.Lock()

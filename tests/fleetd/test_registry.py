@@ -188,8 +188,21 @@ def test_unreachable_etcd_is_a_clear_error():
     etcd.close()
 
 
+def test_the_client_starts_on_the_first_endpoint(etcd_server):
+    """fleetd lists its own node's member first (python3-etcd3 alone picks at random)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for _ in range(6):
+        etcd = Etcd([etcd_server.url, dead, dead], timeout=2)
+        try:
+            etcd.get("/first-endpoint")
+            assert etcd.client.endpoint_in_use.netloc == etcd_server.url.split("://")[1]
+            assert not any(ep.is_failed() for ep in etcd.client.endpoints.values())
+        finally:
+            etcd.close()
+
+
 def test_paginated_reads_fail_over_from_a_dead_member(etcd_server):
-    """The client starts on a random endpoint; a dead one must not fail the read."""
+    """The client starts on the first endpoint, dead here: that must not fail the read."""
     dead = f"http://127.0.0.1:{free_port()}"
     prefix = f"/failover-{uuid.uuid4().hex[:8]}/"
     seed = Etcd([etcd_server.url], timeout=3)
