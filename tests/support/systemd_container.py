@@ -447,7 +447,9 @@ def _wait_until_booted(container: SystemdContainer, deadline: float) -> str:
             bus = Path(f"/proc/{container.pid1}/root/{BUS_SOCKET}")
             if said in ("running", "degraded") and bus.exists():
                 return said
-            if said in ("stopping", "offline", "maintenance"):
+            # "offline" is no verdict: systemctl also says it while /run/systemd/system is
+            # not there yet (sd_booted() false, early in the container's boot).
+            if said in ("stopping", "maintenance"):
                 raise RuntimeError(f"the container's systemd is {said}:\n{container.log()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"container {container.name} not up in time (pid 1: "
