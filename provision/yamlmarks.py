@@ -32,6 +32,19 @@ MAX_VALUES = 500_000
 Path_ = tuple[Hashable, ...]
 
 
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar as written: PyYAML's tag for it and its text (quotes and escapes resolved).
+
+    `implicit` is true for a plain scalar with no explicit tag, whose type each YAML
+    library resolves by its own rules; quoted, block and tagged scalars are what they say.
+    """
+
+    tag: str
+    text: str
+    implicit: bool
+
+
 @dataclass
 class MarkedDocument:
     """A parsed YAML document: `data` plus the position of every path in it."""
@@ -40,6 +53,10 @@ class MarkedDocument:
     data: Any
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # Each scalar as written. Validators that must read a value the way another YAML library
+    # does (Go's, for cloud-configs) need the text before PyYAML's YAML 1.1 resolution turned
+    # `0644` into 420 or `off` into False.
+    scalars: dict[Path_, Scalar] = field(default_factory=dict)
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int | None, int | None]:
         """Position of `path`, or of its nearest ancestor that has one."""
@@ -108,6 +125,10 @@ def load_yaml(text: str, file: str) -> MarkedDocument:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         what = err.problem or err.context or "malformed YAML"
+        if "maximum nesting depth" in what:  # libyaml's own limit, met while scanning ahead
+            raise UserError([Problem(file, mark.line + 1 if mark else None,
+                                     mark.column + 1 if mark else None,
+                                     f"YAML nested deeper than {MAX_DEPTH} levels")]) from None
         if mark is None:
             raise UserError([Problem(file, None, None, f"malformed YAML: {what}")]) from None
         raise UserError([Problem(file, mark.line + 1, mark.column + 1,
@@ -181,6 +202,10 @@ class _Converter:
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        plain = node.style is None
+        implicit = node.tag == self.scalars.resolve(yaml.ScalarNode, node.value,
+                                                    (plain, not plain))
+        self.doc.scalars[path] = Scalar(node.tag, node.value, implicit and plain)
         try:
             return self.scalars.construct_object(node)
         except yaml.constructor.ConstructorError as err:
