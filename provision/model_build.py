@@ -75,7 +75,8 @@ def build_cluster(doc: MarkedDocument, read_text: ReadText | None = None
         # Warnings too: one run reports everything to fix.
         raise UserError(builder.problems or [doc.problem((), "invalid cluster definition")])
     # Top-level write_files are built once per node: report each finding once.
-    return cluster, list(dict.fromkeys(p for p in builder.problems if p.severity != "error"))
+    warnings = dict.fromkeys(p for p in builder.problems if p.severity != "error")
+    return cluster, sorted(warnings, key=lambda p: (p.line or 0, p.col or 0, p.message))
 
 
 def _read_unit_file(path: Path) -> str:

@@ -49,7 +49,7 @@ from provision.cloudconfig.rules import (
     canonical,
 )
 from provision.errors import Problem, UserError, did_you_mean
-from provision.yamlmarks import MarkedDocument, Path_, Scalar, load_yaml, value_kind
+from provision.yamlmarks import MarkedDocument, Path_, load_yaml, value_kind
 
 HEADER = "#cloud-config"
 NULL = "null"
@@ -147,7 +147,7 @@ def _check_body(text: str, file: str) -> list[Problem]:
                         f"character U+{ord(bad.group()):04X} is a lone surrogate, not valid "
                         "Unicode; remove it", "error")]
     try:
-        doc = load_yaml(text, file)
+        doc = load_yaml(text, file, keep_scalars=True)
     except UserError as err:
         return list(err.problems)
     if doc.data is None:
@@ -183,7 +183,7 @@ class Checker:
             return MAPPING
         if isinstance(value, list):
             return LIST
-        scalar = self.doc.scalars.get(path)
+        scalar = self.doc.scalar(path)
         if scalar is None:
             return _python_kind(value)
         if not scalar.implicit:
@@ -194,7 +194,7 @@ class Checker:
         """The string a string field receives: the scalar as written (binary: decoded)."""
         if isinstance(value, bytes):
             return value.decode("utf-8", "replace")
-        scalar = self.doc.scalars.get(path)
+        scalar = self.doc.scalar(path)
         if scalar is not None:
             return scalar.text
         return _go_format(value)
@@ -274,7 +274,7 @@ class Checker:
         if kind == NULL:
             return "the value is empty"
         got = "got " + _KIND_WORDS.get(kind, value_kind(value))
-        scalar = self.doc.scalars.get(path)
+        scalar = self.doc.scalar(path)
         if scalar is not None and not scalar.implicit and kind == STRING:
             if rule.kind == BOOL and scalar.text in _GO_BOOLS:
                 return f'{got} "{_clip(scalar.text)}"; remove the quotes'
@@ -451,4 +451,4 @@ def _name(path: Path_) -> str:
     return name
 
 
-__all__ = ["Checker", "Scalar", "is_cloud_config", "validate_user_data"]
+__all__ = ["Checker", "is_cloud_config", "validate_user_data"]

@@ -6,6 +6,7 @@ import base64
 import gzip
 import re
 import textwrap
+import zlib
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provision.cloudconfig import validate_user_data
+from provision.cloudconfig.files import UndecodableContent, decode_content, on_read_only_usr
 from provision.cloudconfig.rules import CLOUD_CONFIG, LIST, MAPPING, Field
 from provision.errors import Problem
 
@@ -534,7 +536,8 @@ def valid_values(rule: Field, spell_dashed: bool) -> st.SearchStrategy:
             lambda d: st.text(alphabet="abc-._1", min_size=1, max_size=8).map(d.__add__))
     if rule.valid or rule.advice:
         return st.sampled_from(VALID_SAMPLES[rule.valid or rule.advice])
-    return st.one_of(st.text(max_size=30), st.integers(), st.booleans())
+    # Go's YAML reads integers past int64 as uint64, which no field takes.
+    return st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1), st.booleans())
 
 
 def test_valid_samples_cover_every_pattern():
@@ -559,3 +562,89 @@ def test_valid_samples_cover_every_pattern():
 def test_documents_following_the_rules_are_clean(data):
     text = "#cloud-config\n" + yaml.safe_dump(data, allow_unicode=True)
     assert validate_user_data(text, FILE) == []
+
+
+def _gzip(data: bytes, flags: int = 0, extra: bytes = b"") -> bytes:
+    body = gzip.compress(data, mtime=0)
+    return body[:3] + bytes([flags]) + body[4:10] + extra + body[10:]
+
+
+def _with_header_crc(data: bytes) -> bytes:
+    header = bytearray(gzip.compress(data, mtime=0)[:10])
+    header[3] = 0x02
+    crc = zlib.crc32(bytes(header)) & 0xFFFF
+    return bytes(header) + crc.to_bytes(2, "little") + gzip.compress(data, mtime=0)[10:]
+
+
+# (content, encoding, decodes to, or the reason it does not) - Go's base64 and gzip readers
+DECODING = [
+    pytest.param(b"hi", "", b"hi", id="no-encoding"),
+    pytest.param(b"aGk=", "base64", b"hi", id="base64"),
+    pytest.param(b"aGk=", "b64", b"hi", id="b64"),
+    pytest.param(b"aG\r\nk=\n", "base64", b"hi", id="base64-line-breaks-skipped"),
+    pytest.param(b"aGk", "base64", "padding", id="base64-padding-required"),
+    pytest.param(b"aG k=", "base64", "' ' at character 3", id="base64-space"),
+    pytest.param("aGk=é".encode(), "base64", "non-ASCII", id="base64-non-ascii"),
+    pytest.param(b"aGk=aGk=", "base64", "padding", id="base64-data-after-padding"),
+    pytest.param(b"", "base64", b"", id="base64-empty"),
+    pytest.param(gzip.compress(b"hi", mtime=0), "gzip", b"hi", id="gzip"),
+    pytest.param(base64.b64encode(gzip.compress(b"hi", mtime=0)), "gzip+b64", b"hi",
+                 id="gzip+b64"),
+    pytest.param(b"", "gz", "shorter than a gzip header", id="gzip-empty"),
+    pytest.param(b"hello world, not gzip", "gz", "no gzip header", id="gzip-magic"),
+    pytest.param(_gzip(b"hi", 0x08, b"name\x00"), "gzip", b"hi", id="gzip-file-name"),
+    pytest.param(_gzip(b"hi", 0x04, b"\x02\x00ab"), "gzip", b"hi", id="gzip-extra-field"),
+    pytest.param(_gzip(b"hi", 0x08)[:12], "gzip", "truncated", id="gzip-name-unterminated"),
+    pytest.param(_with_header_crc(b"hi"), "gzip", b"hi", id="gzip-header-crc"),
+    pytest.param(_with_header_crc(b"hi")[:10] + b"\x00\x00" + _with_header_crc(b"hi")[12:],
+                 "gzip", "checksum", id="gzip-header-crc-wrong"),
+    pytest.param(b"x", "base32", "knows no such encoding", id="unknown-encoding"),
+]
+
+
+@pytest.mark.parametrize("content, encoding, expected", DECODING)
+def test_decode_content_like_go(content, encoding, expected):
+    if isinstance(expected, bytes):
+        assert decode_content(content, encoding) == expected
+    else:
+        with pytest.raises(UndecodableContent, match=re.escape(expected)
+                           if expected != "knows no such encoding" else "not an encoding"):
+            decode_content(content, encoding)
+
+
+@pytest.mark.parametrize("path, refused", [
+    ("/usr/bin/x", True), ("/usr/", True), ("/usrlocal/x", True), ("/tmp/../usr/x", True),
+    ("//usr/x", True), ("/usr", False), ("/usr2", False), ("/tmp/usr/x", False),
+    ("usr/x", False), ("/etc/x", False),
+])
+def test_read_only_usr_is_a_prefix_match_on_the_directory(path, refused):
+    assert on_read_only_usr(path) is refused
+
+
+def test_go_resolves_plain_scalars_its_own_way():
+    text = doc("""\
+        coreos:
+          units:
+            - name: a.service
+              enable: y
+              mask: N
+              runtime: 'yes'
+          fleet:
+            verbosity: 0x10
+            token_limit: 1_000
+            engine_reconcile_interval: 1e3
+            etcd_request_timeout: .5
+          etcd2:
+            heartbeat_interval: 99999999999999999999
+            election_timeout: 1:20
+            wal_dir: 15344916977845848064
+            data_dir: 9223372036854775807
+        """)
+    assert summary(validate_user_data(text, FILE)) == [
+        (7, "warning", 'incorrect type for "runtime" (want bool): got a string "yes"; '
+                       "remove the quotes"),
+        (14, "warning", 'incorrect type for "heartbeat_interval" (want int): got a number'),
+        (15, "warning", 'incorrect type for "election_timeout" (want int): got a string'),
+        (16, "warning", 'incorrect type for "wal_dir" (want string): got an integer too large '
+                        "for it"),
+    ]
