@@ -13,9 +13,10 @@ annotations are coreos-cloudinit's own struct tags:
 The others are this project's, stricter than coreos-cloudinit and kept apart
 so the difference stays visible: `required` keys (an error: a unit or a file
 without a name cannot be written), `advice` (a pattern whose mismatch is a
-warning: the value passes coreos-cloudinit but its service will refuse it),
-`hint` (a warning for using the key at all) and `check` (the name of an extra
-check `validate.py` runs). Key names are given in their canonical form
+warning: the value passes coreos-cloudinit's validator but fails at boot),
+and `hint` (a warning for using the key at all). `validate.py` adds the rules
+coreos-cloudinit runs beside its structs (write_files decoding, the /usr
+rule, etcd v0.4's discovery URL). Key names are given in their canonical form
 (underscores); user keys are matched after replacing `-` with `_`, as
 coreos-cloudinit does.
 """
@@ -46,7 +47,6 @@ class Field:
     deprecated: str | None = None
     advice: str | None = None
     hint: str | None = None
-    check: str | None = None
 
     def human_type(self) -> str:
         """The type as a message shows it: `string`, `list of mappings`, ..."""
@@ -61,8 +61,8 @@ def canonical(key: str) -> str:
 
 
 def string(valid: str | None = None, *, deprecated: str | None = None,
-           advice: str | None = None, check: str | None = None) -> Field:
-    return Field(STRING, valid=valid, deprecated=deprecated, advice=advice, check=check)
+           advice: str | None = None) -> Field:
+    return Field(STRING, valid=valid, deprecated=deprecated, advice=advice)
 
 
 def mapping(keys: Mapping[str, Field], *, required: tuple[str, ...] = (),
@@ -183,7 +183,7 @@ COREOS = mapping({
 ENCODINGS = ("base64", "b64", "gz", "gzip", "gz+base64", "gzip+base64", "gz+b64", "gzip+b64")
 
 WRITE_FILE = mapping({
-    "path": string(check="write_file_path"),
+    "path": string(),
     "content": string(),
     "encoding": string(r"^(base64|b64|gz|gzip|gz\+base64|gzip\+base64|gz\+b64|gzip\+b64)$"),
     "owner": string(),

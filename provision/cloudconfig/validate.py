@@ -16,9 +16,9 @@ at the same levels:
 
 Stricter than coreos-cloudinit, and said so in the message: an empty file or
 a script where a cloud-config is expected, duplicate keys (also `a-b` next to
-`a_b`), a unit, drop-in or file without its name/path are errors; values its
-services refuse at boot (`initial_cluster_state`, `manage_etc_hosts`), a
-relative `write_files` path and gzip data that breaks after its header are
+`a_b`), a unit, drop-in or file without its name/path are errors; values that
+pass the validator but fail at boot (`initial_cluster_state`, `manage_etc_hosts`),
+a relative `write_files` path and gzip data that breaks after its header are
 warnings. Every problem carries the line and column to edit.
 """
 
@@ -152,7 +152,7 @@ def _check_body(text: str, file: str) -> list[Problem]:
         return list(err.problems)
     if doc.data is None:
         return []
-    checker = Checker(doc)
+    checker = _Checker(doc)
     if not isinstance(doc.data, dict):
         checker.report((), f"the top level must be a mapping (keys like coreos: and "
                            f"write_files:), not {value_kind(doc.data)}",
@@ -164,7 +164,7 @@ def _check_body(text: str, file: str) -> list[Problem]:
     return checker.problems
 
 
-class Checker:
+class _Checker:
     """coreos-cloudinit's rules over one parsed document (or part of one)."""
 
     def __init__(self, doc: MarkedDocument) -> None:
@@ -258,16 +258,16 @@ class Checker:
                             severity="error")
 
     def scalar(self, path: Path_, name: str, value: Any, rule: Field) -> None:
-        text = self.text(path, value) if rule.kind == STRING else _go_format(value)
-        if text in ("", "0", "0.0", "false") and (rule.kind != STRING or text == ""):
-            return  # Go's zero values pass every pattern
+        text = self.text(path, value)  # only string fields carry patterns
+        if text == "":
+            return  # Go's zero value passes every pattern
         if rule.valid and not _matches(rule.valid, text):
             self.report(path, f'invalid value {text} for "{name}" '
                               f"({_describe_valid(name, rule.valid)})",
                         key=False, severity="error")
         if rule.advice and not _matches(rule.advice, text):
-            self.report(path, f'value {text} for "{name}" passes coreos-cloudinit, but its '
-                              f"service refuses it at boot ({_describe_valid(name, rule.advice)})",
+            self.report(path, f'value {text} for "{name}" passes coreos-cloudinit\'s validator '
+                              f"but fails at boot ({_describe_valid(name, rule.advice)})",
                         key=False)
 
     def _got(self, path: Path_, value: Any, kind: str, rule: Field) -> str:
@@ -451,4 +451,4 @@ def _name(path: Path_) -> str:
     return name
 
 
-__all__ = ["Checker", "is_cloud_config", "validate_user_data"]
+__all__ = ["is_cloud_config", "validate_user_data"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from provision.cloudconfig import validate_user_data
 from provision.cloudconfig.files import UndecodableContent, decode_content, on_read_only_usr
-from provision.cloudconfig.rules import CLOUD_CONFIG, LIST, MAPPING, Field
+from provision.cloudconfig.rules import CLOUD_CONFIG, LIST, MAPPING, WRITE_FILE, Field
 from provision.errors import Problem
 
 FILE = "user-data-1"
@@ -531,7 +531,7 @@ def valid_values(rule: Field, spell_dashed: bool) -> st.SearchStrategy:
                          st.floats(allow_nan=False, allow_infinity=False))
     if rule.kind == "bool":
         return st.booleans()
-    if rule.check == "write_file_path":
+    if rule is WRITE_FILE.keys["path"]:
         return st.sampled_from(["/etc/", "/opt/bin/", "/var/lib/"]).flatmap(
             lambda d: st.text(alphabet="abc-._1", min_size=1, max_size=8).map(d.__add__))
     if rule.valid or rule.advice:

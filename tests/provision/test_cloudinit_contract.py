@@ -157,9 +157,9 @@ ROWS = [
     row("dash-underscore-duplicate", H + "coreos:\n  fleet:\n    public-ip: a\n    public_ip: b",
         [], [(E, 5, 'duplicate key "public_ip"')]),
     row("initial-cluster-state-old", H + "coreos:\n  etcd2:\n    initial-cluster-state: old",
-        [], [(W, 4, "service refuses it at boot")]),
+        [], [(W, 4, "fails at boot")]),
     row("manage-etc-hosts-true", H + "manage_etc_hosts: true", [],
-        [(W, 2, "service refuses it at boot")]),
+        [(W, 2, "fails at boot")]),
 ]
 
 
