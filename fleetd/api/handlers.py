@@ -132,7 +132,7 @@ class Api:
         replace = schema.optional_flag(query, "replace")
         request = schema.parse_unit_request(name, body)
         if request.desired not in (None, JobState.INACTIVE) and is_template_name(name):
-            raise ApiError(400, f"cannot activate template {name!r}: a template is a pattern "
+            raise ApiError(400, f'cannot activate template "{name}": a template is a pattern '
                                 "for its instances; set the state of an instance such as "
                                 f"{name.replace('@.', '@1.', 1)}")
         existing = self.registry.get_job(name)

@@ -546,7 +546,7 @@ def test_a_template_cannot_be_activated(shared, state):
     template = f"{unique('tpl')[:-len('.service')]}@.service"
     body = good_body(state)
     refused = shared.put(template, body)
-    assert refused.status == 400 and f"cannot activate template '{template}'" in refused.message
+    assert refused.status == 400 and f'cannot activate template "{template}"' in refused.message
     assert shared.registry.get_job(template) is None
     assert shared.put(template, good_body("inactive")).status == 201
     refused = shared.put(template, {"desiredState": state})
