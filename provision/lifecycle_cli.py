@@ -43,11 +43,11 @@ def _state_root() -> Path:
 
 
 def remember_last(name: str) -> None:
+    from provision.files import write_atomic
+
     root = _state_root()
     root.mkdir(parents=True, exist_ok=True)
-    staged = root / f".{LAST_CLUSTER}.{os.getpid()}.tmp"
-    staged.write_text(name + "\n")
-    os.replace(staged, root / LAST_CLUSTER)
+    write_atomic(root / LAST_CLUSTER, name + "\n")
 
 
 def _last() -> str | None:
@@ -177,10 +177,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     where = target.yaml or target.name
     rows = local.status(where)
     etcd = local.etcd_binary(where)
+    writes = local.state_writes(where)
     if args.output == "json":
         print(json.dumps({"cluster": target.name, "provider": "local", "etcd_binary": etcd,
-                          "nodes": rows}, indent=2))
+                          "state_writes": writes, "nodes": rows}, indent=2))
         return 0
+    if writes:
+        from provision.providers.local.control import describe_writes_problem
+
+        print(f"warning: {describe_writes_problem(writes)}", file=sys.stderr)
     if etcd:
         print(f"etcd: {etcd['etcd']} (version {etcd['version']}, chosen by {etcd['source']})")
         if etcd.get("warning"):

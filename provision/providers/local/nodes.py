@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fleetd.config import SETTINGS as FLEET_SETTINGS
 from provision.errors import Problem, UserError
+from provision.files import write_atomic
 from provision.providers.local import state
 from provision.providers.local.boot import FileWrite, NodeBoot, NodeDirs, plan_node
 from provision.providers.local.control import repo_root
@@ -77,11 +78,17 @@ def write_into_root(root: Path, item: FileWrite) -> None:
     tmp = parent / f".{target.name}.provision-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, item.content)
-        os.fchmod(fd, item.mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, parent / target.name)  # replaces a symlink itself, never its target
+        try:
+            view = memoryview(item.content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, item.mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, parent / target.name)  # replaces a symlink itself, never its target
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(parent / target.name)) from None
 
 
 def prepare_node(boot: NodeBoot) -> str:
@@ -89,8 +96,8 @@ def prepare_node(boot: NodeBoot) -> str:
     for path in (dirs.root / "etc", dirs.system, dirs.fleet):
         path.mkdir(parents=True, exist_ok=True)
     mid = machine_id(dirs)
-    (dirs.root / "etc" / "machine-id").write_text(mid + "\n")
-    (dirs.root / "etc" / "hostname").write_text(boot.hostname + "\n")
+    write_atomic(dirs.root / "etc" / "machine-id", mid + "\n")
+    write_atomic(dirs.root / "etc" / "hostname", boot.hostname + "\n")
     for item in boot.files:
         write_into_root(dirs.root, item)
     return mid

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from provision import discovery as render_discovery
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
+from provision.files import disk_error, is_disk_error
 from provision.model import DiscoveryMode
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
@@ -214,16 +215,43 @@ def down(cluster: str | Path, *, purge: bool = False, state_root: str | Path | N
     """Stop every process of the cluster (fleetd first, then etcd); with `purge`, forget it."""
     state_dir = locate(cluster, state_root)
     was_running = _stop(state_dir, timeout)
-    control.set_desired(state_dir, dict.fromkeys(nodes.machine_ids(state_dir), "stopped"))
     name = state_dir.name
     message = f"{name}: stopped" if was_running else f"{name}: was not running"
-    if purge:
-        rendered = state_dir / state.RENDERED
-        if rendered.is_dir():
+    if not purge:
+        _record_stopped(state_dir)
+        return message
+    rendered = state_dir / state.RENDERED
+    if rendered.is_dir():
+        try:
             render_discovery.mark_spent(rendered)
+        except OSError as err:
+            # The token record goes with the rest of the state below; a full disk must
+            # not keep `--purge` from freeing it (a read-only one fails just below).
+            if not is_disk_error(err):
+                raise
+    try:
         shutil.rmtree(state_dir)
-        message += f"; state removed ({state_dir})"
-    return message
+    except OSError as err:
+        if is_disk_error(err):  # read-only: the first unlink fails, nothing was removed
+            raise disk_error(err) from None
+        raise
+    return message + f"; state removed ({state_dir})"
+
+
+def _record_stopped(state_dir: Path) -> None:
+    """Say in desired.json that every node is stopped, when it says otherwise.
+
+    Nothing reads it until the next `up` (which rewrites it), so a disk that refuses the
+    write (full, read-only) does not make a finished `down` fail.
+    """
+    stopped = dict.fromkeys(nodes.machine_ids(state_dir), "stopped")
+    if ((state.read_json(state_dir / state.DESIRED) or {}).get("nodes") or {}) == stopped:
+        return
+    try:
+        control.set_desired(state_dir, stopped)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
 
 
 def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], dict]:
@@ -322,6 +350,13 @@ def status(cluster: str | Path, *, state_root: str | Path | None = None) -> list
                      if i.get("pid")},
         })
     return rows
+
+
+def state_writes(cluster: str | Path, *, state_root: str | Path | None = None
+                 ) -> dict | None:
+    """The running supervisor's report that it cannot write its state (path, error, since,
+    attempts), or None while its writes work."""
+    return control.writes_problem(locate(cluster, state_root))
 
 
 def etcd_binary(cluster: str | Path, *, state_root: str | Path | None = None) -> dict:

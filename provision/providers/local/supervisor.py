@@ -11,8 +11,10 @@ killed with it.
 
 It reconciles: on SIGHUP (and every few seconds) it reads `desired.json` and
 starts or stops whole nodes to match, in parallel; after every change it
-rewrites `status.json` (unit states and pids). SIGTERM or SIGINT stops every
-node cleanly (fleetd first, then etcd) and exits.
+rewrites `status.json` (unit states and pids). A status write the disk refuses
+(full, read-only) never stops it or a node: it is retried on every pass and
+reported in `state-writes.json` (see state.py) until it works again. SIGTERM or
+SIGINT stops every node cleanly (fleetd first, then etcd) and exits.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from fleetd.runner.process import ProcessRunner
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.wakeup import SignalSafeEvent
+from provision.files import cause, write_atomic
 from provision.providers.local import state
 from provision.providers.local.units import ETCD_UNIT
 
@@ -149,6 +152,13 @@ class Supervisor:
         self.generation = 0  # of the desired state last applied
         self.pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)),
                                        thread_name_prefix="node")
+        self.writes_problem: dict | None = None  # status.json cannot be written: why, since
+        try:
+            self.writes_record: state.WritesRecord | None = state.WritesRecord(
+                state_dir / state.WRITES_FILE)
+        except OSError as err:
+            log.warning("cannot create %s: %s", state_dir / state.WRITES_FILE, cause(err))
+            self.writes_record = None
 
     def desired(self) -> dict[str, str]:
         data = state.read_json(self.state_dir / state.DESIRED) or {}
@@ -191,11 +201,45 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "running": not final,
             "generation": self.generation,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "updated": _now(),
             "nodes": {name: node.status() for name, node in self.nodes.items()},
             "shared": self.shared.status(),
         }
-        state.write_json(self.state_dir / state.STATUS, data)
+        path = self.state_dir / state.STATUS
+        try:
+            state.write_json(path, data)
+        except OSError as err:
+            # A full or read-only disk: the nodes do not depend on this file, so they keep
+            # running; the problem is reported through the fixed-size record instead.
+            self._writes_failing(path, err)
+        else:
+            self._writes_ok()
+
+    def _writes_failing(self, path: Path, err: OSError) -> None:
+        now = _now()
+        if self.writes_problem is None:
+            log.warning("cannot write %s: %s; the nodes keep running", path, cause(err))
+            self.writes_problem = {"failing": True, "path": str(path), "errno": err.errno,
+                                   "error": cause(err), "since": now, "failures": 0}
+        self.writes_problem["failures"] += 1
+        self.writes_problem["last_attempt"] = now
+        self._record(self.writes_problem)
+
+    def _writes_ok(self) -> None:
+        if self.writes_problem is None:
+            return
+        log.info("state writes work again (%s failed since %s)", self.writes_problem["path"],
+                 self.writes_problem["since"])
+        self.writes_problem = None
+        self._record({"failing": False, "recovered": _now()})
+
+    def _record(self, data: dict) -> None:
+        if self.writes_record is None:
+            return
+        try:
+            self.writes_record.write(data)
+        except OSError as err:  # in place needs no new blocks; if even that fails, say so
+            log.warning("cannot write %s: %s", self.writes_record.path, cause(err))
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,6 +294,10 @@ class Supervisor:
         self.wake.set()
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _daemonize(log_path: Path) -> None:
     """Detach: the caller's child exits at once, the grandchild leads a new session."""
     if os.fork() > 0:
@@ -281,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("another supervisor already runs %s", state_dir)
         return 3
     pid_path = state_dir / state.PID_FILE
-    pid_path.write_text(f"{os.getpid()}\n")
+    try:
+        write_atomic(pid_path, f"{os.getpid()}\n")
+    except OSError as err:
+        log.error("cannot write %s: %s", pid_path, cause(err))
+        os.close(lock)
+        return 4
     try:
         return Supervisor(state_dir).run()
     finally:
@@ -295,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:  # the log may sit on a full disk
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
     os._exit(code)  # every node is stopped: no reason to wait for interpreter teardown

@@ -9,11 +9,13 @@ namespace for dns-srv clusters.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
 
 from provision.errors import OperationFailed
+from provision.files import disk_error
 from provision.providers.local import control, nodes, state
 from provision.providers.local.boot import NodeBoot
 from provision.providers.local.dns import exec_prefix
@@ -58,6 +60,10 @@ class Waiter:
             if status is None and not control.running(self.state_dir):
                 raise OperationFailed("the cluster supervisor exited\n"
                                       + excerpt(self.state_dir / state.LOG_FILE))
+            if problem := control.writes_problem(self.state_dir):
+                # It cannot tell us what it does: the disk refuses its status file.
+                raise disk_error(OSError(problem.get("errno") or errno.ENOSPC,
+                                         str(problem.get("error")), str(problem.get("path"))))
             if status is not None:
                 self._check(names, status, done, columns)
             missing = {n: [c for c in columns if c not in done[n]] for n in names}
