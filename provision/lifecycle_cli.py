@@ -1,4 +1,4 @@
-"""`provision up / down / status / node stop|start / env`: pick the provider, run it, print.
+"""`provision up / down / status / node stop|start|reset / env`: pick the provider, run it, print.
 
 A cluster is named by its YAML file or, once it has been brought up locally, by its
 name; with neither, the cluster last brought up on this machine is meant (recorded in
@@ -219,6 +219,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.action == "stop":
         local.node_stop(where, args.node, timeout=args.timeout)
         print(f"{args.node}: stopped (fleetd left the cluster first; its units move elsewhere)")
+    elif args.action == "reset":
+        print(local.node_reset(where, args.node, timeout=args.timeout, console=_console()))
     else:
         local.node_start(where, args.node, timeout=args.timeout, console=_console())
         print(f"{args.node}: running")
@@ -276,8 +278,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--full", action="store_true", help="full machine IDs")
     status.set_defaults(run=cmd_status)
 
-    node = commands.add_parser("node", help="stop or start one node of a local cluster")
-    node.add_argument("action", choices=("stop", "start"))
+    node = commands.add_parser(
+        "node", help="stop or start one node of a local cluster, or reset its etcd member "
+                     "(remove + re-add, empty data: for a member whose data is lost)")
+    node.add_argument("action", choices=("stop", "start", "reset"))
     node.add_argument("node", metavar="NODE")
     node.add_argument("-c", "--cluster", metavar="CLUSTER", help=cluster_help)
     node.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")

@@ -123,6 +123,7 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
         "etcd": binaries.etcd, "etcdctl": binaries.etcdctl, "version": binaries.version_text,
         "source": binaries.source}
     plan = {"cluster": cluster, "etcd_binary": etcd, "netns": shared.netns,
+            "log_limits": log_limits(),
             "wait_tcp": list(shared.wait_tcp),
             "shared_units": [{"name": u.name, "text": u.text, "start": u.start}
                              for u in shared.units],
@@ -134,6 +135,31 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
     } for b in boots]}
     state.write_json(state_dir / state.PLAN, plan)
     return ids
+
+
+LOG_MAX_ENV = "PROVISION_LOG_MAX"
+LOG_KEEP_ENV = "PROVISION_LOG_KEEP"
+_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def log_limits(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """Where node logs rotate: $PROVISION_LOG_MAX (bytes; k, M, G suffixes; default 10M)
+    and $PROVISION_LOG_KEEP (old files kept, default 3)."""
+    environ = dict(os.environ) if environ is None else environ
+    max_text = environ.get(LOG_MAX_ENV, "").strip() or "10M"
+    keep_text = environ.get(LOG_KEEP_ENV, "").strip() or "3"
+    number, unit = max_text.rstrip("kKmMgGbB"), max_text[len(max_text.rstrip("kKmMgGbB")):]
+    unit = unit.lower().rstrip("b")
+    try:
+        max_bytes = int(number) * _UNITS[unit]
+        keep = int(keep_text)
+    except (ValueError, KeyError):
+        max_bytes, keep = 0, -1
+    if max_bytes < 4096 or not 0 <= keep <= 100:
+        raise UserError(f"${LOG_MAX_ENV}={max_text!r} / ${LOG_KEEP_ENV}={keep_text!r}: node "
+                        "logs rotate at a size of at least 4096 bytes (e.g. 10M) and keep 0 to "
+                        "100 old files")
+    return {"max_bytes": max_bytes, "keep": keep}
 
 
 def machine_ids(state_dir: Path) -> dict[str, str]:

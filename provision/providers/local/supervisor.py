@@ -5,9 +5,10 @@
 One process per cluster (an flock on `supervisor.lock` makes sure), detached
 from the terminal. Each node gets a process runner (fleetd.runner.process) with
 the node's units from `plan.json`: etcd2.service, fleet.service (ordered after
-etcd, so it stops first) and the node's own units. The runner's guards give the
-orphan safety: if the supervisor dies, even by SIGKILL, every node process is
-killed with it.
+etcd, so it stops first) and the node's own units; their logs
+(`nodes/<name>/system/logs/<unit>.log`) rotate at the plan's size limit. The
+runner's guards give the orphan safety: if the supervisor dies, even by SIGKILL,
+every node process is killed with it.
 
 It reconciles: on SIGHUP (and every few seconds) it reads `desired.json` and
 starts or stops whole nodes to match, in parallel; after every change it
@@ -34,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fleetd.runner.process import ProcessRunner
+from fleetd.runner.procs import LogLimits
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.wakeup import SignalSafeEvent
 from provision.files import cause, write_atomic
@@ -71,8 +73,10 @@ class Node:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TZ") if k in os.environ})
             env.update(self.spec.get("env") or {})
+            limits = self.spec.get("log_limits")
             runner = ProcessRunner(base / "system", self.spec["machine_id"], self.spec["hostname"],
-                                   env=env, root_dir=base / "root")
+                                   env=env, root_dir=base / "root",
+                                   log_limits=LogLimits(**limits) if limits else None)
             runner.subscribe(lambda name, status: self.on_change())
             try:
                 for unit in self.spec["units"]:
@@ -144,10 +148,13 @@ class Supervisor:
         # Set from signal handlers: see fleetd.wakeup for why not threading.Event.
         self.wake = SignalSafeEvent()
         self.stopping = SignalSafeEvent()
-        self.nodes = {spec["name"]: Node(spec, self.wake.set) for spec in plan["nodes"]}
+        limits = plan.get("log_limits")  # every node's logs rotate alike
+        self.nodes = {spec["name"]: Node({**spec, "log_limits": limits}, self.wake.set)
+                      for spec in plan["nodes"]}
         self.shared = Node({"name": "shared", "dir": str(state_dir / state.SHARED),
                             "machine_id": "0" * 32, "hostname": self.cluster,
-                            "units": plan.get("shared_units") or []}, self.wake.set)
+                            "units": plan.get("shared_units") or [], "log_limits": limits},
+                           self.wake.set)
         self.wait_tcp = list(plan.get("wait_tcp") or [])
         self.generation = 0  # of the desired state last applied
         self.pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)),
@@ -170,9 +177,18 @@ class Supervisor:
     def reconcile(self) -> None:
         desired = self.desired()
         jobs = []
+        plan: dict | None = None
         for name, node in self.nodes.items():
             retry = node.error is None or node.error_generation != self.generation
             if desired[name] == "running" and not node.running and retry:
+                # A stopped node starts from its plan as it is now (`provision node reset`
+                # rewrites a node's etcd flags to join the cluster again).
+                plan = plan if plan is not None else (
+                    state.read_json(self.state_dir / state.PLAN) or {})
+                fresh = next((n for n in plan.get("nodes") or [] if n.get("name") == name),
+                             None)
+                if fresh is not None:
+                    node.spec = {**fresh, "log_limits": plan.get("log_limits")}
                 jobs.append(self.pool.submit(self._guarded, node.start, name))
             elif desired[name] != "running" and node.running:
                 jobs.append(self.pool.submit(self._guarded, node.stop, name))
@@ -320,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", action="store_true", help="detach from the caller")
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir).resolve()
+    # The CLI sends SIGHUP as soon as our pid file exists; until run() handles it, it
+    # must not kill us (its default). run() reads desired.json first anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.daemon:
         _daemonize(state_dir / state.LOG_FILE)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
