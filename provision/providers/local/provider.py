@@ -253,7 +253,7 @@ def down(cluster: str | Path, *, purge: bool = False, state_root: str | Path | N
         shutil.rmtree(state_dir)
     except OSError as err:
         if is_disk_error(err):  # read-only: the first unlink fails, nothing was removed
-            raise disk_error(err) from None
+            raise disk_error(err, state_dir) from None  # (rmtree names files relatively)
         raise
     return message + f"; state removed ({state_dir})"
 
