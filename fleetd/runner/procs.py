@@ -96,17 +96,27 @@ class UnitLog:
 
     def write_lines(self, ident: str, lines: Sequence[str]) -> None:
         stamp = datetime.now().astimezone().isoformat(timespec="microseconds")
-        data = "".join(f"{stamp} {self.hostname} {ident}: {line}\n" for line in lines
-                       ).encode("utf-8", "replace")
+        encoded = [f"{stamp} {self.hostname} {ident}: {line}\n".encode("utf-8", "replace")
+                   for line in lines]
         with self._lock:
             try:
                 if self._size is None:
                     self._size = _size_of(self.path)
-                if self._size and self._size + len(data) > self.limits.max_bytes:
-                    self._rotate()
-                with open(self.path, "ab") as handle:
-                    handle.write(data)
-                    self._size = handle.tell()
+                start = 0
+                while start < len(encoded):
+                    # As many lines as fit before the limit (at least one into a fresh file).
+                    end, room = start, self.limits.max_bytes - self._size
+                    while end < len(encoded) and (len(encoded[end]) <= room or
+                                                  (end == start and self._size == 0)):
+                        room -= len(encoded[end])
+                        end += 1
+                    if end == start:
+                        self._rotate()
+                        continue
+                    with open(self.path, "ab") as handle:
+                        handle.write(b"".join(encoded[start:end]))
+                        self._size = handle.tell()
+                    start = end
             except OSError as err:  # a full disk must not take the runner down
                 self._size = None
                 _LOG.warning("cannot write to %s: %s", self.path, err)
