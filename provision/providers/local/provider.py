@@ -1,4 +1,4 @@
-"""The local provider: `up`, `down`, `status`, `node stop|start` and `env` for local clusters.
+"""The local provider: `up`, `down`, `status`, `node stop|start|reset` and `env`.
 
 `up` renders the cluster into `<state>/rendered` (the user-data files are the
 source of truth), plans every node from its own user-data (boot.py), prepares
