@@ -8,6 +8,7 @@ gone at the end of each test.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,8 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
-from provision.providers.local import control, state
+from provision.providers.local import control, dns, state
 from tests.support.disks import SmallDisk, leftovers, read_only
 from tests.support.etcd import wait_for
 from tests.support.localenv import REPO, UP_TIMEOUT, Env, survivors
@@ -168,48 +170,79 @@ def test_a_read_only_state_directory_is_one_line_per_command_and_nothing_changes
 
 # -- a member whose data is gone ---------------------------------------------------------------
 
-def _members(url: str) -> dict[str, str]:
-    with urllib.request.urlopen(f"{url}/v2/members", timeout=5) as answer:  # noqa: S310
-        return {m["name"]: m["id"] for m in json.load(answer)["members"]}
-
-
-def _get(url: str, key: str) -> str | None:
-    """A local (serializable) read on one member: what that member itself holds."""
-    request = urllib.request.Request(f"{url}/v3/kv/range", data=json.dumps({
-        "key": _b64(key), "serializable": True}).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
-        kvs = json.load(answer).get("kvs") or []
-    import base64
-
-    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+def _http(netns: str | None, url: str, body: dict | None = None) -> dict:
+    """GET (or POST `body` as JSON) and parse the answer, from inside `netns` if given."""
+    if netns is None:
+        request = urllib.request.Request(url, data=None if body is None else json.dumps(
+            body).encode(), method="GET" if body is None else "POST")
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+            return json.load(answer)
+    command = ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "5", url]
+    if body is not None:
+        command += ["-X", "POST", "-d", json.dumps(body)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    if result.returncode != 0:
+        raise OSError(f"curl {url}: exit status {result.returncode}")
+    return json.loads(result.stdout)
 
 
 def _b64(text: str) -> str:
-    import base64
-
     return base64.b64encode(text.encode()).decode()
 
 
-def _put(url: str, key: str, value: str) -> None:
-    request = urllib.request.Request(f"{url}/v3/kv/put", data=json.dumps({
-        "key": _b64(key), "value": _b64(value)}).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+def _members(netns: str | None, url: str) -> dict[str, str]:
+    return {m["name"]: m["id"] for m in _http(netns, f"{url}/v2/members")["members"]}
 
 
-@pytest.mark.parametrize("example", ["local.yaml", "custom-etcd.yaml"])
+def _put(netns: str | None, url: str, key: str, value: str) -> None:
+    _http(netns, f"{url}/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+
+def _get(netns: str | None, url: str, key: str) -> str | None:
+    """A local (serializable) read on one member: what that member itself holds."""
+    try:
+        kvs = _http(netns, f"{url}/v3/kv/range", {"key": _b64(key),
+                                                  "serializable": True}).get("kvs") or []
+    except OSError:
+        return None
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+
+def _dns_srv_cluster(env: Env) -> tuple[Path, str]:
+    path, name = env.cluster("dns-srv.yaml", provider="local", units=[],
+                             fleet={"agent_ttl": "5s", "engine_reconcile_interval": 1})
+    data = yaml.safe_load(path.read_text())
+    data["network"]["start"] = 1
+    del data["etcd"]["discovery"]["dns_server"]
+    path.write_text(yaml.safe_dump(data))
+    return path, name
+
+
+@pytest.mark.parametrize("example", [
+    "local.yaml", "custom-etcd.yaml",
+    pytest.param("dns-srv.yaml", marks=pytest.mark.skipif(
+        dns.requirements_problem() is not None, reason=str(dns.requirements_problem()))),
+])
 def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member(env, example):
-    etcd_env = {"ETCD_BIN": DEBIAN_ETCD} if os.access(DEBIAN_ETCD, os.X_OK) else {}
-    path, name = env.cluster(example, units=[], fleet={"agent_ttl": "5s",
-                                                       "engine_reconcile_interval": 1})
+    # Debian's etcd 3.4 where it boots the example: with dns-srv it stops at the missing
+    # _etcd-server-ssl record the example does not publish, so that one runs 3.5.
+    etcd_env = {"ETCD_BIN": DEBIAN_ETCD} if os.access(DEBIAN_ETCD, os.X_OK) and \
+        example != "dns-srv.yaml" else {}
+    if example == "dns-srv.yaml":
+        path, name = _dns_srv_cluster(env)
+    else:
+        path, name = env.cluster(example, units=[], fleet={"agent_ttl": "5s",
+                                                           "engine_reconcile_interval": 1})
     up = provision(env, "up", str(path), "--timeout", str(UP_TIMEOUT), extra_env=etcd_env)
     assert up.returncode == 0, up.stderr
     state_dir = env.state_dir(name)
     plan = state.read_json(state_dir / state.PLAN)
+    netns = plan.get("netns")
     members = [n for n in plan["nodes"] if n["role"] == "etcd-member"]
     lost, other = members[1], members[0]
     urls = {n["name"]: n["etcd_url"] for n in members}
-    before = _members(urls[other["name"]])
-    _put(urls[other["name"]], "/written/before", "kept")
+    before = _members(netns, urls[other["name"]])
+    _put(netns, urls[other["name"]], "/written/before", "kept")
     assert provision(env, "down", name).returncode == 0
 
     shutil.rmtree(state_dir / "nodes" / lost["name"] / "etcd")
@@ -222,7 +255,7 @@ def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member
 
     reset = provision(env, "node", "reset", lost["name"], "-c", name, extra_env=etcd_env)
     assert reset.returncode == 0, reset.stderr
-    after = _members(urls[other["name"]])
+    after = _members(netns, urls[other["name"]])
     assert sorted(after) == sorted(before)
     assert after[lost["name"]] != before[lost["name"]], "a new member ID, not the old one"
     assert reset.stdout.strip() == (
@@ -230,7 +263,7 @@ def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member
         f"member {int(after[lost['name']], 16):x} with an empty data directory; healthy "
         f"({name} is running)")
     # It caught up from the others: the key written before is on the new member itself.
-    wait_for(lambda: _get(urls[lost["name"]], "/written/before") == "kept", 20,
+    wait_for(lambda: _get(netns, urls[lost["name"]], "/written/before") == "kept", 20,
              message="the re-added member replicated the cluster's data")
     status = json.loads(provision(env, "status", name, "--output", "json").stdout)
     assert {r["name"]: (r["etcd"], r["fleet"]) for r in status["nodes"]} == {
@@ -240,7 +273,7 @@ def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member
     assert provision(env, "down", name).returncode == 0
     final = provision(env, "up", str(path), "--timeout", str(UP_TIMEOUT), extra_env=etcd_env)
     assert final.returncode == 0, final.stderr
-    assert _members(urls[other["name"]]) == after
+    assert _members(netns, urls[other["name"]]) == after
     assert provision(env, "down", "--purge", name).returncode == 0
     assert survivors(state_dir) == []
 
