@@ -134,9 +134,12 @@ def test_a_running_cluster_keeps_running_when_its_disk_fills(env):
         assert state.pid_alive(supervisor)
         status = provision(env, "status", name, state_root=disk.path)
         assert "state writes failing" not in status.stderr
+        # `down` on a full disk still stops everything (it needs to write nothing).
+        disk.fill()
         down = provision(env, "down", name, state_root=disk.path)
-        assert down.returncode == 0, down.stderr
+        assert (down.returncode, down.stdout.strip()) == (0, f"{name}: stopped"), down.stderr
         assert survivors(disk.path) == []
+        assert ours(leftovers(disk.path)) == []
 
 
 # -- a read-only state directory ---------------------------------------------------------------
