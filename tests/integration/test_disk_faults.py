@@ -271,6 +271,10 @@ def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member
     status = json.loads(provision(env, "status", name, "--output", "json").stdout)
     assert {r["name"]: (r["etcd"], r["fleet"]) for r in status["nodes"]} == {
         n["name"]: ("healthy", "registered") for n in plan["nodes"]}
+    # The same etcd binary as the others (the one the cluster was brought up with).
+    binaries = {os.readlink(f"/proc/{r['pids']['etcd2.service']}/exe")
+                for r in status["nodes"]}
+    assert binaries == {os.path.realpath(status["etcd_binary"]["etcd"])}
 
     # From now on it is an ordinary member: down and up keep its new identity.
     assert provision(env, "down", name).returncode == 0

@@ -275,11 +275,13 @@ def _record_stopped(state_dir: Path) -> None:
 
 
 def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], dict]:
-    """The nodes' plans again, for their addresses, units and paths (not to run anything,
-    so the etcd binary does not matter here)."""
+    """The nodes' plans again, for their addresses, units and paths, with the etcd binary
+    the cluster was brought up with (`node reset` runs a node from them)."""
     manifest = nodes.read_manifest(state_dir / state.RENDERED)
-    placeholder = EtcdBinaries("etcd", "etcdctl", None, "not needed")
-    return nodes.plan_cluster(state_dir, manifest, placeholder), manifest
+    chosen = (state.read_json(state_dir / state.PLAN) or {}).get("etcd_binary") or {}
+    binaries = EtcdBinaries(chosen.get("etcd") or "etcd", chosen.get("etcdctl") or "etcdctl",
+                            None, str(chosen.get("source") or "not recorded"))
+    return nodes.plan_cluster(state_dir, manifest, binaries), manifest
 
 
 def _node_name(state_dir: Path, node: str) -> str:
