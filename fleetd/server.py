@@ -33,8 +33,12 @@ def machine_id(state_dir: Path) -> str:
     new = uuid.uuid4().hex
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(new + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(new + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn id behind
+        raise
     return new
 
 

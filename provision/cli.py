@@ -1,7 +1,8 @@
 """`provision` command line: parse arguments, run a command, turn errors into exit codes.
 
 Commands return an exit status or raise; only `main` prints errors. A
-`UserError` (bad input) prints its problems, one line each, and exits 2; an
+`UserError` (bad input) prints its problems, one line each, and exits 2; so does a
+write the disk refused (full, read-only: the path and the cause); an
 `OperationFailed` exits 1; anything else is a bug and keeps its traceback.
 """
 
@@ -141,6 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("provision: aborted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A full or read-only disk under any command: one line naming the path, not a bug.
+        from provision.files import disk_error, is_disk_error
+
+        if not is_disk_error(err):
+            raise
+        for problem in disk_error(err).problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`provision up / down / status / node stop|start / env`: pick the provider, run it, print.
+"""`provision up / down / status / node stop|start|reset / env`: pick the provider, run it, print.
 
 A cluster is named by its YAML file or, once it has been brought up locally, by its
 name; with neither, the cluster last brought up on this machine is meant (recorded in
@@ -43,11 +43,11 @@ def _state_root() -> Path:
 
 
 def remember_last(name: str) -> None:
+    from provision.files import write_atomic
+
     root = _state_root()
     root.mkdir(parents=True, exist_ok=True)
-    staged = root / f".{LAST_CLUSTER}.{os.getpid()}.tmp"
-    staged.write_text(name + "\n")
-    os.replace(staged, root / LAST_CLUSTER)
+    write_atomic(root / LAST_CLUSTER, name + "\n")
 
 
 def _last() -> str | None:
@@ -177,10 +177,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     where = target.yaml or target.name
     rows = local.status(where)
     etcd = local.etcd_binary(where)
+    writes = local.state_writes(where)
     if args.output == "json":
         print(json.dumps({"cluster": target.name, "provider": "local", "etcd_binary": etcd,
-                          "nodes": rows}, indent=2))
+                          "state_writes": writes, "nodes": rows}, indent=2))
         return 0
+    if writes:
+        from provision.providers.local.control import describe_writes_problem
+
+        print(f"warning: {describe_writes_problem(writes)}", file=sys.stderr)
     if etcd:
         print(f"etcd: {etcd['etcd']} (version {etcd['version']}, chosen by {etcd['source']})")
         if etcd.get("warning"):
@@ -214,6 +219,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.action == "stop":
         local.node_stop(where, args.node, timeout=args.timeout)
         print(f"{args.node}: stopped (fleetd left the cluster first; its units move elsewhere)")
+    elif args.action == "reset":
+        print(local.node_reset(where, args.node, timeout=args.timeout, console=_console()))
     else:
         local.node_start(where, args.node, timeout=args.timeout, console=_console())
         print(f"{args.node}: running")
@@ -271,8 +278,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--full", action="store_true", help="full machine IDs")
     status.set_defaults(run=cmd_status)
 
-    node = commands.add_parser("node", help="stop or start one node of a local cluster")
-    node.add_argument("action", choices=("stop", "start"))
+    node = commands.add_parser(
+        "node", help="stop or start one node of a local cluster, or reset its etcd member "
+                     "(remove + re-add, empty data: for a member whose data is lost)")
+    node.add_argument("action", choices=("stop", "start", "reset"))
     node.add_argument("node", metavar="NODE")
     node.add_argument("-c", "--cluster", metavar="CLUSTER", help=cluster_help)
     node.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
