@@ -457,6 +457,8 @@ class ApiServer:
             unix.close()
             raise
         self.tcp: _TcpServer | None = None
+        # waitress counts its listeners and their wake-up pipes among the connections
+        self._overhead = 2 * (1 + (tcp_address is not None))
         try:
             self.unix = self._serve_on(_UnixServer, unix)
             if tcp_address is not None:
@@ -478,7 +480,7 @@ class ApiServer:
     def _serve_on(self, kind: type, sock: socket.socket):  # noqa: ANN205 - a waitress server
         adjustments = Adjustments(
             sockets=[sock], threads=self.limits.workers,
-            connection_limit=self.limits.connections,
+            connection_limit=self.limits.connections + self._overhead,
             backlog=min(self.limits.connections, 4096),
             channel_timeout=max(1, round(self.limits.idle_timeout)),
             cleanup_interval=1, asyncore_loop_timeout=1, asyncore_use_poll=True,
@@ -576,7 +578,7 @@ def connection_budget(wanted: int) -> int:
     reserve, never more than `wanted`."""
     soft = open_files_limit()
     reserve = min(FD_RESERVE, soft // 2)
-    return max(16, min(wanted, soft - reserve))
+    return min(wanted, max(16, soft - reserve))
 
 
 def raise_open_files_limit(needed: int) -> int:
