@@ -29,7 +29,7 @@ from fleetd.runner.base import RunnerError, StateListener, UnitStatus
 from fleetd.runner.environment import NodeEnvironment
 from fleetd.runner.guard import descendants
 from fleetd.runner.journal import follow, status_lines, tail
-from fleetd.runner.procs import ProcessHost, UnitLog
+from fleetd.runner.procs import LogLimits, ProcessHost, UnitLog
 from fleetd.runner.service import ServiceWorker
 from fleetd.runner.settings import ConfigError, ServiceConfig, parse_service_config
 from fleetd.runner.state import Unit, dependents, ordered_after, reaches
@@ -47,14 +47,17 @@ class ProcessRunner:
     (each unit's journal). `env` is the environment every unit starts from (by
     default PATH, LANG, LC_ALL and TZ of this process). With `root_dir`, absolute
     paths in EnvironmentFile= and WorkingDirectory= are looked up inside it (it
-    acts as the node's `/`); paths that resolve outside it are refused.
+    acts as the node's `/`); paths that resolve outside it are refused. Logs rotate
+    by size (`log_limits`, default 10 MiB, 3 old files kept).
     """
 
     def __init__(self, state_dir: Path, machine_id: str, hostname: str,
-                 env: Mapping[str, str] | None = None, root_dir: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, root_dir: Path | None = None,
+                 log_limits: LogLimits | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.machine_id = machine_id
         self.hostname = hostname
+        self.log_limits = log_limits or LogLimits()
         self._units_dir = self.state_dir / "units"
         self._logs_dir = self.state_dir / "logs"
         try:
@@ -98,7 +101,7 @@ class ProcessRunner:
             record = self._units.get(parsed.full)
             if record is None:
                 record = Unit(parsed, path, UnitLog(self._logs_dir / f"{parsed.full}.log",
-                                                    self.hostname))
+                                                    self.hostname, self.log_limits))
                 self._units[parsed.full] = record
             changed = record.content != unit
             record.content, record.config, record.load_error = unit, config, error
