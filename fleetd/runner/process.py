@@ -28,7 +28,7 @@ from pathlib import Path
 from fleetd.runner.base import RunnerError, StateListener, UnitStatus
 from fleetd.runner.environment import NodeEnvironment
 from fleetd.runner.guard import descendants
-from fleetd.runner.journal import follow, status_lines, tail
+from fleetd.runner.journal import read_journal, status_lines, tail
 from fleetd.runner.procs import LogLimits, ProcessHost, UnitLog
 from fleetd.runner.service import ServiceWorker
 from fleetd.runner.settings import ConfigError, ServiceConfig, parse_service_config
@@ -160,7 +160,8 @@ class ProcessRunner:
         """The last `lines` journal lines; with `follow`, new lines as they come, until
         the iterator is closed or the runner shuts down."""
         parsed = _unit_name(name)
-        return self._journal(self._logs_dir / f"{parsed.full}.log", max(lines, 0), follow)
+        return read_journal(self._logs_dir / f"{parsed.full}.log", max(lines, 0), follow,
+                            self._closed)
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop every unit (dependents first, each within its TimeoutStopSec=, all within
@@ -388,12 +389,6 @@ class ProcessRunner:
                     listener(*item)
                 except Exception:  # a listener's bug must not stop the others
                     _LOG.exception("state listener %r failed", listener)
-
-    def _journal(self, path: Path, lines: int, keep_following: bool) -> Iterator[str]:
-        recent, offset = tail(path, lines)
-        yield from recent
-        if keep_following:
-            yield from follow(path, offset, self._closed)
 
 
 def _unit_name(name: str):
