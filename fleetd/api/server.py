@@ -128,7 +128,9 @@ class Limits:
     at once (each holds a worker while it lasts, so some always stay free for other
     requests); header_timeout: a request head must arrive within this (counted from its
     first byte, or from the connection for its first request); body_timeout: its body
-    within this after the head; idle_timeout: a kept-alive connection between requests."""
+    within this after the head; idle_timeout: a kept-alive connection between requests;
+    send_timeout: a client that takes nothing of its answer for this long is dropped
+    (a follower that stopped reading would otherwise hold its worker for good)."""
 
     connections: int = 4096
     workers: int = 8
@@ -136,6 +138,7 @@ class Limits:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     idle_timeout: float = 60.0
+    send_timeout: float = 60.0
 
 
 def _status_line(status: int) -> str:
@@ -296,7 +299,8 @@ class _ErrorTask(ErrorTask):
 class _Channel(HTTPChannel):
     """One connection, with deadlines for what it owes: its request head within the header
     timeout (from its first byte; from the connection for its first request), the body
-    within the body timeout after the head, the next request within the idle timeout.
+    within the body timeout after the head, the next request within the idle timeout,
+    and while it is answered, some progress in taking the answer within the send timeout.
     All of it runs on the I/O loop thread, as waitress's own maintenance does."""
 
     error_task_class = _ErrorTask
@@ -324,8 +328,10 @@ class _Channel(HTTPChannel):
 
     def overdue(self, now: float, limits: Limits) -> str | None:
         """Why this connection is to be closed now, if it is."""
-        if self.requests or self.will_close:
-            return None  # being answered: the worker owns it
+        if self.requests:  # being answered
+            if self.total_outbufs_len and now - self.last_activity > limits.send_timeout:
+                return "the client stopped reading its answer"
+            return None
         request = self.request
         if request is None:
             if not self.heard and now - self.creation_time > limits.header_timeout:
@@ -347,6 +353,7 @@ class _Deadlines:
 
     channel_class = _Channel
     limits: Limits
+    expired: list[_Channel]
 
     def handle_accept(self) -> None:
         # waitress accepts one connection per loop pass, and a pass visits every open
@@ -361,11 +368,26 @@ class _Deadlines:
                 return  # the backlog is empty
 
     def maintenance(self, now: float) -> None:
+        # Closed by `reap` after this loop pass, not through will_close (that waits for
+        # the socket to turn writable, which a client that stopped reading never lets
+        # it do) nor right here: this runs while the pass registers descriptors, and a
+        # descriptor closed now could be reused by an accept in the same pass.
         for channel in list(self.active_channels.values()):  # type: ignore[attr-defined]
             why = channel.overdue(now, self.limits)
-            if why is not None:
+            if why is not None and channel not in self.expired:
                 log.debug("closing API connection: %s", why)
-                channel.will_close = True
+                self.expired.append(channel)
+        if self.expired:
+            self.pull_trigger()  # type: ignore[attr-defined] - end this pass now
+
+    def reap(self) -> None:
+        """Close what maintenance found overdue; between loop passes, on the loop's
+        thread (a worker writing to one of them wakes and stops)."""
+        expired, self.expired = self.expired, []
+        channels = self.active_channels  # type: ignore[attr-defined]
+        for channel in expired:
+            if channel._fileno is not None and channels.get(channel._fileno) is channel:
+                channel.handle_close()
 
 
 class _UnixServer(_Deadlines, UnixWSGIServer):
@@ -493,6 +515,7 @@ class ApiServer:
         server = kind(self.app, map=self.map, _sock=sock, dispatcher=self.dispatcher,
                       adj=adjustments, bind_socket=False, sockinfo=sockinfo)
         server.limits = self.limits
+        server.expired = []
         return server
 
     @property
@@ -525,8 +548,11 @@ class ApiServer:
 
     def _run(self) -> None:
         try:
+            servers = [self.unix] + ([self.tcp] if self.tcp is not None else [])
             while not self._stopping:
                 wasyncore.loop(timeout=1.0, map=self.map, use_poll=True, count=1)
+                for server in servers:
+                    server.reap()
         except Exception:  # noqa: BLE001 - the API stops; the agent and engine go on
             log.exception("fleet API I/O loop failed; the API is down")
         finally:

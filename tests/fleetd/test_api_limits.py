@@ -29,6 +29,7 @@ from fleetd.api.server import Limits
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
 from fleetd.runner.process import ProcessRunner
+from fleetd.runner.procs import LogLimits, UnitLog
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.api_storm import (
     HALF_REQUEST,
@@ -272,7 +273,8 @@ def test_followed_journals_are_capped_and_leave_workers_for_other_requests(serve
             conn.request("GET", follow)
             response = conn.getresponse()
             assert response.status == 200
-            assert response.readline().rstrip().endswith(b": tick")
+            while not response.readline().rstrip().endswith(b": tick"):
+                pass  # the runner's own lines ("Started …") may come first
             streams.append((conn, response))
         conn = UnixConnection(server.socket_path, 30)
         conn.request("GET", follow)
@@ -337,3 +339,36 @@ def test_tcp_requests_are_answered_as_over_the_socket(serve):
             "message"]
     finally:
         conn.close()
+
+
+def test_a_follower_that_stops_reading_is_dropped_and_its_stream_freed(serve, tmp_path):
+    runner = ProcessRunner(tmp_path / "runner", "m", "host",
+                           log_limits=LogLimits(max_bytes=1 << 30))
+    try:
+        runner.load("big.service", parse_unit_file(TICKER))  # loaded, never started
+        writer = UnitLog(tmp_path / "runner" / "logs" / "big.service.log", "host",
+                         LogLimits(max_bytes=1 << 30))
+        for i in range(0, 60_000, 1000):  # ~27 MB, more than waitress buffers for a client
+            writer.write_lines("big[1]", [f"{n} " + "x" * 400 for n in range(i, i + 1000)])
+        server = serve(runner=runner, workers=2, streams=1, send_timeout=1.0)
+        follow = f"{V1}/units/big.service/journal?lines=60000&follow=true"
+        stuck = UnixConnection(server.socket_path, 30)
+        stuck.request("GET", follow)
+        held = stuck.getresponse()  # kept: it owns the socket now
+        assert held.status == 200  # and never reads another byte
+
+        def follows() -> bool:
+            conn = UnixConnection(server.socket_path, 30)
+            try:
+                conn.request("GET", f"{V1}/units/big.service/journal?lines=1&follow=true")
+                response = conn.getresponse()
+                ok = response.status == 200
+                response.close()
+                return ok
+            finally:
+                conn.close()
+        wait_for(follows, 30, message="the stuck follower dropped and its stream slot freed")
+        held.close()
+        stuck.close()
+    finally:
+        runner.shutdown()
