@@ -1,7 +1,7 @@
 """A buggy local client against fleetd's API: thousands of idle connections, held, then
 closed at once, while the machine's lease and other requests are watched.
 
-    python bench/api_connections.py --connections 3000
+    python bench/api_connections.py --connections 3000 [--busy 2]
 
 Starts a real etcd and one real fleetd (process runner, agent TTL 5 s). A prober asks
 GET /fleet/v1/machines on a fresh unix-socket connection every 50 ms throughout.
@@ -10,7 +10,8 @@ head that never ends), after close (all N closed at once), burst (N opened and c
 at once without holding). Each phase prints the prober's latency (p50/p95/max) and how
 many probes failed, with the ratio of its p95 to the baseline's. Then whether the
 machine's key ever disappeared (a lost lease), fleetd's peak thread count and RSS, and
-how much its log grew (tracebacks counted). Last line:
+how much its log grew (tracebacks counted). `--busy N` runs N CPU-bound processes
+throughout (one per core makes the machine as busy as a shared one gets). Last line:
 
     lease_lost=<0|1> failed_probes=<n> held_p95_ratio=<x> after_close_p95_ratio=<y> ...
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -77,8 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=3000)
     parser.add_argument("--hold", type=float, default=5.0, help="seconds to hold them open")
+    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes meanwhile")
     args = parser.parse_args()
     raise_open_files_limit(args.connections + 1024)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
 
     etcd = EtcdServer().start()
     base = Path(tempfile.mkdtemp(prefix="bapi-"))
@@ -115,7 +120,8 @@ def main() -> None:
         deletes = watch.poll()
         same = watch.same_registration()
         watch.close()
-        print(f"connections={args.connections} open_s={storm.open_s:.2f} "
+        print(f"busy_processes={args.busy} connections={args.connections} "
+              f"open_s={storm.open_s:.2f} "
               f"close_s={storm.close_s:.3f} refused={storm.refused} "
               f"burst_open_s={burst.open_s:.2f} burst_refused={burst.refused} "
               f"closed_by_server_while_held={server_closed}")
@@ -129,6 +135,9 @@ def main() -> None:
         log_text = fleetd.log_path.read_text(errors="replace")
         grew = fleetd.log_path.stat().st_size - log_before
         tracebacks = log_text.count("Traceback")
+        for line in fleetd.log_path.read_bytes()[log_before:].decode(
+                errors="replace").splitlines()[:5]:
+            print(f"fleetd log: {line}")
         lost = int(deletes > 0 or not same)
         print(f"machine_key_deletes={deletes} same_registration={same} "
               f"fleetd_peak_threads={peaks.threads} fleetd_peak_rss_mb={peaks.rss_mb:.0f} "
@@ -144,6 +153,9 @@ def main() -> None:
               f"burst_p95_ratio={ratio(burst_fig)} "
               f"worst_probe_ms={max(f.get('max_ms', 0.0) for f in (held, after, burst_fig)):.0f}")
     finally:
+        for process in busy:
+            process.kill()
+            process.wait()
         harness.close()
         etcd.stop()
         shutil.rmtree(base, ignore_errors=True)
