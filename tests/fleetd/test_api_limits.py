@@ -372,3 +372,34 @@ def test_a_follower_that_stops_reading_is_dropped_and_its_stream_freed(serve, tm
         stuck.close()
     finally:
         runner.shutdown()
+
+
+RAW_REFUSALS = {
+    "bad-start-line": (b"GARBAGE\r\n\r\n", 400, "Start line is invalid"),
+    "head-over-64k": (b"GET /fleet/v1/discovery HTTP/1.1\r\nX-Pad: " + b"a" * 70_000
+                      + b"\r\n\r\n", 431, "over 65536 bytes"),
+    "transfer-coding": (b"PUT /fleet/v1/units/x.service HTTP/1.1\r\nTransfer-Encoding: gzip"
+                        b"\r\n\r\n", 501, "Transfer-Encoding"),
+    "chunked-body-over-1mib": (b"PUT /fleet/v1/units/x.service HTTP/1.1\r\nContent-Type: "
+                               b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               + b"100000\r\n" + b" " * 0x100000 + b"\r\n1\r\n \r\n0\r\n\r\n",
+                               413, "1 MiB"),
+}
+
+
+@pytest.mark.parametrize("raw,status,fragment", RAW_REFUSALS.values(), ids=RAW_REFUSALS)
+def test_what_is_refused_before_routing_is_a_json_error_and_a_close(serve, raw, status,
+                                                                    fragment):
+    server = serve()
+    sock = connect(server)
+    try:
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = json.loads(response.read())
+    finally:
+        sock.close()
+    assert response.status == status
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Connection") == "close"
+    assert body["error"]["code"] == status and fragment in body["error"]["message"]
