@@ -212,12 +212,12 @@ class _App:
 class _JournalStream:
     """Lines as HTTP chunks while they come, until the client goes away or the server
     closes. A reader thread feeds a queue, so the worker notices a gone client while the
-    journal is quiet; the reader ends at its next line (or when the runner stops
-    following, at shutdown)."""
+    journal is quiet; the reader ends when the stream is closed if the runner's lines
+    can be cancelled (the process runner's can), else at its next line."""
 
     def __init__(self, lines: Iterator[str], gone: Callable[[], bool],
                  closing: threading.Event, release: Callable[[], None]) -> None:
-        self.gone, self.closing = gone, closing
+        self.gone, self.closing, self.lines = gone, closing, lines
         self._release: Callable[[], None] | None = release
         self.queue: queue.Queue[str] = queue.Queue(STREAM_QUEUE)
         self.cancelled = threading.Event()
@@ -243,6 +243,9 @@ class _JournalStream:
 
     def close(self) -> None:  # waitress calls it however the response ended
         self.cancelled.set()
+        cancel = getattr(self.lines, "cancel", None)
+        if cancel is not None:  # the reader may wait for a line that never comes
+            cancel()
         release, self._release = self._release, None
         if release is not None:
             release()

@@ -113,6 +113,33 @@ def read_journal(path: Path, count: int, keep_following: bool,
             handle.close()
 
 
+class JournalLines:
+    """An iterator over a journal's lines that any thread may cancel (`cancel()`): the
+    API's worker does when its client leaves, while a reader thread still waits for the
+    journal's next line, which could take forever on a quiet unit."""
+
+    def __init__(self, path: Path, count: int, keep_following: bool,
+                 stop: threading.Event) -> None:
+        self._stop = stop
+        self._lines = read_journal(path, count, keep_following, stop)
+
+    def __iter__(self) -> JournalLines:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def cancel(self) -> None:
+        self._stop.set()  # the reader ends within one poll interval
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._lines.close()
+        except ValueError:
+            pass  # being read on another thread: it ends by itself, having seen the stop
+
+
 def _follow(path: Path, handle: BufferedReader | None, offset: int,
             stop: threading.Event) -> Iterator[str]:
     try:

@@ -403,3 +403,28 @@ def test_what_is_refused_before_routing_is_a_json_error_and_a_close(serve, raw, 
     assert response.getheader("Content-Type") == "application/json"
     assert response.getheader("Connection") == "close"
     assert body["error"]["code"] == status and fragment in body["error"]["message"]
+
+
+def test_following_a_quiet_journal_ends_its_reader_when_the_client_leaves(serve, tmp_path):
+    def readers() -> int:
+        return sum(t.name == "api-journal-reader" for t in threading.enumerate())
+    runner = ProcessRunner(tmp_path / "runner", "m", "host")
+    try:
+        runner.load("quiet.service", parse_unit_file(
+            "[Service]\nExecStart=/bin/sh -c 'echo once; exec sleep 1000'\n"))
+        runner.start("quiet.service")
+        server = serve(runner=runner)
+        before = readers()
+        for _ in range(3):  # fewer than the streams allowed: each ends in its own time
+            conn = UnixConnection(server.socket_path, 30)
+            conn.request("GET", f"{V1}/units/quiet.service/journal?lines=10&follow=true")
+            response = conn.getresponse()
+            assert response.status == 200
+            while not response.readline().rstrip().endswith(b": once"):
+                pass
+            response.close()
+            conn.close()
+        wait_for(lambda: readers() == before, 20,
+                 message=f"readers of a quiet journal end ({readers() - before} left)")
+    finally:
+        runner.shutdown()
