@@ -29,13 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fleetd.api.server import raise_open_files_limit  # noqa: E402
 from tests.support.api_storm import (  # noqa: E402
     IdleStorm,
     MachineKeyWatch,
     Prober,
     process_rss_mb,
     process_threads,
-    raise_open_files_limit,
     summary,
 )
 from tests.support.etcd import EtcdServer  # noqa: E402

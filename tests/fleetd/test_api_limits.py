@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.api import Api, ApiServer
-from fleetd.api.server import Limits
+from fleetd.api.server import Limits, raise_open_files_limit
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
 from fleetd.runner.process import ProcessRunner
@@ -37,7 +37,6 @@ from tests.support.api_storm import (
     MachineKeyWatch,
     Prober,
     UnixConnection,
-    raise_open_files_limit,
 )
 from tests.support.etcd import free_port, wait_for
 from tests.support.fleet import FleetHarness

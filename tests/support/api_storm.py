@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import queue
-import resource
 import socket
 import statistics
 import threading
@@ -22,17 +21,6 @@ from pathlib import Path
 from fleetd.registry.etcd import Etcd
 
 HALF_REQUEST = b"GET /fleet/v1/machines HTTP/1.1\r\nHost: fleet\r\nUser-Agent: buggy\r\n"
-
-
-def raise_open_files_limit(needed: int) -> int:
-    """Raise this process's soft RLIMIT_NOFILE towards `needed` (at most the hard limit);
-    returns the soft limit in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    return soft
 
 
 class UnixConnection(http.client.HTTPConnection):
