@@ -1,7 +1,7 @@
 """fleet API v1 over HTTP/1.1: a unix socket (always) and an optional TCP listener.
 
 Routes (under /fleet/v1): discovery, machines, units, units/<name>,
-units/<name>/status, units/<name>/journal, state.
+units/<name>/status, units/<name>/journal, state, state/<name>.
 
 HTTP is waitress's: one I/O loop thread (poll) reads every request whole, at most
 `MAX_BODY` bytes of body, and writes every response; a bounded pool of workers runs
@@ -69,6 +69,8 @@ def resolve(path: str) -> tuple[str, str | None] | None:
     rest = path[len(PREFIX) + 1:]
     if rest in ("discovery", "machines", "units", "state"):
         return rest, None
+    if rest.startswith("state/") and "/" not in rest[len("state/"):]:
+        return "unit-state", unquote(rest[len("state/"):], errors="replace")
     if not rest.startswith("units/"):
         return None
     tail = rest[len("units/"):]
@@ -98,6 +100,8 @@ def route(api: Api, method: str, path: str, query: schema.Query, content_type: s
         methods = {"GET": lambda: api.list_units(query)}
     elif resource == "state":
         methods = {"GET": lambda: api.list_states(query)}
+    elif resource == "unit-state":
+        methods = {"GET": lambda: api.get_state(name, query)}
     elif resource == "unit-status":
         methods = {"GET": lambda: api.unit_status(name)}
     elif resource == "unit-journal":

@@ -102,9 +102,28 @@ def _block_options(parser: argparse.ArgumentParser, what: str) -> None:
                              "0: wait forever)")
 
 
+EPILOG = """\
+units:
+  A UNIT is a unit file path (units/web.service), a unit name (.service is added
+  when no type is given: hello, apache@1) or a glob (web@*) over the units the
+  cluster has. A glob matches templates too, but only destroy acts on them:
+  load/start/stop/unload skip templates, which never run (fleet 1.0 has no globs).
+  start and load refuse a template at once: start its instances instead.
+
+exit status (fleet's fleetctl exits 2 only for unknown commands and options, else 1):
+  0  success; also when stop/unload/destroy find none of the named units
+     ("Units not found in registry"), as fleet does
+  1  the cluster refused or could not do it: unknown unit, conflicting content,
+     a unit that failed, cannot be scheduled, or did not reach its state in time
+  2  usage error: bad arguments or options, a bad unit name or unit file, an empty
+     file, a template given to start or load (fleet: 1)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="fleetctl is a command-line interface to fleet, "
-                     "the cluster-wide init system.")
+                     "the cluster-wide init system.", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(parser, suppress=False)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     common = argparse.ArgumentParser(add_help=False)

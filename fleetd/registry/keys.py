@@ -8,7 +8,7 @@ job/<name>                  {name, hash, desired}                 API     engine
 global/<name>               {name, hash, desired}                 API     agents, API    -
 assign/<machine>/<name>     {hash, desired}                       engine  that agent     -
 machine/<id>                {id, publicIP, metadata, apiURL, ...} agent   engine, API    agent
-state/<name>/<machine>      {hash, load, active, sub}             agent   API, engine    agent
+state/<name>/<machine>      {hash, load, active, sub, launched}   agent   API, engine    agent
 engine/leader               leader's machine id (text)            engine  engines, API   engine
 
 Why this shape: an agent watches only `assign/<its id>/` and the small `global/`

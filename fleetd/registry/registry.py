@@ -52,6 +52,7 @@ class UnitStateRecord:
     machine: str
     hash: str
     status: UnitStatus
+    launched: bool = False  # the agent started it (and has not stopped it), whatever systemd says
 
 
 def encode(value: dict) -> bytes:
@@ -250,14 +251,17 @@ class Registry:
         revision, kvs = self.etcd.snapshot(prefix, revision)
         return revision, [a for a in map(self.assignment_from_kv, kvs) if a is not None]
 
+    def is_assigned(self, name: str, machine: str) -> bool:
+        return self.etcd.get(self.keys.assignment(machine, name)) is not None
+
     def assignment_value(self, job: Job) -> bytes:
         return encode({"hash": job.hash, "desired": job.desired.value})
 
     # -- unit states ------------------------------------------------------------------------
     def publish_state(self, name: str, machine: str, digest: str, status: UnitStatus,
-                      lease: int) -> None:
+                      lease: int, launched: bool = False) -> None:
         value = encode({"hash": digest, "load": status.load, "active": status.active,
-                        "sub": status.sub})
+                        "sub": status.sub, "launched": launched})
         self.etcd.put(self.keys.state(name, machine), value, lease=lease)
 
     def clear_state(self, name: str, machine: str) -> None:
@@ -265,6 +269,14 @@ class Registry:
 
     def states(self) -> list[UnitStateRecord]:
         _, kvs = self.etcd.snapshot(self.keys.of(Kind.STATE))
+        return self._state_records(kvs)
+
+    def states_of(self, name: str) -> list[UnitStateRecord]:
+        """One unit's states, one per machine that reports it (one range read)."""
+        _, kvs = self.etcd.snapshot(self.keys.states_of(name))
+        return [s for s in self._state_records(kvs) if s.name == name]
+
+    def _state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
         found = []
         for kv in kvs:
             parsed = self.keys.parse(kv.key)
@@ -274,7 +286,8 @@ class Registry:
             found.append(UnitStateRecord(parsed.name, parsed.machine, data.get("hash", ""),
                                          UnitStatus(data.get("load", "not-found"),
                                                     data.get("active", "inactive"),
-                                                    data.get("sub", "dead"))))
+                                                    data.get("sub", "dead")),
+                                         data.get("launched") is True))
         return found
 
     # -- batching ----------------------------------------------------------------------------
