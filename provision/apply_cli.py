@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from fleetd.argtypes import positive_duration
 from provision.errors import EXIT_FAILED, OperationFailed, UserError
 
 NETNS_ENV = "PROVISION_NETNS"
@@ -191,6 +192,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     apply.add_argument("cluster", metavar="CLUSTER.yaml")
     apply.add_argument("--prune", action="store_true",
                        help="destroy units apply created that are no longer declared")
-    apply.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+    apply.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
                        help="give up waiting for convergence after this long (default 120)")
     apply.set_defaults(run=cmd_apply)

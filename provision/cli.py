@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fleetd.argtypes import OneLineParser
 from provision import __version__
 from provision.errors import EXIT_USAGE, OperationFailed, Problem, UserError
 
@@ -95,7 +96,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="provision",
         description="Declare a cluster in YAML, render each node's cloud-config, bring it up.")
     parser.add_argument("--version", action="version", version=f"provision {__version__}")

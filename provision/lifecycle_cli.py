@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetd.argtypes import positive_duration
 from provision.errors import UserError
 
 LAST_CLUSTER = "last-cluster"
@@ -252,7 +253,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "up", help="render the cluster and bring every node up; returns once all are healthy")
     cluster_arg(up, required=True)
     provider_arg(up)
-    up.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+    up.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
                     help="give up (and stop what was started) after this long (default 120)")
     up.set_defaults(run=cmd_up)
 
@@ -261,7 +262,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     provider_arg(down)
     down.add_argument("--purge", action="store_true",
                       help="also remove the cluster's state (node data, logs, rendered files)")
-    down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    down.add_argument("--timeout", type=positive_duration, default=60.0, metavar="SECONDS")
     down.set_defaults(run=cmd_down)
 
     status = commands.add_parser("status", help="each node: IP, etcd health, fleet machine, units")
@@ -275,7 +276,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     node.add_argument("action", choices=("stop", "start"))
     node.add_argument("node", metavar="NODE")
     node.add_argument("-c", "--cluster", metavar="CLUSTER", help=cluster_help)
-    node.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    node.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS")
     node.set_defaults(run=cmd_node)
 
     env = commands.add_parser(
