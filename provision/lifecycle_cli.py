@@ -115,7 +115,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return code
     from provision.apply_cli import apply_after_up
 
-    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)))
+    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)),
+                          no_wait=args.no_wait)
 
 
 def _up_vagrant(target: Target) -> int:
@@ -255,6 +256,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     provider_arg(up)
     up.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
                     help="give up (and stop what was started) after this long (default 120)")
+    up.add_argument("--no-wait", action="store_true",
+                    help="if an apply holds the cluster, exit 2 instead of waiting for it "
+                         "(for the apply of the declared units that ends `up`)")
     up.set_defaults(run=cmd_up)
 
     down = commands.add_parser("down", help="stop every node of a cluster")
