@@ -65,11 +65,14 @@ def _read(path: str) -> str:
 
 
 def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' if it does not exist)."""
+    """The process's start time in clock ticks since boot ('' if it does not exist or has
+    died: a zombie waiting for its parent runs nothing)."""
     stat = _read(f"/proc/{pid}/stat")
     # The command name (field 2) may hold spaces and parentheses: split after its end.
     fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return ""
+    return fields[19]
 
 
 def _machine() -> str:

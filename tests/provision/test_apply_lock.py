@@ -35,6 +35,21 @@ def test_a_live_holder_here_is_not_gone_and_a_dead_one_is():
     assert holder_gone(info)
 
 
+def test_a_killed_holder_not_yet_reaped_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = _holder(child.pid)
+        assert not holder_gone(info)
+        child.kill()
+        deadline = time.monotonic() + 20
+        while not holder_gone(info) and time.monotonic() < deadline:  # a zombie until waited
+            time.sleep(0.05)
+        assert holder_gone(info)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_reused_pid_is_not_the_holder():
     info = {**_holder(os.getpid()), "started": "1"}  # same pid, another start time
     assert holder_gone(info)
