@@ -36,6 +36,8 @@ from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
 POLL_S = 0.25
 ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error
 UNREACHABLE_GIVE_UP_S = 30.0  # an etcd away this long (and not known down) ends the apply
+FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a busy etcd
+                              # gets a second chance; a wrong address fails soon)
 UNSCHEDULABLE_GRACE_S = 6.0   # the scheduler must say "no machine" this long before we do
 EXPLAIN_EVERY_S = 1.0         # how often a wait asks the scheduler why units are unplaced
 JOURNAL_LINES = 8
@@ -107,11 +109,8 @@ def open_session(cluster: Cluster, *, prune: bool = False, timeout: float = ETCD
         try:
             revision, actual = read_actual(registry)
         except RegistryUnavailable as err:
-            if reach.contacted:  # etcd answered the lock: a passing outage is waited out
-                revision, actual = _read_when_back(registry, reach, limit)
-            else:
-                reach.failed(err, limit)
-                raise
+            reach.failed(err, limit)  # raises unless the outage is to be waited out
+            revision, actual = _read_when_back(registry, reach, limit)
     except BaseException:
         if held is not None:
             held.release()
@@ -171,8 +170,11 @@ class Reachability:
             if self.gone():
                 raise OperationFailed(f"cluster {self.cluster} is not running; bring it up "
                                       "with `provision up` first")
-            raise OperationFailed(f"cannot read fleet's registry of cluster {self.cluster} "
-                                  f"({err}); is the cluster up? (`provision status`)")
+            if now - self.since >= FIRST_CONTACT_S or now >= deadline:
+                raise OperationFailed(f"cannot read fleet's registry of cluster "
+                                      f"{self.cluster} ({err}); is the cluster up? "
+                                      "(`provision status`)")
+            return
         if self.gone():
             raise ClusterGone(f"cluster {self.cluster} went down during apply; "
                               f"{self.written()}")
