@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fleetd.argtypes import OneLineParser
 from provision import __version__
-from provision.errors import EXIT_USAGE, OperationFailed, Problem, UserError
+from provision.errors import EXIT_FAILED, EXIT_USAGE, OperationFailed, Problem, UserError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -142,6 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("provision: aborted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Every command turns an unreachable etcd into its own words; this is the backstop
+        # that keeps one it did not foresee to one line as well.
+        from fleetd.registry.etcd import RegistryUnavailable
+
+        if not isinstance(err, RegistryUnavailable):
+            raise
+        print(f"provision: {err}; is the cluster up? (`provision status`)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
