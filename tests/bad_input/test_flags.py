@@ -117,16 +117,14 @@ def test_fleetctl_request_timeout_from_the_environment_is_checked_too(value):
 
 
 @pytest.mark.parametrize("value", ["-5", "nan", "0"])
-def test_fleetd_settings_from_a_file_and_the_environment_are_checked_too(tmp_path, value):
+def test_fleetd_settings_from_a_file_and_the_environment_are_checked_too(tmp_path, value,
+                                                                       monkeypatch):
     conf = tmp_path / "fleet.conf"
     conf.write_text(f"agent_ttl={value}\n")
     from_file = fleetd("--config", str(conf))
     assert from_file.code == 2 and f"{conf}:1: agent_ttl:" in from_file.err, from_file
-    os.environ["FLEET_ENGINE_RECONCILE_INTERVAL"] = value
-    try:
-        from_env = fleetd()
-    finally:
-        del os.environ["FLEET_ENGINE_RECONCILE_INTERVAL"]
+    monkeypatch.setenv("FLEET_ENGINE_RECONCILE_INTERVAL", value)
+    from_env = fleetd()
     assert from_env.code == 2, from_env
     assert "$FLEET_ENGINE_RECONCILE_INTERVAL: engine_reconcile_interval:" in from_env.err
 
