@@ -167,6 +167,7 @@ class ApplyLock:
     def _try(self) -> bool:
         self._ensure_lease()
         assert self.lease is not None
+        self.info["since"] = time.time()  # since when we hold it, not since we queued
         token = self.store.try_acquire(self.info, self.lease)
         if token is None:
             return False
@@ -200,10 +201,6 @@ class ApplyLock:
                 return
 
     # -- holding it --------------------------------------------------------------------------
-    @property
-    def held(self) -> bool:
-        return self.token != 0 and self._lost is None
-
     def check(self, written: str) -> None:
         """Raise LockLost if the renewer saw our lease lapse."""
         if self._lost is not None:
