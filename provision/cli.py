@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fleetd.argtypes import OneLineParser
 from provision import __version__
-from provision.errors import EXIT_USAGE, OperationFailed, Problem, UserError
+from provision.errors import EXIT_FAILED, EXIT_USAGE, OperationFailed, Problem, UserError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="provision",
         description="Declare a cluster in YAML, render each node's cloud-config, bring it up.")
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
@@ -151,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in disk_error(err).problems:
             print(problem, file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        # Every command turns an unreachable etcd into its own words; this is the backstop
+        # that keeps one it did not foresee to one line as well.
+        from fleetd.registry.etcd import RegistryUnavailable
+
+        if not isinstance(err, RegistryUnavailable):
+            raise
+        print(f"provision: {err}; is the cluster up? (`provision status`)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetd.argtypes import positive_duration
 from provision.errors import UserError
 
 LAST_CLUSTER = "last-cluster"
@@ -114,7 +115,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return code
     from provision.apply_cli import apply_after_up
 
-    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)))
+    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)),
+                          no_wait=args.no_wait)
 
 
 def _up_vagrant(target: Target) -> int:
@@ -259,8 +261,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "up", help="render the cluster and bring every node up; returns once all are healthy")
     cluster_arg(up, required=True)
     provider_arg(up)
-    up.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+    up.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
                     help="give up (and stop what was started) after this long (default 120)")
+    up.add_argument("--no-wait", action="store_true",
+                    help="if an apply holds the cluster, exit 2 instead of waiting for it "
+                         "(for the apply of the declared units that ends `up`)")
     up.set_defaults(run=cmd_up)
 
     down = commands.add_parser("down", help="stop every node of a cluster")
@@ -268,7 +273,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     provider_arg(down)
     down.add_argument("--purge", action="store_true",
                       help="also remove the cluster's state (node data, logs, rendered files)")
-    down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    down.add_argument("--timeout", type=positive_duration, default=60.0, metavar="SECONDS")
     down.set_defaults(run=cmd_down)
 
     status = commands.add_parser("status", help="each node: IP, etcd health, fleet machine, units")
@@ -284,7 +289,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     node.add_argument("action", choices=("stop", "start", "reset"))
     node.add_argument("node", metavar="NODE")
     node.add_argument("-c", "--cluster", metavar="CLUSTER", help=cluster_help)
-    node.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    node.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS")
     node.set_defaults(run=cmd_node)
 
     env = commands.add_parser(

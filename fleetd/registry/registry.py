@@ -175,13 +175,15 @@ class Registry:
                                  record.revision)
         raise Conflict(f"unit {name} keeps changing; retry")
 
-    def write_jobs(self, writes: Iterable[JobWrite]) -> bool:
+    def write_jobs(self, writes: Iterable[JobWrite], guard: Iterable = (),
+                   also: Iterable = ()) -> bool:
         """Create, replace, restate and destroy several jobs in ONE transaction, each guarded
         by the revision its writer saw; False (nothing written) if any of them changed.
+        `guard` adds compares (the writer's lock), `also` ops written with the jobs.
         The caller keeps a transaction within etcd's op limit (`MAX_TXN_OPS`)."""
         writes = list(writes)
         ops = self.etcd.ops
-        compare: list = []
+        compare: list = list(guard)
         success: list = []
         bodies: dict[str, str] = {}
         for w in writes:
@@ -206,6 +208,7 @@ class Registry:
             success.append(ops.put(key, encode({"name": w.name, "hash": digest,
                                                 "desired": w.desired.value})))
         success = [ops.put(self.keys.unit(d), text) for d, text in bodies.items()] + success
+        success += list(also)
         if not success:
             return True
         if not self.etcd.txn(compare, success):

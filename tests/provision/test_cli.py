@@ -61,3 +61,18 @@ def test_validate_user_data_reports_positions(tmp_path):
     assert result.returncode == 2
     assert f"{bad}:6:" in result.stderr and "/usr" in result.stderr
     assert f"{bad}:4:" in result.stderr
+
+
+def test_an_unreachable_etcd_no_command_foresaw_is_still_one_line(monkeypatch, capsys):
+    from fleetd.registry.etcd import RegistryUnavailable
+    from provision import apply_cli
+    from provision.cli import main
+
+    def unforeseen(args) -> int:  # noqa: ANN001
+        raise RegistryUnavailable("etcd unreachable: UNAVAILABLE: connection refused")
+
+    monkeypatch.setattr(apply_cli, "cmd_plan", unforeseen)
+    assert main(["plan", "c.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("provision: etcd unreachable: UNAVAILABLE: connection refused; is the "
+                   "cluster up? (`provision status`)\n")
