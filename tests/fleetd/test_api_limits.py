@@ -271,7 +271,7 @@ def test_followed_journals_are_capped_and_leave_workers_for_other_requests(serve
             conn = UnixConnection(server.socket_path, 30)
             conn.request("GET", follow)
             response = conn.getresponse()
-            assert response.status == 200
+            assert response.status == 200, (response.status, response.read(500))
             while not response.readline().rstrip().endswith(b": tick"):
                 pass  # the runner's own lines ("Started …") may come first
             streams.append((conn, response))
@@ -418,7 +418,7 @@ def test_following_a_quiet_journal_ends_its_reader_when_the_client_leaves(serve,
             conn = UnixConnection(server.socket_path, 30)
             conn.request("GET", f"{V1}/units/quiet.service/journal?lines=10&follow=true")
             response = conn.getresponse()
-            assert response.status == 200
+            assert response.status == 200, (response.status, response.read(500))
             while not response.readline().rstrip().endswith(b": once"):
                 pass
             response.close()
