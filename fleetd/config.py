@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetd import argtypes
 from fleetd.machine import parse_metadata
 from fleetd.registry.keys import DEFAULT_PREFIX
 
 DEFAULT_CONFIG_FILE = "/etc/fleet/fleet.conf"
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class ConfigError(Exception):
@@ -77,10 +76,7 @@ SETTINGS = {
 
 
 def parse_duration(text: str) -> float:
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r} is not a duration such as 30s, 500ms or 1m")
-    return float(match[1]) * _UNITS[match[2]]
+    return argtypes.duration(text)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -148,15 +144,12 @@ def _convert(name: str, raw: str):
             raise ValueError("must start with /")
         return raw if raw.endswith("/") else raw + "/"
     if name in ("agent_ttl",):
-        value = parse_duration(raw)
+        value = argtypes.positive_duration(raw)
         if value < 1:
             raise ValueError("must be at least 1s")
         return value
     if name in ("etcd_request_timeout", "engine_reconcile_interval"):
-        value = parse_duration(raw)
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
+        return argtypes.positive_duration(raw)
     if name == "metadata":
         return parse_metadata(raw)
     if name in ("disable_engine", "api_allow_remote"):
@@ -172,7 +165,7 @@ def _convert(name: str, raw: str):
             raise ValueError(f"unknown runner {raw!r}; use systemd, process or auto")
         return raw
     if name == "verbosity":
-        return int(raw)
+        return argtypes.non_negative_int(raw)
     return raw
 
 
@@ -201,7 +194,7 @@ def read_config_file(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fleetd", description="fleet-compatible cluster "
+    parser = argtypes.OneLineParser(prog="fleetd", description="fleet-compatible cluster "
                                      "init system daemon")
     parser.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG_FILE} if it "
                                          "exists)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fleetd.agent.agent import Agent
 from fleetd.api import Api, ApiServer
+from fleetd.api.server import FD_RESERVE, Limits, raise_open_files_limit
 from fleetd.config import Config, api_address_problem, parse_listen_address
 from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
@@ -33,8 +34,12 @@ def machine_id(state_dir: Path) -> str:
     new = uuid.uuid4().hex
     state_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(new + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(new + "\n")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a torn id behind
+        raise
     return new
 
 
@@ -106,6 +111,9 @@ class Server:
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))
         self.runner = make_runner(config, mid)
+        # Each API connection is a file descriptor: make room for the API's whole limit
+        # (a soft limit of 1024 is common) before the API sizes itself by what it got.
+        raise_open_files_limit(Limits().connections + FD_RESERVE)
         # Bound now (served from start()) so the machine record carries the API's real URL.
         try:
             self.api = ApiServer(Api(self.registry, self.runner, mid), config.api_socket_path,

@@ -1,46 +1,75 @@
 """`provision plan` and `provision apply`: the registry edge of the declared units.
 
-Reads what fleet's registry holds (one snapshot), asks the pure planner what to change,
-writes each step as one guarded transaction (`Registry.write_jobs`), and waits, against
-one deadline, until the pure convergence check is satisfied. Rolling steps wait for
-their units before the next step is written; a failed replacement stops the rollout.
-Ctrl-C or SIGKILL between steps leaves every unit in its old or its new state.
+`open_session` takes the cluster's apply lock (one apply at a time; `apply_lock.py`),
+then reads what fleet's registry holds (one snapshot) and asks the pure planner what to
+change. `apply` writes each step as one transaction guarded by the revisions the plan
+read and by the lock's fencing token (`Registry.write_jobs`), and waits, against one
+deadline, until the pure convergence check is satisfied. Rolling steps wait for their
+units before the next step is written; a failed replacement stops the rollout. Ctrl-C or
+SIGKILL between steps leaves every unit in its old or its new state.
+
+Every transaction also records in the lock how far the apply got, so a write whose reply
+was lost is recognised as ours, not mistaken for someone else's identical write. An etcd
+that stops answering is waited out, unless the cluster is known to be down (its local
+supervisor is gone) or it stays away `UNREACHABLE_GIVE_UP_S`: then one line says so and
+how many steps were written.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fleetd.engine.scheduler import ClusterView, schedule
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import MAX_TXN_OPS, JobWrite, Registry
-from fleetd.unit.unitfile import content_hash, parse_unit_file
-from provision.convergence import FAILED, Lag, lagging
+from fleetd.unit.unitfile import parse_unit_file
+from provision.apply_lock import ApplyLock, LockLost
+from provision.convergence import CHANGED, FAILED, Lag, lagging
 from provision.desired import DesiredUnit, desired_units, etcd_endpoints, fleet_prefix, owner_of
 from provision.errors import OperationFailed
 from provision.model import Cluster
 from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
 
 POLL_S = 0.25
+ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error
+UNREACHABLE_GIVE_UP_S = 30.0  # an etcd away this long (and not known down) ends the apply
+FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a busy etcd
+                              # gets a second chance; a wrong address fails soon)
 UNSCHEDULABLE_GRACE_S = 6.0   # the scheduler must say "no machine" this long before we do
 EXPLAIN_EVERY_S = 1.0         # how often a wait asks the scheduler why units are unplaced
 JOURNAL_LINES = 8
-# Per create: a body put and a job put; etcd limits the ops of one transaction.
-UNITS_PER_TXN = MAX_TXN_OPS // 2 - 1
+# Per unit at most a body put, a job put and a delete (Global= changed); one op is the
+# lock's progress record; etcd limits the ops of one transaction.
+UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 3
 
 Report = Callable[[str], None]
 Count = Callable[[int, int], None]  # (converged, of) units being waited for
+Probe = Callable[[], bool]          # is the cluster known to be down?
+T = TypeVar("T")
 
 
 def _no_count(done: int, total: int) -> None:
     pass
 
 
+def _ignore(text: str) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
+class ClusterGone(OperationFailed):
+    """The cluster went down (or its etcd stayed away) while this apply ran."""
+
+
 @dataclass
 class Session:
-    """One cluster's declaration, registry connection and plan."""
+    """One cluster's declaration, registry connection and plan (and, to apply, its lock)."""
 
     cluster: Cluster
     desired: tuple[DesiredUnit, ...]
@@ -48,25 +77,57 @@ class Session:
     revision: int
     actual: dict[str, ActualUnit]
     plan: Plan
+    lock: ApplyLock | None = None
 
     def close(self) -> None:
-        self.registry.etcd.close()
+        try:
+            if self.lock is not None:
+                self.lock.release()
+        finally:
+            self.registry.etcd.close()
 
 
-def open_session(cluster: Cluster, *, prune: bool = False, timeout: float = 5.0) -> Session:
-    """Read the registry and plan; OperationFailed when etcd cannot be reached."""
+def open_session(cluster: Cluster, *, prune: bool = False, timeout: float = ETCD_TIMEOUT_S,
+                 lock: bool = False, wait: bool = True, deadline: float | None = None,
+                 report: Report = _ignore, gone: Probe = _never) -> Session:
+    """Read the registry and plan (with `lock`, first take the apply lock, waiting for its
+    holder unless `wait` is False). OperationFailed when etcd cannot be reached; UserError
+    when the lock is held and we may not wait."""
     desired = desired_units(cluster)
     endpoints = etcd_endpoints(cluster)
     etcd = Etcd(endpoints, timeout=timeout)
     registry = Registry(etcd, fleet_prefix(cluster))
+    reach = Reachability(cluster.name, gone, lambda: "nothing written")
+    limit = deadline if deadline is not None else time.monotonic() + 120
+    held: ApplyLock | None = None
     try:
-        revision, actual = read_actual(registry)
-    except RegistryUnavailable as err:
+        if lock:
+            held = ApplyLock(registry, cluster.name)
+            held.acquire(wait=wait, deadline=limit, report=report,
+                         on_unreachable=lambda err: reach.failed(err, limit),
+                         on_answer=reach.answered)
+        try:
+            revision, actual = read_actual(registry)
+        except RegistryUnavailable as err:
+            reach.failed(err, limit)  # raises unless the outage is to be waited out
+            revision, actual = _read_when_back(registry, reach, limit)
+    except BaseException:
+        if held is not None:
+            held.release()
         etcd.close()
-        raise OperationFailed(f"cannot read fleet's registry at {', '.join(endpoints)} "
-                              f"({err}); is the cluster up? (`provision status`)") from None
+        raise
     return Session(cluster, desired, registry, revision, actual,
-                   plan(desired, actual, cluster=cluster.name, prune=prune))
+                   plan(desired, actual, cluster=cluster.name, prune=prune), held)
+
+
+def _read_when_back(registry: Registry, reach: Reachability, deadline: float
+                    ) -> tuple[int, dict[str, ActualUnit]]:
+    while True:
+        time.sleep(POLL_S)
+        try:
+            return read_actual(registry)
+        except RegistryUnavailable as err:
+            reach.failed(err, deadline)
 
 
 def read_actual(registry: Registry) -> tuple[int, dict[str, ActualUnit]]:
@@ -82,74 +143,185 @@ def read_actual(registry: Registry) -> tuple[int, dict[str, ActualUnit]]:
     return revision, actual
 
 
+# -- an etcd that does not answer ---------------------------------------------------------------
+
+@dataclass
+class Reachability:
+    """What an unreachable etcd means for this apply: wait, or end it in one line."""
+
+    cluster: str
+    gone: Probe
+    written: Callable[[], str]    # "1 of 3 steps written"
+    since: float | None = None
+    contacted: bool = False       # etcd has answered this apply at least once
+
+    def answered(self) -> None:
+        self.since = None
+        self.contacted = True
+
+    def failed(self, err: RegistryUnavailable, deadline: float) -> None:
+        """Return to wait the outage out; raise ClusterGone when the cluster is down or
+        etcd stayed away too long, OperationFailed at the deadline or when etcd never
+        answered this apply at all."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if not self.contacted:
+            if self.gone():
+                raise OperationFailed(f"cluster {self.cluster} is not running; bring it up "
+                                      "with `provision up` first")
+            if now - self.since >= FIRST_CONTACT_S or now >= deadline:
+                raise OperationFailed(f"cannot read fleet's registry of cluster "
+                                      f"{self.cluster} ({err}); is the cluster up? "
+                                      "(`provision status`)")
+            return
+        if self.gone():
+            raise ClusterGone(f"cluster {self.cluster} went down during apply; "
+                              f"{self.written()}")
+        away = now - self.since
+        if away >= UNREACHABLE_GIVE_UP_S:
+            raise ClusterGone(f"cluster {self.cluster}'s etcd has not answered for "
+                              f"{away:.0f}s during apply ({err}); {self.written()}; is the "
+                              "cluster up? (`provision status`)")
+        if now >= deadline:
+            raise OperationFailed(f"cluster {self.cluster}'s etcd did not answer before the "
+                                  f"deadline (--timeout) ({err}); {self.written()}")
+
+
+@dataclass
+class _Run:
+    """One apply in progress: its session, how far it got, how it treats an outage."""
+
+    session: Session
+    lock: ApplyLock
+    reach: Reachability = field(init=False)
+    steps_written: int = 0
+    txns: int = 0
+
+    def __post_init__(self) -> None:
+        self.reach = Reachability(self.session.cluster.name, _never, self.written,
+                                  contacted=True)
+
+    def written(self) -> str:
+        steps = len(self.session.plan.steps)
+        if not steps:
+            return "it had nothing to write"
+        return f"{self.steps_written} of {steps} step{'s' if steps != 1 else ''} written"
+
+    def call(self, action: Callable[[], T], deadline: float) -> T:
+        """`action()` once etcd answers (see Reachability); the lock must still be ours."""
+        while True:
+            self.lock.check(self.written())
+            try:
+                result = action()
+            except RegistryUnavailable as err:
+                self.reach.failed(err, deadline)
+                time.sleep(POLL_S)
+                continue
+            self.reach.answered()
+            return result
+
+
 # -- apply -----------------------------------------------------------------------------------
 
 def apply(session: Session, *, deadline: float, report: Report,
-          count: Count = _no_count) -> None:
+          count: Count = _no_count, gone: Probe = _never) -> None:
     """Write every step and wait for convergence; OperationFailed naming what did not."""
-    for number, step in enumerate(session.plan.steps, 1):
+    assert session.lock is not None, "apply needs the cluster's apply lock (open_session)"
+    run = _Run(session, session.lock)
+    run.reach.gone = gone
+    steps = session.plan.steps
+    for number, step in enumerate(steps, 1):
+        since = 0
         if step.rolling:
             # An announcement older than this step is the old instance's, not the new one's
             # (read before writing: a slow read after it could miss the new announcement).
-            try:
-                since = session.registry.etcd.revision()
-            except RegistryUnavailable as err:
-                raise OperationFailed(f"etcd became unreachable: {err}") from None
-        _write(session, step)
+            since = run.call(session.registry.etcd.revision, deadline)
+        _write(run, number, step, deadline)
         if step.rolling:
-            report(f"step {number}/{len(session.plan.steps)}: replaced "
+            report(f"step {number}/{len(steps)}: replaced "
                    f"{', '.join(step.wait_for)}; waiting until active and announced")
             units = [u for u in session.desired if u.name in step.wait_for]
             try:
-                wait(session, units, deadline, report, announced_since=since, count=count)
+                _wait(run, units, deadline, report, announced_since=since, count=count)
+            except (ClusterGone, LockLost):
+                raise
             except OperationFailed as err:
-                rest = [n for later in session.plan.steps[number:] for n in later.wait_for]
+                rest = [n for later in steps[number:] for n in later.wait_for]
                 left = (f"; not replaced, still on the old version: {', '.join(rest)}"
                         if rest else "")
                 raise OperationFailed(f"rolling replace of {step.rolling} stopped: {err}"
                                       f"{left}") from None
         else:
-            report(f"step {number}/{len(session.plan.steps)}: wrote "
+            report(f"step {number}/{len(steps)}: wrote "
                    f"{len(step.changes)} changes in one transaction")
-    wait(session, list(session.desired), deadline, report, count=count)
+    _wait(run, list(session.desired), deadline, report, count=count)
 
 
-def _write(session: Session, step: Step) -> None:
+def _write(run: _Run, number: int, step: Step, deadline: float) -> None:
+    session = run.session
     writes = [_job_write(c, session.actual.get(c.name)) for c in step.changes]
-    for start in range(0, len(writes), UNITS_PER_TXN):
-        chunk = writes[start:start + UNITS_PER_TXN]
-        try:
-            ok = session.registry.write_jobs(chunk)
-        except RegistryUnavailable as err:
-            raise OperationFailed(f"etcd became unreachable while writing: {err}") from None
-        if not ok and _landed(session.registry, chunk):
-            # The transaction committed but its reply was lost and the client's retry
-            # found its own write: not a conflict.
-            ok = True
-        if not ok:
-            names = ", ".join(w.name for w in chunk[:5]) + (", …" if len(chunk) > 5 else "")
-            written = (f"the first {start} changes of this step were written, the rest not"
-                       if start else "nothing of this step was written")
-            raise OperationFailed(
-                f"the registry changed since the plan was read (revision "
-                f"{session.revision}): one of {names} was changed by someone else; "
-                f"{written}. Run `provision plan` to see the new difference")
+    chunks = [writes[i:i + UNITS_PER_TXN] for i in range(0, len(writes), UNITS_PER_TXN)]
+    for index, chunk in enumerate(chunks):
+        txns = run.txns + 1
+        done = number if index == len(chunks) - 1 else number - 1
+        mark, _ = run.lock.progress(done, len(session.plan.steps), txns)
+        while True:
+            run.lock.check(run.written())
+            try:
+                ok = session.registry.write_jobs(chunk, guard=run.lock.guard(), also=[mark])
+            except RegistryUnavailable as err:
+                # It may have committed: wait for etcd, then read our own progress record.
+                run.reach.failed(err, deadline)
+                time.sleep(POLL_S)
+                if run.call(lambda t=txns: _recorded(run, t), deadline):
+                    break
+                continue
+            run.reach.answered()
+            if ok or run.call(lambda t=txns: _recorded(run, t), deadline):
+                # (not ok: the transaction committed, its reply was lost, and the client's
+                # retry failed on our own write; the progress record says so.)
+                break
+            raise OperationFailed(_conflict(run, number, chunk, index * UNITS_PER_TXN))
+        run.txns = txns
+    run.steps_written = number
 
 
-def _landed(registry: Registry, writes: list[JobWrite]) -> bool:
-    """Whether the registry already holds exactly what `writes` would have written."""
+def _recorded(run: _Run, txns: int) -> bool:
+    """Whether our transaction number `txns` committed; LockLost if the lock is not ours."""
+    record = run.lock.recorded()
+    if record is None or record.token != run.lock.token:
+        raise run.lock.lost(run.written())
+    return record.info.get("txns") == txns
+
+
+def _conflict(run: _Run, number: int, chunk: list[JobWrite], before: int) -> str:
+    """Which unit someone else changed since the plan read it, in words."""
+    session = run.session
+    changed = []
     try:
-        for w in writes:
-            record = registry.get_job(w.name)
-            if w.unit is None:
-                if record is not None:
-                    return False
-            elif (record is None or record.job.hash != content_hash(w.unit)
-                  or record.job.desired is not w.desired):
-                return False
+        for w in chunk:
+            record = session.registry.get_job(w.name)
+            now = record.revision if record is not None else 0
+            if now == w.expect_revision:
+                continue
+            seen = session.actual.get(w.name)
+            was = (f"it held {seen.hash[:7]}, {seen.state.value}" if seen is not None
+                   else "it did not exist")
+            if record is None:
+                changed.append(f"{w.name} was destroyed by someone else ({was})")
+            else:
+                changed.append(f"{w.name} was changed by someone else ({was}; it now holds "
+                               f"{record.job.hash[:7]}, {record.job.desired.value})")
     except RegistryUnavailable:
-        return False
-    return True
+        pass
+    what = "; ".join(changed[:5]) if changed else (
+        "a unit of it was changed by someone else")
+    written = (f"the first {before} changes of step {number} were written, the rest not"
+               if before else f"nothing of step {number} was written")
+    return (f"conflict: the registry changed after this apply planned at revision "
+            f"{session.revision}: {what}; {written}; {run.written()}. Run `provision plan` "
+            "to see the new difference")
 
 
 def _job_write(change: Change, now: ActualUnit | None) -> JobWrite:
@@ -163,24 +335,35 @@ def _job_write(change: Change, now: ActualUnit | None) -> JobWrite:
 
 # -- waiting ---------------------------------------------------------------------------------
 
-def wait(session: Session, units: list[DesiredUnit], deadline: float, report: Report,
-         announced_since: int = 0, count: Count = _no_count) -> None:
+def _wait(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
+          announced_since: int = 0, count: Count = _no_count) -> None:
     """Until every unit converged (announcements written after `announced_since`);
-    OperationFailed for a failed unit, an unschedulable one, or the deadline."""
-    registry = session.registry
+    OperationFailed for a failed unit, an unschedulable one, a unit someone else changed
+    after we wrote it, or the deadline."""
+    registry = run.session.registry
     unschedulable_since: dict[str, float] = {}
     pending: dict[str, str] = {}
     explained_at = -EXPLAIN_EVERY_S
     shown = None
+
+    def observe() -> dict[str, Lag]:
+        heads = {name: (r.job.hash, r.job.desired) for name, r in registry.jobs()[1].items()}
+        return lagging(units, registry.states(),
+                       _announced(registry, units, announced_since), heads)
+
     while True:
-        try:
-            lags = lagging(units, registry.states(),
-                           _announced(registry, units, announced_since))
-        except RegistryUnavailable as err:
-            lags = {u.name: Lag("waiting", f"etcd unreachable ({err})") for u in units}
+        lags = run.call(observe, deadline)
         count(len(units) - len(lags), len(units))
         if not lags:
             return
+        changed = {n: lag for n, lag in lags.items() if lag.kind == CHANGED}
+        if changed and not run.call(run.lock.still_ours, deadline):
+            raise run.lock.lost(run.written())  # the other writer is the lock's new holder
+        if changed:
+            raise OperationFailed(
+                "conflict: " + "; ".join(f"{n} {lag.reason}" for n, lag in
+                                         sorted(changed.items())[:5])
+                + f"; {run.written()}. Run `provision plan` to see the new difference")
         progress = f"{len(units) - len(lags)}/{len(units)} units converged"
         if progress != shown:
             report(progress)

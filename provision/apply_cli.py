@@ -14,10 +14,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
+from fleetd.argtypes import positive_duration
 from provision.errors import EXIT_FAILED, OperationFailed, UserError
 
 NETNS_ENV = "PROVISION_NETNS"
@@ -77,6 +80,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from provision import apply, plan_output
+    from provision.apply_lock import current_holder, describe
 
     cluster = _load(args.cluster)
     ns = _namespace_of(cluster)
@@ -84,8 +88,12 @@ def _plan(args: argparse.Namespace) -> int:
         argv = ["plan", args.cluster, "--output", args.output]
         argv += ["--prune"] * args.prune + ["--detailed-exitcode"] * args.detailed_exitcode
         return _in_namespace(ns, argv)
-    session = apply.open_session(cluster, prune=args.prune)
+    session = apply.open_session(cluster, prune=args.prune, gone=_down_probe(cluster))
     try:
+        holder = current_holder(session.registry)
+        if holder is not None:
+            print(f"note: {cluster.name} is being applied by {describe(holder)}: this plan "
+                  "may be outdated when it is done", file=sys.stderr)
         if args.output == "json":
             print(json.dumps(plan_output.as_json(session.plan), indent=2))
         else:
@@ -112,31 +120,75 @@ def cmd_apply(args: argparse.Namespace) -> int:
     ns = _namespace_of(cluster)
     if ns:
         return _in_namespace(ns, ["apply", args.cluster, "--timeout", f"{args.timeout:g}",
-                                  *["--prune"] * args.prune])
-    return run_apply(cluster, prune=args.prune, timeout=args.timeout)
+                                  *["--prune"] * args.prune, *["--no-wait"] * args.no_wait])
+    return run_apply(cluster, prune=args.prune, timeout=args.timeout, no_wait=args.no_wait)
 
 
 def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,  # noqa: ANN001
-              console=None) -> int:  # noqa: ANN001 - rich Console
-    """Plan, write and wait; 0 once converged (OperationFailed otherwise)."""
+              no_wait: bool = False, console=None) -> int:  # noqa: ANN001 - rich Console
+    """Take the cluster's apply lock, plan, write and wait; 0 once converged
+    (OperationFailed otherwise, UserError when the lock is held and `no_wait`)."""
     from provision import apply, plan_output
+    from provision.apply_lock import describe
 
     console = console or _console()
     deadline = time.monotonic() + timeout
-    session = apply.open_session(cluster, prune=prune)
-    try:
-        if not session.plan.empty:
-            for style, text in plan_output.lines(session.plan):
-                console.print(text, style=style, markup=False, soft_wrap=True)
-        with _progress_bar(console) as (report, count):
-            apply.apply(session, deadline=deadline, report=report, count=count)
-    finally:
-        session.close()
+    gone = _down_probe(cluster)
+
+    def say(text: str) -> None:
+        console.print(f"{cluster.name}: {text}", markup=False, highlight=False,
+                      soft_wrap=True)
+
+    with _terminate_releases():
+        session = apply.open_session(cluster, prune=prune, lock=True, wait=not no_wait,
+                                     deadline=deadline, report=say, gone=gone)
+        try:
+            assert session.lock is not None
+            if session.lock.waited_for is not None:
+                say(f"the apply of {describe(session.lock.waited_for, brief=True)} is "
+                    "done; planning against what it left")
+            if not session.plan.empty:
+                for style, text in plan_output.lines(session.plan):
+                    console.print(text, style=style, markup=False, soft_wrap=True)
+            with _progress_bar(console) as (report, count):
+                apply.apply(session, deadline=deadline, report=report, count=count,
+                            gone=gone)
+        finally:
+            session.close()
     changes = len(session.plan.changes)
     units = len(session.desired)
     print(f"{cluster.name}: applied {changes} change{'s' if changes != 1 else ''}; "
           f"{units} declared unit{'s' if units != 1 else ''} converged")
     return 0
+
+
+def _down_probe(cluster):  # noqa: ANN001, ANN202 - Cluster -> Callable[[], bool]
+    """Whether the cluster is known to be down: a local cluster whose supervisor (which owns
+    every node process) is gone. Other providers cannot tell: never."""
+    if cluster.provider != "local":
+        return lambda: False
+    from provision.providers.local import control, provider
+
+    state_dir = provider.cluster_state_dir(cluster.name)
+    return lambda: state_dir.is_dir() and not control.running(state_dir)
+
+
+@contextlib.contextmanager
+def _terminate_releases():  # noqa: ANN202
+    """SIGTERM ends the apply like Ctrl-C, so its lock is released at once (not when its
+    lease lapses)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -161,15 +213,16 @@ def _progress_bar(console):  # noqa: ANN001, ANN202 - rich Console; yields two c
                                               soft_wrap=True)), count
 
 
-def apply_after_up(cluster_path: str, timeout: float) -> int:
+def apply_after_up(cluster_path: str, timeout: float, no_wait: bool = False) -> int:
     """`provision up`'s last step when the cluster declares units."""
     cluster = _load(cluster_path)
     if not cluster.units:
         return 0
     ns = _namespace_of(cluster)
     if ns:
-        return _in_namespace(ns, ["apply", cluster_path, "--timeout", f"{timeout:g}"])
-    return run_apply(cluster, timeout=timeout)
+        return _in_namespace(ns, ["apply", cluster_path, "--timeout", f"{timeout:g}",
+                                  *["--no-wait"] * no_wait])
+    return run_apply(cluster, timeout=timeout, no_wait=no_wait)
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -191,6 +244,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     apply.add_argument("cluster", metavar="CLUSTER.yaml")
     apply.add_argument("--prune", action="store_true",
                        help="destroy units apply created that are no longer declared")
-    apply.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                       help="give up waiting for convergence after this long (default 120)")
+    apply.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
+                       help="give up after this long, waiting for another apply included "
+                            "(default 120)")
+    apply.add_argument("--no-wait", action="store_true",
+                       help="if another apply holds the cluster, exit 2 instead of waiting")
     apply.set_defaults(run=cmd_apply)

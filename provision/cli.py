@@ -1,7 +1,8 @@
 """`provision` command line: parse arguments, run a command, turn errors into exit codes.
 
 Commands return an exit status or raise; only `main` prints errors. A
-`UserError` (bad input) prints its problems, one line each, and exits 2; an
+`UserError` (bad input) prints its problems, one line each, and exits 2; so does a
+write the disk refused (full, read-only: the path and the cause); an
 `OperationFailed` exits 1; anything else is a bug and keeps its traceback.
 """
 
@@ -12,8 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fleetd.argtypes import OneLineParser
 from provision import __version__
-from provision.errors import EXIT_USAGE, OperationFailed, Problem, UserError
+from provision.errors import EXIT_FAILED, EXIT_USAGE, OperationFailed, Problem, UserError
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -122,7 +124,7 @@ provision exits 2 for what you must fix, like every other user error, and lets
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="provision",
         description="Declare a cluster in YAML, render each node's cloud-config, bring it up.")
     parser.add_argument("--version", action="version", version=f"provision {__version__}")
@@ -175,6 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("provision: aborted", file=sys.stderr)
         return 130
+    except OSError as err:
+        # A full or read-only disk under any command: one line naming the path, not a bug.
+        from provision.files import disk_error, is_disk_error
+
+        if not is_disk_error(err):
+            raise
+        for problem in disk_error(err).problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        # Every command turns an unreachable etcd into its own words; this is the backstop
+        # that keeps one it did not foresee to one line as well.
+        from fleetd.registry.etcd import RegistryUnavailable
+
+        if not isinstance(err, RegistryUnavailable):
+            raise
+        print(f"provision: {err}; is the cluster up? (`provision status`)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

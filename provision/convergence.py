@@ -1,9 +1,10 @@
 """Is the cluster where the declaration says? (pure)
 
-    lagging(desired, states, announced) -> {unit: Lag}
+    lagging(desired, states, announced, jobs) -> {unit: Lag}
 
 `states` are the agents' reports (unit, machine, hash, systemd states), `announced` the
-etcd keys present under the sidekicks' prefixes. A unit is converged when:
+etcd keys present under the sidekicks' prefixes, `jobs` what the registry holds now for
+each unit (content hash, desired state). A unit is converged when:
 
 - launched: reported active with the declared content (global: on every machine that
   reports it, and on at least one); a unit with a sidekick also needs its key announced;
@@ -11,12 +12,14 @@ etcd keys present under the sidekicks' prefixes. A unit is converged when:
 - inactive: nothing to see (fleet unloads it everywhere).
 
 A unit reported `failed` with the declared content is not waited for: `apply` stops and
-shows its log.
+shows its log. Nor is a unit whose job someone else changed or destroyed after `apply`
+wrote it: waiting for the declared content could never end, and the other writer's
+content is not "the old content" — `apply` stops and names the conflict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fleetd.job import JobState
@@ -25,6 +28,7 @@ from provision.desired import DesiredUnit
 
 WAITING = "waiting"       # not there yet
 FAILED = "failed"         # there, and failed: stop waiting
+CHANGED = "changed"       # someone else changed its job since it was written: stop waiting
 
 
 @dataclass(frozen=True)
@@ -35,16 +39,30 @@ class Lag:
 
 
 def lagging(desired: Iterable[DesiredUnit], states: Iterable[UnitStateRecord],
-            announced: set[str]) -> dict[str, Lag]:
+            announced: set[str],
+            jobs: Mapping[str, tuple[str, JobState]] | None = None) -> dict[str, Lag]:
     by_unit: dict[str, list[UnitStateRecord]] = {}
     for record in states:
         by_unit.setdefault(record.name, []).append(record)
     found: dict[str, Lag] = {}
     for unit in desired:
-        lag = _lag(unit, by_unit.get(unit.name, []), announced)
+        lag = (_changed(unit, jobs) if jobs is not None else None) or _lag(
+            unit, by_unit.get(unit.name, []), announced)
         if lag is not None:
             found[unit.name] = lag
     return found
+
+
+def _changed(unit: DesiredUnit, jobs: Mapping[str, tuple[str, JobState]]) -> Lag | None:
+    held = jobs.get(unit.name)
+    if held is None:
+        return Lag(CHANGED, "was destroyed by someone else after this apply wrote it")
+    digest, desired = held
+    if digest == unit.hash and desired is unit.state:
+        return None
+    return Lag(CHANGED, f"was changed by someone else after this apply wrote it: the registry "
+                        f"now holds {digest[:7]}, {desired.value} (this apply wrote "
+                        f"{unit.hash[:7]}, {unit.state.value})")
 
 
 def _lag(unit: DesiredUnit, reports: list[UnitStateRecord], announced: set[str]) -> Lag | None:

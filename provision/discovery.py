@@ -22,6 +22,7 @@ from pathlib import Path
 
 from provision.cloudconfig_model import ResolvedDiscovery
 from provision.errors import Problem, UserError
+from provision.files import write_atomic
 from provision.model import Cluster, DiscoveryMode
 
 CACHE_FILE = "discovery.json"
@@ -52,11 +53,7 @@ def mark_spent(out_dir: Path) -> bool:
         return False
     record["state"] = "spent"
     record["spent_at"] = _now()
-    path = out_dir / CACHE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_atomic(out_dir / CACHE_FILE, json.dumps(record, indent=2) + "\n", 0o600)
     return True
 
 

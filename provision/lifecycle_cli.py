@@ -1,4 +1,4 @@
-"""`provision up / down / status / node stop|start / env`: pick the provider, run it, print.
+"""`provision up / down / status / node stop|start|reset / env`: pick the provider, run it, print.
 
 A cluster is named by its YAML file or, once it has been brought up locally, by its
 name; with neither, the cluster last brought up on this machine is meant (recorded in
@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetd.argtypes import positive_duration
 from provision.errors import UserError
 
 LAST_CLUSTER = "last-cluster"
@@ -43,11 +44,11 @@ def _state_root() -> Path:
 
 
 def remember_last(name: str) -> None:
+    from provision.files import write_atomic
+
     root = _state_root()
     root.mkdir(parents=True, exist_ok=True)
-    staged = root / f".{LAST_CLUSTER}.{os.getpid()}.tmp"
-    staged.write_text(name + "\n")
-    os.replace(staged, root / LAST_CLUSTER)
+    write_atomic(root / LAST_CLUSTER, name + "\n")
 
 
 def _last() -> str | None:
@@ -114,7 +115,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return code
     from provision.apply_cli import apply_after_up
 
-    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)))
+    return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)),
+                          no_wait=args.no_wait)
 
 
 def _up_vagrant(target: Target) -> int:
@@ -177,10 +179,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     where = target.yaml or target.name
     rows = local.status(where)
     etcd = local.etcd_binary(where)
+    writes = local.state_writes(where)
     if args.output == "json":
         print(json.dumps({"cluster": target.name, "provider": "local", "etcd_binary": etcd,
-                          "nodes": rows}, indent=2))
+                          "state_writes": writes, "nodes": rows}, indent=2))
         return 0
+    if writes:
+        from provision.providers.local.control import describe_writes_problem
+
+        print(f"warning: {describe_writes_problem(writes)}", file=sys.stderr)
     if etcd:
         print(f"etcd: {etcd['etcd']} (version {etcd['version']}, chosen by {etcd['source']})")
         if etcd.get("warning"):
@@ -214,6 +221,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.action == "stop":
         local.node_stop(where, args.node, timeout=args.timeout)
         print(f"{args.node}: stopped (fleetd left the cluster first; its units move elsewhere)")
+    elif args.action == "reset":
+        print(local.node_reset(where, args.node, timeout=args.timeout, console=_console()))
     else:
         local.node_start(where, args.node, timeout=args.timeout, console=_console())
         print(f"{args.node}: running")
@@ -252,8 +261,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "up", help="render the cluster and bring every node up; returns once all are healthy")
     cluster_arg(up, required=True)
     provider_arg(up)
-    up.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+    up.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS",
                     help="give up (and stop what was started) after this long (default 120)")
+    up.add_argument("--no-wait", action="store_true",
+                    help="if an apply holds the cluster, exit 2 instead of waiting for it "
+                         "(for the apply of the declared units that ends `up`)")
     up.set_defaults(run=cmd_up)
 
     down = commands.add_parser("down", help="stop every node of a cluster")
@@ -261,7 +273,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     provider_arg(down)
     down.add_argument("--purge", action="store_true",
                       help="also remove the cluster's state (node data, logs, rendered files)")
-    down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    down.add_argument("--timeout", type=positive_duration, default=60.0, metavar="SECONDS")
     down.set_defaults(run=cmd_down)
 
     status = commands.add_parser("status", help="each node: IP, etcd health, fleet machine, units")
@@ -271,11 +283,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--full", action="store_true", help="full machine IDs")
     status.set_defaults(run=cmd_status)
 
-    node = commands.add_parser("node", help="stop or start one node of a local cluster")
-    node.add_argument("action", choices=("stop", "start"))
+    node = commands.add_parser(
+        "node", help="stop or start one node of a local cluster, or reset its etcd member "
+                     "(remove + re-add, empty data: for a member whose data is lost)")
+    node.add_argument("action", choices=("stop", "start", "reset"))
     node.add_argument("node", metavar="NODE")
     node.add_argument("-c", "--cluster", metavar="CLUSTER", help=cluster_help)
-    node.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    node.add_argument("--timeout", type=positive_duration, default=120.0, metavar="SECONDS")
     node.set_defaults(run=cmd_node)
 
     env = commands.add_parser(

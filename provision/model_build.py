@@ -16,13 +16,13 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from provision.cloudconfig.files import (
+from provision.cloudconfig.sections import check_section
+from provision.cloudconfig.write_files import (
     UndecodableContent,
     decode_content,
     gzip_body_problem,
     on_read_only_usr,
 )
-from provision.cloudconfig.sections import check_section
 from provision.cloudconfig_model import dashed
 from provision.errors import Problem, UserError, did_you_mean
 from provision.model import (

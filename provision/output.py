@@ -3,8 +3,9 @@
 Files go into a fresh sibling directory first; only when every file is
 written and synced does it replace the old output (rename old aside, rename
 new in, delete old). A failure at any point leaves the previous output as it
-was. A directory that holds files but no manifest of ours is never replaced:
-it is probably not ours to delete.
+was, with no staging directory left behind; a full or read-only disk is one
+line naming the output directory and the cause. A directory that holds files
+but no manifest of ours is never replaced: it is probably not ours to delete.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from provision.discovery import CACHE_FILE
 from provision.errors import Problem, UserError
+from provision.files import disk_error, is_disk_error
 from provision.render import GENERATOR, MANIFEST, RenderedFile
 
 
@@ -44,6 +46,8 @@ def write_rendered(out_dir: Path, files: Iterable[RenderedFile],
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=parent))
     except OSError as err:
+        if is_disk_error(err):
+            raise disk_error(err, out_dir) from None
         raise UserError([Problem(str(out_dir), None, None,
                                  f"cannot create the output directory: {err.strerror}")]) from None
     try:
@@ -60,6 +64,11 @@ def write_rendered(out_dir: Path, files: Iterable[RenderedFile],
         staging.chmod(0o755)
         _fsync_dir(staging)
         _swap_in(staging, out_dir.resolve())
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_error(err):  # full or read-only: the output directory, and why
+            raise disk_error(err, out_dir) from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -136,10 +136,10 @@ def load_yaml(text: str, file: str, *, keep_scalars: bool = False) -> MarkedDocu
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         what = err.problem or err.context or "malformed YAML"
-        if "maximum nesting depth" in what:  # libyaml's own limit, met while scanning ahead
-            raise UserError([Problem(file, mark.line + 1 if mark else None,
-                                     mark.column + 1 if mark else None,
-                                     f"YAML nested deeper than {MAX_DEPTH} levels")]) from None
+        if "maximum nesting depth" in what:  # libyaml ≥ 0.2.6 stops deep flow nesting itself
+            what = f"YAML nested deeper than {MAX_DEPTH} levels"
+            if mark is not None:
+                raise UserError([Problem(file, mark.line + 1, mark.column + 1, what)]) from None
         if mark is None:
             raise UserError([Problem(file, None, None, f"malformed YAML: {what}")]) from None
         raise UserError([Problem(file, mark.line + 1, mark.column + 1,

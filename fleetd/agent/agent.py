@@ -25,6 +25,7 @@ from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
 from fleetd.registry.registry import Registry
 from fleetd.runner.base import Runner, RunnerError, UnitStatus
+from fleetd.unit.names import is_template_name
 from fleetd.unit.xfleet import matches_metadata
 
 WAKE = object()  # queued by `wake`; carries no events
@@ -48,7 +49,8 @@ class Agent:
         self.global_units: dict[str, Desired] = {}
         self.loaded: dict[str, str] = {}  # unit -> hash the runner holds
         self.started: set[str] = set()
-        self.published: dict[str, tuple[str, UnitStatus]] = {}
+        # unit -> (hash, systemd states, launched) as last written to etcd
+        self.published: dict[str, tuple[str, UnitStatus, bool]] = {}
         runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
         self._adopt()
 
@@ -232,6 +234,8 @@ class Agent:
         if record is None:
             return
         job = record.job
+        if is_template_name(job.name):  # a pattern for instances: never run as such
+            return
         if matches_metadata(job.options, self.machine.metadata):
             self.global_units[job.name] = Desired(job.hash, job.desired)
         else:
@@ -246,12 +250,15 @@ class Agent:
         tasks = plan_tasks(desired, current)
         for task in tasks:
             self._run(task)
-        loaded = [t.unit for t in tasks if t.action is Action.LOAD and t.unit in self.loaded]
-        if loaded:
+        # Loads, and starts and stops (they change the agent's own `launched` report even
+        # when systemd's states stay as they were, e.g. a unit that failed at once).
+        touched = list(dict.fromkeys(t.unit for t in tasks if t.action is not Action.UNLOAD
+                                     and t.unit in self.loaded))
+        if touched:
             # One state read for the whole pass, after the starts: with systemd that is
             # also where the loads' one Reload happens, instead of one per unit.
             statuses = self.runner.units()
-            for name in loaded:
+            for name in touched:
                 self._publish(name, statuses.get(name, UnitStatus("loaded")))
 
     def _run(self, task: Task) -> None:
@@ -280,14 +287,19 @@ class Agent:
             log.error("%s %s failed: %s", task.action.value, task.unit, err)
 
     def _publish(self, name: str, status: UnitStatus) -> None:
+        """Write a unit's state: systemd's columns and whether this agent launched it (asked
+        the runner to start it and not to stop it since), which stays true when the unit's
+        process then fails, as fleet reports it."""
         digest = self.loaded.get(name)
         if digest is None or self.lease is None or not self.connected:
             return
-        if self.published.get(name) == (digest, status):
+        launched = name in self.started
+        if self.published.get(name) == (digest, status, launched):
             return
         try:
-            self.registry.publish_state(name, self.machine.id, digest, status, self.lease)
-            self.published[name] = (digest, status)
+            self.registry.publish_state(name, self.machine.id, digest, status, self.lease,
+                                        launched=launched)
+            self.published[name] = (digest, status, launched)
         except RegistryUnavailable:
             self.connected = False
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from fleetd import argtypes
 from fleetd.announce.announcer import Announcer, Target
 from fleetd.announce.checks import http_check, tcp_check
 from fleetd.registry.etcd import Etcd
@@ -19,17 +20,17 @@ CHECK_TIMEOUT_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argtypes.OneLineParser(
         prog="fleetd announce",
         description="Hold an etcd key for a service while its health check passes.")
     parser.add_argument("--unit", required=True, help="the unit being announced")
     parser.add_argument("--key", required=True, help="etcd key, e.g. /services/web/1")
-    parser.add_argument("--port", required=True, type=_port)
+    parser.add_argument("--port", required=True, type=argtypes.port)
     parser.add_argument("--check", choices=("tcp", "http"), default="tcp")
     parser.add_argument("--path", default="/", help="http check: path to GET")
-    parser.add_argument("--ttl", type=_positive_int, default=30,
+    parser.add_argument("--ttl", type=argtypes.positive_int, default=30,
                         help="lease TTL in seconds: how long a dead announcer's key lingers")
-    parser.add_argument("--interval", type=_positive_float,
+    parser.add_argument("--interval", type=argtypes.positive_duration,
                         help="seconds between checks (default ttl/3)")
     parser.add_argument("--etcd-servers", required=True,
                         help="comma-separated etcd client URLs")
@@ -72,24 +73,3 @@ def _http(ip: str, *, port: int, path: str, timeout: float) -> bool:
 
 def _tcp(ip: str, *, port: int, timeout: float) -> bool:
     return tcp_check(ip, port, timeout)
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a TCP port (1-65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be 1 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
-    return value

@@ -1,10 +1,11 @@
 """JSON shapes of fleet API v1 entities, and opaque page tokens. Pure: data in, data out.
 
 fleet derives a Unit's `currentState` from what the agents publish, never from
-what was asked: "launched" when the unit is active on the machine the engine
-assigned it to, "loaded" when it is loaded there, else "inactive". A global
-unit has no assignment; it counts as launched (or loaded) when it is so on any
-machine, and its machineID stays "".
+what was asked: "launched" when the agent of the machine the engine assigned it
+to has started it (even if its process then failed: systemd's own columns say
+that, as in fleet) or reports it active, "loaded" when it is loaded there, else
+"inactive". A global unit has no assignment; it counts as launched (or loaded)
+when it is so on any machine, and its machineID stays "".
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ def current_state(job: Job, machine: str, states: Iterable[UnitStateRecord]) -> 
     """fleet's cluster-level state of a unit from the agents' published states.
 
     `machine` is the engine's assignment ("" if none); `states` are this unit's records."""
-    relevant = [s.status for s in states
+    relevant = [s for s in states
                 if s.name == job.name and (job.is_global or s.machine == machine)]
     if not job.is_global and not machine:
         return "inactive"
-    if any(status.is_active for status in relevant):
+    if any(s.launched or s.status.is_active for s in relevant):
         return "launched"
-    if any(status.load == "loaded" for status in relevant):
+    if any(s.status.load == "loaded" for s in relevant):
         return "loaded"
     return "inactive"
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 from fleetd.api import encode, schema
 from fleetd.api.errors import ApiError
+from fleetd.job import JobState
 from fleetd.registry.etcd import RegistryUnavailable
 from fleetd.registry.registry import Conflict, NotFound, Registry, UnitStateRecord
 from fleetd.runner.base import Runner, RunnerError
+from fleetd.unit.names import is_template_name
 from fleetd.unit.unitfile import UnitFileError, content_hash
 from fleetd.unit.xfleet import FleetOptionsError
 
@@ -117,34 +119,59 @@ class Api:
             raise ApiError(404, f"Unit {name} does not exist.")
         _, assignments = self.registry.assignments()
         machine = next((a.machine for a in assignments if a.name == name), "")
-        states = [s for s in self.registry.states() if s.name == name]
-        return Response(200, encode.unit_json(record.job, unit, machine, states))
+        return Response(200, encode.unit_json(record.job, unit, machine,
+                                              self.registry.states_of(name)))
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
+        """fleet's Units.Set. Create: options, desiredState optional (inactive). Different
+        options for an existing unit: it is submitted anew (201) with the desiredState given,
+        else inactive, as fleet's `--replace` expects; `replace=false` refuses that (409), so
+        a client that checked first cannot overwrite a unit submitted meanwhile. Otherwise
+        only the desiredState changes (204), and it is required."""
         name = schema.unit_name(name)
-        replace = schema.flag(query, "replace")
+        replace = schema.optional_flag(query, "replace")
         request = schema.parse_unit_request(name, body)
+        if request.desired not in (None, JobState.INACTIVE) and is_template_name(name):
+            raise ApiError(400, f'cannot activate template "{name}": a template is a pattern '
+                                "for its instances; set the state of an instance such as "
+                                f"{name.replace('@.', '@1.', 1)}")
         existing = self.registry.get_job(name)
         if existing is None:
             if request.unit is None:
                 raise ApiError(409, f"unit {name} does not exist and options field empty; "
                                     "send its options to create it")
-            if request.desired is None:
-                raise ApiError(409, f"must provide desiredState to create unit {name}")
-            self.registry.create_job(name, request.unit, request.desired)
+            self.registry.create_job(name, request.unit, request.desired or JobState.INACTIVE,
+                                     replace=replace is not False)
+            return Response(201)
+        if request.unit is not None and content_hash(request.unit) != existing.job.hash:
+            if replace is False:
+                raise ApiError(409, f"unit {name} already exists with different content "
+                                    f"({existing.job.hash[:7]}); replace it (omit "
+                                    "replace=false, or fleetctl --replace) or destroy it first")
+            self.registry.create_job(name, request.unit, request.desired or JobState.INACTIVE,
+                                     replace=True)
             return Response(201)
         if request.desired is None:
-            raise ApiError(409, f"must provide desiredState to update existing unit {name}")
-        if request.unit is not None and content_hash(request.unit) != existing.job.hash:
-            if not replace:
-                raise ApiError(409, f"unit {name} already exists with different content; "
-                                    "fleet never changes a unit's content: destroy it first "
-                                    f"(fleetctl destroy {name}) or replace it "
-                                    "(fleetctl submit --replace, ?replace=true)")
-            self.registry.create_job(name, request.unit, request.desired, replace=True)
-            return Response(201)
+            raise ApiError(409, f"must provide DesiredState to update existing unit {name}")
         self.registry.set_desired(name, request.desired)
         return Response(204)
+
+    def get_state(self, name: str, query: schema.Query) -> Response:
+        """fleet's UnitState.Get: one UnitState object (not a page), 404 when no machine
+        reports the unit. Several machines may (a global unit, or one moving): the one it is
+        assigned to wins, else the smallest machine id; `machineID` asks for one machine."""
+        name = schema.unit_name(name)
+        machine = schema.single(query, "machineID")
+        states = sorted((s for s in self.registry.states_of(name)
+                         if machine is None or s.machine == machine), key=lambda s: s.machine)
+        if not states:
+            where = f" on machine {machine}" if machine is not None else ""
+            raise ApiError(404, f"unit state does not exist: no machine reports {name}{where}")
+        if machine is None and len(states) > 1:
+            chosen = next((s for s in states if self.registry.is_assigned(name, s.machine)),
+                          states[0])
+            return Response(200, encode.state_json(chosen))
+        return Response(200, encode.state_json(states[0]))
 
     def delete_unit(self, name: str) -> Response:
         name = schema.unit_name(name)

@@ -91,10 +91,13 @@ def _unit(name: str, value: object) -> UnitFile | None:
         if not isinstance(item, dict):
             raise ApiError(400, f"options[{index}] must be an object with section, name and "
                                 f"value, not {_json_type(item)}")
+        # fleet's Go client leaves empty fields out (`omitempty`): `Environment=` arrives
+        # without "value". A missing section or name is a broken option all the same.
+        item = {"value": "", **item}
         for field in ("section", "name", "value"):
             if field not in item:
                 raise ApiError(400, f"options[{index}] has no {field!r}; every option needs "
-                                    "section, name and value")
+                                    "a section and a name (and a value, empty if left out)")
             if not isinstance(item[field], str):
                 raise ApiError(400, f"options[{index}].{field} must be a string, not "
                                     f"{_json_type(item[field])}")
@@ -127,9 +130,15 @@ def single(query: Query, key: str) -> str | None:
 
 
 def flag(query: Query, key: str, default: bool = False) -> bool:
+    found = optional_flag(query, key)
+    return default if found is None else found
+
+
+def optional_flag(query: Query, key: str) -> bool | None:
+    """true/false (or 1/0) when the parameter is given, None when it is not."""
     value = single(query, key)
     if value is None:
-        return default
+        return None
     if value in ("true", "1"):
         return True
     if value in ("false", "0"):
@@ -192,8 +201,10 @@ DISCOVERY = {
             "Get": _method("Units.Get", "GET", "units/{unitName}", "one unit",
                            unitName="path"),
             "Set": _method("Units.Set", "PUT", "units/{unitName}",
-                           "create a unit or change its desiredState", unitName="path",
-                           replace="query"),
+                           "create a unit (desiredState defaults to inactive), replace its "
+                           "options (different options: the unit is submitted anew; "
+                           "replace=false refuses that with 409) or change its desiredState",
+                           unitName="path", replace="query"),
             "Delete": _method("Units.Delete", "DELETE", "units/{unitName}", "destroy a unit",
                               unitName="path"),
             "Status": _method("Units.Status", "GET", "units/{unitName}/status",
@@ -206,6 +217,10 @@ DISCOVERY = {
         "UnitState": {"methods": {
             "List": _method("UnitState.List", "GET", "state", "page of unit states",
                             machineID="query", unitName="query", nextPageToken="query"),
+            "Get": _method("UnitState.Get", "GET", "state/{unitName}",
+                           "one unit's state: from its assigned machine, else the first "
+                           "machine reporting it (machineID picks one)", unitName="path",
+                           machineID="query"),
         }},
         "Discovery": {"methods": {
             "Get": _method("Discovery.Get", "GET", "discovery", "this document"),

@@ -54,6 +54,7 @@ from fleetd.engine.feasible import (
 )
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
+from fleetd.unit.names import is_template_name
 
 HOT_AFTER = 8  # shared rejections in one scan before a signature gets its own heap
 
@@ -188,10 +189,11 @@ class _Pass:
     def __init__(self, view: ClusterView) -> None:
         self.view = view
         self.machines = view.machines
-        # Global jobs never reach the scheduler; any that do are left alone.
+        # Global jobs never reach the scheduler; any that do are left alone. A template
+        # (web@.service) is only a pattern for its instances: it is never placed anywhere.
         cache = TraitsCache()
         self.traits = {name: Traits(job, cache) for name, job in view.jobs.items()
-                       if not job.is_global}
+                       if not job.is_global and not is_template_name(name)}
         self.classes = MachineClasses(view.machines)
         self.location: dict[str, str] = {}
         self.loads: dict[str, int] = dict.fromkeys(view.machines, 0)
@@ -236,6 +238,8 @@ class _Pass:
                 continue
             if job is None:
                 reason: str | None = "unit destroyed"
+            elif unit not in self.traits:
+                reason = "a template is never scheduled; start its instances instead"
             elif job.desired == JobState.INACTIVE:
                 reason = "desired state inactive"
             elif mid not in self.machines:

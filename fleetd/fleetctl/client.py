@@ -209,13 +209,17 @@ class Client:
 
     def put_unit(self, name: str, desired_state: str,
                  options: Sequence[UnitOption] | None = None, replace: bool = False) -> bool:
-        """Create (True) or change (False) a unit; 409 becomes UnitConflict."""
+        """Create (True) or change (False) a unit; 409 becomes UnitConflict. With options,
+        `replace` False asks the server to refuse (409) different content stored meanwhile:
+        fleet's own PUT replaces it silently."""
         path = unit_path(name)
         body: dict[str, Any] = {"desiredState": desired_state}
+        query = None
         if options is not None:
             body["options"] = [{"section": o.section, "name": o.name, "value": o.value}
                                for o in options]
-        status, data = self._call("PUT", path, {"replace": "true"} if replace else None, body)
+            query = {"replace": "true" if replace else "false"}
+        status, data = self._call("PUT", path, query, body)
         if status == 409:
             raise UnitConflict(self._error("PUT", path, status, data).message)
         if status not in (200, 201, 204):

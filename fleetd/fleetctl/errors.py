@@ -57,3 +57,11 @@ class ApiError(FleetctlError):
 
 class ConnectError(FleetctlError):
     """The API could not be reached or did not answer in time."""
+
+
+class UnitFailed(FleetctlError):
+    """A unit was started and systemd reports it failed; the message carries its log tail."""
+
+
+class Unschedulable(FleetctlError):
+    """The scheduler cannot place a unit on any machine; the message says which constraint."""

@@ -12,12 +12,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fleetd.fleetctl.errors import FleetctlError, UnitConflict, UnitNotFound
+from fleetd.fleetctl.errors import FleetctlError, UnitConflict, UnitNotFound, UsageError
 from fleetd.fleetctl.model import Unit
 from fleetd.fleetctl.session import Session
-from fleetd.fleetctl.targets import LocalUnit, Target, expand, find_local_unit, is_glob
-from fleetd.fleetctl.waiting import WaitPolicy, wait_for_states
-from fleetd.unit.names import parse_unit_name
+from fleetd.fleetctl.targets import (
+    LocalUnit,
+    Target,
+    expand,
+    find_local_unit,
+    is_glob,
+    refuse_non_unit_file,
+    unit_name_of,
+)
+from fleetd.fleetctl.waiting import WaitPolicy, wait_for_active, wait_for_states
+from fleetd.unit.names import is_template_name, parse_unit_name
 from fleetd.unit.unitfile import UnitOption, content_hash
 
 # Desired states a unit may be in for each command to replace its content (fleet's rule).
@@ -26,7 +34,7 @@ REPLACEABLE_IN = {
     "load": ("inactive", "loaded"),
     "start": ("inactive", "loaded", "launched"),
 }
-VERB = {"launched": "start", "loaded": "load", "inactive": "unload"}
+VERB_PAST = {"load": "loaded", "start": "started"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ def _plan_one(session: Session, target: Target, command: str, replace: bool) -> 
         return Submission(target.name, "replace", local.unit.options, existing)
     if local is not None:
         return Submission(target.name, "create", local.unit.options)
+    refuse_non_unit_file(target.arg)
     template = parse_unit_name(target.name).template
     if template is not None:
         found = session.client.unit(template)
@@ -79,6 +88,13 @@ def _differs(name: str, local: LocalUnit) -> str:
 def plan_submissions(session: Session, args: Sequence[str], command: str,
                      replace: bool) -> list[Submission]:
     targets = expand(args, _existing_names(session, args), files=True)
+    if command in ("load", "start"):
+        templates = [t.name for t in targets if is_template_name(t.name)]
+        if templates:
+            example = templates[0].replace("@.", "@1.", 1)
+            raise UsageError(f"{', '.join(templates)}: a template cannot be {VERB_PAST[command]}"
+                             f"; it is the pattern of its instances: {command} an instance "
+                             f"such as {example} (fleetctl submit {templates[0]} stores it)")
     return [_plan_one(session, target, command, replace) for target in targets]
 
 
@@ -105,66 +121,94 @@ def submit(session: Session, args: Sequence[str], replace: bool = False) -> None
     apply_submissions(session, plan_submissions(session, args, "submit", replace))
 
 
-def _set_and_wait(session: Session, units: Sequence[Unit], target: str,
-                  policy: WaitPolicy | None) -> None:
-    """Set the desired state of each unit and wait (policy None: --no-block)."""
+def _set_and_wait(session: Session, units: Sequence[Unit], target: str, command: str,
+                  policy: WaitPolicy | None) -> list[str]:
+    """Set the desired state of each unit not already there and wait for the non-global
+    ones (policy None: --no-block); units already there are left alone, silently, as in
+    fleet. Returns the names waited for (or triggered, with --no-block)."""
     waiting = []
     for unit in units:
-        if unit.desired_state != target:
-            session.client.put_unit(unit.name, target)
+        if unit.desired_state == target:
+            continue
+        session.client.put_unit(unit.name, target)
         if unit.is_global:
-            session.say(f"Triggered global unit {unit.name} {VERB[target]}")
+            session.say(f"Triggered global unit {unit.name} {command}")
         elif policy is None:
-            session.say(f"Triggered unit {unit.name} {VERB[target]}")
+            session.say(f"Triggered unit {unit.name} {command}")
         else:
             waiting.append(unit.name)
     if waiting and policy is not None:
         wait_for_states(session, waiting, target, policy)
+        if target == "launched":
+            wait_for_active(session, waiting, policy)
+    return waiting
 
 
 def load(session: Session, args: Sequence[str], policy: WaitPolicy | None,
          replace: bool = False) -> None:
     units = apply_submissions(session, plan_submissions(session, args, "load", replace))
-    _set_and_wait(session, units, "loaded", policy)
+    _set_and_wait(session, units, "loaded", "load", policy)
 
 
 def start(session: Session, args: Sequence[str], policy: WaitPolicy | None,
           replace: bool = False) -> None:
     units = apply_submissions(session, plan_submissions(session, args, "start", replace))
-    _set_and_wait(session, units, "launched", policy)
+    _set_and_wait(session, units, "launched", "start", policy)
 
 
-def find_existing(session: Session, args: Sequence[str]) -> list[Unit]:
-    """The named units (globs over existing units); an unknown name is UnitNotFound."""
+def find_existing(session: Session, args: Sequence[str], templates: bool = False) -> list[Unit]:
+    """The named units (globs over existing units). Names the cluster does not have are
+    skipped with a warning, and none found at all is fleet's "Units not found in
+    registry": both on stderr, and the command still succeeds, as fleet's does."""
+    for arg in args:  # bad names are usage errors, before anything is asked
+        if not is_glob(arg):
+            unit_name_of(arg)
     everything = {unit.name: unit for unit in session.client.units()}
-    targets = expand(args, everything, files=False)
-    missing = [t.name for t in targets if t.name not in everything]
-    if missing:
-        raise FleetctlError("\n".join(UnitNotFound(name).message for name in missing))
-    return [everything[t.name] for t in targets]
+    try:
+        targets = expand(args, everything, files=False, templates=templates)
+    except FleetctlError as err:  # an unmatched glob: nothing of it is in the registry
+        session.warn(err.message)
+        targets = []
+    found = [everything[t.name] for t in targets if t.name in everything]
+    if not found:
+        session.warn("Units not found in registry")
+        return []
+    for target in targets:
+        if target.name not in everything:
+            session.warn(f"Unit {target.name} not found in registry; skipped")
+    return found
+
+
+def _runnable(session: Session, units: Sequence[Unit]) -> list[Unit]:
+    for unit in units:
+        if is_template_name(unit.name):
+            session.warn(f"Unit {unit.name} is a template: it never runs; skipped")
+    return [u for u in units if not is_template_name(u.name)]
 
 
 def stop(session: Session, args: Sequence[str], policy: WaitPolicy | None) -> None:
-    units = find_existing(session, args)
+    units = _runnable(session, find_existing(session, args))
     for unit in units:
         if not unit.is_global and unit.desired_state == "inactive":
             raise FleetctlError(f"Unable to stop unit {unit.name} in state inactive; "
                                 "load or start it first.")
-    _set_and_wait(session, units, "loaded", policy)
+    stopped = _set_and_wait(session, units, "loaded", "stop", policy)
+    if stopped and policy is not None:
+        session.warn(f"Successfully stopped units [{' '.join(stopped)}].")
 
 
 def unload(session: Session, args: Sequence[str], policy: WaitPolicy | None) -> None:
-    _set_and_wait(session, find_existing(session, args), "inactive", policy)
+    units = _runnable(session, find_existing(session, args))
+    unloaded = _set_and_wait(session, units, "inactive", "unload", policy)
+    if unloaded and policy is not None:
+        session.warn(f"Successfully unloaded units [{' '.join(unloaded)}].")
 
 
 def destroy(session: Session, args: Sequence[str]) -> None:
-    """Destroy each unit; unknown ones are reported and make the command fail at the end."""
-    names = [t.name for t in expand(args, _existing_names(session, args), files=False)]
-    missing = []
-    for name in names:
-        if session.client.delete_unit(name):
-            session.say(f"Destroyed {name}")
-        else:
-            missing.append(UnitNotFound(name).message)
-    if missing:
-        raise FleetctlError("\n".join(missing))
+    """Destroy each unit (a glob takes templates too); names the cluster does not have
+    are skipped as in `stop`."""
+    for unit in find_existing(session, args, templates=True):
+        if session.client.delete_unit(unit.name):
+            session.say(f"Destroyed {unit.name}")
+        else:  # destroyed by someone else meanwhile: what was asked is done
+            session.warn(f"Unit {unit.name} not found in registry; skipped")

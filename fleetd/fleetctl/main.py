@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TextIO
 
+from fleetd.argtypes import BadValue, non_negative_duration, non_negative_int, positive_duration
 from fleetd.fleetctl import inspect, lifecycle, lists
 from fleetd.fleetctl.client import Client, Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FleetctlError, UsageError
@@ -43,27 +44,9 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(unknown.group(1), COMMANDS, n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
-        raise UsageError(message, usage=self.format_usage(), command=command or None)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
+        # A bad value of one flag needs no usage dump: the message names the flag.
+        usage = None if message.startswith("argument -") else self.format_usage()
+        raise UsageError(message, usage=usage, command=command or None)
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -74,7 +57,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="fleet API: unix:///path/to/fleet.sock or http://host:port "
                              f"(env FLEETCTL_ENDPOINT; default unix://{DEFAULT_SOCKET} "
                              "when it exists)")
-    parser.add_argument("--request-timeout", type=_positive_float, default=default,
+    parser.add_argument("--request-timeout", type=positive_duration, default=default,
                         metavar="SECONDS",
                         help="time allowed for a single request (env "
                              f"FLEETCTL_REQUEST_TIMEOUT; default {DEFAULT_REQUEST_TIMEOUT:g})")
@@ -93,18 +76,37 @@ def _block_options(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-block", action="store_true",
                        help=f"do not wait until the units are {what}")
-    group.add_argument("--block-attempts", type=_non_negative_int, default=0, metavar="N",
+    group.add_argument("--block-attempts", type=non_negative_int, default=0, metavar="N",
                        help=f"wait until the units are {what}, polling up to N times "
                             "(0: until --block-timeout)")
-    parser.add_argument("--block-timeout", type=_non_negative_int, default=None,
+    parser.add_argument("--block-timeout", type=non_negative_duration, default=None,
                         metavar="SECONDS",
                         help=f"give up waiting after SECONDS (default {DEFAULT_TIMEOUT:g}; "
                              "0: wait forever)")
 
 
+EPILOG = """\
+units:
+  A UNIT is a unit file path (units/web.service), a unit name (.service is added
+  when no type is given: hello, apache@1) or a glob (web@*) over the units the
+  cluster has. A glob matches templates too, but only destroy acts on them:
+  load/start/stop/unload skip templates, which never run (fleet 1.0 has no globs).
+  start and load refuse a template at once: start its instances instead.
+
+exit status (fleet's fleetctl exits 2 only for unknown commands and options, else 1):
+  0  success; also when stop/unload/destroy find none of the named units
+     ("Units not found in registry"), as fleet does
+  1  the cluster refused or could not do it: unknown unit, conflicting content,
+     a unit that failed, cannot be scheduled, or did not reach its state in time
+  2  usage error: bad arguments or options, a bad unit name or unit file, an empty
+     file, a template given to start or load (fleet: 1)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="fleetctl is a command-line interface to fleet, "
-                     "the cluster-wide init system.")
+                     "the cluster-wide init system.", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(parser, suppress=False)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     common = argparse.ArgumentParser(add_help=False)
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("units", nargs="+", metavar="UNIT")
     p = command("journal", "Print the journal of a unit")
     p.add_argument("unit", metavar="UNIT")
-    p.add_argument("--lines", "-n", type=_non_negative_int, default=10, metavar="N",
+    p.add_argument("--lines", "-n", type=non_negative_int, default=10, metavar="N",
                    help="number of recent lines to print (default 10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     command("version", "Print the version and exit")
@@ -177,8 +179,8 @@ def _request_timeout(flag: float | None, env: Mapping[str, str]) -> float:
     if not text:
         return DEFAULT_REQUEST_TIMEOUT
     try:
-        return _positive_float(text)
-    except argparse.ArgumentTypeError as err:
+        return positive_duration(text)
+    except BadValue as err:
         raise UsageError(f"FLEETCTL_REQUEST_TIMEOUT: {err}") from None
 
 

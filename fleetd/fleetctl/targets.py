@@ -2,9 +2,15 @@
 
 An argument is a path (`units/web.service`: the name is its last part), a name
 (`hello`, `apache@1` get `.service`), or a glob (`web@*`) matched against the
-units the cluster already has. Commands that submit also look on disk: the
-file itself, or for an instance `x@1.service` the template file `x@.service`
-next to where the instance file would be, as fleet does.
+units the cluster already has. Commands that submit also look on disk, as fleet
+does: the file named like the unit (`hello` is read from `hello.service`; a file
+is only ever read under its own unit name, so `bad.txt` is refused, not submitted
+as `bad.txt.service`), or for an instance `x@1.service` the template file
+`x@.service` next to where the instance file would be.
+
+Globs are ours (fleet 1.0 has none). A glob matches unit names with fnmatch,
+templates included (`web@*` matches `web@.service` too), but only `destroy`
+acts on a template: load/start/stop/unload skip templates, which never run.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from fleetd.fleetctl.errors import FleetctlError, UsageError
-from fleetd.unit.names import KNOWN_SUFFIXES, UnitNameError, normalize_unit_name, parse_unit_name
+from fleetd.unit.names import (
+    KNOWN_SUFFIXES,
+    UnitNameError,
+    is_template_name,
+    normalize_unit_name,
+    parse_unit_name,
+)
 from fleetd.unit.unitfile import UnitFile, UnitFileError, parse_unit_file
 from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
 
@@ -42,13 +54,14 @@ def unit_name_of(arg: str) -> str:
         raise UsageError(f"{shown} is not a unit name: {err.message}") from None
 
 
-def match_units(pattern: str, names: Iterable[str]) -> list[str]:
-    """Existing units a glob names; `web@*` matches `web@1.service` but not the template."""
+def match_units(pattern: str, names: Iterable[str], templates: bool = False) -> list[str]:
+    """Existing units a glob names; `web@*` matches `web@1.service`, and the template
+    `web@.service` only with `templates` (destroy: no template is left behind)."""
     base = os.path.basename(pattern) if "/" in pattern else pattern
     patterns = [base] if has_unit_suffix(base) else [base, f"{base}.service"]
     matched = []
     for name in sorted(names):
-        if "@." in name:  # a template is never started, stopped or destroyed by a glob
+        if not templates and is_template_name(name):  # templates never run
             continue
         if any(fnmatchcase(name, p) for p in patterns):
             matched.append(name)
@@ -61,9 +74,11 @@ class Target:
     name: str  # the unit name
 
 
-def expand(args: Iterable[str], existing: Iterable[str], files: bool) -> list[Target]:
-    """Arguments to targets, globs expanded over existing units (and, when `files`, over
-    local unit files if no unit matches); duplicates dropped, order kept."""
+def expand(args: Iterable[str], existing: Iterable[str], files: bool,
+           templates: bool = False) -> list[Target]:
+    """Arguments to targets, globs expanded over existing units (templates too with
+    `templates`; and, when `files`, over local unit files if no unit matches); duplicates
+    dropped, order kept."""
     existing = list(existing)
     seen: set[str] = set()
     out: list[Target] = []
@@ -77,7 +92,7 @@ def expand(args: Iterable[str], existing: Iterable[str], files: bool) -> list[Ta
         if not is_glob(arg):
             add(arg, unit_name_of(arg))
             continue
-        matched = [] if "/" in arg else match_units(arg, existing)
+        matched = [] if "/" in arg else match_units(arg, existing, templates)
         if matched:
             for name in matched:
                 add(arg, name)
@@ -98,11 +113,22 @@ class LocalUnit:
     template: bool  # the content comes from a template file (x@.service) for an instance
 
 
-def _candidates(arg: str, name: str) -> list[str]:
-    paths = [arg]
-    if not has_unit_suffix(os.path.basename(arg)):
-        paths.append(arg + "." + name.rpartition(".")[2])
-    return paths
+def _candidate(arg: str, name: str) -> str:
+    """The file that holds unit `name` for `arg`: the path itself when its last part is a
+    unit name, else the path with the unit's type added (`hello` → `hello.service`)."""
+    if has_unit_suffix(os.path.basename(arg)):
+        return arg
+    return arg + "." + name.rpartition(".")[2]
+
+
+def refuse_non_unit_file(arg: str) -> None:
+    """A file the user named that is not named like a unit (`bad.txt`): fleet refuses it
+    instead of submitting it under a made-up name (`bad.txt.service`)."""
+    if not has_unit_suffix(os.path.basename(arg)) and os.path.isfile(arg):
+        base = os.path.basename(arg)
+        raise UsageError(f"{arg} is not a unit file: its name must be a unit name ending in a "
+                         f"unit type ({', '.join(KNOWN_SUFFIXES[:3])}, ...); rename it, e.g. "
+                         f"to {base.partition('.')[0] or base}.service")
 
 
 def read_unit_file(path: str, name: str) -> UnitFile:
@@ -116,6 +142,10 @@ def read_unit_file(path: str, name: str) -> UnitFile:
         unit = parse_unit_file(text)
     except UnitFileError as err:
         raise UsageError(f"{path}: {err}") from None
+    if not unit.options:
+        what = "is empty" if not text.strip() else "has no options (only comments)"
+        raise UsageError(f"{path} {what}: a unit file needs at least a section with an "
+                         "option, e.g. [Service] ExecStart=...")
     try:
         parse_fleet_options(unit, name)
     except FleetOptionsError as err:
@@ -125,11 +155,11 @@ def read_unit_file(path: str, name: str) -> UnitFile:
 
 def find_local_unit(arg: str, name: str) -> LocalUnit | None:
     """The unit file for `arg` on disk, or its template's file for an instance."""
-    for path in _candidates(arg, name):
-        if os.path.isfile(path):
-            return LocalUnit(path, read_unit_file(path, name), template=False)
-        if os.path.exists(path):
-            raise UsageError(f"{path} is not a regular file; give a unit file")
+    path = _candidate(arg, name)
+    if os.path.isfile(path):
+        return LocalUnit(path, read_unit_file(path, name), template=False)
+    if os.path.exists(path):
+        raise UsageError(f"{path} is not a regular file; give a unit file")
     parsed = parse_unit_name(name)
     if parsed.template is None:
         return None

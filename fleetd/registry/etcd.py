@@ -81,6 +81,16 @@ _TRANSIENT = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.Connectio
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def describe(err: BaseException) -> str:
+    """One line for an etcd client error: a gRPC error's repr spans several lines and
+    repeats itself (users saw dozens of lines per unreachable etcd)."""
+    if isinstance(err, grpc.RpcError) and callable(getattr(err, "code", None)):
+        details = " ".join(str(err.details() or "").split())
+        return f"{err.code().name}: {details}" if details else err.code().name
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 class Etcd:
     """A thin, counted, retrying wrapper of one etcd3 client."""
 
@@ -112,7 +122,7 @@ class Etcd:
                 if isinstance(err, grpc.RpcError):
                     self._fail_over(err)
                 if time.monotonic() + delay > deadline:
-                    raise RegistryUnavailable(f"etcd unreachable: {err!r}") from err
+                    raise RegistryUnavailable(f"etcd unreachable: {describe(err)}") from err
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -205,7 +215,7 @@ class Etcd:
             elif isinstance(response, etcd3.exceptions.RevisionCompactedError):
                 sink.put(WatchCompacted(response.compacted_revision))
             elif isinstance(response, BaseException):
-                sink.put(RegistryUnavailable(f"watch stream broke: {response!r}"))
+                sink.put(RegistryUnavailable(f"watch stream broke: {describe(response)}"))
             else:
                 sink.put([Event(e.key.decode(),
                                 None if isinstance(e, etcd3.events.DeleteEvent) else e.value,
@@ -218,7 +228,7 @@ class Etcd:
         except etcd3.exceptions.RevisionCompactedError as err:
             raise WatchCompacted(err.compacted_revision) from err
         except _TRANSIENT as err:
-            raise RegistryUnavailable(f"cannot watch {prefix}: {err!r}") from err
+            raise RegistryUnavailable(f"cannot watch {prefix}: {describe(err)}") from err
 
         def cancel() -> None:
             try:

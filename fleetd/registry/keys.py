@@ -8,8 +8,9 @@ job/<name>                  {name, hash, desired}                 API     engine
 global/<name>               {name, hash, desired}                 API     agents, API    -
 assign/<machine>/<name>     {hash, desired}                       engine  that agent     -
 machine/<id>                {id, publicIP, metadata, apiURL, ...} agent   engine, API    agent
-state/<name>/<machine>      {hash, load, active, sub}             agent   API, engine    agent
+state/<name>/<machine>      {hash, load, active, sub, launched}   agent   API, engine    agent
 engine/leader               leader's machine id (text)            engine  engines, API   engine
+lock/apply                  {host, pid, since, step, ...}         apply   apply, plan    apply
 
 Why this shape: an agent watches only `assign/<its id>/` and the small `global/`
 prefix, so a change to one unit wakes one agent, not the cluster. Global units
@@ -17,6 +18,8 @@ are not scheduled: every agent whose metadata matches runs them. A unit is
 named in at most one of `job/` and `global/`; the API enforces that in the same
 transaction that writes it. Unit states are per (unit, machine) so a unit that
 is, wrongly, active on two machines shows as two rows instead of hiding one.
+`lock/apply` lets one `provision apply` at a time write the cluster's units: its
+create revision fences every write of the holder (see `apply_lock.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Kind(str, Enum):
     MACHINE = "machine"
     STATE = "state"
     ENGINE = "engine"
+    LOCK = "lock"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,9 @@ class Keys:
     def leader(self) -> str:
         return f"{self.prefix}engine/leader"
 
+    def apply_lock(self) -> str:
+        return f"{self.prefix}lock/apply"
+
     # -- prefixes (for range reads and watches) ---------------------------------------------------
     def of(self, kind: Kind) -> str:
         return f"{self.prefix}{kind.value}/"
@@ -105,4 +112,6 @@ class Keys:
             return ParsedKey(kind, rest[0], rest[1])
         if kind is Kind.ENGINE and rest == ["leader"]:
             return ParsedKey(kind, "leader")
+        if kind is Kind.LOCK and rest == ["apply"]:
+            return ParsedKey(kind, "apply")
         return None

@@ -52,6 +52,7 @@ class UnitStateRecord:
     machine: str
     hash: str
     status: UnitStatus
+    launched: bool = False  # the agent started it (and has not stopped it), whatever systemd says
 
 
 def encode(value: dict) -> bytes:
@@ -174,13 +175,15 @@ class Registry:
                                  record.revision)
         raise Conflict(f"unit {name} keeps changing; retry")
 
-    def write_jobs(self, writes: Iterable[JobWrite]) -> bool:
+    def write_jobs(self, writes: Iterable[JobWrite], guard: Iterable = (),
+                   also: Iterable = ()) -> bool:
         """Create, replace, restate and destroy several jobs in ONE transaction, each guarded
         by the revision its writer saw; False (nothing written) if any of them changed.
+        `guard` adds compares (the writer's lock), `also` ops written with the jobs.
         The caller keeps a transaction within etcd's op limit (`MAX_TXN_OPS`)."""
         writes = list(writes)
         ops = self.etcd.ops
-        compare: list = []
+        compare: list = list(guard)
         success: list = []
         bodies: dict[str, str] = {}
         for w in writes:
@@ -205,6 +208,7 @@ class Registry:
             success.append(ops.put(key, encode({"name": w.name, "hash": digest,
                                                 "desired": w.desired.value})))
         success = [ops.put(self.keys.unit(d), text) for d, text in bodies.items()] + success
+        success += list(also)
         if not success:
             return True
         if not self.etcd.txn(compare, success):
@@ -250,14 +254,17 @@ class Registry:
         revision, kvs = self.etcd.snapshot(prefix, revision)
         return revision, [a for a in map(self.assignment_from_kv, kvs) if a is not None]
 
+    def is_assigned(self, name: str, machine: str) -> bool:
+        return self.etcd.get(self.keys.assignment(machine, name)) is not None
+
     def assignment_value(self, job: Job) -> bytes:
         return encode({"hash": job.hash, "desired": job.desired.value})
 
     # -- unit states ------------------------------------------------------------------------
     def publish_state(self, name: str, machine: str, digest: str, status: UnitStatus,
-                      lease: int) -> None:
+                      lease: int, launched: bool = False) -> None:
         value = encode({"hash": digest, "load": status.load, "active": status.active,
-                        "sub": status.sub})
+                        "sub": status.sub, "launched": launched})
         self.etcd.put(self.keys.state(name, machine), value, lease=lease)
 
     def clear_state(self, name: str, machine: str) -> None:
@@ -265,6 +272,14 @@ class Registry:
 
     def states(self) -> list[UnitStateRecord]:
         _, kvs = self.etcd.snapshot(self.keys.of(Kind.STATE))
+        return self._state_records(kvs)
+
+    def states_of(self, name: str) -> list[UnitStateRecord]:
+        """One unit's states, one per machine that reports it (one range read)."""
+        _, kvs = self.etcd.snapshot(self.keys.states_of(name))
+        return [s for s in self._state_records(kvs) if s.name == name]
+
+    def _state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
         found = []
         for kv in kvs:
             parsed = self.keys.parse(kv.key)
@@ -274,7 +289,8 @@ class Registry:
             found.append(UnitStateRecord(parsed.name, parsed.machine, data.get("hash", ""),
                                          UnitStatus(data.get("load", "not-found"),
                                                     data.get("active", "inactive"),
-                                                    data.get("sub", "dead"))))
+                                                    data.get("sub", "dead")),
+                                         data.get("launched") is True))
         return found
 
     # -- batching ----------------------------------------------------------------------------

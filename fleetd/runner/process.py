@@ -22,14 +22,15 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fleetd.runner.base import RunnerError, StateListener, UnitStatus
 from fleetd.runner.environment import NodeEnvironment
 from fleetd.runner.guard import descendants
-from fleetd.runner.journal import follow, status_lines, tail
-from fleetd.runner.procs import ProcessHost, UnitLog
+from fleetd.runner.journal import JournalLines, status_lines, tail
+from fleetd.runner.procs import LogLimits, ProcessHost, UnitLog
 from fleetd.runner.service import ServiceWorker
 from fleetd.runner.settings import ConfigError, ServiceConfig, parse_service_config
 from fleetd.runner.state import Unit, dependents, ordered_after, reaches
@@ -47,14 +48,17 @@ class ProcessRunner:
     (each unit's journal). `env` is the environment every unit starts from (by
     default PATH, LANG, LC_ALL and TZ of this process). With `root_dir`, absolute
     paths in EnvironmentFile= and WorkingDirectory= are looked up inside it (it
-    acts as the node's `/`); paths that resolve outside it are refused.
+    acts as the node's `/`); paths that resolve outside it are refused. Logs rotate
+    by size (`log_limits`, default 10 MiB, 3 old files kept).
     """
 
     def __init__(self, state_dir: Path, machine_id: str, hostname: str,
-                 env: Mapping[str, str] | None = None, root_dir: Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, root_dir: Path | None = None,
+                 log_limits: LogLimits | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.machine_id = machine_id
         self.hostname = hostname
+        self.log_limits = log_limits or LogLimits()
         self._units_dir = self.state_dir / "units"
         self._logs_dir = self.state_dir / "logs"
         try:
@@ -68,6 +72,7 @@ class ProcessRunner:
         self.aborting = False
         self._closing = False
         self._closed = threading.Event()
+        self._followers: weakref.WeakSet[threading.Event] = weakref.WeakSet()  # journals read
         self._units: dict[str, Unit] = {}
         self._listeners: list[StateListener] = []
         self._workers: set[threading.Thread] = set()
@@ -98,7 +103,7 @@ class ProcessRunner:
             record = self._units.get(parsed.full)
             if record is None:
                 record = Unit(parsed, path, UnitLog(self._logs_dir / f"{parsed.full}.log",
-                                                    self.hostname))
+                                                    self.hostname, self.log_limits))
                 self._units[parsed.full] = record
             changed = record.content != unit
             record.content, record.config, record.load_error = unit, config, error
@@ -157,7 +162,12 @@ class ProcessRunner:
         """The last `lines` journal lines; with `follow`, new lines as they come, until
         the iterator is closed or the runner shuts down."""
         parsed = _unit_name(name)
-        return self._journal(self._logs_dir / f"{parsed.full}.log", max(lines, 0), follow)
+        stop = threading.Event()
+        with self.cond:
+            if self._closed.is_set():
+                stop.set()
+            self._followers.add(stop)
+        return JournalLines(self._logs_dir / f"{parsed.full}.log", max(lines, 0), follow, stop)
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop every unit (dependents first, each within its TimeoutStopSec=, all within
@@ -183,7 +193,11 @@ class ProcessRunner:
         if threading.current_thread() is not self._notifier:
             self._events.put(None)
             self._notifier.join(timeout=10)
-        self._closed.set()
+        with self.cond:
+            self._closed.set()
+            followers = list(self._followers)
+        for stop in followers:
+            stop.set()
 
     # -- extras (diagnostics and tests) -----------------------------------------------------
 
@@ -385,12 +399,6 @@ class ProcessRunner:
                     listener(*item)
                 except Exception:  # a listener's bug must not stop the others
                     _LOG.exception("state listener %r failed", listener)
-
-    def _journal(self, path: Path, lines: int, keep_following: bool) -> Iterator[str]:
-        recent, offset = tail(path, lines)
-        yield from recent
-        if keep_following:
-            yield from follow(path, offset, self._closed)
 
 
 def _unit_name(name: str):

@@ -70,12 +70,25 @@ class ExitInfo:
         return "exit-code" if self.code is not None else "signal"
 
 
-class UnitLog:
-    """One unit's journal: an append-only text file, one timestamped line per record."""
+@dataclass(frozen=True)
+class LogLimits:
+    """When a unit's log rotates: past `max_bytes` the file becomes `<log>.1` (older
+    ones shift to .2 …) and a new one starts; `keep` old files stay, older ones go."""
 
-    def __init__(self, path: Path, hostname: str) -> None:
+    max_bytes: int = 10 * 1024 * 1024
+    keep: int = 3
+
+
+class UnitLog:
+    """One unit's journal: a text file, one timestamped line per record, rotated by size
+    (`limits`) so a chatty process cannot fill the disk; readers follow `path`, the
+    current file."""
+
+    def __init__(self, path: Path, hostname: str, limits: LogLimits | None = None) -> None:
         self.path = path
         self.hostname = hostname
+        self.limits = limits or LogLimits()
+        self._size: int | None = None  # of the current file, once known
         self._lock = threading.Lock()
 
     def write(self, ident: str, text: str) -> None:
@@ -83,13 +96,50 @@ class UnitLog:
 
     def write_lines(self, ident: str, lines: Sequence[str]) -> None:
         stamp = datetime.now().astimezone().isoformat(timespec="microseconds")
-        data = "".join(f"{stamp} {self.hostname} {ident}: {line}\n" for line in lines)
+        encoded = [f"{stamp} {self.hostname} {ident}: {line}\n".encode("utf-8", "replace")
+                   for line in lines]
         with self._lock:
             try:
-                with open(self.path, "a", encoding="utf-8", errors="replace") as handle:
-                    handle.write(data)
+                if self._size is None:
+                    self._size = _size_of(self.path)
+                start = 0
+                while start < len(encoded):
+                    # As many lines as fit before the limit (at least one into a fresh file).
+                    end, room = start, self.limits.max_bytes - self._size
+                    while end < len(encoded) and (len(encoded[end]) <= room or
+                                                  (end == start and self._size == 0)):
+                        room -= len(encoded[end])
+                        end += 1
+                    if end == start:
+                        self._rotate()
+                        continue
+                    with open(self.path, "ab") as handle:
+                        handle.write(b"".join(encoded[start:end]))
+                        self._size = handle.tell()
+                    start = end
             except OSError as err:  # a full disk must not take the runner down
+                self._size = None
                 _LOG.warning("cannot write to %s: %s", self.path, err)
+
+    def _rotate(self) -> None:
+        """<log>.{keep-1} → .{keep} … <log> → <log>.1; the oldest is dropped."""
+        keep = max(0, self.limits.keep)
+        if keep == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for number in range(keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{number}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{number + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._size = 0
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 @dataclass(eq=False)

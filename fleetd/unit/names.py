@@ -107,6 +107,15 @@ def is_valid_unit_name(text: str) -> bool:
     return True
 
 
+def is_template_name(name: str) -> bool:
+    """Whether a *valid* unit name is a template (`web@.service`), without parsing it again.
+
+    The instance is what lies between the first '@' and the suffix's dot (the last '.'), so
+    the name is a template exactly when that dot follows the first '@' at once."""
+    at = name.find("@")
+    return at >= 0 and name.rfind(".") == at + 1
+
+
 def normalize_unit_name(text: str, default_suffix: str = "service") -> str:
     """fleetctl's convenience: `hello` → `hello.service`, `apache@1` → `apache@1.service`.
 

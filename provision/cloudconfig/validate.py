@@ -30,12 +30,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from provision.cloudconfig.files import (
-    UndecodableContent,
-    decode_content,
-    gzip_body_problem,
-    on_read_only_usr,
-)
 from provision.cloudconfig.rules import (
     BOOL,
     CLOUD_CONFIG,
@@ -47,6 +41,12 @@ from provision.cloudconfig.rules import (
     STRING,
     Field,
     canonical,
+)
+from provision.cloudconfig.write_files import (
+    UndecodableContent,
+    decode_content,
+    gzip_body_problem,
+    on_read_only_usr,
 )
 from provision.errors import Problem, UserError, did_you_mean
 from provision.yamlmarks import MarkedDocument, Path_, load_yaml, value_kind

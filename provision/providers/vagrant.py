@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from provision.errors import OperationFailed, Problem, UserError
+from provision.files import write_atomic
 from provision.providers import (
     FAILED,
     READY,
@@ -205,9 +206,7 @@ def remember_manifest(manifest_path: Path, root: Path = REPO_ROOT) -> Path:
     """Record `manifest_path` in ROOT/out/.last-manifest, the Vagrantfile's default."""
     pointer = root / POINTER
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    staged = pointer.with_name(pointer.name + ".tmp")
-    staged.write_text(f"{Path(manifest_path).absolute()}\n", encoding="utf-8")
-    os.replace(staged, pointer)
+    write_atomic(pointer, f"{Path(manifest_path).absolute()}\n")
     return pointer
 
 

@@ -178,7 +178,9 @@ def test_discovery_lists_every_method(shared):
                for m in r["methods"].values()}
     assert methods["fleet.Units.Set"] == ("PUT", "units/{unitName}")
     assert {"fleet.Machines.List", "fleet.Units.List", "fleet.Units.Get", "fleet.Units.Delete",
-            "fleet.UnitState.List", "fleet.Units.Status", "fleet.Units.Journal"} <= set(methods)
+            "fleet.UnitState.List", "fleet.UnitState.Get", "fleet.Units.Status",
+            "fleet.Units.Journal"} <= set(methods)
+    assert methods["fleet.UnitState.Get"] == ("GET", "state/{unitName}")
 
 
 def test_machines_shape(shared):
@@ -347,9 +349,11 @@ BAD_BODIES = {
                            JSON, 400, "options must be a list"),
     "option-not-an-object": ({"desiredState": "launched", "options": ["ExecStart=/bin/true"]},
                              JSON, 400, "options[0] must be an object"),
-    "option-missing-value": ({"desiredState": "launched",
-                              "options": [{"section": "Service", "name": "ExecStart"}]},
-                             JSON, 400, "options[0] has no 'value'"),
+    "option-missing-name": ({"desiredState": "launched",
+                             "options": [{"section": "Service", "value": "/bin/true"}]},
+                            JSON, 400, "options[0] has no 'name'"),
+    "option-missing-section": ({"options": [{"name": "ExecStart", "value": "/bin/true"}]},
+                               JSON, 400, "options[0] has no 'section'"),
     "option-value-not-a-string": ({"desiredState": "launched", "options": [
         {"section": "Service", "name": "ExecStart", "value": 5}]},
         JSON, 400, "options[0].value must be a string"),
@@ -371,12 +375,11 @@ BAD_BODIES = {
                                    "desiredState must be a string"),
     "name-differs-from-url": ({**good_body(), "name": "other.service"}, JSON, 400,
                               "differs from unit name in request body"),
+    "bad-replace-flag": (good_body(), JSON, 400, "replace='maybe' must be true or false"),
     "no-options-for-unknown-unit": ({"desiredState": "launched"}, JSON, 409,
                                     "does not exist and options field empty"),
     "empty-options-for-unknown-unit": ({"desiredState": "launched", "options": []}, JSON, 409,
                                        "does not exist and options field empty"),
-    "no-desired-state-on-create": ({"options": good_body()["options"]}, JSON, 409,
-                                   "must provide desiredState"),
     "text-plain": (good_body(), {"Content-Type": "text/plain"}, 415, "application/json"),
     "no-content-type": (good_body(), {}, 415, "application/json"),
     "json-suffix-type": (good_body(), {"Content-Type": "application/json-patch+json"}, 415,
@@ -388,7 +391,8 @@ BAD_BODIES = {
 def test_bad_put_bodies_are_refused_and_nothing_is_stored(shared, body, headers, status,
                                                           fragment):
     name = unique("bad")
-    reply = shared.call("PUT", f"{V1}/units/{name}", body, headers)
+    query = "?replace=maybe" if "replace=" in fragment else ""
+    reply = shared.call("PUT", f"{V1}/units/{name}{query}", body, headers)
     assert reply.status == status, reply
     assert fragment in reply.message
     assert shared.registry.get_job(name) is None
@@ -482,30 +486,127 @@ def test_keep_alive_survives_refusals(shared):
         conn.close()
 
 
-# -- replace semantics ---------------------------------------------------------------------------
-def test_content_changes_need_replace(shared):
+# -- fleet v1.0.0's Units.Set semantics --------------------------------------------------------
+def test_create_without_desired_state_is_inactive(shared):
+    """fleet's client never sends desiredState on submit (`fleetctl submit/load/start`)."""
+    name = unique("new")
+    body = {"name": name, "options": options("[Service]\nExecStart=/bin/true\n")}
+    assert shared.put(name, body).status == 201
+    assert shared.unit(name)["desiredState"] == "inactive"
+    launched = unique("new")
+    assert shared.put(launched, good_body("launched")).status == 201
+    assert shared.unit(launched)["desiredState"] == "launched"
+
+
+def test_an_option_without_value_is_an_empty_value(shared):
+    """Go's client omits empty strings: `Environment=` arrives as {section, name}."""
+    name = unique("empty")
+    body = {"options": [{"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+                        {"section": "Service", "name": "Environment"}]}
+    assert shared.put(name, body).status == 201
+    assert shared.unit(name)["options"][1] == {"section": "Service", "name": "Environment",
+                                               "value": ""}
+
+
+def test_different_options_replace_the_unit(shared):
     name = unique("rep")
     first = options("[Service]\nExecStart=/bin/true\n")
     second = options("[Service]\nExecStart=/bin/false\n")
+    third = options("[Service]\nExecStart=/bin/sleep 1\n")
     assert shared.put(name, {"desiredState": "inactive", "options": first}).status == 201
     same = shared.put(name, {"desiredState": "loaded", "options": first})
     assert same.status == 204, "identical content is a desired-state change"
     assert shared.unit(name)["desiredState"] == "loaded"
+    nothing = shared.put(name, {"options": first})
+    assert nothing.status == 409
+    assert "must provide DesiredState to update existing unit" in nothing.message
 
-    refused = shared.put(name, {"desiredState": "launched", "options": second})
-    assert refused.status == 409 and "destroy it first" in refused.message
-    assert shared.unit(name)["options"] == first and shared.unit(name)["desiredState"] == "loaded"
-    assert shared.put(name, {"options": second}, "?replace=true").status == 409  # no state
-    assert shared.put(name, {"desiredState": "inactive", "options": second},
-                      "?replace=maybe").status == 400
-
-    replaced = shared.put(name, {"desiredState": "inactive", "options": second}, "?replace=true")
+    # fleetctl --replace sends the new options alone: submitted anew, desired state inactive
+    replaced = shared.put(name, {"name": name, "options": second})
     assert replaced.status == 201
     assert shared.unit(name)["options"] == second
     assert shared.unit(name)["desiredState"] == "inactive"
-    assert shared.put(name, {"desiredState": "loaded"}).status == 204
+    with_state = shared.put(name, {"desiredState": "loaded", "options": third})
+    assert with_state.status == 201
+    assert (shared.unit(name)["options"], shared.unit(name)["desiredState"]) == (third, "loaded")
+
+    # replace=false: a client that looked first never overwrites a unit submitted meanwhile
+    refused = shared.put(name, {"desiredState": "launched", "options": first}, "?replace=false")
+    assert refused.status == 409 and "already exists with different content" in refused.message
+    assert shared.unit(name)["options"] == third and shared.unit(name)["desiredState"] == "loaded"
+    assert shared.put(name, {"desiredState": "inactive", "options": first},
+                      "?replace=true").status == 201
+    assert shared.unit(name)["options"] == first
     assert shared.put(name, {"desiredState": "bogus"}).status == 400
-    assert shared.unit(name)["desiredState"] == "loaded", "an unknown state is never stored"
+    assert shared.unit(name)["desiredState"] == "inactive", "an unknown state is never stored"
+
+
+@pytest.mark.parametrize("state", ["loaded", "launched"])
+def test_a_template_cannot_be_activated(shared, state):
+    template = f"{unique('tpl')[:-len('.service')]}@.service"
+    body = good_body(state)
+    refused = shared.put(template, body)
+    assert refused.status == 400 and f'cannot activate template "{template}"' in refused.message
+    assert shared.registry.get_job(template) is None
+    assert shared.put(template, good_body("inactive")).status == 201
+    refused = shared.put(template, {"desiredState": state})
+    assert refused.status == 400 and "cannot activate template" in refused.message
+    assert shared.unit(template)["desiredState"] == "inactive"
+    instance = template.replace("@.", "@1.")
+    assert shared.put(instance, good_body(state)).status == 201
+
+
+def test_state_of_one_unit(fleets):
+    """fleet's UnitState.Get: GET /state/<unit> is one UnitState object, 404 when none."""
+    fleet = fleets(disable_engine=True)
+    keys, etcd = fleet.registry.keys, fleet.registry.etcd
+
+    def put_state(machine: str, active: str) -> None:
+        etcd.put(keys.state("g.service", machine),
+                 encode({"hash": "h" * 40, "load": "loaded", "active": active, "sub": "x"}))
+
+    missing = fleet.call("GET", f"{V1}/state/g.service")
+    assert missing.status == 404 and "unit state does not exist" in missing.message
+    put_state("m2", "active")
+    reply = fleet.call("GET", f"{V1}/state/g.service?alt=json")
+    assert reply.status == 200
+    assert reply.json == {"name": "g.service", "hash": "h" * 40, "machineID": "m2",
+                          "systemdLoadState": "loaded", "systemdActiveState": "active",
+                          "systemdSubState": "x"}
+    put_state("m1", "failed")
+    assert fleet.call("GET", f"{V1}/state/g.service").json["machineID"] == "m1"
+    etcd.put(keys.assignment("m2", "g.service"), encode({"hash": "h" * 40,
+                                                         "desired": "launched"}))
+    assert fleet.call("GET", f"{V1}/state/g.service").json["machineID"] == "m2", \
+        "the assigned machine's state wins"
+    picked = fleet.call("GET", f"{V1}/state/g.service?machineID=m1").json
+    assert (picked["machineID"], picked["systemdActiveState"]) == ("m1", "failed")
+    assert fleet.call("GET", f"{V1}/state/g.service?machineID=m9").status == 404
+    assert fleet.call("GET", f"{V1}/state/gone.service").status == 404
+    assert fleet.call("GET", f"{V1}/state/a%2Fb.service").status == 400
+    assert fleet.call("PUT", f"{V1}/state/g.service", good_body(), JSON).status == 405
+
+
+FAILING = "[Service]\nExecStart=/bin/sh -c 'echo about to fail; exit 3'\n"
+
+
+def test_a_unit_that_fails_at_once_is_launched_and_systemd_failed(fleet):
+    """fleet reports such a unit as launched (its agent started it) with systemd's
+    failed/failed, so a client waiting for `launched` and then for systemd sees why."""
+    name = unique("fail")
+    assert fleet.put(name, {"desiredState": "launched", "options": options(FAILING)}).status == 201
+
+    def failed():
+        reply = fleet.call("GET", f"{V1}/state/{name}")
+        return reply.json if reply.status == 200 and \
+            reply.json["systemdActiveState"] == "failed" else None
+    state = wait_for(failed, 20, message="failure reported")
+    assert (state["systemdLoadState"], state["systemdSubState"]) == ("loaded", "failed")
+    assert fleet.unit(name)["currentState"] == "launched"
+    assert fleet.put(name, {"desiredState": "loaded"}).status == 204
+    wait_for(lambda: fleet.unit(name)["currentState"] == "loaded", 20,
+             message="stopped: loaded again")
+    assert fleet.call("DELETE", f"{V1}/units/{name}").status == 204
 
 
 # -- this machine: status and journal ------------------------------------------------------------

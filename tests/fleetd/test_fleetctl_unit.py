@@ -57,6 +57,7 @@ class FakeFleet:
     page_size: int = 2
     flip_after: int = 2
     stuck: set[str] = field(default_factory=set)
+    failing: set[str] = field(default_factory=set)  # systemd reports these failed once launched
     place_on: str = M1
     fail_with: tuple[int, str] | None = None
     requests: list[tuple[str, str, dict, object]] = field(default_factory=list)
@@ -88,6 +89,15 @@ class FakeFleet:
             del self.countdown[name]
             unit["currentState"] = unit["desiredState"]
             unit["machineID"] = "" if unit["desiredState"] == "inactive" else self.place_on
+            self.states = [s for s in self.states if s["name"] != name]
+            if unit["desiredState"] != "inactive":
+                active, sub = {"launched": ("active", "running"),
+                               "loaded": ("inactive", "dead")}[unit["desiredState"]]
+                if name in self.failing and unit["desiredState"] == "launched":
+                    active, sub = "failed", "failed"
+                self.states.append({"name": name, "hash": "", "machineID": self.place_on,
+                                    "systemdLoadState": "loaded", "systemdActiveState": active,
+                                    "systemdSubState": sub})
 
     def handle(self, method: str, path: str, query: dict, body: object) -> tuple[int, object]:
         with self.lock:
@@ -644,7 +654,7 @@ def test_submit_creates_inactive_units_silently(fleetctl, serve, workdir):
     result = fleetctl("submit", "hello.service", endpoint=serve(fake))
     assert (result.code, result.out, result.err) == (0, "", "")
     put = [(p, q, b) for m, p, q, b in fake.requests if m == "PUT"]
-    assert put == [("/fleet/v1/units/hello.service", {},
+    assert put == [("/fleet/v1/units/hello.service", {"replace": ["false"]},
                     {"desiredState": "inactive", "options": options_of(HELLO)})]
 
 
@@ -715,6 +725,29 @@ def test_submit_instance_uses_the_local_template(fleetctl, serve, workdir):
     assert fake.units["web@1.service"]["options"] == options_of(TEMPLATE)
 
 
+def test_submit_of_a_file_not_named_like_a_unit_is_refused(fleetctl, serve, workdir):
+    Path("bad.txt").write_text(HELLO)
+    Path("hello").write_text(HELLO)
+    fake = FakeFleet()
+    for arg, hint in (("bad.txt", "bad.service"), ("hello", "hello.service")):
+        result = fleetctl("submit", arg, endpoint=serve(fake, f"{arg}.sock"))
+        assert result.code == 2
+        assert f"fleetctl: {arg} is not a unit file: its name must be a unit name" in result.err
+        assert f"rename it, e.g. to {hint}" in result.err
+    assert fake.paths("PUT") == [] and fake.units == {}
+
+
+@pytest.mark.parametrize("text, says", [("", "is empty"), ("\n  \n", "is empty"),
+                                        ("# only a comment\n", "has no options (only comments)")])
+def test_submit_of_an_empty_file_says_so(fleetctl, serve, workdir, text, says):
+    Path("empty.service").write_text(text)
+    fake = FakeFleet()
+    result = fleetctl("submit", "empty.service", endpoint=serve(fake))
+    assert result.code == 2
+    assert f"fleetctl: empty.service {says}: a unit file needs at least" in result.err
+    assert fake.paths("PUT") == []
+
+
 def test_submit_unknown_file_exits_1(fleetctl, serve, workdir):
     result = fleetctl("submit", "nothing.service", endpoint=serve(FakeFleet()))
     assert result.code == 1
@@ -754,7 +787,8 @@ def test_start_times_out_after_block_timeout(fleetctl, serve, workdir, clock):
     result = fleetctl("start", "--block-timeout", "5", "hello", endpoint=serve(fake))
     assert result.code == 1
     assert "to report state launched after 5s (--block-timeout); it is inactive" in result.err
-    assert "no machine accepted it" in result.err
+    assert ("not scheduled yet, though machine 0682a8f2.../192.168.50.14 can run it (is a "
+            "fleetd with the engine enabled running?)") in result.err
     assert clock.now == pytest.approx(5.0)
 
 
@@ -797,6 +831,61 @@ def test_load_waits_for_loaded(fleetctl, serve, workdir):
     assert (result.code, result.out) == (0, "Unit hello.service loaded on d0ef0562.../10.0.0.3\n")
 
 
+def test_start_of_an_already_launched_unit_is_silent(fleetctl, serve, workdir):
+    fake = FakeFleet(machines=two_machines())
+    fake.add_unit("hello.service", HELLO, "launched", "launched", M1)
+    result = fleetctl("start", "hello", endpoint=serve(fake))
+    assert (result.code, result.out, result.err) == (0, "", "")
+    assert fake.paths("PUT") == []
+
+
+@pytest.mark.parametrize("command", ["start", "load"])
+def test_a_template_is_refused_at_once(fleetctl, serve, workdir, command):
+    Path("web@.service").write_text(TEMPLATE)
+    fake = FakeFleet(machines=two_machines())
+    result = fleetctl(command, "web@.service", endpoint=serve(fake))
+    assert result.code == 2
+    assert ("web@.service: a template cannot be "
+            f"{'started' if command == 'start' else 'loaded'}") in result.err
+    assert f"{command} an instance such as web@1.service" in result.err
+    assert fake.requests == []
+
+
+def test_start_of_a_unit_that_fails_ends_with_its_state_and_log(fleetctl, serve, workdir):
+    Path("hello.service").write_text(HELLO)
+    machine = FakeFleet(place_on=M1)
+    machine.journals["hello.service"] = ["Jan 10 08:58:46 core-01 sh[4964]: cannot bind\n"]
+    fake = FakeFleet(machines=two_machines(), failing={"hello.service"})
+    fake.machines[1]["apiURL"] = serve(machine, "m1.sock")
+    result = fleetctl("start", "hello.service", endpoint=serve(fake))
+    assert result.code == 1
+    assert result.out == "Unit hello.service launched on 0682a8f2.../192.168.50.14\n"
+    assert result.err == ("Unit hello.service failed on 0682a8f2.../192.168.50.14 (systemd: "
+                          "failed/failed); its last log lines:\n"
+                          "    Jan 10 08:58:46 core-01 sh[4964]: cannot bind\n")
+
+
+def test_start_of_an_unschedulable_unit_names_the_constraint(fleetctl, serve, workdir, clock):
+    Path("eu.service").write_text(HELLO + "\n[X-Fleet]\nMachineMetadata=region=eu\n")
+    fake = FakeFleet(machines=two_machines(), stuck={"eu.service"})
+    result = fleetctl("start", "eu.service", endpoint=serve(fake))  # the default policy
+    assert result.code == 1
+    assert result.err == ("Unit eu.service cannot be scheduled: no machine has metadata "
+                          "region=eu; no machine can run it as its [X-Fleet] section asks "
+                          "(see `fleetctl list-machines`).\n")
+    assert 5 <= clock.now < 10, "the scheduler said so for the grace period, then we stop"
+
+
+def test_stop_and_unload_of_a_global_unit_say_their_verb(fleetctl, serve, workdir):
+    fake = FakeFleet(machines=two_machines())
+    fake.add_unit("all.service", HELLO + "\n[X-Fleet]\nGlobal=true\n", "launched")
+    endpoint = serve(fake)
+    stopped = fleetctl("stop", "all", endpoint=endpoint)
+    assert (stopped.code, stopped.out) == (0, "Triggered global unit all.service stop\n")
+    unloaded = fleetctl("unload", "all", endpoint=endpoint)
+    assert (unloaded.code, unloaded.out) == (0, "Triggered global unit all.service unload\n")
+
+
 def test_stop_and_unload(fleetctl, serve, workdir):
     fake = FakeFleet(machines=two_machines())
     fake.add_unit("hello.service", HELLO, "launched", "launched", M1)
@@ -804,16 +893,24 @@ def test_stop_and_unload(fleetctl, serve, workdir):
     stopped = fleetctl("stop", "hello.service", endpoint=endpoint)
     assert (stopped.code, stopped.out) == (0, "Unit hello.service loaded on "
                                               "0682a8f2.../192.168.50.14\n")
+    assert stopped.err == "Successfully stopped units [hello.service].\n"
     unloaded = fleetctl("unload", "hello", endpoint=endpoint)
     assert (unloaded.code, unloaded.out) == (0, "Unit hello.service inactive\n")
+    assert unloaded.err == "Successfully unloaded units [hello.service].\n"
     again = fleetctl("stop", "hello", endpoint=endpoint)
     assert again.code == 1
     assert "Unable to stop unit hello.service in state inactive" in again.err
 
 
-def test_stop_unknown_unit(fleetctl, serve):
-    result = fleetctl("stop", "ghost", endpoint=serve(FakeFleet()))
-    assert (result.code, result.err) == (1, "Unit ghost.service does not exist.\n")
+@pytest.mark.parametrize("command", ["stop", "unload", "destroy"])
+def test_missing_units_are_fleets_units_not_found_in_registry(fleetctl, serve, command):
+    fake = FakeFleet()
+    result = fleetctl(command, "ghost", endpoint=serve(fake))
+    assert (result.code, result.out, result.err) == (0, "", "Units not found in registry\n")
+    assert fake.paths() == ["/fleet/v1/units"]
+    nothing = fleetctl(command, "ghost@*", endpoint=serve(fake, "second.sock"))
+    assert (nothing.code, nothing.err) == (0, "No units match ghost@* in the cluster.\n"
+                                              "Units not found in registry\n")
 
 
 def test_destroy(fleetctl, serve):
@@ -828,9 +925,29 @@ def test_destroy_unknown_unit(fleetctl, serve):
     fake = FakeFleet()
     fake.add_unit("hello.service", HELLO)
     result = fleetctl("destroy", "x", "hello.service", endpoint=serve(fake))
-    assert result.code == 1
-    assert result.err == "Unit x.service does not exist.\n"
+    assert result.code == 0
+    assert result.err == "Unit x.service not found in registry; skipped\n"
     assert result.out == "Destroyed hello.service\n"  # the others are still destroyed
+
+
+def test_destroy_glob_takes_the_template_stop_glob_skips_it(fleetctl, serve):
+    fake = FakeFleet(machines=two_machines(), flip_after=1)
+    fake.add_unit("web@.service", TEMPLATE)
+    for name in ("web@1.service", "web@2.service"):
+        fake.add_unit(name, TEMPLATE, "launched", "launched", M1)
+    fake.add_unit("db.service", HELLO, "launched", "launched", M1)
+    endpoint = serve(fake)
+    stopped = fleetctl("stop", "web@*", endpoint=endpoint)
+    assert stopped.code == 0, stopped.err
+    assert stopped.err == "Successfully stopped units [web@1.service web@2.service].\n"
+    assert fake.units["web@.service"]["desiredState"] == "inactive"
+    template = fleetctl("stop", "web@.service", endpoint=endpoint)
+    assert (template.code, template.err) == (
+        0, "Unit web@.service is a template: it never runs; skipped\n")
+    destroyed = fleetctl("destroy", "web@*", endpoint=endpoint)
+    assert destroyed.out == ("Destroyed web@.service\nDestroyed web@1.service\n"
+                             "Destroyed web@2.service\n")
+    assert sorted(fake.units) == ["db.service"]
 
 
 # -- cat, status, journal ----------------------------------------------------------------

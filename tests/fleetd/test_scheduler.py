@@ -82,6 +82,11 @@ PLACEMENT = [
      {"a.service": "m1", "b.service": "m2"}, {}),
     ("no-machines", [], [job("a.service")], {}, {},
      {"a.service": "no machines in the cluster"}),
+    # a template is a pattern for its instances, never placed itself, whatever its state
+    ("template-never-placed", M3,
+     [job("web@.service"), job("web@.socket", "loaded"), job("web@1.service")], {},
+     {"web@1.service": "m1"}, {}),
+    ("template-with-pin-never-placed", M3, [job("web@.service", machine_id="m2")], {}, {}, {}),
     # MachineMetadata
     ("metadata-match", [machine("m1", region="us"), machine("m2", region="eu")],
      [job("a.service", metadata={"region": "eu"})], {}, {"a.service": "m2"}, {}),
@@ -247,6 +252,10 @@ RECONCILE = [
      {"a.service": "m1", "b.service": "m2"}, {}, {}, {}),
     ("unit-destroyed", M3, [], {"ghost.service": "m1"},
      {"ghost.service": ("m1", "unit destroyed")}, {}, {}),
+    ("template-assignment-removed", M3, [job("web@.service"), job("web@1.service")],
+     {"web@.service": "m1", "web@1.service": "m2"},
+     {"web@.service": ("m1", "a template is never scheduled; start its instances instead")},
+     {}, {}),
     ("desired-inactive-not-replaced", M3, [job("a.service", "inactive")], {"a.service": "m2"},
      {"a.service": ("m2", "desired state inactive")}, {}, {}),
     ("inactive-on-gone-machine", M3, [job("a.service", "inactive")], {"a.service": "m9"},

@@ -11,6 +11,7 @@ from fleetd.unit.names import (
     KNOWN_SUFFIXES,
     UnitName,
     UnitNameError,
+    is_template_name,
     is_valid_unit_name,
     normalize_unit_name,
     parse_unit_name,
@@ -104,6 +105,7 @@ def test_name_properties(text, is_template, is_instance, template, stem):
     name = parse_unit_name(text)
     assert (name.is_template, name.is_instance, name.template, name.stem) == (
         is_template, is_instance, template, stem)
+    assert is_template_name(text) == is_template
 
 
 INSTANTIATE = [
@@ -203,6 +205,7 @@ def test_any_text_gives_a_name_or_a_unit_name_error(text):
         return
     assert name.full == text
     assert is_valid_unit_name(text)
+    assert is_template_name(text) == name.is_template
     assert parse_unit_name(name.full) == name
 
 

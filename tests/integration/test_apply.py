@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from fleetd.job import JobState
-from fleetd.registry.etcd import Etcd
+from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import Registry
+from fleetd.unit.unitfile import content_hash, parse_unit_file
 from provision import apply as apply_module
 from provision.errors import OperationFailed
 from provision.model_build import load_cluster
@@ -126,11 +127,16 @@ def test_up_applied_the_example_and_a_second_apply_changes_nothing(cluster):
     assert plan.returncode == 0, plan.stderr
     assert "No changes" in plan.stdout
     etcd = cluster.etcd()
+
+    def written() -> dict[str, int]:  # every key apply may write, with its mod revision
+        prefix = Registry(etcd).keys.prefix
+        return {kv.key: kv.mod_revision for kind in ("job/", "global/", "unit/", "lock/")
+                for kv in etcd.snapshot(prefix + kind)[1]}
     try:
-        before = etcd.revision()
+        before = written()
         again = cluster.provision("apply", str(three))
         assert again.returncode == 0, again.stderr
-        assert etcd.revision() == before  # nothing written
+        assert written() == before  # no unit written; its lock taken and released
     finally:
         etcd.close()
 
@@ -251,19 +257,85 @@ def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
     base = cluster.declare("race1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     declared = load_cluster(cluster.declare("race2", [{**WEB_SET, "state": "loaded"}]))[0]
-    session = apply_module.open_session(declared)
+    session = apply_module.open_session(declared, lock=True)
     try:
         assert {c.action.value for c in session.plan.changes} == {"state"}
-        # Someone else stops web@2 between our read and our write.
+        # Someone else (not an apply: fleetctl) stops web@2 between our read and our write.
         session.registry.set_desired("web@2.service", JobState.INACTIVE)
-        with pytest.raises(OperationFailed, match="changed since the plan was read"):
+        with pytest.raises(OperationFailed) as failed:
             apply_module.apply(session, deadline=time.monotonic() + 30, report=lambda _: None)
+        assert str(failed.value).startswith("conflict: the registry changed after this apply "
+                                            "planned")
+        assert ("web@2.service was changed by someone else (it held "
+                f"{session.actual['web@2.service'].hash[:7]}, launched; it now holds "
+                f"{session.actual['web@2.service'].hash[:7]}, inactive)") in str(failed.value)
+        assert "nothing of step 1 was written; 0 of 1 step written" in str(failed.value)
         _, jobs = session.registry.jobs()
         # Nothing of the step was written: web@1 and web@3 are still launched.
         assert jobs["web@1.service"].job.desired is JobState.LAUNCHED
         assert jobs["web@3.service"].job.desired is JobState.LAUNCHED
     finally:
         session.close()
+
+
+def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(cluster):
+    base = cluster.declare("over1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    v2 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v2)")
+    other = WEB.replace("Description=Demo web server %i", "Description=someone else's %i")
+    declared = load_cluster(cluster.declare(
+        "over2", [{**WEB_SET, "file": "units-over2/web@.service"}], {"web@.service": v2}))[0]
+    session = apply_module.open_session(declared, lock=True)
+    theirs = parse_unit_file(other)
+
+    def someone_else_writes(text: str) -> None:
+        if text.startswith("step 1/3"):  # right after our first rolling step was written
+            session.registry.create_job("web@1.service", theirs, JobState.LAUNCHED,
+                                        replace=True)
+    try:
+        ours = next(u for u in session.desired if u.name == "web@1.service").hash
+        with pytest.raises(OperationFailed) as failed:
+            apply_module.apply(session, deadline=time.monotonic() + 60,
+                               report=someone_else_writes)
+    finally:
+        session.close()
+    text = str(failed.value)
+    assert "conflict: web@1.service was changed by someone else after this apply wrote it: " \
+           f"the registry now holds {content_hash(theirs)[:7]}, launched (this apply wrote " \
+           f"{ours[:7]}, launched)" in text
+    assert "1 of 3 steps written" in text
+    assert "still on the old version: web@2.service" in text
+    assert "not announced" not in text
+
+
+@pytest.mark.parametrize("lost", ["reply", "request"])
+def test_a_write_whose_reply_was_lost_is_recognised_as_ours(cluster, lost):
+    base = cluster.declare("lost1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    declared = load_cluster(cluster.declare(f"lost-{lost}",
+                                            [{**WEB_SET, "state": "loaded"}]))[0]
+    session = apply_module.open_session(declared, lock=True)
+    really_write = session.registry.write_jobs
+    calls = []
+
+    def lossy(*args, **kwargs) -> bool:  # the network fails around one real transaction
+        calls.append(1)
+        if len(calls) == 1 and lost == "request":
+            raise RegistryUnavailable("etcd unreachable: the request never arrived")
+        ok = really_write(*args, **kwargs)
+        if len(calls) == 1:
+            raise RegistryUnavailable("etcd unreachable: the reply was lost")
+        return ok
+    session.registry.write_jobs = lossy
+    try:
+        apply_module.apply(session, deadline=time.monotonic() + 60, report=lambda _: None)
+    finally:
+        session.close()
+    # Landed: recognised by the lock's progress record, not written twice, no conflict.
+    assert len(calls) == (1 if lost == "reply" else 2)
+    assert cluster.provision("plan", str(cluster.declare(
+        f"lost-{lost}", [{**WEB_SET, "state": "loaded"}])), "--detailed-exitcode"
+    ).returncode == 0
 
 
 @pytest.mark.parametrize("units,message", [

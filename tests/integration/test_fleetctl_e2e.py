@@ -173,3 +173,45 @@ def test_submit_refuses_a_different_unit_of_the_same_name(cluster):
     assert refused.returncode == 1 and "x.service" in refused.stderr
     fleetctl(cluster, "submit", "--replace", str(path))
     assert "WantedBy=x" in fleetctl(cluster, "cat", "x.service").stdout
+
+
+def test_start_ends_on_templates_failures_and_unschedulable_units(cluster):
+    """Blocking `start` never hangs: a template is refused at once, a unit that fails
+    ends with its state and log, one no machine can take ends naming the constraint."""
+    write(cluster, "tpl@.service", APACHE)
+    refused = fleetctl(cluster, "start", "tpl@.service", check=False)
+    assert refused.returncode == 2 and "a template cannot be started" in refused.stderr
+    assert rows(fleetctl(cluster, "list-unit-files").stdout) == []
+
+    (cluster.base / "crash.service").write_text(
+        "[Service]\nExecStart=/bin/sh -c 'echo cannot open /etc/crash.conf; exit 3'\n")
+    failed = fleetctl(cluster, "start", "crash.service", check=False)
+    assert failed.returncode == 1, failed
+    assert re.search(r"Unit crash\.service launched on [0-9a-f]{8}\.\.\./127\.0\.0\.1",
+                     failed.stdout)
+    assert re.search(r"Unit crash\.service failed on [0-9a-f]{8}\.\.\./127\.0\.0\.1 \(systemd: "
+                     r"failed/failed\); its last log lines:\n.*cannot open /etc/crash\.conf",
+                     failed.stderr, re.S), failed.stderr
+    (row,) = [r for r in rows(fleetctl(cluster, "list-units").stdout) if r[0] == "crash.service"]
+    assert row[2:4] == ["failed", "failed"]
+
+    (cluster.base / "gpu.service").write_text(
+        "[Service]\nExecStart=/bin/sleep 100\n[X-Fleet]\nMachineMetadata=gpu=yes\n")
+    stuck = fleetctl(cluster, "start", "gpu.service", check=False)
+    assert stuck.returncode == 1
+    assert stuck.stderr.startswith("Unit gpu.service cannot be scheduled: no machine has "
+                                   "metadata gpu=yes"), stuck.stderr
+
+    (cluster.base / "bad.txt").write_text("[Service]\nExecStart=/bin/true\n")
+    bad = fleetctl(cluster, "submit", "bad.txt", check=False)
+    assert bad.returncode == 2 and "bad.txt is not a unit file" in bad.stderr
+    (cluster.base / "empty.service").write_text("")
+    empty = fleetctl(cluster, "submit", "empty.service", check=False)
+    assert empty.returncode == 2 and "empty.service is empty" in empty.stderr
+
+    destroyed = fleetctl(cluster, "destroy", "crash.service", "gpu", "ghost")
+    assert destroyed.stdout == "Destroyed crash.service\nDestroyed gpu.service\n"
+    assert destroyed.stderr == "Unit ghost.service not found in registry; skipped\n"
+    for command in ("stop", "unload", "destroy"):
+        none = fleetctl(cluster, command, "ghost")
+        assert none.stderr == "Units not found in registry\n"

@@ -84,3 +84,18 @@ def test_validate_user_data_warnings_pass_unless_strict(tmp_path):
     strict = provision("validate", "--strict", "--user-data", str(ud))
     assert strict.returncode == 2
     assert strict.stdout == ""
+
+
+def test_an_unreachable_etcd_no_command_foresaw_is_still_one_line(monkeypatch, capsys):
+    from fleetd.registry.etcd import RegistryUnavailable
+    from provision import apply_cli
+    from provision.cli import main
+
+    def unforeseen(args) -> int:  # noqa: ANN001
+        raise RegistryUnavailable("etcd unreachable: UNAVAILABLE: connection refused")
+
+    monkeypatch.setattr(apply_cli, "cmd_plan", unforeseen)
+    assert main(["plan", "c.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("provision: etcd unreachable: UNAVAILABLE: connection refused; is the "
+                   "cluster up? (`provision status`)\n")

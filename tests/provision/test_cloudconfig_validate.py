@@ -14,8 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provision.cloudconfig import validate_user_data
-from provision.cloudconfig.files import UndecodableContent, decode_content, on_read_only_usr
 from provision.cloudconfig.rules import CLOUD_CONFIG, LIST, MAPPING, WRITE_FILE, Field
+from provision.cloudconfig.write_files import (
+    UndecodableContent,
+    decode_content,
+    on_read_only_usr,
+)
 from provision.errors import Problem
 
 FILE = "user-data-1"

@@ -11,7 +11,7 @@ from fleetd.registry.registry import UnitStateRecord
 from fleetd.runner.base import UnitStatus
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.unit.xfleet import parse_fleet_options
-from provision.convergence import FAILED, WAITING, lagging
+from provision.convergence import CHANGED, FAILED, WAITING, lagging
 from provision.desired import desired_units, owner_of
 from provision.errors import UserError
 from provision.model_build import load_cluster
@@ -221,3 +221,27 @@ def test_convergence_table(tmp_path):
     assert lags["web@3.service"].reason == "activating/start"
     assert lags["web-announce@3.service"].reason == "not scheduled or not reported yet"
     assert lagging(units[:2], states[:2], announced={"/services/web/1"}) == {}
+
+
+def test_a_job_someone_else_changed_after_apply_wrote_it_is_a_conflict_not_a_wait(tmp_path):
+    units = desired_units(cluster(tmp_path, WEB_SET))
+    web1, side1, web2, side2, web3, side3 = units
+    states = [record(u.name, u.hash) for u in units]
+    heads = {u.name: (u.hash, u.state) for u in units}
+    heads["web@1.service"] = ("0ther1234", JobState.LAUNCHED)       # another writer's content
+    heads["web@2.service"] = (web2.hash, JobState.INACTIVE)         # another writer stopped it
+    del heads["web@3.service"]                                      # another writer destroyed it
+    lags = lagging(units, states, {"/services/web/1", "/services/web/2", "/services/web/3"},
+                   heads)
+    assert {n: lag.kind for n, lag in lags.items()} == {
+        "web@1.service": CHANGED, "web@2.service": CHANGED, "web@3.service": CHANGED}
+    assert lags["web@1.service"].reason == (
+        "was changed by someone else after this apply wrote it: the registry now holds "
+        f"0ther12, launched (this apply wrote {web1.hash[:7]}, launched)")
+    assert "now holds" in lags["web@2.service"].reason and "inactive" in \
+        lags["web@2.service"].reason
+    assert lags["web@3.service"].reason == "was destroyed by someone else after this apply " \
+                                           "wrote it"
+    # The registry holding what apply wrote: converged, as without `jobs`.
+    assert lagging(units, states, {"/services/web/1", "/services/web/2", "/services/web/3"},
+                   {u.name: (u.hash, u.state) for u in units}) == {}

@@ -9,5 +9,6 @@
     progress.py   one line per node while waiting
     discovery.py  custom discovery's size key; a local token discovery service
     etcdbin.py    which etcd binary, and whether its version is safe
-    provider.py   up, down, status, node stop|start, env
+    membership.py etcd's remove + re-add of a member that lost its data (node reset)
+    provider.py   up, down, status, node stop|start|reset, env
 """

@@ -126,6 +126,20 @@ class NodeBoot:
         return tuple(u.name for u in self.units if u.start)
 
     @property
+    def peer_url(self) -> str | None:
+        """The peer URL this node's etcd member advertises (None for a gateway)."""
+        for arg in self.etcd_argv:
+            if arg.startswith("--initial-advertise-peer-urls="):
+                return arg.partition("=")[2].split(",")[0]
+        return None
+
+    @property
+    def member_marker(self) -> Path:
+        """Written once this node's etcd has served as a member with data: its data going
+        missing later is then a lost member, not a first boot."""
+        return self.dirs.base / "etcd-member.json"
+
+    @property
     def node_units(self) -> tuple[str, ...]:
         """Units started besides etcd and fleet (the "units" health column)."""
         return tuple(n for n in self.started_units if n not in (ETCD_UNIT, FLEET_UNIT))

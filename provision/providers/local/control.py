@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from provision.errors import OperationFailed
+from provision.files import check_writable, disk_error, is_disk_error
 from provision.providers.local import state
 from provision.providers.local.dns import exec_prefix
 from provision.providers.local.health import excerpt
@@ -58,6 +59,11 @@ def start_supervisor(state_dir: Path, deadline: float, netns: str | None = None)
         if pid is not None and running(state_dir) and state.pid_alive(pid):
             return pid
         time.sleep(POLL_S)
+    try:  # the likeliest reason: it could not write its pid file
+        check_writable(state_dir)
+    except OSError as err:
+        if is_disk_error(err):
+            raise disk_error(err) from None
     raise OperationFailed("the cluster supervisor did not start\n"
                           + excerpt(state_dir / state.LOG_FILE))
 
@@ -84,6 +90,20 @@ def read_status(state_dir: Path, generation: int = 0) -> dict | None:
     if status is None or int(status.get("generation") or 0) < generation:
         return None
     return status
+
+
+def writes_problem(state_dir: Path) -> dict | None:
+    """The live supervisor's report that its state writes fail (path, error, since), or None."""
+    record = state.read_writes(state_dir)
+    if not record.get("failing") or not running(state_dir):
+        return None
+    return record
+
+
+def describe_writes_problem(record: dict) -> str:
+    return (f"state writes failing: {record.get('path')}: {record.get('error')} since "
+            f"{record.get('since')} ({record.get('failures', 1)} attempts; the nodes keep "
+            "running, their status is from before)")
 
 
 def stop_supervisor(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> bool:

@@ -15,6 +15,7 @@ inside the cluster's network namespace (dns-srv clusters), where the nodes are.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,9 @@ from fleetd.registry.keys import Keys, Kind
 PROBE_TIMEOUT_S = 1.0
 EXCERPT_LINES = 12
 EXCERPT_WIDTH = 300
+CAUSE_WIDTH = 500
+MAX_CAUSES = 6
+CAUSE_SCAN_BYTES = 256 * 1024
 
 
 def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -156,18 +160,86 @@ def unit_state(node_status: dict | None, unit: str) -> tuple[str, str]:
 
 
 def excerpt(path: Path, lines: int = EXCERPT_LINES) -> str:
-    """The last lines of a log, each clipped, for error messages."""
+    """For error messages: the log's error lines (its cause, deduplicated), then its last
+    lines, each clipped. A Go program's tail is often only a stack; the cause (etcd's
+    `"level":"panic"` line, `panic: …`) comes before it."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, 2)
             size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
+            handle.seek(max(0, size - CAUSE_SCAN_BYTES))
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return f"(no log at {path})"
-    tail = [line if len(line) <= EXCERPT_WIDTH else line[:EXCERPT_WIDTH] + " …"
-            for line in text.splitlines()[-lines:]]
-    return f"--- last lines of {path} ---\n" + "\n".join(tail)
+    every = text.splitlines()
+    if size > CAUSE_SCAN_BYTES:
+        every = every[1:]  # the first one may be cut in the middle
+    tail = [_clip(line, EXCERPT_WIDTH) for line in every[-lines:]]
+    found = causes(every)
+    head = ""
+    if found:
+        head = (f"--- errors in {path.name} (deduplicated) ---\n"
+                + "\n".join(_clip(c, CAUSE_WIDTH) for c in found) + "\n")
+    return head + f"--- last lines of {path} ---\n" + "\n".join(tail)
+
+
+def _clip(line: str, width: int) -> str:
+    return line if len(line) <= width else line[:width] + " …"
+
+
+# A unit log line: "<timestamp> <host> <ident>: <what the process wrote>".
+_UNIT_LOG_PREFIX = re.compile(r"^\S+ \S+ [^\s:]+: ")
+# capnslog (etcd 3.4): "2026-01-01 12:00:00.000000 C | etcdserver: …" (C critical, E error).
+_CAPNSLOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ ([CEF]) \| (.*)$")
+_TEXT_CAUSE = re.compile(r"^(panic: |fatal error: |fatal: |FATAL|PANIC)")
+_SEVERITY = {"panic": 3, "dpanic": 3, "fatal": 3, "C": 3, "F": 3, "error": 1, "E": 1}
+
+
+def causes(lines: list[str], limit: int = MAX_CAUSES) -> list[str]:
+    """The lines of a log that say what went wrong, without timestamps, each once.
+
+    etcd's zap JSON lines of level error and worse become `level: msg (path=…): error`;
+    capnslog's critical and error lines, `panic:` and `fatal error:` lines are kept as
+    written. When there are more than `limit`, the fatal ones win over plain errors,
+    then the most recent; the result keeps the log's order.
+    """
+    found: dict[str, tuple[int, int]] = {}  # text -> (severity, last position)
+    for position, raw in enumerate(lines):
+        line = _UNIT_LOG_PREFIX.sub("", raw, count=1).strip()
+        text, severity = _cause(line)
+        if text is not None:
+            found.pop(text, None)
+            found[text] = (severity, position)
+    # Go's `panic: msg` repeats zap's panic line minus its detail: keep the fuller one.
+    found = {text: rank for text, rank in found.items()
+             if not any(other != text and other.startswith(text) for other in found)}
+    if len(found) > limit:
+        keep = sorted(found.items(), key=lambda item: item[1], reverse=True)[:limit]
+        found = dict(sorted(keep, key=lambda item: item[1][1]))
+    return list(found)
+
+
+def _cause(line: str) -> tuple[str | None, int]:
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None, 0
+        level = str(record.get("level", "")) if isinstance(record, dict) else ""
+        if level not in _SEVERITY:
+            return None, 0
+        text = f"{level}: {record.get('msg', '')}"
+        if record.get("path"):
+            text += f" (path={record['path']})"
+        if record.get("error"):
+            text += f": {record['error']}"
+        return text, _SEVERITY[level]
+    match = _CAPNSLOG.match(line)
+    if match:
+        return f"{match[1]} | {match[2]}", _SEVERITY[match[1]]
+    if _TEXT_CAUSE.match(line):
+        return line, 2
+    return None, 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fleetd.config import SETTINGS as FLEET_SETTINGS
 from provision.errors import Problem, UserError
+from provision.files import write_atomic
 from provision.providers.local import state
 from provision.providers.local.boot import FileWrite, NodeBoot, NodeDirs, plan_node
 from provision.providers.local.control import repo_root
@@ -77,11 +78,17 @@ def write_into_root(root: Path, item: FileWrite) -> None:
     tmp = parent / f".{target.name}.provision-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, item.content)
-        os.fchmod(fd, item.mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, parent / target.name)  # replaces a symlink itself, never its target
+        try:
+            view = memoryview(item.content)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, item.mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, parent / target.name)  # replaces a symlink itself, never its target
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(parent / target.name)) from None
 
 
 def prepare_node(boot: NodeBoot) -> str:
@@ -89,8 +96,8 @@ def prepare_node(boot: NodeBoot) -> str:
     for path in (dirs.root / "etc", dirs.system, dirs.fleet):
         path.mkdir(parents=True, exist_ok=True)
     mid = machine_id(dirs)
-    (dirs.root / "etc" / "machine-id").write_text(mid + "\n")
-    (dirs.root / "etc" / "hostname").write_text(boot.hostname + "\n")
+    write_atomic(dirs.root / "etc" / "machine-id", mid + "\n")
+    write_atomic(dirs.root / "etc" / "hostname", boot.hostname + "\n")
     for item in boot.files:
         write_into_root(dirs.root, item)
     return mid
@@ -116,6 +123,7 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
         "etcd": binaries.etcd, "etcdctl": binaries.etcdctl, "version": binaries.version_text,
         "source": binaries.source}
     plan = {"cluster": cluster, "etcd_binary": etcd, "netns": shared.netns,
+            "log_limits": log_limits(),
             "wait_tcp": list(shared.wait_tcp),
             "shared_units": [{"name": u.name, "text": u.text, "start": u.start}
                              for u in shared.units],
@@ -127,6 +135,31 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
     } for b in boots]}
     state.write_json(state_dir / state.PLAN, plan)
     return ids
+
+
+LOG_MAX_ENV = "PROVISION_LOG_MAX"
+LOG_KEEP_ENV = "PROVISION_LOG_KEEP"
+_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+
+
+def log_limits(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """Where node logs rotate: $PROVISION_LOG_MAX (bytes; k, M, G suffixes; default 10M)
+    and $PROVISION_LOG_KEEP (old files kept, default 3)."""
+    environ = dict(os.environ) if environ is None else environ
+    max_text = environ.get(LOG_MAX_ENV, "").strip() or "10M"
+    keep_text = environ.get(LOG_KEEP_ENV, "").strip() or "3"
+    number, unit = max_text.rstrip("kKmMgGbB"), max_text[len(max_text.rstrip("kKmMgGbB")):]
+    unit = unit.lower().rstrip("b")
+    try:
+        max_bytes = int(number) * _UNITS[unit]
+        keep = int(keep_text)
+    except (ValueError, KeyError):
+        max_bytes, keep = 0, -1
+    if max_bytes < 4096 or not 0 <= keep <= 100:
+        raise UserError(f"${LOG_MAX_ENV}={max_text!r} / ${LOG_KEEP_ENV}={keep_text!r}: node "
+                        "logs rotate at a size of at least 4096 bytes (e.g. 10M) and keep 0 to "
+                        "100 old files")
+    return {"max_bytes": max_bytes, "keep": keep}
 
 
 def machine_ids(state_dir: Path) -> dict[str, str]:

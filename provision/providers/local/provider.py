@@ -1,4 +1,4 @@
-"""The local provider: `up`, `down`, `status`, `node stop|start` and `env` for local clusters.
+"""The local provider: `up`, `down`, `status`, `node stop|start|reset` and `env`.
 
 `up` renders the cluster into `<state>/rendered` (the user-data files are the
 source of truth), plans every node from its own user-data (boot.py), prepares
@@ -27,6 +27,7 @@ from rich.console import Console
 
 from provision import discovery as render_discovery
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
+from provision.files import disk_error, is_disk_error
 from provision.model import DiscoveryMode
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
@@ -37,10 +38,16 @@ from provision.providers.local.etcdbin import (
     parse_version,
     version_warning,
 )
-from provision.providers.local.health import unit_state
+from provision.providers.local.health import excerpt, unit_state
+from provision.providers.local.membership import (
+    MembershipError,
+    Replaced,
+    join_argv,
+    replace_member_in,
+)
 from provision.providers.local.progress import Progress
-from provision.providers.local.units import UnitPlan, system_unit
-from provision.providers.local.waiter import Waiter, prober_for
+from provision.providers.local.units import ETCD_UNIT, UnitPlan, system_unit
+from provision.providers.local.waiter import Waiter, lost_members, prober_for
 
 DEFAULT_TIMEOUT = 120.0
 POLL_S = 0.1
@@ -93,6 +100,8 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
         write_rendered(rendered, files, record)
     manifest = nodes.read_manifest(rendered)
     boots = nodes.plan_cluster(state_dir, manifest, binaries)
+    if not was_running:
+        _refuse_lost_members(cluster.name, boots)
     for note in dict.fromkeys(n for b in boots for n in b.notes):
         console.print(f"note: {note}", markup=False, highlight=False)
     shared = _dns_services(state_dir, manifest) if dns_srv else nodes.Shared()
@@ -121,6 +130,18 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
                   f"(`provision env {cluster.name}` for fleetctl/etcdctl)",
                   markup=False, highlight=False)
     return 0
+
+
+def _refuse_lost_members(cluster: str, boots: list[NodeBoot]) -> None:
+    """A member whose data directory is gone must not start: under its old member ID with
+    empty data it would either panic or rejoin as if it still held what it acknowledged."""
+    lost = lost_members(boots)
+    if lost:
+        raise UserError([Problem(str(b.dirs.etcd), None, None,
+                                 f"node {b.name} was an etcd member of {cluster} but its data "
+                                 f"directory is gone; run `provision node reset {b.name} -c "
+                                 f"{cluster}` to remove it from the cluster and add it back "
+                                 "empty") for b in lost])
 
 
 def _dns_services(state_dir: Path, manifest: dict) -> nodes.Shared:
@@ -214,24 +235,53 @@ def down(cluster: str | Path, *, purge: bool = False, state_root: str | Path | N
     """Stop every process of the cluster (fleetd first, then etcd); with `purge`, forget it."""
     state_dir = locate(cluster, state_root)
     was_running = _stop(state_dir, timeout)
-    control.set_desired(state_dir, dict.fromkeys(nodes.machine_ids(state_dir), "stopped"))
     name = state_dir.name
     message = f"{name}: stopped" if was_running else f"{name}: was not running"
-    if purge:
-        rendered = state_dir / state.RENDERED
-        if rendered.is_dir():
+    if not purge:
+        _record_stopped(state_dir)
+        return message
+    rendered = state_dir / state.RENDERED
+    if rendered.is_dir():
+        try:
             render_discovery.mark_spent(rendered)
+        except OSError as err:
+            # The token record goes with the rest of the state below; a full disk must
+            # not keep `--purge` from freeing it (a read-only one fails just below).
+            if not is_disk_error(err):
+                raise
+    try:
         shutil.rmtree(state_dir)
-        message += f"; state removed ({state_dir})"
-    return message
+    except OSError as err:
+        if is_disk_error(err):  # read-only: the first unlink fails, nothing was removed
+            raise disk_error(err, state_dir) from None  # (rmtree names files relatively)
+        raise
+    return message + f"; state removed ({state_dir})"
+
+
+def _record_stopped(state_dir: Path) -> None:
+    """Say in desired.json that every node is stopped, when it says otherwise.
+
+    Nothing reads it until the next `up` (which rewrites it), so a disk that refuses the
+    write (full, read-only) does not make a finished `down` fail.
+    """
+    stopped = dict.fromkeys(nodes.machine_ids(state_dir), "stopped")
+    if ((state.read_json(state_dir / state.DESIRED) or {}).get("nodes") or {}) == stopped:
+        return
+    try:
+        control.set_desired(state_dir, stopped)
+    except OSError as err:
+        if not is_disk_error(err):
+            raise
 
 
 def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], dict]:
-    """The nodes' plans again, for their addresses, units and paths (not to run anything,
-    so the etcd binary does not matter here)."""
+    """The nodes' plans again, for their addresses, units and paths, with the etcd binary
+    the cluster was brought up with (`node reset` runs a node from them)."""
     manifest = nodes.read_manifest(state_dir / state.RENDERED)
-    placeholder = EtcdBinaries("etcd", "etcdctl", None, "not needed")
-    return nodes.plan_cluster(state_dir, manifest, placeholder), manifest
+    chosen = (state.read_json(state_dir / state.PLAN) or {}).get("etcd_binary") or {}
+    binaries = EtcdBinaries(chosen.get("etcd") or "etcd", chosen.get("etcdctl") or "etcdctl",
+                            None, str(chosen.get("source") or "not recorded"))
+    return nodes.plan_cluster(state_dir, manifest, binaries), manifest
 
 
 def _node_name(state_dir: Path, node: str) -> str:
@@ -281,6 +331,106 @@ def node_start(cluster: str | Path, node: str, *, state_root: str | Path | None 
             waiter.close()
 
 
+def node_reset(cluster: str | Path, node: str, *, state_root: str | Path | None = None,
+               timeout: float = DEFAULT_TIMEOUT, console: Console | None = None) -> str:
+    """Give a member that lost its data (or any member) a fresh start, etcd's way: stop it,
+    empty its data directory, remove it from the cluster through a healthy member, add it
+    back (a new member ID), start it with `--initial-cluster-state=existing` and the
+    cluster's members as they are now; returns once it is healthy. A cluster that is not
+    running is started (without its lost members) first, and left running."""
+    state_dir = locate(cluster, state_root)
+    node = _node_name(state_dir, node)
+    boots, manifest = _plan_boots(state_dir)
+    boot = next(b for b in boots if b.name == node)
+    name = state_dir.name
+    if boot.role != "etcd-member" or boot.peer_url is None:
+        raise UserError(f"node {node} of {name} runs no etcd member ({boot.role}): it keeps no "
+                        f"member data to reset; `provision node stop|start {node}` restarts it")
+    lost = {b.name for b in lost_members(boots)} - {node}
+    peers = [b for b in boots if b.role == "etcd-member" and b.name != node
+             and b.name not in lost]
+    if not peers:
+        raise UserError(f"node {node} is the only etcd member of {name} left with data: there "
+                        "is no cluster to add it back to; `provision down --purge "
+                        f"{name}` and `provision up` start the cluster afresh")
+    deadline = time.monotonic() + timeout
+    console = console or Console(stderr=True)
+    launched = not control.running(state_dir)
+    run = [b for b in boots if b.name != node and b.name not in lost]
+    try:
+        if launched:
+            _launch(state_dir, deadline)
+        with Progress([(b.name, b.ip) for b in [*run, boot]], console,
+                      f"{name}: resetting {node}") as progress:
+            waiter = Waiter(state_dir, boots, manifest, progress)
+            try:
+                _wait_stopped(state_dir, node, control.set_desired(state_dir, {node: "stopped"}),
+                              deadline)
+                generation = control.set_desired(state_dir, {b.name: "running" for b in run})
+                waiter.wait([b.name for b in run], generation, deadline)
+                replaced = _replace_member(state_dir, boot, boots, peers)
+                generation = control.set_desired(state_dir, {node: "running"})
+                waiter.wait([node], generation, deadline)
+            finally:
+                waiter.close()
+    except BaseException:
+        if launched:  # leave nothing running that this command started
+            _uninterrupted(lambda: _stop(state_dir, launched=True))
+        raise
+    removed = f"member {replaced.removed} removed, " if replaced.removed else ""
+    return (f"{node}: reset: {removed}re-added as member {replaced.added} with an empty data "
+            f"directory; healthy" + (f" ({name} is running)" if launched else ""))
+
+
+def _launch(state_dir: Path, deadline: float) -> None:
+    """Start the supervisor of a cluster that is not running, every node stopped."""
+    control.sweep(state_dir)
+    control.set_desired(state_dir, dict.fromkeys(nodes.machine_ids(state_dir), "stopped"))
+    plan = state.read_json(state_dir / state.PLAN) or {}
+    netns = plan.get("netns")
+    if netns:
+        dns.create(netns, str((plan.get("wait_tcp") or [""])[0]).rpartition(":")[0])
+    control.start_supervisor(state_dir, deadline, netns)
+
+
+def _wait_stopped(state_dir: Path, node: str, generation: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        status = control.read_status(state_dir, generation)
+        if status is not None and status["nodes"][node]["state"] == "stopped":
+            return
+        if not control.running(state_dir):
+            raise OperationFailed("the cluster supervisor exited\n"
+                                  + excerpt(state_dir / state.LOG_FILE))
+        time.sleep(POLL_S)
+    raise OperationFailed(f"node {node} did not stop in time")
+
+
+def _replace_member(state_dir: Path, boot: NodeBoot, boots: list[NodeBoot],
+                    peers: list[NodeBoot]) -> Replaced:
+    """Empty the node's data, remove + re-add its member, and plan it to join as it is now."""
+    shutil.rmtree(boot.dirs.etcd, ignore_errors=True)
+    if boot.dirs.etcd.exists():
+        raise OperationFailed(f"cannot empty {boot.dirs.etcd}")
+    boot.member_marker.unlink(missing_ok=True)
+    netns = nodes.netns(state_dir)
+    try:
+        replaced = replace_member_in(
+            dns.exec_prefix(netns), {**os.environ, "PYTHONPATH": control.python_path()},
+            [p.etcd_url for p in peers], boot.name, str(boot.peer_url),
+            {str(b.peer_url): b.name for b in boots if b.peer_url})
+    except MembershipError as err:
+        raise OperationFailed(f"cannot re-add {boot.name} to the cluster: {err}") from None
+    plan = state.read_json(state_dir / state.PLAN) or {}
+    argv = join_argv(boot.etcd_argv, replaced.initial_cluster)
+    for spec in plan.get("nodes") or []:
+        if spec.get("name") == boot.name:
+            for unit in spec.get("units") or []:
+                if unit.get("name") == ETCD_UNIT:
+                    unit["text"] = system_unit(f"etcd of {boot.name}", argv)
+    state.write_json(state_dir / state.PLAN, plan)
+    return replaced
+
+
 def status(cluster: str | Path, *, state_root: str | Path | None = None) -> list[dict]:
     """One row per node: name, ip, role, state, etcd health, fleet machine, node units."""
     state_dir = locate(cluster, state_root)
@@ -322,6 +472,13 @@ def status(cluster: str | Path, *, state_root: str | Path | None = None) -> list
                      if i.get("pid")},
         })
     return rows
+
+
+def state_writes(cluster: str | Path, *, state_root: str | Path | None = None
+                 ) -> dict | None:
+    """The running supervisor's report that it cannot write its state (path, error, since,
+    attempts), or None while its writes work."""
+    return control.writes_problem(locate(cluster, state_root))
 
 
 def etcd_binary(cluster: str | Path, *, state_root: str | Path | None = None) -> dict:

@@ -5,6 +5,9 @@
     <state>/desired.json       {"nodes": {name: "running" | "stopped"}} (written by the CLI)
     <state>/status.json        what runs, with pids (written by the supervisor on every change)
     <state>/supervisor.pid     the supervisor's pid; supervisor.lock is flock-held while it lives
+    <state>/state-writes.json  the supervisor's word on its own writes (failing since when):
+                               a fixed-size file rewritten in place, so it still works on a
+                               full disk, when status.json cannot be replaced
     <state>/supervisor.log
     <state>/nodes/<name>/      root/ (the node's /), etcd/, fleet/, system/ (units, logs)
     <state>/shared/            units the whole cluster shares (dns-srv: dnsmasq), their logs
@@ -21,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from provision.files import write_atomic
+
 RENDERED = "rendered"
 PLAN = "plan.json"
 DESIRED = "desired.json"
@@ -28,15 +33,16 @@ STATUS = "status.json"
 PID_FILE = "supervisor.pid"
 LOCK_FILE = "supervisor.lock"
 LOG_FILE = "supervisor.log"
+WRITES_FILE = "state-writes.json"
+WRITES_SIZE = 4096
 NODES = "nodes"
 SHARED = "shared"
 SUPERVISOR_MODULE = "provision.providers.local.supervisor"
 
 
 def write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Replace a state file whole; an OSError names it and leaves no staged file behind."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> dict | None:
@@ -111,3 +117,34 @@ def node_processes(status: dict | None) -> dict[str, int]:
             if isinstance(pid, int) and pid > 0:
                 found[f"{name}/{unit}"] = pid
     return found
+
+
+class WritesRecord:
+    """The supervisor's report on its state writes, in a file of fixed size.
+
+    Created (every byte written) while there is room, then only ever overwritten in
+    place: an overwrite needs no new disk blocks, so a full disk that makes status.json
+    unwritable cannot silence the report of it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.write({"failing": False})
+            os.fsync(self.fd)  # its blocks allocated now, while there is room
+        except OSError:
+            os.close(self.fd)
+            raise
+
+    def write(self, data: dict) -> None:
+        text = json.dumps(data).encode("utf-8")[:WRITES_SIZE - 1]
+        os.pwrite(self.fd, text.ljust(WRITES_SIZE - 1) + b"\n", 0)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_writes(state_dir: Path) -> dict:
+    """The supervisor's report on its state writes ({"failing": False} when there is none)."""
+    return read_json(state_dir / WRITES_FILE) or {"failing": False}

@@ -5,14 +5,17 @@
 One process per cluster (an flock on `supervisor.lock` makes sure), detached
 from the terminal. Each node gets a process runner (fleetd.runner.process) with
 the node's units from `plan.json`: etcd2.service, fleet.service (ordered after
-etcd, so it stops first) and the node's own units. The runner's guards give the
-orphan safety: if the supervisor dies, even by SIGKILL, every node process is
-killed with it.
+etcd, so it stops first) and the node's own units; their logs
+(`nodes/<name>/system/logs/<unit>.log`) rotate at the plan's size limit. The
+runner's guards give the orphan safety: if the supervisor dies, even by SIGKILL,
+every node process is killed with it.
 
 It reconciles: on SIGHUP (and every few seconds) it reads `desired.json` and
 starts or stops whole nodes to match, in parallel; after every change it
-rewrites `status.json` (unit states and pids). SIGTERM or SIGINT stops every
-node cleanly (fleetd first, then etcd) and exits.
+rewrites `status.json` (unit states and pids). A status write the disk refuses
+(full, read-only) never stops it or a node: it is retried on every pass and
+reported in `state-writes.json` (see state.py) until it works again. SIGTERM or
+SIGINT stops every node cleanly (fleetd first, then etcd) and exits.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fleetd.runner.process import ProcessRunner
+from fleetd.runner.procs import LogLimits
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.wakeup import SignalSafeEvent
+from provision.files import cause, write_atomic
 from provision.providers.local import state
 from provision.providers.local.units import ETCD_UNIT
 
@@ -68,8 +73,10 @@ class Node:
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             env.update({k: os.environ[k] for k in ("LANG", "LC_ALL", "TZ") if k in os.environ})
             env.update(self.spec.get("env") or {})
+            limits = self.spec.get("log_limits")
             runner = ProcessRunner(base / "system", self.spec["machine_id"], self.spec["hostname"],
-                                   env=env, root_dir=base / "root")
+                                   env=env, root_dir=base / "root",
+                                   log_limits=LogLimits(**limits) if limits else None)
             runner.subscribe(lambda name, status: self.on_change())
             try:
                 for unit in self.spec["units"]:
@@ -141,14 +148,24 @@ class Supervisor:
         # Set from signal handlers: see fleetd.wakeup for why not threading.Event.
         self.wake = SignalSafeEvent()
         self.stopping = SignalSafeEvent()
-        self.nodes = {spec["name"]: Node(spec, self.wake.set) for spec in plan["nodes"]}
+        limits = plan.get("log_limits")  # every node's logs rotate alike
+        self.nodes = {spec["name"]: Node({**spec, "log_limits": limits}, self.wake.set)
+                      for spec in plan["nodes"]}
         self.shared = Node({"name": "shared", "dir": str(state_dir / state.SHARED),
                             "machine_id": "0" * 32, "hostname": self.cluster,
-                            "units": plan.get("shared_units") or []}, self.wake.set)
+                            "units": plan.get("shared_units") or [], "log_limits": limits},
+                           self.wake.set)
         self.wait_tcp = list(plan.get("wait_tcp") or [])
         self.generation = 0  # of the desired state last applied
         self.pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)),
                                        thread_name_prefix="node")
+        self.writes_problem: dict | None = None  # status.json cannot be written: why, since
+        try:
+            self.writes_record: state.WritesRecord | None = state.WritesRecord(
+                state_dir / state.WRITES_FILE)
+        except OSError as err:
+            log.warning("cannot create %s: %s", state_dir / state.WRITES_FILE, cause(err))
+            self.writes_record = None
 
     def desired(self) -> dict[str, str]:
         data = state.read_json(self.state_dir / state.DESIRED) or {}
@@ -160,9 +177,18 @@ class Supervisor:
     def reconcile(self) -> None:
         desired = self.desired()
         jobs = []
+        plan: dict | None = None
         for name, node in self.nodes.items():
             retry = node.error is None or node.error_generation != self.generation
             if desired[name] == "running" and not node.running and retry:
+                # A stopped node starts from its plan as it is now (`provision node reset`
+                # rewrites a node's etcd flags to join the cluster again).
+                plan = plan if plan is not None else (
+                    state.read_json(self.state_dir / state.PLAN) or {})
+                fresh = next((n for n in plan.get("nodes") or [] if n.get("name") == name),
+                             None)
+                if fresh is not None:
+                    node.spec = {**fresh, "log_limits": plan.get("log_limits")}
                 jobs.append(self.pool.submit(self._guarded, node.start, name))
             elif desired[name] != "running" and node.running:
                 jobs.append(self.pool.submit(self._guarded, node.stop, name))
@@ -191,11 +217,45 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "running": not final,
             "generation": self.generation,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "updated": _now(),
             "nodes": {name: node.status() for name, node in self.nodes.items()},
             "shared": self.shared.status(),
         }
-        state.write_json(self.state_dir / state.STATUS, data)
+        path = self.state_dir / state.STATUS
+        try:
+            state.write_json(path, data)
+        except OSError as err:
+            # A full or read-only disk: the nodes do not depend on this file, so they keep
+            # running; the problem is reported through the fixed-size record instead.
+            self._writes_failing(path, err)
+        else:
+            self._writes_ok()
+
+    def _writes_failing(self, path: Path, err: OSError) -> None:
+        now = _now()
+        if self.writes_problem is None:
+            log.warning("cannot write %s: %s; the nodes keep running", path, cause(err))
+            self.writes_problem = {"failing": True, "path": str(path), "errno": err.errno,
+                                   "error": cause(err), "since": now, "failures": 0}
+        self.writes_problem["failures"] += 1
+        self.writes_problem["last_attempt"] = now
+        self._record(self.writes_problem)
+
+    def _writes_ok(self) -> None:
+        if self.writes_problem is None:
+            return
+        log.info("state writes work again (%s failed since %s)", self.writes_problem["path"],
+                 self.writes_problem["since"])
+        self.writes_problem = None
+        self._record({"failing": False, "recovered": _now()})
+
+    def _record(self, data: dict) -> None:
+        if self.writes_record is None:
+            return
+        try:
+            self.writes_record.write(data)
+        except OSError as err:  # in place needs no new blocks; if even that fails, say so
+            log.warning("cannot write %s: %s", self.writes_record.path, cause(err))
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,6 +310,10 @@ class Supervisor:
         self.wake.set()
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def _daemonize(log_path: Path) -> None:
     """Detach: the caller's child exits at once, the grandchild leads a new session."""
     if os.fork() > 0:
@@ -272,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", action="store_true", help="detach from the caller")
     args = parser.parse_args(argv)
     state_dir = Path(args.state_dir).resolve()
+    # The CLI sends SIGHUP as soon as our pid file exists; until run() handles it, it
+    # must not kill us (its default). run() reads desired.json first anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if args.daemon:
         _daemonize(state_dir / state.LOG_FILE)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -281,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("another supervisor already runs %s", state_dir)
         return 3
     pid_path = state_dir / state.PID_FILE
-    pid_path.write_text(f"{os.getpid()}\n")
+    try:
+        write_atomic(pid_path, f"{os.getpid()}\n")
+    except OSError as err:
+        log.error("cannot write %s: %s", pid_path, cause(err))
+        os.close(lock)
+        return 4
     try:
         return Supervisor(state_dir).run()
     finally:
@@ -295,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:  # the log may sit on a full disk
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
     os._exit(code)  # every node is stopped: no reason to wait for interpreter teardown

@@ -9,11 +9,15 @@ namespace for dns-srv clusters.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from provision.errors import OperationFailed
+from provision.files import disk_error, write_atomic
 from provision.providers.local import control, nodes, state
 from provision.providers.local.boot import NodeBoot
 from provision.providers.local.dns import exec_prefix
@@ -58,6 +62,10 @@ class Waiter:
             if status is None and not control.running(self.state_dir):
                 raise OperationFailed("the cluster supervisor exited\n"
                                       + excerpt(self.state_dir / state.LOG_FILE))
+            if problem := control.writes_problem(self.state_dir):
+                # It cannot tell us what it does: the disk refuses its status file.
+                raise disk_error(OSError(problem.get("errno") or errno.ENOSPC,
+                                         str(problem.get("error")), str(problem.get("path"))))
             if status is not None:
                 self._check(names, status, done, columns)
             missing = {n: [c for c in columns if c not in done[n]] for n in names}
@@ -80,6 +88,7 @@ class Waiter:
             for name, ok in zip(probe, healthy, strict=True):
                 if ok:
                     done[name].add("etcd")
+                    mark_member(self.boots[name])
                     self._show(name, "etcd", "ok", "healthy")
         if "fleet" in columns and any("fleet" not in done[n] for n in names):
             registered = self.prober.machines() or set()
@@ -141,3 +150,19 @@ class Waiter:
             log = boot.dirs.unit_log(boot.node_units[0]) if boot.node_units else \
                 boot.dirs.unit_log(FLEET_UNIT)
         return OperationFailed(f"not healthy before the deadline: {summary}\n" + excerpt(log))
+
+
+def mark_member(boot: NodeBoot) -> None:
+    """Record that this node's etcd serves as a member with data (see NodeBoot.member_marker)."""
+    if boot.role != "etcd-member" or boot.member_marker.exists() or \
+            not (boot.dirs.etcd / "member").is_dir():
+        return
+    write_atomic(boot.member_marker, json.dumps({
+        "name": boot.name, "peer_url": boot.peer_url, "data_dir": str(boot.dirs.etcd),
+        "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+
+
+def lost_members(boots: list[NodeBoot]) -> list[NodeBoot]:
+    """Members whose etcd served with data once and whose data directory is gone now."""
+    return [b for b in boots if b.role == "etcd-member" and b.member_marker.exists()
+            and not (b.dirs.etcd / "member").is_dir()]
