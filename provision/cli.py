@@ -20,7 +20,7 @@ from provision.errors import EXIT_FAILED, EXIT_USAGE, OperationFailed, Problem, 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     if args.user_data:
-        return _validate_user_data(args.files)
+        return _validate_user_data(args.files, strict=args.strict)
     from provision.model_build import load_cluster
 
     problems: list[Problem] = []
@@ -35,14 +35,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         summaries.append(f"{file}: valid: {_summary(cluster)}")
     for problem in problems:
         print(problem, file=sys.stderr)
-    if any(p.severity == "error" for p in problems):
+    if any(p.severity == "error" for p in problems) or (args.strict and problems):
         return EXIT_USAGE
     for line in summaries:
         print(line)
     return 0
 
 
-def _validate_user_data(files: Sequence[str]) -> int:
+def _validate_user_data(files: Sequence[str], *, strict: bool = False) -> int:
     from provision.cloudconfig import validate_user_data
 
     failed = False
@@ -56,11 +56,22 @@ def _validate_user_data(files: Sequence[str]) -> int:
         problems = validate_user_data(text, file)
         for problem in problems:
             print(problem, file=sys.stderr)
-        if any(p.severity == "error" for p in problems):
+        if any(p.severity == "error" for p in problems) or (strict and problems):
             failed = True
         elif not problems:
             print(f"{file}: valid cloud-config")
+        else:
+            print(f"{file}: valid cloud-config ({_count(problems)})")
     return EXIT_USAGE if failed else 0
+
+
+def _count(problems: Sequence[Problem]) -> str:
+    parts = []
+    for severity, word in (("warning", "warning"), ("info", "note")):
+        n = sum(p.severity == severity for p in problems)
+        if n:
+            parts.append(f"{n} {word}{'s' if n > 1 else ''}")
+    return ", ".join(parts)
 
 
 def _summary(cluster) -> str:  # noqa: ANN001 - Cluster; imported lazily
@@ -96,6 +107,22 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+USER_DATA_EXIT_STATUS = """\
+problems print as FILE:LINE:COL: [warning: |info: ]MESSAGE, at coreos-cloudinit's levels:
+  error    does not parse, no #cloud-config header, a value its `valid` pattern refuses,
+           write_files content that does not decode, a file under /usr
+  warning  unknown key, wrong type, deprecated key
+  info     write_files under coreos
+exit status:
+  0  no errors (warnings and notes are printed, and pass)
+  2  an error in any file (with --strict: any problem at all); also bad usage
+A cluster definition's problems follow the same rule; they include what its rendered
+user-data would be refused or warned for.
+coreos-cloudinit -validate exits 1 for any finding, warnings and info included;
+provision exits 2 for what you must fix, like every other user error, and lets
+--strict make warnings fail as well."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="provision",
@@ -104,11 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     validate = commands.add_parser(
-        "validate", help="check cluster definitions (or cloud-config files with --user-data)")
+        "validate", help="check cluster definitions (or cloud-config files with --user-data)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check cluster definitions, or with --user-data rendered cloud-configs\n"
+                    "(user-data-N) the way coreos-cloudinit v1.13.0's validator does.",
+        epilog=USER_DATA_EXIT_STATUS)
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument("--user-data", action="store_true",
                           help="the files are rendered cloud-configs (user-data-N), not "
                                "cluster definitions")
+    validate.add_argument("--strict", action="store_true",
+                          help="warnings and notes fail too (exit 2), as every finding does "
+                               "in coreos-cloudinit -validate")
     validate.set_defaults(run=_cmd_validate)
 
     render = commands.add_parser("render", help="write user-data-1..N and a node manifest")

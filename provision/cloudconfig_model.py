@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provision.cloudconfig.substitution import pre_substitute
 from provision.model import (
     SUBSTITUTION_PRIVATE,
     SUBSTITUTION_PUBLIC,
@@ -38,16 +39,20 @@ class Addresses:
     peer_host: str
 
 
-def addresses(cluster: Cluster, node: Node, substitute: bool) -> Addresses:
-    private = str(node.ip) if substitute else SUBSTITUTION_PRIVATE
-    public = str(node.ip) if substitute else SUBSTITUTION_PUBLIC
+def addresses(cluster: Cluster, node: Node) -> Addresses:
+    """The node's addresses as the cloud-config spells them: CoreOS's variables.
+
+    `--substitute` replaces them afterwards, all at once, the way boot does.
+    """
+    private, public = SUBSTITUTION_PRIVATE, SUBSTITUTION_PUBLIC
     domain = cluster.etcd.discovery.domain
     peer_host = (f"{node.name}.{domain}" if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
                  else private)
     return Addresses(private, public, peer_host)
 
 
-def _dashed(key: str) -> str:
+def dashed(key: str) -> str:
+    """A passed-through key as the template writes it (the seeds' dashed style)."""
     return key.replace("_", "-")
 
 
@@ -88,7 +93,7 @@ def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
         else:
             section["discovery"] = disc.url
     for key, value in etcd.settings + node.etcd2_settings:
-        section[_dashed(key)] = value
+        section[dashed(key)] = value
     return section
 
 
@@ -119,7 +124,7 @@ def fleet_section(cluster: Cluster, node: Node, addr: Addresses) -> dict:
     if fleet.engine_reconcile_interval is not None:
         section["engine-reconcile-interval"] = fleet.engine_reconcile_interval
     for key, value in node.fleet_settings:
-        section[_dashed(key)] = value
+        section[dashed(key)] = value
     return section
 
 
@@ -204,7 +209,7 @@ def node_write_files(cluster: Cluster, node: Node) -> list[WriteFile]:
 
 def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
                       substitute: bool = False) -> dict:
-    addr = addresses(cluster, node, substitute)
+    addr = addresses(cluster, node)
     coreos: dict = {
         "etcd2": etcd2_section(cluster, node, disc, addr),
         "fleet": fleet_section(cluster, node, addr),
@@ -221,17 +226,19 @@ def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
     if files:
         config["write_files"] = [_file_dict(f) for f in files]
     if substitute:
-        # coreos-cloudinit substitutes the variables anywhere in the user-data,
-        # file and unit contents included; so does --substitute.
-        config = _substituted(config, str(node.ip), str(node.ip))
+        # coreos-cloudinit substitutes the variables anywhere in the user-data, file and
+        # unit contents included; --substitute does it ahead of boot, keeping what boot
+        # keeps literal (an escaped `\$private_ipv4`) escaped for boot to unescape.
+        values = {SUBSTITUTION_PRIVATE: str(node.ip), SUBSTITUTION_PUBLIC: str(node.ip)}
+        config = _substituted(config, values)
     return config
 
 
-def _substituted(value: object, private: str, public: str) -> object:
+def _substituted(value: object, values: dict[str, str]) -> object:
     if isinstance(value, str):
-        return value.replace(SUBSTITUTION_PRIVATE, private).replace(SUBSTITUTION_PUBLIC, public)
+        return pre_substitute(value, values)
     if isinstance(value, dict):
-        return {k: _substituted(v, private, public) for k, v in value.items()}
+        return {k: _substituted(v, values) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substituted(v, private, public) for v in value]
+        return [_substituted(v, values) for v in value]
     return value

@@ -16,6 +16,14 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
+from provision.cloudconfig.sections import check_section
+from provision.cloudconfig.write_files import (
+    UndecodableContent,
+    decode_content,
+    gzip_body_problem,
+    on_read_only_usr,
+)
+from provision.cloudconfig_model import dashed
 from provision.errors import Problem, UserError, did_you_mean
 from provision.model import (
     Cluster,
@@ -64,8 +72,11 @@ def build_cluster(doc: MarkedDocument, read_text: ReadText | None = None
     cluster = builder.build()
     errors = [p for p in builder.problems if p.severity == "error"]
     if errors or cluster is None:
-        raise UserError(errors or [doc.problem((), "invalid cluster definition")])
-    return cluster, [p for p in builder.problems if p.severity != "error"]
+        # Warnings too: one run reports everything to fix.
+        raise UserError(builder.problems or [doc.problem((), "invalid cluster definition")])
+    # Top-level write_files are built once per node: report each finding once.
+    warnings = dict.fromkeys(p for p in builder.problems if p.severity != "error")
+    return cluster, sorted(warnings, key=lambda p: (p.line or 0, p.col or 0, p.message))
 
 
 def _read_unit_file(path: Path) -> str:
@@ -119,6 +130,7 @@ class _Builder:
             )
             for i, n in enumerate(nodes)
         )
+        self._check_passthrough(nodes)
         units = build_unit_sets(self.doc, Path(self.doc.file).parent, self.read_text,
                                 self.problems)
         return Cluster(
@@ -352,14 +364,53 @@ class _Builder:
         files = []
         for i, spec in enumerate(specs):
             path = posixpath.normpath(spec["path"])
-            if path == "/usr" or path.startswith("/usr/"):
+            if path == "/usr" or on_read_only_usr(path):
                 self.error(base + (i, "path"), f"write_files path {spec['path']!r} is under "
-                                               "/usr, which is read-only on CoreOS; write to "
-                                               "/etc or /opt instead")
-            files.append(WriteFile(path=path, content=spec.get("content", ""),
+                                               "/usr, which is read-only on CoreOS "
+                                               "(coreos-cloudinit refuses any file whose "
+                                               "directory starts with /usr); write to /etc "
+                                               "or /opt instead")
+            content, encoding = spec.get("content", ""), spec.get("encoding")
+            if encoding:
+                self._check_encoded(base + (i,), "content" in spec, content, encoding)
+            files.append(WriteFile(path=path, content=content,
                                    permissions=spec.get("permissions"),
-                                   owner=spec.get("owner"), encoding=spec.get("encoding")))
+                                   owner=spec.get("owner"), encoding=encoding))
         return tuple(files)
+
+    def _check_encoded(self, entry: tuple[Hashable, ...], has_content: bool, content: str,
+                       encoding: str) -> None:
+        """What coreos-cloudinit's validator says of the rendered entry, said here."""
+        where = entry + (("content",) if has_content else ("encoding",))
+        raw = content.encode("utf-8")
+        try:
+            decode_content(raw, encoding)
+        except UndecodableContent as err:
+            self.error(where, f"`{dotted(where)}` cannot be decoded as {encoding!r}: {err}; "
+                              "coreos-cloudinit refuses the file")
+            return
+        body = gzip_body_problem(raw, encoding)
+        if body:
+            self.warn(where, f"`{dotted(where)}`: {body}; coreos-cloudinit writes only what "
+                             "it could decompress")
+
+    def _check_passthrough(self, nodes: list[dict[str, Any]]) -> None:
+        """Settings passed verbatim into coreos.etcd2 / coreos.fleet, checked as the
+        rendered user-data will be (an unknown key is a warning, a bad value an error)."""
+        sections = [(("etcd", "settings"), "etcd2", self.data.get("etcd", {}).get("settings"))]
+        for n in nodes:
+            sections += [(n["path"] + ("etcd2",), "etcd2", n["etcd2"]),
+                         (n["path"] + ("fleet",), "fleet", n["fleet"])]
+        checked: set[tuple[Hashable, ...]] = set()
+        for base, section, settings in sections:
+            if not settings or base in checked:
+                continue
+            checked.add(base)
+            entries = {dashed(key): (value, key) for key, value in settings.items()}
+            for finding in check_section(section, entries):
+                self.problems.append(self.doc.problem(
+                    base + (finding.key,), f"`{dotted(base)}`: {finding.message}",
+                    key=finding.at_key, severity=finding.severity))
 
     def _node_units(self, specs: list[dict], base: tuple[Hashable, ...]
                     ) -> tuple[NodeUnit, ...]:

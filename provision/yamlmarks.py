@@ -30,6 +30,20 @@ MAX_DEPTH = 64
 MAX_VALUES = 500_000
 
 Path_ = tuple[Hashable, ...]
+_RESOLVER = yaml.resolver.Resolver()
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A scalar as written: PyYAML's tag for it and its text (quotes and escapes resolved).
+
+    `implicit` is true for a plain scalar with no explicit tag, whose type each YAML
+    library resolves by its own rules; quoted, block and tagged scalars are what they say.
+    """
+
+    tag: str
+    text: str
+    implicit: bool
 
 
 @dataclass
@@ -40,6 +54,11 @@ class MarkedDocument:
     data: Any
     marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # Each scalar's node, kept on request (`load_yaml(..., keep_scalars=True)`): validators
+    # that must read a value the way another YAML library does (Go's, for cloud-configs)
+    # need the text before PyYAML's YAML 1.1 resolution turned `0644` into 420 or `off`
+    # into False. See `scalar`.
+    scalar_nodes: dict[Path_, yaml.ScalarNode] = field(default_factory=dict)
 
     def where(self, path: Path_, *, key: bool = False) -> tuple[int | None, int | None]:
         """Position of `path`, or of its nearest ancestor that has one."""
@@ -53,6 +72,15 @@ class MarkedDocument:
             if not path:
                 return (None, None)
             path = path[:-1]
+
+    def scalar(self, path: Path_) -> Scalar | None:
+        """The scalar at `path` as written, if scalars were kept and it is one."""
+        node = self.scalar_nodes.get(tuple(path))
+        if node is None:
+            return None
+        plain = not node.style  # None (pure PyYAML) or "" (libyaml) for a plain scalar
+        implicit = node.tag == _RESOLVER.resolve(yaml.ScalarNode, node.value, (plain, not plain))
+        return Scalar(node.tag, node.value, implicit and plain)
 
     def problem(self, path: Path_, message: str, *, key: bool = False,
                 severity: str = "error") -> Problem:
@@ -93,7 +121,7 @@ def load_yaml_file(path: str | Path) -> MarkedDocument:
     return load_yaml(text, str(path))
 
 
-def load_yaml(text: str, file: str) -> MarkedDocument:
+def load_yaml(text: str, file: str, *, keep_scalars: bool = False) -> MarkedDocument:
     if len(text) > MAX_BYTES:
         raise UserError([Problem(file, None, None, "document too large")])
     try:
@@ -130,7 +158,7 @@ def load_yaml(text: str, file: str) -> MarkedDocument:
     doc = MarkedDocument(file, None)
     if node is None:
         return doc
-    converter = _Converter(doc)
+    converter = _Converter(doc, keep_scalars)
     doc.data = converter.convert(node, ())
     if converter.problems:
         raise UserError(converter.problems)
@@ -153,8 +181,9 @@ def _check_depth(text: str, file: str) -> None:
 
 
 class _Converter:
-    def __init__(self, doc: MarkedDocument) -> None:
+    def __init__(self, doc: MarkedDocument, keep_scalars: bool = False) -> None:
         self.doc = doc
+        self.keep_scalars = keep_scalars
         self.problems: list[Problem] = []
         self.budget = MAX_VALUES
         self.scalars = _Loader("")
@@ -185,6 +214,8 @@ class _Converter:
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        if self.keep_scalars:
+            self.doc.scalar_nodes[path] = node
         try:
             return self.scalars.construct_object(node)
         except yaml.constructor.ConstructorError as err:

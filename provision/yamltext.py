@@ -4,6 +4,10 @@ Used as Jinja2 filters by the cloud-config template. A value is written plain
 when YAML 1.1 reads it back as the same string (seed-like `http://$private_ipv4:2379`),
 double-quoted (JSON escaping, a YAML subset) otherwise; multi-line text goes into
 a literal block when it survives one exactly.
+
+A value holding a backslash is single-quoted (where backslashes are literal) when it
+can be: coreos-cloudinit substitutes `$private_ipv4` in the raw text and takes a
+backslash before it as an escape, which a double-quoted `\\` would break.
 """
 
 from __future__ import annotations
@@ -34,10 +38,22 @@ def scalar(value: object) -> str:
     if isinstance(value, int | float):
         return json.dumps(value)
     text = str(value)
-    if _PLAIN.match(text) and not _YAML11_SPECIAL.match(text) and ": " not in text \
+    if _PLAIN.fullmatch(text) and not _YAML11_SPECIAL.fullmatch(text) and ": " not in text \
             and not text.endswith(":"):
         return text
+    if "\\" in text and _single_quotable(text):
+        return "'" + text.replace("'", "''") + "'"
     return quoted(text)
+
+
+def _single_quotable(text: str) -> bool:
+    """One line of characters YAML allows unescaped, so a single-quoted scalar keeps it."""
+    return all(char == "\t" or _printable(ord(char)) for char in text)
+
+
+def _printable(code: int) -> bool:
+    return 0x20 <= code <= 0x7E or (0xA0 <= code <= 0xD7FF and code not in (0x2028, 0x2029)) \
+        or 0xE000 <= code <= 0xFFFD and code != 0xFEFF or code >= 0x10000
 
 
 def quoted(text: str) -> str:
@@ -47,8 +63,7 @@ def quoted(text: str) -> str:
         code = ord(char)
         if char in '"\\':
             out.append("\\" + char)
-        elif 0x20 <= code <= 0x7E or (0xA0 <= code <= 0xD7FF and code not in (0x2028, 0x2029)) \
-                or 0xE000 <= code <= 0xFFFD and code != 0xFEFF or code >= 0x10000:
+        elif _printable(code):
             out.append(char)
         elif code <= 0xFF:
             out.append(f"\\x{code:02x}")

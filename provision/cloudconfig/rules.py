@@ -1,12 +1,23 @@
-"""The cloud-config structure coreos-cloudinit knows, as data.
+"""The cloud-config structure coreos-cloudinit v1.13.0 knows, as data.
 
-Each `Field` says what kind of value a key takes (`string`, `int`, `bool`,
-`mapping`, `list`), for a mapping which keys it knows, for a list what each
-item is, and optionally a `valid` pattern the value must match (coreos-
-cloudinit's `valid:` struct tags), keys a mapping must have, a deprecation
-message (`{key}` stands for the user's spelling of the key) or the name of
-an extra check `validate.py` runs. Key names are given in their canonical
-form (underscores); user keys are matched after replacing `-` with `_`, as
+This mirrors coreos-cloudinit's `config` structs: each `Field` says what kind
+of value a key takes (`string`, `int`, `float`, `bool`, `mapping`, `list`),
+for a mapping which keys it knows, for a list what each item is. Two
+annotations are coreos-cloudinit's own struct tags:
+
+- `valid`: a Go regular expression the value must match (its `valid:` tag);
+  a mismatch is an error.
+- `deprecated`: the reason a key is deprecated (its `deprecated:` tag); using
+  the key is a warning.
+
+The others are this project's, stricter than coreos-cloudinit and kept apart
+so the difference stays visible: `required` keys (an error: a unit or a file
+without a name cannot be written), `advice` (a pattern whose mismatch is a
+warning: the value passes coreos-cloudinit's validator but fails at boot),
+and `hint` (a warning for using the key at all). `validate.py` adds the rules
+coreos-cloudinit runs beside its structs (write_files decoding, the /usr
+rule, etcd v0.4's discovery URL). Key names are given in their canonical form
+(underscores); user keys are matched after replacing `-` with `_`, as
 coreos-cloudinit does.
 """
 
@@ -18,9 +29,12 @@ from types import MappingProxyType
 
 STRING = "string"
 INT = "int"
+FLOAT = "float"
 BOOL = "bool"
 MAPPING = "mapping"
 LIST = "list"
+
+_HUMAN = {STRING: "string", INT: "int", FLOAT: "number", BOOL: "bool", MAPPING: "mapping"}
 
 
 @dataclass(frozen=True)
@@ -31,13 +45,14 @@ class Field:
     item: Field | None = None
     required: tuple[str, ...] = ()
     deprecated: str | None = None
-    check: str | None = None
+    advice: str | None = None
+    hint: str | None = None
 
     def human_type(self) -> str:
         """The type as a message shows it: `string`, `list of mappings`, ..."""
         if self.kind == LIST and self.item is not None:
             return f"list of {self.item.human_type()}s"
-        return self.kind
+        return _HUMAN[self.kind]
 
 
 def canonical(key: str) -> str:
@@ -46,30 +61,30 @@ def canonical(key: str) -> str:
 
 
 def string(valid: str | None = None, *, deprecated: str | None = None,
-           check: str | None = None) -> Field:
-    return Field(STRING, valid=valid, deprecated=deprecated, check=check)
+           advice: str | None = None) -> Field:
+    return Field(STRING, valid=valid, deprecated=deprecated, advice=advice)
 
 
 def mapping(keys: Mapping[str, Field], *, required: tuple[str, ...] = (),
-            deprecated: str | None = None) -> Field:
-    return Field(MAPPING, keys=MappingProxyType(dict(keys)), required=required,
-                 deprecated=deprecated)
+            hint: str | None = None) -> Field:
+    return Field(MAPPING, keys=MappingProxyType(dict(keys)), required=required, hint=hint)
 
 
 def list_of(item: Field, *, deprecated: str | None = None) -> Field:
     return Field(LIST, item=item, deprecated=deprecated)
 
 
-def _strings(*names: str) -> dict[str, Field]:
-    return {name: string() for name in names}
+def _typed(kind: str, *names: str, deprecated: str | None = None) -> dict[str, Field]:
+    return {name: Field(kind, deprecated=deprecated) for name in names}
 
 
-def _typed(kind: str, *names: str) -> dict[str, Field]:
-    return {name: Field(kind) for name in names}
+def _strings(*names: str, deprecated: str | None = None) -> dict[str, Field]:
+    return _typed(STRING, *names, deprecated=deprecated)
 
 
-_REMOTE_KEYS = ('"{key}" is deprecated: fetching keys from a remote endpoint at boot fails '
-                "intermittently; list the keys in ssh_authorized_keys")
+# coreos-cloudinit's `deprecated:` texts, verbatim: they are part of its messages.
+_REMOTE_KEYS = "trying to fetch from a remote endpoint introduces too many intermittent errors"
+_ETCD2_ONLY = "etcd2 options no longer work for etcd"
 
 ETCD2 = mapping({
     **_strings(
@@ -84,10 +99,11 @@ ETCD2 = mapping({
     **_typed(INT, "election_timeout", "heartbeat_interval", "max_snapshots", "max_wals",
              "proxy_dial_timeout", "proxy_failure_wait", "proxy_read_timeout",
              "proxy_refresh_interval", "proxy_write_timeout", "snapshot_count"),
-    "ca_file": string(deprecated='"{key}" is deprecated; use trusted_ca_file and client_cert_auth'),
-    "peer_ca_file": string(deprecated=('"{key}" is deprecated; '
-                                            "use peer_trusted_ca_file and peer_client_cert_auth")),
-    "initial_cluster_state": string(r"^(new|existing)$"),
+    "ca_file": string(deprecated="ca_file obsoleted by trusted_ca_file and client_cert_auth"),
+    "peer_ca_file": string(
+        deprecated="peer_ca_file obsoleted peer_trusted_ca_file and peer_client_cert_auth"),
+    # coreos-cloudinit passes any value on; etcd refuses to start with anything else.
+    "initial_cluster_state": string(advice=r"^(new|existing)$"),
     "proxy": string(r"^(on|off|readonly)$"),
 })
 
@@ -97,33 +113,44 @@ ETCD = mapping({
         "addr", "bind_addr", "ca_file", "cert_file", "cors", "data_dir", "discovery",
         "graphite_host", "key_file", "name", "peer_addr", "peer_bind_addr", "peer_ca_file",
         "peer_cert_file", "peer_key_file", "peers", "peers_file", "trace",
-        "cluster_remove_delay", "cluster_sync_interval", "http_read_timeout",
-        "http_write_timeout", "retry_interval",
     ),
     **_typed(INT, "cluster_active_size", "max_result_buffer", "max_retry_attempts",
              "peer_election_timeout", "peer_heartbeat_interval", "snapshot_count"),
+    **_typed(FLOAT, "cluster_remove_delay", "cluster_sync_interval", "http_read_timeout",
+             "http_write_timeout", "retry_interval"),
     **_typed(BOOL, "snapshot", "verbose", "very_verbose", "very_very_verbose"),
-}, deprecated="{key} (v0.4) is deprecated; use etcd2")
+    **_strings("advertise_client_urls", "discovery_fallback", "discovery_srv",
+               "discovery_proxy", "initial_advertise_peer_urls", "initial_cluster",
+               "initial_cluster_state", "initial_cluster_token", "listen_client_urls",
+               "listen_peer_urls", "proxy", deprecated=_ETCD2_ONLY),
+    **_typed(INT, "election_timeout", "heartbeat_interval", "max_snapshots", "max_wals",
+             deprecated=_ETCD2_ONLY),
+    **_typed(BOOL, "force_new_cluster", deprecated=_ETCD2_ONLY),
+}, hint='"{key}" configures etcd v0.4, which is deprecated; use etcd2')
 
 FLEET = mapping({
     **_strings(
-        "agent_ttl", "authorized_keys_file", "engine_reconcile_interval", "etcd_cafile",
-        "etcd_certfile", "etcd_keyfile", "etcd_key_prefix", "etcd_request_timeout",
-        "etcd_servers", "metadata", "public_ip",
+        "agent_ttl", "authorized_keys_file", "etcd_cafile", "etcd_certfile", "etcd_keyfile",
+        "etcd_key_prefix", "etcd_servers", "etcd_username", "etcd_password", "metadata",
+        "public_ip",
     ),
     **_typed(BOOL, "disable_engine", "verify_units"),
-    "verbosity": Field(INT),
+    **_typed(FLOAT, "engine_reconcile_interval", "etcd_request_timeout"),
+    **_typed(INT, "token_limit", "verbosity"),
 })
 
 FLANNEL = mapping(_strings(
-    "etcd_endpoints", "etcd_cafile", "etcd_certfile", "etcd_keyfile", "etcd_prefix", "ip_masq",
-    "subnet_file", "interface", "public_ip",
+    "etcd_endpoints", "etcd_cafile", "etcd_certfile", "etcd_keyfile", "etcd_prefix",
+    "etcd_username", "etcd_password", "ip_masq", "subnet_file", "interface", "public_ip",
 ))
 
-LOCKSMITH = mapping(_strings(
-    "endpoint", "etcd_cafile", "etcd_certfile", "etcd_keyfile", "group", "window_start",
-    "window_length",
-))
+LOCKSMITH = mapping({
+    **_strings("endpoint", "etcd_cafile", "etcd_certfile", "etcd_keyfile", "etcd_username",
+               "etcd_password", "group"),
+    "window_start": string(r"^((?i:sun|mon|tue|wed|thu|fri|sat|sun) )?"
+                           r"0*([0-9]|1[0-9]|2[0-3]):0*([0-9]|[1-5][0-9])$"),
+    "window_length": string(r"^[-+]?([0-9]*(\.[0-9]*)?[a-z]+)+$"),
+})
 
 UPDATE = mapping({
     "reboot_strategy": string(r"^(best-effort|etcd-lock|reboot|off)$"),
@@ -153,29 +180,32 @@ COREOS = mapping({
     "units": list_of(UNIT),
 })
 
+ENCODINGS = ("base64", "b64", "gz", "gzip", "gz+base64", "gzip+base64", "gz+b64", "gzip+b64")
+
 WRITE_FILE = mapping({
-    "path": string(check="write_file_path"),
+    "path": string(),
     "content": string(),
     "encoding": string(r"^(base64|b64|gz|gzip|gz\+base64|gzip\+base64|gz\+b64|gzip\+b64)$"),
     "owner": string(),
-    "permissions": string(r"^0?[0-7]{3,4}$", check="permissions"),
+    "permissions": string(r"^0?[0-7]{3,4}$"),
 }, required=("path",))
 
 USER = mapping({
-    **_strings("name", "gecos", "passwd", "homedir", "primary_group", "shell"),
+    **_strings("name", "passwd", "gecos", "homedir", "primary_group", "shell"),
     **_typed(BOOL, "no_create_home", "no_user_group", "system", "no_log_init"),
-    "groups": list_of(string()),
-    "ssh_authorized_keys": list_of(string()),
+    "groups": list_of(Field(STRING)),
+    "ssh_authorized_keys": list_of(Field(STRING)),
     "coreos_ssh_import_github": string(deprecated=_REMOTE_KEYS),
-    "coreos_ssh_import_github_users": list_of(string(), deprecated=_REMOTE_KEYS),
+    "coreos_ssh_import_github_users": list_of(Field(STRING), deprecated=_REMOTE_KEYS),
     "coreos_ssh_import_url": string(deprecated=_REMOTE_KEYS),
 })
 
 CLOUD_CONFIG = mapping({
     "coreos": COREOS,
-    "ssh_authorized_keys": list_of(string()),
+    "ssh_authorized_keys": list_of(Field(STRING)),
     "hostname": string(),
     "users": list_of(USER),
     "write_files": list_of(WRITE_FILE),
-    "manage_etc_hosts": string(r"^localhost$"),
+    # coreos-cloudinit takes any string here and fails at boot on all but "localhost".
+    "manage_etc_hosts": string(advice=r"^localhost$"),
 })

@@ -15,10 +15,10 @@ H = "#cloud-config\n"
 
 CASES = [
     ("empty", "", "the file is empty"),
-    ("no-header", "coreos: {}\n", "the first line must be exactly"),
+    ("no-header", "coreos: {}\n", 'must be "#cloud-config" or begin with "#!"'),
     ("shebang", "#!/bin/sh\nrm -rf /\n", "run it as a script"),
     ("bom-header", "\ufeff#cloud-config\n", "byte-order mark"),
-    ("header-typo", "#cloud-confg\n", "the first line must be exactly"),
+    ("header-typo", "#cloud-confg\n", 'must be "#cloud-config" or begin with "#!"'),
     ("malformed-yaml", H + "coreos: [\n", "malformed YAML"),
     ("tab-indent", H + "coreos:\n\tetcd2: {}\n", "malformed YAML"),
     ("top-level-list", H + "- a\n- b\n", "must be a mapping"),
@@ -32,7 +32,18 @@ CASES = [
     ("self-merge", H + "a: &a {<<: *a}\n", "merges a mapping into itself"),
     ("duplicate-key", H + "hostname: a\nhostname: b\n", "duplicate key"),
     ("nul", H + "hostname: a\x00b\n", "U+0000"),
-    ("write-files-relative", H + "write_files: [{path: etc/x}]\n", "relative"),
+    ("write-files-usr-prefix", H + "write_files: [{path: /usrlocal/x}]\n",
+     "read-only filesystem"),
+    ("write-files-not-base64", H + "write_files: [{path: /etc/x, encoding: b64, content: a b}]\n",
+     'cannot be decoded as "b64"'),
+    ("write-files-not-gzip", H + "write_files: [{path: /etc/x, encoding: gzip+base64, "
+     "content: aGVsbG8=}]\n", "not gzip data"),
+    ("write-files-no-content", H + "write_files: [{path: /etc/x, encoding: base64}]\n",
+     "has no content"),
+    ("invalid-window", H + "coreos: {locksmith: {window_start: '25:00'}}\n",
+     "invalid value 25:00"),
+    ("invalid-unit-command", H + "coreos: {units: [{name: a.service, command: begin}]}\n",
+     "invalid value begin"),
     ("huge", H + "hostname: " + "x" * (9 * 1024 * 1024) + "\n", "too large"),
 ]
 
@@ -73,4 +84,4 @@ def test_validator_never_raises(text):
     for problem in problems:
         assert str(problem).startswith("ud"), problem
         assert "\n" not in str(problem), "one problem, one line"
-        assert problem.severity in ("error", "warning")
+        assert problem.severity in ("error", "warning", "info")

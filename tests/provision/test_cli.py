@@ -63,6 +63,29 @@ def test_validate_user_data_reports_positions(tmp_path):
     assert f"{bad}:4:" in result.stderr
 
 
+def test_validate_help_states_the_exit_status_rule():
+    result = provision("validate", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--strict" in text
+    assert "0 no errors (warnings and notes are printed, and pass)" in text
+    assert "2 an error in any file (with --strict: any problem at all)" in text
+    assert "coreos-cloudinit -validate exits 1 for any finding" in text
+
+
+def test_validate_user_data_warnings_pass_unless_strict(tmp_path):
+    ud = tmp_path / "user-data"
+    ud.write_text("#cloud-config\ncoreos:\n  etcd2:\n    auto-compaction-retention: 1\n")
+    result = provision("validate", "--user-data", str(ud))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f'{ud}:4:5: warning: unrecognized key "auto-compaction-retention"'
+                             "\n")
+    assert result.stdout == f"{ud}: valid cloud-config (1 warning)\n"
+    strict = provision("validate", "--strict", "--user-data", str(ud))
+    assert strict.returncode == 2
+    assert strict.stdout == ""
+
+
 def test_an_unreachable_etcd_no_command_foresaw_is_still_one_line(monkeypatch, capsys):
     from fleetd.registry.etcd import RegistryUnavailable
     from provision import apply_cli

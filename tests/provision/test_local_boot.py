@@ -87,6 +87,14 @@ def test_ip_variables_are_substituted_everywhere():
     assert "$" not in " ".join(boot.fleetd_argv)
 
 
+def test_escaped_ip_variables_stay_literal_as_coreos_cloudinit_keeps_them():
+    text = user_data({"name": "core-02"}, {"public-ip": "$public_ipv4"},
+                     write_files=[{"path": "/etc/motd",
+                                   "content": "ip $private_ipv4, say \\$private_ipv4\n"}])
+    boot = plan(text)
+    assert boot.files[0].content == f"ip {IP}, say $private_ipv4\n".encode()
+
+
 # -- etcd -----------------------------------------------------------------------------------------
 
 ETCD_ROWS = [

@@ -26,6 +26,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from provision.cloudconfig.substitution import (
+    PRIVATE_IPV4,
+    PRIVATE_IPV6,
+    PUBLIC_IPV4,
+    PUBLIC_IPV6,
+    boot_substitute,
+)
 from provision.errors import Problem, UserError
 from provision.providers.local.units import (
     ETCD_UNIT,
@@ -139,7 +146,9 @@ class NodeBoot:
 
 
 def substitute(text: str, ip: str) -> str:
-    return text.replace("$private_ipv4", ip).replace("$public_ipv4", ip)
+    """coreos-cloudinit's boot substitution, escapes included; a local node has no IPv6."""
+    return boot_substitute(text, {PRIVATE_IPV4: ip, PUBLIC_IPV4: ip,
+                                  PRIVATE_IPV6: "", PUBLIC_IPV6: ""})
 
 
 def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
