@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from fleetd.unit.names import UnitNameError, parse_unit_name
@@ -67,7 +68,8 @@ def parse_machine_config(text: str, source: str, addresses: Mapping[str, str],
                          facts: Any) -> MachineConfig:
     """The config, or UserError with every problem (validator's and ours), positioned."""
     problems = validate_user_data(text, source)
-    fatal = [p for p in problems if blocks_apply(p)]
+    # A finding that refuses the file is an error here, whatever the validator called it.
+    fatal = [replace(p, severity="error") for p in problems if blocks_apply(p)]
     notes = [str(p) for p in problems if not blocks_apply(p)]
     fatal += _missing_addresses(text, source, addresses)
     if fatal:
@@ -242,11 +244,11 @@ class _Builder:
             return None
         normal = "/" + "/".join(p for p in target.split("/") if p not in ("", "."))
         content_path, content = self.get(entry, path, "content")
-        encoding_path, encoding = self.get(entry, path, "encoding")
+        _, encoding = self.get(entry, path, "encoding")
         try:
             raw = decode_content("" if content is None else str(content), encoding)
         except ValueError as err:
-            self.fail(encoding_path if encoding else content_path, str(err))
+            self.fail(content_path, str(err))
             return None
         mode_path, mode = self.get(entry, path, "permissions")
         owner_path, owner = self.get(entry, path, "owner")

@@ -315,11 +315,16 @@ def new_container_name() -> str:
 
 
 def start_systemd_container(units_dir: Path, name: str | None = None,
-                            timeout: float = 60) -> SystemdContainer:
+                            timeout: float = 60, *, rootfs: Path | None = None,
+                            upper: Path | None = None) -> SystemdContainer:
     """Boot a container and return once its systemd is up (state running or degraded).
 
     `timeout` covers the boot; building the root file system the first time (cached
     afterwards) has its own deadline. The caller owns `units_dir` and removes it.
+    `rootfs` boots another tree than the tests' own (e.g. the project's machine image);
+    `upper` keeps the container's writes in that directory (an overlay on the read-only
+    tree, as machines boot) instead of a tmpfs, so files put there before the boot are
+    in the container from its first moment. The caller owns `upper` too.
     """
     problem = systemd_container_problem()
     if problem:
@@ -328,7 +333,13 @@ def start_systemd_container(units_dir: Path, name: str | None = None,
     if ":" in str(units_dir):
         raise ValueError(f"{units_dir}: nspawn's --bind takes ':' as a separator")
     units_dir.mkdir(parents=True, exist_ok=True)
-    rootfs = cached_rootfs()
+    rootfs = rootfs or cached_rootfs()
+    if upper is None:
+        root_args = ["--directory", str(rootfs), "--volatile=overlay"]
+    else:
+        # --read-only: were the overlay to fail, nothing may write into the shared tree.
+        root_args = ["--directory", str(rootfs), "--read-only",
+                     f"--overlay={rootfs}:{Path(upper).resolve()}:/"]
     name = name or new_container_name()
     hierarchies = _cgroup_hierarchies()
     _sweep_leftovers(hierarchies)
@@ -341,8 +352,8 @@ def start_systemd_container(units_dir: Path, name: str | None = None,
             top = hierarchy / name
             top.mkdir()
             container.cgroups.append(top)
-        nspawn = ["systemd-nspawn", "--directory", str(rootfs), "--machine", name, "--boot",
-                  "--register=no", "--keep-unit", "--volatile=overlay", "--private-network",
+        nspawn = ["systemd-nspawn", *root_args, "--machine", name, "--boot",
+                  "--register=no", "--keep-unit", "--private-network",
                   "--console=passive", f"--bind={units_dir}"]
         if shutil.which("setpriv"):
             # Halt the container if this process dies without running its teardown.

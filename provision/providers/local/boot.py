@@ -370,7 +370,9 @@ def decode_content(text: str, encoding: object) -> bytes:
     data = text.encode("utf-8")
     if kind in ("b64", "base64", "gz+b64", "gzip+b64", "gz+base64", "gzip+base64"):
         try:
-            data = base64.b64decode(data, validate=False)
+            # Line breaks are fine (as Go's decoder takes them); anything else outside
+            # the alphabet is an error, not silently dropped.
+            data = base64.b64decode(b"".join(data.split()), validate=True)
         except binascii.Error as err:
             raise ValueError(f"content is not valid base64: {err}") from None
         kind = kind.partition("+")[0] if "+" in kind else ""
