@@ -29,8 +29,8 @@ def read_user_data(path: str) -> str:
     except OSError as err:
         raise UserError([Problem(path, None, None, f"cannot read: {err.strerror}")]) from None
     if len(raw) > MAX_BYTES:
-        raise UserError([Problem(path, None, None, f"larger than {MAX_BYTES // 2**20} MiB; "
-                                                   "that is no user-data")])
+        raise UserError([Problem(path, None, None, f"too large (more than {MAX_BYTES // 2**20} "
+                                                   "MiB); that is no user-data")])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
