@@ -16,12 +16,13 @@ from pathlib import Path
 
 from fleetd.runner.base import RunnerError
 from provision.machine.config import parse_machine_config
-from provision.machine.model import MachineConfig, Plan
+from provision.machine.model import EnableUnit, MachineConfig, Plan, Reload, UnitCommand
 from provision.machine.perform import ApplyFailed, Performer
 from provision.machine.planner import paths_to_read, plan
 from provision.machine.state import machine_facts, read_accounts, read_state
 
 LOCK = Path("/run/lock/provision-cloudinit.lock")
+SYSTEMD_ACTIONS = (EnableUnit, Reload, UnitCommand)
 
 
 @contextmanager
@@ -32,17 +33,19 @@ def one_pass(lock: Path = LOCK) -> Iterator[None]:
         yield
 
 
+def _systemd(bus_address: str | None):  # noqa: ANN202 - pydbus proxy
+    from fleetd.runner.systemd import connect_systemd
+
+    try:
+        return connect_systemd(bus_address)[1]
+    except RunnerError as err:
+        raise ApplyFailed(str(err)) from None
+
+
 def plan_for(config: MachineConfig, bus_address: str | None = None):  # noqa: ANN201
     """(plan, systemd manager or None) for this machine as it is now."""
     accounts = read_accounts()
-    manager = None
-    if config.units:
-        from fleetd.runner.systemd import connect_systemd
-
-        try:
-            _bus, manager = connect_systemd(bus_address)
-        except RunnerError as err:
-            raise ApplyFailed(str(err)) from None
+    manager = _systemd(bus_address) if config.units else None
     names = [u.name for u in config.units]
     enabled = [u.name for u in config.units if u.enable]
     try:
@@ -52,7 +55,10 @@ def plan_for(config: MachineConfig, bus_address: str | None = None):  # noqa: AN
 
         raise ApplyFailed(f"cannot read the units' states from systemd: "
                           f"{dbus_message(err)}") from None
-    return plan(config, state), manager
+    planned = plan(config, state)
+    if manager is None and any(isinstance(a, SYSTEMD_ACTIONS) for a in planned.actions):
+        manager = _systemd(bus_address)  # a write_files entry changed a unit file
+    return planned, manager
 
 
 def apply_user_data(text: str, source: str, addresses: dict[str, str], *,

@@ -27,6 +27,7 @@ from provision.machine.model import (
     COMMANDS,
     RUNTIME_UNIT_DIR,
     UNIT_DIR,
+    Facts,
     FileSpec,
     MachineConfig,
     UnitFileSpec,
@@ -65,7 +66,7 @@ def blocks_apply(problem: Problem) -> bool:
 
 
 def parse_machine_config(text: str, source: str, addresses: Mapping[str, str],
-                         facts: Any) -> MachineConfig:
+                         facts: Facts) -> MachineConfig:
     """The config, or UserError with every problem (validator's and ours), positioned."""
     problems = validate_user_data(text, source)
     # A finding that refuses the file is an error here, whatever the validator called it.
@@ -111,7 +112,7 @@ def _canonical(mapping: Mapping, key: str) -> tuple[str | None, Any]:
 
 
 class _Builder:
-    def __init__(self, doc: MarkedDocument, facts: Any) -> None:
+    def __init__(self, doc: MarkedDocument, facts: Facts) -> None:
         self.doc = doc
         self.facts = facts
         self.problems: list[Problem] = []
@@ -213,7 +214,7 @@ class _Builder:
                         no_user_group=flag("no_user_group"), system=flag("system"),
                         no_log_init=flag("no_log_init"), shell=text("shell"),
                         ssh_authorized_keys=strings("ssh_authorized_keys"),
-                        sudo=name == CORE_USER)
+                        sudo=name == CORE_USER, at=(self.doc.file, *self.doc.where(path)))
 
     # -- write_files -------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class UserSpec:
     shell: str | None = None
     ssh_authorized_keys: tuple[str, ...] = ()
     sudo: bool = False  # passwordless sudo, as CoreOS's core user had
+    at: tuple[str, int | None, int | None] = ("", None, None)  # its entry: file, line, col
 
     @property
     def home(self) -> str:

@@ -14,6 +14,7 @@ import grp
 import os
 import pwd
 import socket
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,23 @@ def owner_ids(owner: str | None) -> tuple[int, int]:
     return uid, gid
 
 
+def check_no_foreign_links(path: str) -> None:
+    """Refuse a path through a symlink that is not root's: a user who owns a directory on
+    the way (their ~/.ssh) could otherwise point root's write, chown or chmod anywhere."""
+    current = Path("/")
+    for part in Path(path).parts[1:]:
+        current = current / part
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(info.st_mode) and info.st_uid != 0:
+            raise ApplyFailed(f"{current} is a symlink owned by uid {info.st_uid}; refusing "
+                              "to follow it (remove it and apply again)")
+
+
 def write_file(path: str, content: bytes, mode: int, owner: str | None) -> None:
+    check_no_foreign_links(path)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     uid, gid = owner_ids(owner)
@@ -90,12 +107,19 @@ def write_file(path: str, content: bytes, mode: int, owner: str | None) -> None:
 
 
 def set_attributes(path: str, mode: int, owner: str | None) -> None:
+    check_no_foreign_links(path)
     uid, gid = owner_ids(owner)
-    os.chown(path, uid, gid, follow_symlinks=False)
-    os.chmod(path, mode)
+    # Through a descriptor of the file itself, never of what a symlink there points to.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def make_directory(path: str, mode: int, owner: str | None) -> None:
+    check_no_foreign_links(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     try:
         os.mkdir(path, mode)
@@ -149,17 +173,17 @@ class Performer:
 
     def run(self, actions: tuple[Action, ...] | list[Action]) -> None:
         for action in actions:
+            failed = f'could not apply "{action.describe()}"'
             try:
                 self.perform(action)
             except ApplyFailed as err:
-                raise ApplyFailed(f"{action.describe()}: {err}") from None
+                raise ApplyFailed(f"{failed}: {err}") from None
             except OSError as err:
                 where = err.filename or ""
-                raise ApplyFailed(f"{action.describe()}: {where}{': ' if where else ''}"
+                raise ApplyFailed(f"{failed}: {where}{': ' if where else ''}"
                                   f"{err.strerror or err}") from None
             except KeyError as err:  # an owner that vanished between plan and apply
-                raise ApplyFailed(f"{action.describe()}: no such user or group {err}") \
-                    from None
+                raise ApplyFailed(f"{failed}: no such user or group {err}") from None
             self.say(action.describe())
 
     def perform(self, action: Action) -> None:

@@ -237,7 +237,8 @@ def _users(config: MachineConfig, state: MachineState, problems: list[Problem]
             for group in ([user.primary_group] if user.primary_group else []) + \
                     list(user.groups):
                 if group not in state.groups and not group.isdigit():
-                    problems.append(Problem("user-data", None, None,
+                    file, line, col = user.at
+                    problems.append(Problem(file or "user-data", line, col,
                                             f'user {user.name}: group "{group}" does not '
                                             "exist on this machine; create it first or "
                                             "remove it"))

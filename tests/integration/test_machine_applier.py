@@ -158,6 +158,11 @@ def test_the_same_file_again_changes_nothing(machine):
 def test_a_changed_drop_in_restarts_only_its_unit(machine):
     before = snapshot(machine)
     machine.write("/root/user-data", USER_DATA.replace("COLOUR=blue", "COLOUR=green"))
+    dry = machine.apply("/root/user-data", "--private-ipv4", IP, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1] == \
+        "would: applier-web.service: restart (its files changed)"
+    assert snapshot(machine) == before
     changed = machine.apply("/root/user-data", "--private-ipv4", IP)
     assert changed.returncode == 0, changed.stderr
     assert changed.stdout.splitlines() == [
@@ -227,3 +232,30 @@ def test_not_root_is_refused_in_one_line_but_may_validate(machine):
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == ("/tmp/user-data: valid cloud-config; 4 files, 2 users, "
                                       "4 units")
+
+
+def test_a_users_symlink_never_redirects_roots_writes(machine):
+    """A local user who points their ~/.ssh at /etc gets no root write, chown or chmod
+    through it."""
+    machine.run("useradd", "--create-home", "mallory")
+    machine.run("ln", "-s", "/etc", "/home/mallory/.ssh")
+    machine.run("chown", "--no-dereference", "mallory:mallory", "/home/mallory/.ssh")
+    machine.write("/root/mallory-user-data", "#cloud-config\nusers:\n  - name: mallory\n"
+                  f"    ssh_authorized_keys: [\"{ALICE_KEY}\"]\n")
+    etc = machine.stat("/etc", "%a %U:%G")
+    uid = machine.out("id", "-u", "mallory")
+    refused = machine.apply("/root/mallory-user-data")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        'provision: could not apply "/home/mallory/.ssh/: created (0700)": /home/mallory/.ssh '
+        f"is a symlink owned by uid {uid}; refusing to follow it (remove it and apply again)"]
+    assert machine.stat("/etc", "%a %U:%G") == etc == "755 root:root"
+    assert machine.run("test", "-e", "/etc/authorized_keys", check=False).returncode == 1
+
+
+def test_image_build_answers_from_the_cache(machine_image, run_cli):  # noqa: F811
+    built = run_cli("image", "build")
+    assert built.code == 0, built.err
+    assert built.out.startswith(f"image {machine_image.key}: {machine_image.rootfs} (cached")
+    listed = run_cli("image", "list")
+    assert machine_image.key in listed.out and "base-" in listed.out

@@ -560,7 +560,7 @@ def test_hostname_and_password_of_an_existing_user():
                  'ud:3:27: write_files[0]: owner "bob" does not exist on this machine',
                  id="unknown-owner"),
     pytest.param("users:\n  - {name: bob, groups: [wheel]}\n",
-                 'user bob: group "wheel" does not exist', id="unknown-group"),
+                 'ud:3:5: user bob: group "wheel" does not exist', id="unknown-group"),
 ])
 def test_names_the_machine_lacks_refuse_the_plan(text, message):
     with pytest.raises(UserError) as caught:
