@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from provision.cli import main as provision_main
+from provision.machine.seed import seed_files
 from tests.support.etcd import wait_for
 from tests.support.machine import PROVISION, booted, machine_image, machine_problem  # noqa: F401
 
@@ -69,12 +70,13 @@ def machine(machine_image, tmp_path_factory):  # noqa: F811 - the fixture import
     place = Path(tempfile.mkdtemp(prefix="pt-machine-"))
     upper = place / "upper"
     try:
-        state = upper / "var/lib/provision"
-        state.mkdir(parents=True)
-        shutil.copy(rendered / "out" / "user-data-1", state / "user-data")
-        (upper / "etc").mkdir()
-        (upper / "etc/environment").write_text(f"COREOS_PRIVATE_IPV4={IP}\n"
-                                               f"COREOS_PUBLIC_IPV4={IP}\n")
+        # What a provider writes before the first boot.
+        user_data = (rendered / "out" / "user-data-1").read_text()
+        for path, (content, mode) in seed_files(user_data, IP).items():
+            target = upper / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+            target.chmod(mode)
         units = upper / "etc/systemd/system"
         (units / "multi-user.target.wants").mkdir(parents=True)
         (units / "test-address.service").write_text(ADDRESS_UNIT)

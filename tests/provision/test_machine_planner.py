@@ -7,9 +7,11 @@ from __future__ import annotations
 import base64
 import gzip
 import textwrap
+from importlib import resources
 
 import pytest
 
+from fleetd.unit.unitfile import parse_unit_file
 from provision.cloudconfig.substitute import substitute, variables_used
 from provision.errors import Problem, UserError
 from provision.machine.addresses import machine_addresses, parse_environment_file
@@ -41,6 +43,7 @@ from provision.machine.planner import (
     plan,
     unit_of_path,
 )
+from provision.machine.seed import ENVIRONMENT_FILE, USER_DATA, seed_files
 from provision.machine.services import (
     NO_FLANNELD,
     environment_line,
@@ -571,3 +574,28 @@ def test_names_the_machine_lacks_refuse_the_plan(text, message):
 def test_a_file_may_belong_to_a_user_made_in_the_same_pass():
     cfg = config("users:\n  - {name: bob}\nwrite_files:\n  - {path: /etc/a, owner: bob}\n")
     assert kinds(plan(cfg, STATE).actions) == ["CreateUser", "WriteFile"]
+
+
+# -- the seam for providers: seed files and the boot unit ------------------------------------
+
+def test_seed_files_give_the_boot_unit_its_user_data_and_addresses():
+    files = seed_files("#cloud-config\n", "172.17.8.101", hostname="core-01")
+    assert files == {
+        "/var/lib/provision/user-data": (b"#cloud-config\n", 0o600),
+        "/etc/environment": (b"COREOS_PRIVATE_IPV4=172.17.8.101\n"
+                             b"COREOS_PUBLIC_IPV4=172.17.8.101\n", 0o644),
+        "/etc/hostname": (b"core-01\n", 0o644)}
+    environment = parse_environment_file(files["/etc/environment"][0].decode())
+    assert machine_addresses({}, {}, environment) == IP
+
+
+def test_the_boot_unit_reads_what_the_seed_writes():
+    text = (resources.files("provision.machine") / "units" /
+            "provision-cloudinit.service").read_text()
+    unit = parse_unit_file(text)
+    assert unit.get("Unit", "ConditionPathExists") == [USER_DATA]
+    assert unit.get("Service", "EnvironmentFile") == [f"-{ENVIRONMENT_FILE}"]
+    assert unit.get("Service", "ExecStart") == [
+        f"/usr/local/bin/provision cloudinit --from-file {USER_DATA}"]
+    assert set(unit.get("Unit", "Before")[0].split()) == {
+        "etcd2.service", "fleet.service", "flanneld.service"}
