@@ -156,9 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(run=_cmd_render)
 
     from provision import apply_cli, lifecycle_cli
+    from provision.image import cli as image_cli
+    from provision.machine import cli as machine_cli
 
     lifecycle_cli.add_commands(commands)
     apply_cli.add_commands(commands)
+    machine_cli.add_commands(commands)
+    image_cli.add_commands(commands)
     return parser
 
 

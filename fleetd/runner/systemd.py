@@ -63,6 +63,23 @@ def system_bus_present(address: str | None = None) -> bool:
     return False
 
 
+def connect_systemd(address: str | None = None):  # noqa: ANN201 - pydbus proxies
+    """(bus, systemd's manager object) on the system bus at `address` (default: this
+    host's); RunnerError saying what is missing or what failed."""
+    try:
+        from pydbus import connect
+    except ImportError as err:
+        raise RunnerError("talking to systemd needs pydbus and PyGObject: pip install "
+                          "'.[systemd]' (Debian: python3-pydbus)") from err
+    address = address or system_bus_address()
+    try:
+        bus = connect(address)
+        return bus, bus.get(SYSTEMD, SYSTEMD_PATH)
+    except Exception as err:  # noqa: BLE001 - GLib.Error and friends: say what failed
+        raise RunnerError(f"cannot reach systemd on the system bus ({address}): "
+                          f"{dbus_message(err)}") from None
+
+
 def journal_command_for(root: Path | None = None) -> JournalCommand:
     """`journalctl -u` of this host, or of the system whose files are under `root`."""
     def command(unit: str, lines: int, follow: bool) -> list[str]:
@@ -84,8 +101,8 @@ class SystemdRunner:
                  bus_address: str | None = None,
                  journal_command: JournalCommand = default_journal_command) -> None:
         try:
+            import pydbus  # noqa: F401 - present, or the clear error below
             from gi.repository import GLib
-            from pydbus import connect
         except ImportError as err:
             raise RunnerError("the systemd runner needs pydbus and PyGObject: "
                               "pip install '.[systemd]' (or use runner=process)") from err
@@ -97,13 +114,12 @@ class SystemdRunner:
         except OSError as err:
             raise RunnerError(f"cannot create the units directory {self.units_dir}: "
                               f"{err.strerror or err}") from None
+        self.bus, self.manager = connect_systemd(self.bus_address)
         try:
-            self.bus = connect(self.bus_address)
-            self.manager = self.bus.get(SYSTEMD, SYSTEMD_PATH)
             self.manager.Subscribe()
         except Exception as err:  # noqa: BLE001 - GLib.Error and friends: say what failed
             raise RunnerError(f"cannot reach systemd on the system bus "
-                              f"({self.bus_address}): {_dbus_message(err)}") from None
+                              f"({self.bus_address}): {dbus_message(err)}") from None
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()    # one Reload at a time; readers wait for it
         self._unreloaded: set[str] = set()      # units whose files changed since the last Reload
@@ -156,11 +172,11 @@ class SystemdRunner:
                 # Forgetting a unit systemd refused to stop would leave it running here
                 # while the engine starts it elsewhere.
                 raise RunnerError(f"systemd could not stop {name}: "
-                                  f"{_dbus_message(err)}") from None
+                                  f"{dbus_message(err)}") from None
         try:
             self.manager.DisableUnitFiles([name], True)
         except Exception as err:  # noqa: BLE001 - not linked: nothing to unlink
-            log.debug("unlink %s: %s", name, _dbus_message(err))
+            log.debug("unlink %s: %s", name, dbus_message(err))
         (self.units_dir / name).unlink(missing_ok=True)
         with self._lock:
             self._known.pop(name, None)
@@ -203,7 +219,7 @@ class SystemdRunner:
                 if pid:
                     lines.append(f" Main PID: {pid}")
         except Exception as err:  # noqa: BLE001 - report, do not raise, for status
-            raise RunnerError(f"cannot read {name} from systemd: {_dbus_message(err)}") from None
+            raise RunnerError(f"cannot read {name} from systemd: {dbus_message(err)}") from None
         return "\n".join(lines) + "\n"
 
     def journal(self, name: str, lines: int = 10, follow: bool = False) -> Iterator[str]:
@@ -254,7 +270,7 @@ class SystemdRunner:
         try:
             path = self.manager.LoadUnit(name)
         except Exception as err:  # noqa: BLE001 - states still come from the full reads
-            log.debug("LoadUnit %s: %s", name, _dbus_message(err))
+            log.debug("LoadUnit %s: %s", name, dbus_message(err))
             return
         with self._lock:
             self._paths[str(path)] = name
@@ -324,10 +340,10 @@ class SystemdRunner:
         try:
             return method(*args)
         except Exception as err:  # noqa: BLE001 - GLib.Error: turn into a clear RunnerError
-            raise RunnerError(f"systemd could not {what}: {_dbus_message(err)}") from None
+            raise RunnerError(f"systemd could not {what}: {dbus_message(err)}") from None
 
 
-def _dbus_message(err: BaseException) -> str:
+def dbus_message(err: BaseException) -> str:
     text = str(err)
     # GLib.Error texts look like "g-dbus-error-quark: GDBus.Error:org...: message (36)".
     if "GDBus.Error:" in text:

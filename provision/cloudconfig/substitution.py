@@ -46,3 +46,26 @@ def pre_substitute(text: str, values: Mapping[str, str]) -> str:
     for variable in values:
         booted = booted.replace(variable, "\\" + variable)
     return booted
+
+
+# The same variables by name, as the applier's flags and coreos-vagrant's /etc/environment
+# (COREOS_PRIVATE_IPV4=…) spell them.
+NAMES = ("private_ipv4", "public_ipv4", "private_ipv6", "public_ipv6")
+ENVIRONMENT = {name: f"COREOS_{name.upper()}" for name in NAMES}
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """`boot_substitute` with the values given by name (`{"private_ipv4": "10.0.0.1"}`);
+    variables without a value stay as written."""
+    return boot_substitute(text, {"$" + name: value for name, value in values.items()})
+
+
+def variables_used(text: str) -> list[str]:
+    """The names of the variables boot substitution would replace (escaped ones do not
+    count), in order of first use."""
+    seen: dict[str, None] = {}
+    pattern = re.compile(r"(?:[^\\]|^)\$(" + "|".join(NAMES) + r")")
+    for match in pattern.finditer(text):
+        seen[match.group(1)] = None
+    return list(seen)
+

@@ -85,3 +85,76 @@ def test_validator_never_raises(text):
         assert str(problem).startswith("ud"), problem
         assert "\n" not in str(problem), "one problem, one line"
         assert problem.severity in ("error", "warning", "info")
+
+
+# -- the machine applier (`provision cloudinit`) reads the same files --------------------------
+
+@pytest.mark.parametrize("text,fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_user_data_refused_by_the_applier(capsys, tmp_path, text, fragment):
+    path = tmp_path / "user-data"
+    path.write_text(text, encoding="utf-8")
+    outcome = _run(capsys, "cloudinit", "--validate", "--from-file", str(path),
+                   "--environment-file", str(tmp_path / "none"))
+    assert_clear_refusal(outcome, str(path), fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user-data"]
+
+
+MACHINE_CASES = [
+    ("unknown-command", H + "coreos:\n  units: [{name: a.service, command: launch}]\n",
+     'invalid value launch for "command"'),
+    ("unit-path-escape", H + "coreos:\n  units: [{name: ../../etc/passwd}]\n",
+     "invalid unit name"),
+    ("drop-in-escape", H + "coreos:\n  units: [{name: a.service, drop-ins: "
+     "[{name: ../../x.conf}]}]\n", "must be a file name"),
+    ("path-escape", H + "write_files: [{path: /etc/../../root/x}]\n", 'contains ".."'),
+    ("bad-gzip", H + "write_files: [{path: /etc/x, encoding: gz+b64, content: aGVsbG8=}]\n",
+     "it is not gzip data"),
+    ("hostname-shell", H + "hostname: 'a;reboot'\n", "not a valid host name"),
+    ("user-shell", H + "users: [{name: 'a;b'}]\n", "user name"),
+    ("owner-shell", H + "write_files: [{path: /etc/x, owner: 'a b:c'}]\n", "owner"),
+]
+
+
+@pytest.mark.parametrize("text,fragment", [c[1:] for c in MACHINE_CASES],
+                         ids=[c[0] for c in MACHINE_CASES])
+def test_what_a_machine_cannot_apply_is_refused(capsys, tmp_path, text, fragment):
+    tally()
+    path = tmp_path / "user-data"
+    path.write_text(text, encoding="utf-8")
+    outcome = _run(capsys, "cloudinit", "--validate", "--from-file", str(path),
+                   "--environment-file", str(tmp_path / "none"))
+    assert_clear_refusal(outcome, str(path), fragment)
+
+
+SECTIONS = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=12),
+              st.sampled_from(["start", "../x", "/etc/a", "a.service", "0644", "b64", "core",
+                               "$private_ipv4", "\\$public_ipv4", "x.conf", "root:root"])),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(
+            ["hostname", "users", "write_files", "coreos", "units", "name", "command",
+             "content", "drop-ins", "path", "owner", "permissions", "encoding", "mask",
+             "enable", "runtime", "etcd2", "fleet", "flannel", "ssh_authorized_keys",
+             "manage_etc_hosts", "groups", "passwd", "homedir"]), inner, max_size=4)),
+    max_leaves=12)
+
+
+@FUZZ
+@given(SECTIONS)
+def test_the_applier_model_never_raises_but_a_user_error(data):
+    import yaml
+
+    from provision.errors import UserError
+    from provision.machine.config import parse_machine_config
+    from provision.machine.model import Facts
+
+    tally()
+    text = H + yaml.safe_dump(data if isinstance(data, dict) else {"hostname": data})
+    with bounded(5):
+        try:
+            parse_machine_config(text, "ud", {"private_ipv4": "10.0.0.1",
+                                              "public_ipv4": "10.0.0.1"}, Facts())
+        except UserError as err:
+            for problem in err.problems:
+                assert str(problem).startswith("ud") and "\n" not in str(problem), problem

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import pytest
 
+from provision.image.mirror import MIRROR_ENV as PROJECT_MIRROR_ENV
+from provision.image.mirror import debian_mirror as find_debian_mirror
+
 SUITE = "bookworm"
 PACKAGES = ("systemd", "dbus")
 VARIANT = "minbase"
@@ -164,68 +167,7 @@ def systemd_container_problem() -> str | None:
 
 def debian_mirror() -> str | None:
     """The Debian mirror this host's apt uses ($PROVISION_TESTS_DEBIAN_MIRROR overrides)."""
-    if os.environ.get(MIRROR_ENV):
-        return os.environ[MIRROR_ENV]
-    sources = []  # (uri, suites, components)
-    lists = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in lists:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        if path.suffix == ".sources":
-            sources += _deb822_sources(text)
-        elif path.suffix == ".list":
-            sources += _one_line_sources(text)
-        # apt itself ignores other names (e.g. "*.list.disabled"), so do we.
-    for uri, suites, components in sources:
-        if SUITE in suites and "main" in components:
-            return uri
-    # A host on another Debian release: its main mirror serves SUITE too.
-    for uri, _suites, components in sources:
-        if uri.rstrip("/").endswith("/debian") and "main" in components:
-            return uri
-    return None
-
-
-def _deb822_sources(text: str) -> list[tuple[str, list[str], list[str]]]:
-    found = []
-    for stanza in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        key = None
-        for line in stanza.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            if line[0] in " \t" and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, value = line.split(":", 1)
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        for uri in fields.get("uris", "").split():
-            found.append((uri, fields.get("suites", "").split(),
-                          fields.get("components", "").split()))
-    return found
-
-
-def _one_line_sources(text: str) -> list[tuple[str, list[str], list[str]]]:
-    found = []
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if not words or words[0] != "deb":
-            continue
-        words = words[1:]
-        if words and words[0].startswith("["):  # [arch=... signed-by=...] options
-            while words and not words[0].endswith("]"):
-                words = words[1:]
-            words = words[1:]
-        if len(words) >= 2:
-            found.append((words[0], [words[1]], words[2:]))
-    return found
+    return find_debian_mirror(SUITE, (MIRROR_ENV, PROJECT_MIRROR_ENV))
 
 
 # -- the cached root file system ------------------------------------------------------------
@@ -373,11 +315,16 @@ def new_container_name() -> str:
 
 
 def start_systemd_container(units_dir: Path, name: str | None = None,
-                            timeout: float = 60) -> SystemdContainer:
+                            timeout: float = 60, *, rootfs: Path | None = None,
+                            upper: Path | None = None) -> SystemdContainer:
     """Boot a container and return once its systemd is up (state running or degraded).
 
     `timeout` covers the boot; building the root file system the first time (cached
     afterwards) has its own deadline. The caller owns `units_dir` and removes it.
+    `rootfs` boots another tree than the tests' own (e.g. the project's machine image);
+    `upper` keeps the container's writes in that directory (an overlay on the read-only
+    tree, as machines boot) instead of a tmpfs, so files put there before the boot are
+    in the container from its first moment. The caller owns `upper` too.
     """
     problem = systemd_container_problem()
     if problem:
@@ -386,7 +333,13 @@ def start_systemd_container(units_dir: Path, name: str | None = None,
     if ":" in str(units_dir):
         raise ValueError(f"{units_dir}: nspawn's --bind takes ':' as a separator")
     units_dir.mkdir(parents=True, exist_ok=True)
-    rootfs = cached_rootfs()
+    rootfs = rootfs or cached_rootfs()
+    if upper is None:
+        root_args = ["--directory", str(rootfs), "--volatile=overlay"]
+    else:
+        # --read-only: were the overlay to fail, nothing may write into the shared tree.
+        root_args = ["--directory", str(rootfs), "--read-only",
+                     f"--overlay={rootfs}:{Path(upper).resolve()}:/"]
     name = name or new_container_name()
     hierarchies = _cgroup_hierarchies()
     _sweep_leftovers(hierarchies)
@@ -399,8 +352,8 @@ def start_systemd_container(units_dir: Path, name: str | None = None,
             top = hierarchy / name
             top.mkdir()
             container.cgroups.append(top)
-        nspawn = ["systemd-nspawn", "--directory", str(rootfs), "--machine", name, "--boot",
-                  "--register=no", "--keep-unit", "--volatile=overlay", "--private-network",
+        nspawn = ["systemd-nspawn", *root_args, "--machine", name, "--boot",
+                  "--register=no", "--keep-unit", "--private-network",
                   "--console=passive", f"--bind={units_dir}"]
         if shutil.which("setpriv"):
             # Halt the container if this process dies without running its teardown.

@@ -223,7 +223,7 @@ def narrow_urls(value: str, ip: str) -> str:
     return ",".join(out)
 
 
-def _flag_value(value: object) -> str:
+def setting_text(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -259,7 +259,7 @@ def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools:
         if key not in ETCD_FLAGS:
             notes.append(f"etcd2 `{key}` has no etcd 3.5 flag; left out")
             continue
-        text = _flag_value(value)
+        text = setting_text(value)
         flags[key] = narrow_urls(text, ip) if key in URL_FLAGS else text
     flags.setdefault("listen-client-urls", f"http://{ip}:{client_port}")
     flags.setdefault("advertise-client-urls", flags["listen-client-urls"].split(",")[0])
@@ -288,22 +288,30 @@ def _client_url(advertised: str, listened: str, ip: str) -> str:
 
 # -- fleet -----------------------------------------------------------------------------------------
 
+def fleet_settings(section: Mapping, settings: frozenset[str], notes: list[str]
+                   ) -> dict[str, str]:
+    """The fleet section as fleetd settings: {setting name (underscores): text}. A key that
+    is no fleetd setting is noted and left out (fleetd would ignore it silently)."""
+    given: dict[str, str] = {}
+    for key, value in section.items():
+        name = str(key).replace("-", "_")
+        if name not in settings:
+            notes.append(f"fleet `{key}` is not a fleetd setting; left out")
+            continue
+        given[name] = setting_text(value)
+    return given
+
+
 def fleetd_command(section: Mapping, *, dirs: NodeDirs, tools: Tools,
                    settings: frozenset[str], api_socket_flag: bool, notes: list[str]
                    ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
     """(argv, etcd servers, key prefix) of the node's fleetd."""
     argv = [tools.python, "-m", "fleetd.cli", "--state-dir", str(dirs.fleet),
             "--root-dir", str(dirs.root)]
-    given: dict[str, str] = {}
-    for key, value in section.items():
-        name = str(key).replace("-", "_")
-        if name in ("state_dir", "root_dir", "api_socket"):
-            notes.append(f"fleet `{key}` is replaced by the node directory")
-            continue
-        if name not in settings:
-            notes.append(f"fleet `{key}` is not a fleetd setting; left out")
-            continue
-        given[name] = _flag_value(value)
+    own = [key for key in section
+           if str(key).replace("-", "_") in ("state_dir", "root_dir", "api_socket")]
+    notes += [f"fleet `{key}` is replaced by the node directory" for key in own]
+    given = fleet_settings({k: v for k, v in section.items() if k not in own}, settings, notes)
     given.setdefault("verbosity", "1")
     if given.get("runner", "process") != "process":
         notes.append(f"fleet `runner: {given['runner']}` cannot drive this host's systemd for "
@@ -370,7 +378,9 @@ def decode_content(text: str, encoding: object) -> bytes:
     data = text.encode("utf-8")
     if kind in ("b64", "base64", "gz+b64", "gzip+b64", "gz+base64", "gzip+base64"):
         try:
-            data = base64.b64decode(data, validate=False)
+            # Line breaks are fine (as Go's decoder takes them); anything else outside
+            # the alphabet is an error, not silently dropped.
+            data = base64.b64decode(b"".join(data.split()), validate=True)
         except binascii.Error as err:
             raise ValueError(f"content is not valid base64: {err}") from None
         kind = kind.partition("+")[0] if "+" in kind else ""
