@@ -15,10 +15,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from fleetd.registry.etcd import Etcd, RegistryUnavailable  # noqa: F401 - raised through
 
 log = logging.getLogger("fleetd.engine")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who held the leader key when we last looked."""
+
+    machine: str
+    lease: int
 
 
 class Leadership:
@@ -34,6 +43,7 @@ class Leadership:
         self._stop_renewing = threading.Event()
         self._renewer: threading.Thread | None = None
         self.answered = False  # the last ensure() that asked etcd got an answer
+        self.holder: Holder | None = None  # the leader seen by the last failed acquire
 
     @property
     def is_leader(self) -> bool:
@@ -85,7 +95,9 @@ class Leadership:
         current = self.etcd.get(self.key)
         self.answered = True
         if current is not None:
+            self.holder = Holder(current.value.decode(errors="replace").strip(), current.lease)
             return False
+        self.holder = None
         lease = self.etcd.grant(self.ttl)
         ops = self.etcd.ops
         won = self.etcd.txn([ops.version(self.key) == 0],
@@ -104,6 +116,14 @@ class Leadership:
         self._renewer.start()
         log.info("became engine leader (token %d)", self.token)
         return True
+
+    def depose(self, holder: Holder) -> None:
+        """Revoke another leader's lease (it was judged dead): its key goes, every write it
+        might still send fails its guard, and the next `ensure` can win. Raises
+        RegistryUnavailable if etcd could not confirm it."""
+        if holder.lease:
+            self.etcd.fence(holder.lease)
+        self.holder = None
 
     def resign(self) -> None:
         lease = self.lease

@@ -34,6 +34,10 @@ class RegistryUnavailable(Exception):
     """etcd cannot be reached (all endpoints failed within the deadline)."""
 
 
+class LeaseGone(Exception):
+    """A write named a lease etcd no longer has: it expired, or it was revoked (fenced)."""
+
+
 class WatchCompacted(Exception):
     """The watch's start revision was compacted: rebuild from a fresh snapshot."""
 
@@ -56,6 +60,7 @@ class Event:
     key: str
     value: bytes | None  # None: deleted
     revision: int
+    lease: int = 0  # the lease a put was written under
 
 
 def parse_endpoints(urls: Iterable[str]) -> list[tuple[str, int]]:
@@ -79,6 +84,14 @@ _TRANSIENT = (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.Connectio
 
 
 _FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _lease_not_found(err: grpc.RpcError) -> bool:
+    try:
+        return (err.code() == grpc.StatusCode.NOT_FOUND
+                and "lease not found" in (err.details() or ""))
+    except AttributeError:  # an RpcError without call details
+        return False
 
 
 class Etcd:
@@ -110,6 +123,8 @@ class Etcd:
                 return action()
             except _TRANSIENT as err:
                 if isinstance(err, grpc.RpcError):
+                    if _lease_not_found(err):
+                        raise LeaseGone(err.details()) from err
                     self._fail_over(err)
                 if time.monotonic() + delay > deadline:
                     raise RegistryUnavailable(f"etcd unreachable: {err!r}") from err
@@ -189,17 +204,37 @@ class Etcd:
         return self._call(refresh, deadline_s=self.timeout)
 
     def revoke(self, lease_id: int) -> None:
+        """Best effort (shutdown): the lease expires by itself if etcd cannot be reached."""
         try:
-            self._call(lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
+            self.fence(lease_id, deadline_s=1.0)
         except RegistryUnavailable:
-            pass  # it expires by itself
+            pass
+
+    def fence(self, lease_id: int, deadline_s: float | None = None) -> None:
+        """Revoke a lease and know it is gone (a lease etcd no longer has counts as gone):
+        every key it held is deleted and no write can name it again.
+        Raises RegistryUnavailable when etcd could not confirm it."""
+        try:
+            self._call(lambda: self.client.revoke_lease(lease_id), deadline_s=deadline_s)
+        except LeaseGone:
+            pass
 
     # -- watches ---------------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int,
               sink: queue.Queue) -> Callable[[], None]:
         """Stream events under `prefix` from `start_revision` into `sink` as lists of Event;
-        a stream failure puts the exception instead. Returns a cancel function."""
+        a stream failure puts the exception instead. Returns a cancel function.
+
+        The client multiplexes every watch on one stream per endpoint, numbers watches per
+        stream from 0, starts a new stream after a failure or failover, and its own
+        cancel_watch asks whichever stream is current: cancelling an old watch that way can
+        silently end another thread's new watch that got the same number. So a watch is
+        cancelled on the watcher that made it, and only while that number is still ours."""
+        cancelled = threading.Event()
+
         def deliver(response) -> None:
+            if cancelled.is_set():
+                return
             if response is None:  # the stream ended without an error (client failed over)
                 sink.put(RegistryUnavailable("watch stream closed"))
             elif isinstance(response, etcd3.exceptions.RevisionCompactedError):
@@ -209,20 +244,33 @@ class Etcd:
             else:
                 sink.put([Event(e.key.decode(),
                                 None if isinstance(e, etcd3.events.DeleteEvent) else e.value,
-                                e.mod_revision) for e in response.events])
+                                e.mod_revision,
+                                0 if isinstance(e, etcd3.events.DeleteEvent) else e.lease)
+                          for e in response.events])
 
         self.requests += 1
+        key = etcd3.utils.to_bytes(prefix)
         try:
-            watch_id = self.client.add_watch_prefix_callback(prefix, deliver,
-                                                             start_revision=start_revision)
+            watcher = self.client.watcher
+            watch_id = watcher.add_callback(key, deliver,
+                                            range_end=etcd3.utils.prefix_range_end(key),
+                                            start_revision=start_revision)
         except etcd3.exceptions.RevisionCompactedError as err:
             raise WatchCompacted(err.compacted_revision) from err
-        except _TRANSIENT as err:
+        except (*_TRANSIENT, etcd3.exceptions.WatchTimedOut, queue.Empty) as err:
+            if isinstance(err, grpc.RpcError):
+                self._fail_over(err)
             raise RegistryUnavailable(f"cannot watch {prefix}: {err!r}") from err
 
         def cancel() -> None:
+            cancelled.set()
+            # python3-etcd3 0.13's Watcher.cancel, made conditional on the id still being
+            # this watch's (its lock, callback table and cancel request are its internals).
             try:
-                self.client.cancel_watch(watch_id)
+                with watcher._lock:
+                    if watcher._callbacks.get(watch_id) is deliver:
+                        del watcher._callbacks[watch_id]
+                        watcher._cancel_no_lock(watch_id)
             except Exception:  # noqa: BLE001 - the stream may already be gone
                 pass
         return cancel

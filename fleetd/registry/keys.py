@@ -8,6 +8,8 @@ job/<name>                  {name, hash, desired}                 API     engine
 global/<name>               {name, hash, desired}                 API     agents, API    -
 assign/<machine>/<name>     {hash, desired}                       engine  that agent     -
 machine/<id>                {id, publicIP, metadata, apiURL, ...} agent   engine, API    agent
+heartbeat/<id>              {seq, sent[, leaving]}                agent   engines        agent
+fence/<id>                  {lease} of the machine fenced         engine  that agent     -
 state/<name>/<machine>      {hash, load, active, sub}             agent   API, engine    agent
 engine/leader               leader's machine id (text)            engine  engines, API   engine
 
@@ -17,6 +19,14 @@ are not scheduled: every agent whose metadata matches runs them. A unit is
 named in at most one of `job/` and `global/`; the API enforces that in the same
 transaction that writes it. Unit states are per (unit, machine) so a unit that
 is, wrongly, active on two machines shows as two rows instead of hiding one.
+
+Liveness: an agent rewrites `heartbeat/<id>` every heartbeat period; engines watch
+that prefix and judge a machine by the heartbeats they saw arrive (not by lease
+expiry alone, which etcd postpones on every raft leader change). The leader fences a
+machine it judged dead by revoking its lease and writing `fence/<id>` in the same
+transactions that move its units (guarded by the heartbeat key being gone); the
+agent registers again only in a transaction comparing `fence/<id>` with what it saw
+when it last read its assignments, and deletes it there.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ class Kind(str, Enum):
     GLOBAL = "global"
     ASSIGN = "assign"
     MACHINE = "machine"
+    HEARTBEAT = "heartbeat"
+    FENCE = "fence"
     STATE = "state"
     ENGINE = "engine"
 
@@ -68,6 +80,12 @@ class Keys:
     def machine(self, machine: str) -> str:
         return f"{self.prefix}machine/{machine}"
 
+    def heartbeat(self, machine: str) -> str:
+        return f"{self.prefix}heartbeat/{machine}"
+
+    def fence(self, machine: str) -> str:
+        return f"{self.prefix}fence/{machine}"
+
     def state(self, name: str, machine: str) -> str:
         return f"{self.prefix}state/{name}/{machine}"
 
@@ -97,7 +115,8 @@ class Keys:
         except ValueError:
             return None
         rest = parts[1:]
-        if kind in (Kind.UNIT, Kind.JOB, Kind.GLOBAL, Kind.MACHINE) and len(rest) == 1 and rest[0]:
+        if kind in (Kind.UNIT, Kind.JOB, Kind.GLOBAL, Kind.MACHINE, Kind.HEARTBEAT,
+                    Kind.FENCE) and len(rest) == 1 and rest[0]:
             return ParsedKey(kind, rest[0])
         if kind is Kind.ASSIGN and len(rest) == 2 and all(rest):
             return ParsedKey(kind, rest[1], rest[0])

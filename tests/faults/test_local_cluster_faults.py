@@ -91,9 +91,11 @@ def base_units(run_dir: Path) -> list[dict]:
     ]
 
 
-def announcers() -> UnitView:
-    """`fleetd announce` processes: web-announce@i -> {machine: pid}, read from /proc (the
-    generated sidekick writes no pid file; its argv names its parent and machine)."""
+def announcers(machines: set[str]) -> UnitView:
+    """`fleetd announce` processes of `machines`: web-announce@i -> {machine: pid}, read from
+    /proc (the generated sidekick writes no pid file; its argv names its parent and machine).
+    Only this cluster's machines: another cluster on this host (a second test run) runs
+    sidekicks of the same names, and they are not this cluster's copies."""
     found: UnitView = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -103,6 +105,8 @@ def announcers() -> UnitView:
             continue
         parent = argv[argv.index("--unit") + 1]
         machine = argv[argv.index("--machine") + 1]
+        if machine not in machines:
+            continue
         prefix, _, rest = parent.partition("@")
         found.setdefault(f"{prefix}-announce@{rest}", {})[machine] = int(entry)
     return found
@@ -155,7 +159,7 @@ class LocalCluster:
     # -- what runs -------------------------------------------------------------------------
     def view(self) -> UnitView:
         found = live_units(self.run_dir)
-        found.update(announcers())
+        found.update(announcers({spec["machine_id"] for spec in self.nodes.values()}))
         return found
 
     def machine(self, node: str) -> str:
