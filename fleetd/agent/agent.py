@@ -88,7 +88,8 @@ class Renewer:
                     next_refresh = time.monotonic() + self.ttl / 3
                 seq += 1
                 sent = time.monotonic()
-                self.registry.beat(self.machine, Beat(self.lease, seq, sent))
+                self.registry.beat(self.machine, Beat(self.lease, seq, sent),
+                                   attempt_timeout=max(1.0, 2 * self.period))
                 self.last_beat = sent
                 self.beats += 1
                 if failures:

@@ -5,15 +5,19 @@ its monotonic time (`at`) and does the I/O.
 Every agent rewrites `heartbeat/<id>` every heartbeat period (a tenth of the TTL). An engine
 watches that prefix; events arrive in revision order. Its clock advances only when its *own*
 machine's heartbeat arrives through that same stream, by the time since the previous one was
-sent (the sender is this host, so that time is comparable), at most two periods per heartbeat;
-between two of them it interpolates with its monotonic time, at most one period. So:
+sent (the sender is this host, so that time is comparable) but at most `stall` (half the TTL,
+at most 2.5 s) per heartbeat; between two of them it interpolates with its monotonic time, at
+most one period. So:
 
-- an etcd outage, or this engine's process stalled or starved for any length of time, moves
-  the clock by at most two periods: nobody's heartbeat could arrive meanwhile, ours neither;
+- an etcd outage, or this engine's process stalled or starved, of any length, moves the
+  clock by at most `stall` plus a period: nobody's heartbeat could arrive meanwhile, ours
+  neither, and afterwards every machine has the rest of the TTL to write again;
+- a raft election (1-2 s in which nobody can write) counts whole: a machine that died with
+  etcd's leader is not given the election on top of its TTL;
 - a watch stream that lags moves it not at all until it delivers, and then it delivers every
   earlier heartbeat of the others first (revision order);
 - a live machine's silence stays near one period; one that has been silent for a TTL on this
-  clock had a TTL of working etcd to say otherwise.
+  clock had most of a TTL of working etcd to say otherwise.
 
 A machine is judged dead when it has been silent for a TTL, or at once when its last
 heartbeat says it is leaving (it stopped its units). Lease expiry is not the judge: etcd
@@ -44,6 +48,11 @@ class Liveness:
         self.me = me
         self.ttl = float(ttl)
         self.period = float(period)
+        # The most one of our heartbeats may move the clock. Long enough to count a raft
+        # election whole (no agent could write during it, but it is part of the TTL a dead
+        # machine is given: etcd's election timeout is 1-2 s), short enough that after an
+        # outage of any length every machine has TTL - stall - period to write again.
+        self.stall = min(self.ttl / 2, 2.5)
         self.clock = 0.0
         self.ticks = 0  # our own heartbeats seen
         self._last_sent: float | None = None
@@ -60,7 +69,7 @@ class Liveness:
 
     def _tick(self, sent: float, at: float) -> None:
         if self._last_sent is not None:
-            step = min(max(0.0, sent - self._last_sent), 2 * self.period)
+            step = min(max(0.0, sent - self._last_sent), self.stall)
             self.clock = max(self.clock + step, self.now(at))
         self._last_sent = sent
         self._last_tick_at = at

@@ -175,8 +175,19 @@ class Etcd:
         return response.header.revision
 
     # -- writes ----------------------------------------------------------------------------------
-    def put(self, key: str, value: bytes | str, lease: int | None = None) -> None:
-        self._call(lambda: self.client.put(key, value, lease=lease))
+    def put(self, key: str, value: bytes | str, lease: int | None = None,
+            attempt_timeout: float | None = None) -> None:
+        """`attempt_timeout`: give up on one attempt sooner and try again (a write caught by
+        a raft leader change is dropped by etcd and only fails at its deadline; a fresh
+        attempt lands as soon as the new leader is elected)."""
+        if attempt_timeout is None:
+            self._call(lambda: self.client.put(key, value, lease=lease))
+            return
+        client = self.client
+        self._call(lambda: client.kvstub.Put(client._build_put_request(key, value, lease=lease),
+                                             attempt_timeout,
+                                             credentials=client.call_credentials,
+                                             metadata=client.metadata))
 
     def delete(self, key: str) -> bool:
         return bool(self._call(lambda: self.client.delete(key)))

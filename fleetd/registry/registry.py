@@ -271,10 +271,11 @@ class Registry:
             value["leaving"] = True
         return encode(value)
 
-    def beat(self, machine: str, beat: Beat) -> None:
+    def beat(self, machine: str, beat: Beat, attempt_timeout: float | None = None) -> None:
         """Write a heartbeat under its lease; LeaseGone when the lease is gone (expired, or
         revoked by an engine that judged this machine dead)."""
-        self.etcd.put(self.keys.heartbeat(machine), self.beat_value(beat), lease=beat.lease)
+        self.etcd.put(self.keys.heartbeat(machine), self.beat_value(beat), lease=beat.lease,
+                      attempt_timeout=attempt_timeout)
 
     @staticmethod
     def beat_from(value: bytes | None, lease: int) -> Beat | None:
