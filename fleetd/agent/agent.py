@@ -35,6 +35,7 @@ from fleetd.runner.base import Runner, RunnerError, UnitStatus
 from fleetd.unit.xfleet import matches_metadata
 
 WAKE = object()  # queued by `wake`; carries no events
+RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 
 log = logging.getLogger("fleetd.agent")
 
@@ -89,7 +90,7 @@ class Renewer:
                 seq += 1
                 sent = time.monotonic()
                 self.registry.beat(self.machine, Beat(self.lease, seq, sent),
-                                   attempt_timeout=max(1.0, 2 * self.period))
+                                   attempt_timeout=max(0.5, self.period))
                 self.last_beat = sent
                 self.beats += 1
                 if failures:
@@ -152,6 +153,7 @@ class Agent:
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        retry = RETRY_FIRST_S
         while not stop.is_set():
             try:
                 if self.renewer is not None and self.renewer.lost:
@@ -162,6 +164,7 @@ class Agent:
                     self._resync()
                 self._wait_and_handle(stop)
                 self._flush()
+                retry = RETRY_FIRST_S
             except LeaseLost:
                 self._lease_lost()
             except RunnerError as err:
@@ -176,7 +179,10 @@ class Agent:
                                 err, len(self.loaded))
                 self.connected = False
                 self._cancel()
-                stop.wait(min(1.0, self.ttl / 3))
+                # Try again at once (the client fails over to another member on the failed
+                # call: units placed here meanwhile should not wait), then back off.
+                stop.wait(retry)
+                retry = min(retry * 4, min(1.0, self.ttl / 3))
         self.shutdown()
 
     def shutdown(self) -> None:

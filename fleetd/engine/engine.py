@@ -42,6 +42,7 @@ class StalePlan(Exception):
 
 
 DEBOUNCE_S = 0.02  # gather a burst of events into one pass
+RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 BEATS = "beats"
 
 
@@ -95,12 +96,14 @@ class Engine:
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         last_pass = 0.0
+        retry = RETRY_FIRST_S
         while not stop.is_set():
             try:
                 self._watch_beats()
                 leading = self.leadership.ensure()
                 self.unreachable = False
                 if not leading:
+                    retry = RETRY_FIRST_S
                     self._drop_cache()
                     self._stand_by(stop)
                     continue
@@ -117,12 +120,15 @@ class Engine:
                 if dirty or time.monotonic() - last_pass >= self.reconcile_interval:
                     self.reconcile()
                     last_pass = time.monotonic()
+                retry = RETRY_FIRST_S
             except StalePlan as err:
                 log.info("%s; reloading", err)
                 self._drop_cache()
             except (RegistryUnavailable, WatchCompacted) as err:
                 self._lost_view(err)
-                stop.wait(min(1.0, self.ttl / 3) if self.leadership.lease is None else 0.2)
+                # At once first (the client fails over on the failed call), then back off.
+                stop.wait(retry)
+                retry = min(retry * 4, min(1.0, self.ttl / 3))
         self._drop_cache()
         self._stop_beats()
         self.leadership.resign()

@@ -8,10 +8,11 @@ a fleetd (agent TTL 5 s), brought up by `provision up` with these declared units
 - mon.service: a Global sleeper.
 
 One background sampler (every 50 ms, for the whole module) reads the REAL processes (pid
-files written by the units, `fleetd announce` processes found in /proc) and records every
-moment a unit is alive on two machines. Each scenario leaves the cluster healthy for the
-next. Figures are printed as `FAULT-FIGURE {json}` lines (run with -s) and appended to
-`fault-figures.jsonl` in pytest's base temporary directory.
+files written by the units, `fleetd announce` processes of this cluster's machines found in
+/proc) and records every moment a unit is alive on two machines. Each scenario leaves the
+cluster healthy for the next. Every scenario runs quiet, then loaded (`load_mode`, see
+conftest.py), on the same cluster. Figures are printed as `FAULT-FIGURE {json}` lines (run
+with -s) and appended to `fault-figures.jsonl` in pytest's base temporary directory.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ class LocalCluster:
         assert self.sampler is not None
         return [d for d in self.sampler.doubles if d[0] >= since]
 
-    def figure(self, name: str, **values: object) -> dict:
-        return figure(name, self.figures, **values)
+    def figure(self, name: str, mode: str, **values: object) -> dict:
+        return figure(name, self.figures, load=mode, **values)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +273,7 @@ def moved_ok(view: UnitView, moved: list[str], victim: str) -> bool:
 
 # -- kill the engine leader ----------------------------------------------------------------------
 
-def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster):
+def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster, load_mode):
     """SIGKILL the leader's fleetd: a new leader within the lease TTL; no unit on the other
     machines restarted. (The killed fleetd's own units die with it, as a dead machine's do,
     and start elsewhere: the process runner ties units to their fleetd.)"""
@@ -288,16 +289,16 @@ def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster):
         cluster.restore(node)
     restarted = cluster.sampler.changed_pids(before, killed_at, others)
     doubles = cluster.doubles_since(killed_at)
-    cluster.figure("engine_leader_kill", new_leader_s=round(elected_s, 3), lease_ttl_s=TTL,
-                   new_leader=new[:8], units_on_killed_machine=len(own),
+    cluster.figure("engine_leader_kill", load_mode, new_leader_s=round(elected_s, 3),
+                   lease_ttl_s=TTL, new_leader=new[:8], units_on_killed_machine=len(own),
                    their_failover_s=round(moved.at - killed_at, 3),
                    other_units_restarted=len({c[1] for c in restarted}),
                    double_running=len(doubles))
     assert doubles == [], f"units ran twice: {doubles[:3]}"
     assert restarted == [], f"units on other machines restarted: {restarted[:3]}"
-    # The old leader's key lapses at most one TTL after the kill, etcd's lessor revokes it
-    # within 0.5 s, and a standby engine tries to lead once a second (engine.py polls,
-    # min(1, ttl/3)): TTL + 1.5 s is the bound the design gives.
+    # A standby judges the leader's machine dead a TTL after its last heartbeat and revokes
+    # its lease (or the lease lapses first, a TTL after its last renewal); the standby's
+    # next acquire follows at once: TTL + 1.5 s is the bound the design gives.
     assert elected_s <= TTL + 1.5, f"new leader after {elected_s:.2f}s (lease TTL {TTL}s)"
 
 
@@ -330,7 +331,7 @@ def etcd_leader_node(cluster: LocalCluster) -> tuple[str, bool]:
     return next(iter(cluster.nodes)), False
 
 
-def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster):
+def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster, load_mode):
     before = cluster.wait_healthy()
     node, raft_leader = etcd_leader_node(cluster)
     killed_at = cluster.kill(node, "etcd2.service")
@@ -343,7 +344,7 @@ def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster):
         # The node's etcd comes back only with the node (its fleetd stops cleanly then, so
         # its units move: that is the restore, not the fault).
         cluster.restore(node)
-    cluster.figure("etcd_member_kill", killed_member=node, was_raft_leader=raft_leader,
+    cluster.figure("etcd_member_kill", load_mode, killed_member=node, was_raft_leader=raft_leader,
                    units_restarted=len({c[1] for c in restarted}), double_running=len(doubles),
                    fleetctl_list_units_rows=listed_on, apply_with_member_down_s=round(apply_s, 2),
                    fault_window_s=round(window_s, 2))
@@ -378,7 +379,7 @@ def _tools_while_member_down(cluster: LocalCluster, killed_at: float
 
 # -- etcd unreachable for 10 s -------------------------------------------------------------------
 
-def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
+def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster, load_mode):
     before = cluster.wait_healthy()
     members = [cluster.pids(node)["etcd2.service"] for node in cluster.nodes]
     stopped_at = time.monotonic()
@@ -396,13 +397,16 @@ def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
     wait_for(lambda: set(cluster.registry.machines()[1]) == machines, 20,
              message="every machine registered again")
     back_s = time.monotonic() - resumed_at
-    # Past the engine's settle period (one TTL and a third after it saw etcd again).
-    settle_until = resumed_at + TTL * 4 / 3 + 1
-    wait_for(lambda: time.monotonic() >= settle_until, 30, interval=0.1, message="settle")
+    # etcd expires every machine lease the moment it answers again (they lapsed meanwhile):
+    # an engine judging by lease expiry would move everything now. Watch a TTL and more
+    # after the return: a wrong judgement of the engine's own would show within a TTL.
+    watch_until = resumed_at + TTL + 2
+    wait_for(lambda: time.monotonic() >= watch_until, 30, interval=0.1,
+             message="the watch after the outage")
     changes = cluster.sampler.changed_pids(before, stopped_at, MOVABLE + [GLOBAL])
     during = [c for c in changes if c[0] < resumed_at]
     doubles = cluster.doubles_since(stopped_at)
-    cluster.figure("etcd_unreachable_10s", outage_s=round(resumed_at - stopped_at, 2),
+    cluster.figure("etcd_unreachable_10s", load_mode, outage_s=round(resumed_at - stopped_at, 2),
                    units_changed_during=len({c[1] for c in during}),
                    units_changed_after=len({c[1] for c in changes if c[0] >= resumed_at}),
                    machines_back_s=round(back_s, 2), double_running=len(doubles))
@@ -413,16 +417,16 @@ def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
 
 # -- kill -9 one node, 20 trials -----------------------------------------------------------------
 
-def test_kill_9_one_node_20_trials(cluster):
+def test_kill_9_one_node_20_trials(cluster, load_mode):
     """SIGKILL a node's etcd member and fleetd, 20 times; every fourth trial kills the node
     of the etcd raft leader. Each trial is classified by what else the kill cost, so the
     figures show where failover time goes:
 
-    - raft_leader: etcd renews every lease to its full TTL (+ election timeout) when a new
-      raft leader takes over, so the dead machine's lease outlives the kill by the election
-      plus one TTL;
-    - engine_leader: the killed fleetd led the engine; a standby polls for leadership once
-      a second after the leader key's lease lapses;
+    - raft_leader: etcd's raft leader dies with the node: nobody can write for an election
+      (and etcd renews every lease to its full TTL on the new leader, which is why engines
+      judge machines by the heartbeats they see rather than by lease expiry);
+    - engine_leader: the killed fleetd led the engine; a standby that judges its machine
+      dead revokes its lease and takes over;
     - plain: none of those."""
     rng = random.Random(8)
     trials: list[dict] = []
@@ -470,34 +474,30 @@ def test_kill_9_one_node_20_trials(cluster):
                 "p95_s": round(percentile(times, 95), 3),
                 "max_s": round(max(times, default=float("nan")), 3)}
 
-    cluster.figure("kill9_node", trials=KILL_TRIALS, agent_ttl_s=TTL, goal_p95_s=TTL + 1,
-                   all=stats(), plain=stats("plain"), engine_leader=stats("engine_leader"),
-                   raft_leader=stats("raft_leader"),
+    cluster.figure("kill9_node", load_mode, trials=KILL_TRIALS, agent_ttl_s=TTL,
+                   goal_p95_s=TTL + 1, all=stats(), plain=stats("plain"),
+                   engine_leader=stats("engine_leader"), raft_leader=stats("raft_leader"),
                    units_moved=sum(t["units"] for t in trials), units_lost=len(lost),
                    double_running=len(doubles),
                    sidekick_key_follow_p95_s=round(percentile(keys_follow, 95), 3),
                    each=[f"{t['node']}:{t['kind']}:{t['s']:.2f}" for t in trials])
-    KILL_RESULTS.extend(trials)
+    KILL_RESULTS[load_mode] = trials
     assert lost == [], f"units not active again elsewhere: {lost[:2]}"
     assert doubles == [], f"units ran twice: {doubles[:3]}"
-    plain = [t["s"] for t in trials if t["kind"] == "plain"]
-    assert len(plain) >= 3, f"too few plain trials to judge: {trials}"
-    assert percentile(plain, 95) <= TTL + 1, \
-        f"failover p95 {percentile(plain, 95):.2f}s > TTL + 1 s even without leader effects"
+    assert sum(t["kind"] == "raft_leader" for t in trials) >= 3, \
+        f"too few trials killed the raft leader's node to judge: {trials}"
 
 
-KILL_RESULTS: list[dict] = []
+KILL_RESULTS: dict[str, list[dict]] = {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "failover p95 over all trials > TTL + 1 s: every fourth trial kills the etcd raft "
-    "leader's node, and etcd renews every lease to its full TTL (+ election timeout) on a raft "
-    "leader change, so the dead machine's lease lasts election + TTL + 1 s (7.5-9.5 s "
-    "measured); fleetd's failover rides on lease expiry. See the kill9_node figure."))
-def test_kill_9_failover_p95_goal_over_all_trials():
-    assert KILL_RESULTS, "test_kill_9_one_node_20_trials did not record its trials"
-    p95 = percentile([t["s"] for t in KILL_RESULTS], 95)
-    assert p95 <= TTL + 1, f"failover p95 {p95:.2f}s over all trials > TTL + 1 s"
+def test_kill_9_failover_p95_within_ttl_plus_1s_over_all_trials(load_mode):
+    """Over all 20 trials, the raft leader's node among them: a dead machine's units run
+    elsewhere within the agent TTL and a second (95th percentile)."""
+    trials = KILL_RESULTS.get(load_mode)
+    assert trials, "test_kill_9_one_node_20_trials did not record its trials"
+    p95 = percentile([t["s"] for t in trials], 95)
+    assert p95 <= TTL + 1, f"failover p95 {p95:.2f}s over all trials > TTL + 1 s: {trials}"
 
 
 # -- SIGKILL provision apply at random points ----------------------------------------------------
@@ -540,7 +540,7 @@ def registry_mix(cluster: LocalCluster, old: dict[str, str], new: dict[str, str]
     return problems
 
 
-def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster):
+def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster, load_mode):
     rng = random.Random(80)
     extra_set = {"name": "extra@.service", "content": sleeper_text(cluster.run_dir),
                  "instances": 2}
@@ -581,7 +581,7 @@ def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster):
         current = target
         wait_for(lambda p=paced: time.monotonic() >= p, 5, interval=0.05, message="pace")
     doubles = cluster.doubles_since(start_at)
-    cluster.figure("sigkill_apply", trials=APPLY_TRIALS, killed_mid_apply=killed,
+    cluster.figure("sigkill_apply", load_mode, trials=APPLY_TRIALS, killed_mid_apply=killed,
                    finished_before_kill=finished, mixed_states=len(mixes),
                    next_apply_converged=APPLY_TRIALS,
                    next_apply_p50_s=round(percentile(converge_s, 50), 2),
