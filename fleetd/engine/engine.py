@@ -196,19 +196,24 @@ class Engine:
         return changed
 
     def _check_clock(self) -> None:
-        """Say when our own heartbeats stop arriving: nobody can be judged dead then."""
-        liveness = self.liveness
-        stalled = liveness.ticks == self._ticks_seen and \
-            time.monotonic() - self._ticks_changed_at > self.ttl
+        """Say when our own heartbeats stop arriving (nobody is judged dead then), and watch
+        `heartbeat/` again after each TTL of that: if the stream went quiet while our agent
+        kept writing, a new one resumes from the last revision we applied."""
+        liveness, now = self.liveness, time.monotonic()
         if liveness.ticks != self._ticks_seen:
-            self._ticks_seen, self._ticks_changed_at = liveness.ticks, time.monotonic()
-        if stalled != self._clock_stalled:
-            self._clock_stalled = stalled
-            if stalled:
-                log.warning("this machine's own heartbeats have not arrived for %.0fs: no "
-                            "machine is judged dead until they do", self.ttl)
-            else:
+            self._ticks_seen, self._ticks_changed_at = liveness.ticks, now
+            if self._clock_stalled:
+                self._clock_stalled = False
                 log.info("own heartbeats arrive again")
+            return
+        if now - self._ticks_changed_at <= self.ttl:
+            return
+        if not self._clock_stalled:
+            self._clock_stalled = True
+            log.warning("this machine's own heartbeats have not arrived for %.0fs: no "
+                        "machine is judged dead until they do", self.ttl)
+        self._ticks_changed_at = now
+        self._stop_beats()  # watched again, from where it was, on the next turn
 
     def _fence_the_dead(self) -> bool:
         """Revoke the lease of every machine newly judged dead (it can no longer write under

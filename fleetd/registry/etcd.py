@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import etcd3.etcdrpc
 import etcd3.events
 import etcd3.exceptions
 import etcd3.utils
@@ -276,12 +277,20 @@ class Etcd:
         def cancel() -> None:
             cancelled.set()
             # python3-etcd3 0.13's Watcher.cancel, made conditional on the id still being
-            # this watch's (its lock, callback table and cancel request are its internals).
+            # this watch's, and never blocking: its request queue holds 10 and nobody reads
+            # it once a failover closed that watcher, so its own cancel then blocks for good
+            # under the watcher's lock, and every watch on that stream goes silent. (Its
+            # lock, callback table and request queue are its internals.)
+            request = etcd3.etcdrpc.WatchRequest(
+                cancel_request=etcd3.etcdrpc.WatchCancelRequest(watch_id=watch_id))
+            if not watcher._lock.acquire(timeout=1.0):
+                return  # a wedged stream: our callback ignores it from now on anyway
             try:
-                with watcher._lock:
-                    if watcher._callbacks.get(watch_id) is deliver:
-                        del watcher._callbacks[watch_id]
-                        watcher._cancel_no_lock(watch_id)
-            except Exception:  # noqa: BLE001 - the stream may already be gone
+                if watcher._callbacks.get(watch_id) is deliver:
+                    del watcher._callbacks[watch_id]
+                    watcher._request_queue.put_nowait(request)
+            except Exception:  # noqa: BLE001 - queue full (stream closed) or already gone
                 pass
+            finally:
+                watcher._lock.release()
         return cancel

@@ -347,3 +347,31 @@ def test_unit_states_are_written_in_batches_of_128(registry):
     assert len(registry.states()) == 300
     registry.write_states("m1", lease, {f"u{i}.service": None for i in range(200)})
     assert len(registry.states()) == 100
+
+
+def test_cancelling_watches_of_a_closed_stream_never_blocks(registry):
+    """A failover closes the client's watcher (its request queue, of 10, is no longer read).
+    Cancelling the watches made on it used to block for good on the 11th, holding the
+    watcher's lock, and every watch of that stream went silent with it."""
+    import threading
+
+    etcd = registry.etcd
+    prefix = registry.keys.prefix + "closed/"
+    sink: queue.Queue = queue.Queue()
+    cancels = [etcd.watch(f"{prefix}{i}/", etcd.revision() + 1, sink) for i in range(14)]
+    etcd.client._clear_old_stubs()  # what the client does when it fails over
+    done = threading.Event()
+
+    def cancel_all() -> None:
+        for cancel in cancels:
+            cancel()
+        done.set()
+    threading.Thread(target=cancel_all, daemon=True).start()
+    assert done.wait(5), "cancelling the watches of a closed stream blocked"
+    live: queue.Queue = queue.Queue()
+    cancel = etcd.watch(prefix, etcd.revision() + 1, live)
+    try:
+        etcd.put(prefix + "after", "v")
+        assert any(e.key == prefix + "after" for e in live.get(timeout=5))
+    finally:
+        cancel()
