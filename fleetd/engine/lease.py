@@ -4,6 +4,11 @@ The leader key is put with a lease only if absent; its create revision is the
 fencing token every engine write compares, so a leader that lost its lease
 (paused, partitioned) cannot write a stale plan after a new leader took over.
 
+A standby does not wait for etcd to expire a dead leader's lease (etcd renews every lease
+by an election on a raft leader change, which is when leaders tend to die): when its own
+judgement (liveness.py) says the leader's machine is dead, it `depose`s it — revokes that
+lease — and acquires on its next try.
+
 While leading, a small thread renews the lease every ttl/3, independent of the engine's
 loop: a pass or a cache load that takes longer than the TTL (50,000 units on a busy
 2-core machine) must not cost the leadership it is working under — that livelocked
