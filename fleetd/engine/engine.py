@@ -206,8 +206,8 @@ class Engine:
                 self._clock_stalled = False
                 log.info("own heartbeats arrive again")
             return
-        if now - self._ticks_changed_at <= self.ttl:
-            return
+        if now - self._ticks_changed_at <= self.ttl or liveness.ticks == 0:
+            return  # (never seen any: no agent beside this engine, as in benchmarks)
         if not self._clock_stalled:
             self._clock_stalled = True
             log.warning("this machine's own heartbeats have not arrived for %.0fs: no "
@@ -346,8 +346,11 @@ class Engine:
         liveness = self.liveness
         present = {m: record for m, record in cache.machines.items()
                    if not liveness.is_dead(m, now)}
+        # (A machine never heard from whose key we saw go is an older fleetd judged by its
+        # lease: gone. One we track but have no record of is waited for.)
         waiting = {m for m in cache.assignments.values()
-                   if m not in cache.machines and not liveness.is_dead(m, now)}
+                   if m not in cache.machines and m in liveness.machines
+                   and not liveness.is_dead(m, now)}
         return present, waiting
 
     # -- one pass ----------------------------------------------------------------------------------

@@ -255,3 +255,32 @@ def test_without_its_own_heartbeats_the_engine_judges_nobody(registry, engine_re
             run.close()
         for beating in beats.values():
             beating.close()
+
+
+def test_a_heartbeat_watch_gone_silent_is_replaced(registry, engine_registry):
+    """If the heartbeat stream goes quiet while this machine keeps writing heartbeats (a
+    watch lost inside the client), the engine watches again after a TTL without its own
+    heartbeats, from where it was, and judges again."""
+    beats = {m: Beating(registry, m) for m in ("e" * 32, "a" * 32, "b" * 32)}
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = None
+    try:
+        registry.create_job("pinned.service", parse_unit_file(UNIT + "[X-Fleet]\n"
+                                                             "Conflicts=nothing\n"),
+                            JobState.LAUNCHED)
+        run = Running(engine)
+        wait_for(lambda: registry.assignments()[1], 15, message="placed")
+        wait_for(lambda: engine.liveness.ticks > 0, 10, message="own heartbeats seen")
+        silenced = engine._cancel_beats
+        silenced()  # the stream goes quiet; the engine still thinks it watches
+        victim = registry.assignments()[1][0].machine
+        if victim != "e" * 32:
+            beats[victim].close()
+            wait_for(lambda: all(a.machine != victim for a in registry.assignments()[1]),
+                     4 * 3, message=f"{victim[:8]}'s unit moved after the re-watch")
+        assert engine._cancel_beats is not silenced, "the heartbeat watch was replaced"
+    finally:
+        if run is not None:
+            run.close()
+        for beating in beats.values():
+            beating.close()
