@@ -335,15 +335,6 @@ class Registry:
         return encode({"hash": job.hash, "desired": job.desired.value})
 
     # -- unit states ------------------------------------------------------------------------
-    def publish_state(self, name: str, machine: str, digest: str, status: UnitStatus,
-                      lease: int) -> None:
-        value = encode({"hash": digest, "load": status.load, "active": status.active,
-                        "sub": status.sub})
-        self.etcd.put(self.keys.state(name, machine), value, lease=lease)
-
-    def clear_state(self, name: str, machine: str) -> None:
-        self.etcd.delete(self.keys.state(name, machine))
-
     def write_states(self, machine: str, lease: int,
                      changes: dict[str, tuple[str, UnitStatus] | None]) -> None:
         """Publish (name -> (hash, status)) or clear (name -> None) many unit states in
