@@ -83,14 +83,15 @@ class Renewer:
         while not self._stop.wait(max(0.0, due - time.monotonic())):
             due = time.monotonic() + self.period
             try:
+                attempt = max(0.5, self.period)  # see Etcd.put: a raft election drops writes
                 if time.monotonic() >= next_refresh:
-                    if etcd.keepalive(self.lease) <= 0:
+                    if etcd.keepalive(self.lease, attempt_timeout=attempt) <= 0:
                         raise LeaseGone("keepalive: lease not found")
                     next_refresh = time.monotonic() + self.ttl / 3
                 seq += 1
                 sent = time.monotonic()
                 self.registry.beat(self.machine, Beat(self.lease, seq, sent),
-                                   attempt_timeout=max(0.5, self.period))
+                                   attempt_timeout=attempt)
                 self.last_beat = sent
                 self.beats += 1
                 if failures:

@@ -207,10 +207,16 @@ class Etcd:
     def grant(self, ttl: int) -> int:
         return self._call(lambda: self.client.lease(ttl)).id
 
-    def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
+    def keepalive(self, lease_id: int, attempt_timeout: float | None = None) -> int:
+        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone).
+        `attempt_timeout`: as for `put`."""
+        client = self.client
+
         def refresh() -> int:
-            for response in self.client.refresh_lease(lease_id):
+            request = etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+            for response in client.leasestub.LeaseKeepAlive(
+                    iter([request]), attempt_timeout or self.timeout,
+                    credentials=client.call_credentials, metadata=client.metadata):
                 return response.TTL
             return 0
         return self._call(refresh, deadline_s=self.timeout)
