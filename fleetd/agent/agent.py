@@ -2,12 +2,19 @@
 
 It watches only its own assignments (`assign/<id>/`) and the global units,
 asks the pure `plan_tasks` what to do and has its runner do it, publishing
-each unit's state under its machine lease.
+unit states under its machine lease in batched transactions.
+
+Beside the loop, a renewer thread keeps the machine lease alive and writes a
+heartbeat every tenth of the TTL; it never waits on unit work or on the
+agent's other etcd writes, so a machine busy starting a thousand units is not
+taken for dead. The engines judge liveness from those heartbeats.
 
 Fail static: when etcd cannot be reached the agent keeps its units running as
-they are. When etcd answers again and its lease has expired meanwhile, it first
-re-reads its assignments and stops what was moved elsewhere, and only then
-registers again, so a unit is not left running on two machines.
+they are. When its lease is gone (expired during an outage, or revoked by an
+engine that judged this machine dead and fenced it), it re-reads its
+assignments and stops what was moved elsewhere, and only then registers again,
+in a transaction that fails if it was fenced after that read: a machine is
+never registered while it runs a unit assigned elsewhere.
 """
 
 from __future__ import annotations
@@ -19,18 +26,24 @@ import time
 from collections.abc import Callable
 
 from fleetd.agent.reconcile import Action, Current, Desired, Task, plan_tasks
+from fleetd.agent.renewer import Renewer
 from fleetd.job import JobState
 from fleetd.machine import Machine
-from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
+from fleetd.registry.etcd import KV, Event, LeaseGone, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
-from fleetd.registry.registry import Registry
+from fleetd.registry.registry import Beat, Registry
 from fleetd.runner.base import Runner, RunnerError, UnitStatus
 from fleetd.unit.names import is_template_name
 from fleetd.unit.xfleet import matches_metadata
 
 WAKE = object()  # queued by `wake`; carries no events
+RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 
 log = logging.getLogger("fleetd.agent")
+
+
+class LeaseLost(Exception):
+    """The machine lease is gone: expired, or revoked by an engine (fenced)."""
 
 
 class Agent:
@@ -41,7 +54,7 @@ class Agent:
         self.machine = machine
         self.ttl = max(1, int(ttl))
         self.lease: int | None = None
-        self.renewed_at = 0.0
+        self.renewer: Renewer | None = None
         self.connected = False
         self.inbox: queue.Queue = queue.Queue()
         self._cancel_watches: list[Callable[[], None]] = []
@@ -49,8 +62,10 @@ class Agent:
         self.global_units: dict[str, Desired] = {}
         self.loaded: dict[str, str] = {}  # unit -> hash the runner holds
         self.started: set[str] = set()
-        # unit -> (hash, systemd states, launched) as last written to etcd
+        # unit -> (hash, systemd states, launched): what etcd holds, and what to write next
         self.published: dict[str, tuple[str, UnitStatus, bool]] = {}
+        self.unpublished: dict[str, tuple[str, UnitStatus, bool] | None] = {}  # None: clear
+        self.fence_revision = 0  # mod revision of our fence key at the last assignment read
         runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
         self._adopt()
 
@@ -73,14 +88,20 @@ class Agent:
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        retry = RETRY_FIRST_S
         while not stop.is_set():
             try:
+                if self.renewer is not None and self.renewer.lost:
+                    raise LeaseLost()
                 if self.lease is None:
                     self._join()
                 elif not self.connected:
                     self._resync()
                 self._wait_and_handle(stop)
-                self._keepalive()
+                self._flush()
+                retry = RETRY_FIRST_S
+            except LeaseLost:
+                self._lease_lost()
             except RunnerError as err:
                 # The runner could not be read (systemd re-executing, a bus hiccup): the
                 # units are as they were; try again shortly instead of ending the agent.
@@ -93,19 +114,32 @@ class Agent:
                                 err, len(self.loaded))
                 self.connected = False
                 self._cancel()
-                stop.wait(min(1.0, self.ttl / 3))
+                # Try again at once (the client fails over to another member on the failed
+                # call: units placed here meanwhile should not wait), then back off.
+                stop.wait(retry)
+                retry = min(retry * 4, min(1.0, self.ttl / 3))
         self.shutdown()
 
     def shutdown(self) -> None:
         self._cancel()
         self.runner.shutdown()
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()
         if getattr(self.runner, "keeps_units_on_shutdown", False):
             # Units still run here: leaving the cluster now would start them elsewhere too.
             # The lease lapses after the TTL unless a restarted fleetd takes over first.
             self.lease = None
             return
         if self.lease is not None:
-            self.registry.etcd.revoke(self.lease)  # machine and state keys go with it
+            # Our units are stopped: say so, so engines need not wait a TTL to move them,
+            # then drop the lease (machine, heartbeat and state keys go with it).
+            try:
+                self.registry.beat(self.machine.id, Beat(self.lease, -1, time.monotonic(),
+                                                         leaving=True))
+            except (RegistryUnavailable, LeaseGone):
+                pass
+            self.registry.etcd.revoke(self.lease)
             self.lease = None
 
     def wake(self) -> None:
@@ -113,9 +147,8 @@ class Agent:
         self.inbox.put(WAKE)
 
     def _wait_and_handle(self, stop: threading.Event) -> None:
-        timeout = max(0.0, self.renewed_at + self.ttl / 3 - time.monotonic())
         try:
-            item = self.inbox.get(timeout=timeout)
+            item = self.inbox.get(timeout=min(1.0, self.ttl / 3))
         except queue.Empty:
             return
         items = [item]
@@ -134,30 +167,46 @@ class Agent:
                 self._publish(item[1], item[2])
             else:
                 changed |= self._apply(item)
+        if self.renewer is not None and self.renewer.lost:
+            raise LeaseLost()
         if changed and not stop.is_set():
             self.reconcile()
 
-    def _keepalive(self) -> None:
-        if self.lease is None or time.monotonic() < self.renewed_at + self.ttl / 3:
-            return
-        remaining = self.registry.etcd.keepalive(self.lease)
-        if remaining <= 0:
-            log.warning("machine lease expired; rejoining")
-            self.lease = None
-            self.connected = False
-            self._cancel()
-            return
-        self.renewed_at = time.monotonic()
+    def _lease_lost(self) -> None:
+        """The lease took our machine, heartbeat and state keys with it. Read the assignments
+        again (stopping what moved) and register anew: `_join`, on the next turn."""
+        log.warning("machine lease gone: re-reading assignments before registering again")
+        renewer, self.renewer = self.renewer, None
+        if renewer is not None:
+            renewer.stop()
+        self.lease = None
+        self.connected = False
+        self._cancel()
+        self.published.clear()
+        self.unpublished.clear()
 
     # -- joining -----------------------------------------------------------------------------------
     def _join(self) -> None:
-        """(Re)enter the cluster: read assignments and reconcile *before* announcing."""
-        self._resync()
+        """(Re)enter the cluster: read assignments and reconcile *before* announcing, in a
+        registration that fails if an engine fenced us after that read."""
         etcd = self.registry.etcd
-        self.lease = etcd.grant(self.ttl)
-        self.renewed_at = time.monotonic()
-        self.registry.register_machine(self.machine, self.lease)
-        self.published.clear()  # the old lease took every state key with it
+        while True:
+            self._resync()
+            lease = etcd.grant(self.ttl)
+            first = Beat(lease, 0, time.monotonic())
+            try:
+                joined = self.registry.join(self.machine, lease, self.fence_revision, first)
+            except BaseException:
+                etcd.revoke(lease)
+                raise
+            if joined:
+                break
+            etcd.revoke(lease)
+            log.warning("fenced while joining: reading assignments again")
+        self.lease = lease
+        self.renewer = Renewer(self.registry, self.machine.id, lease, self.ttl,
+                               self.wake).start()
+        self.published.clear()  # an old lease took every state key with it
         self._republish()
         log.info("machine %s registered (%s)", self.machine.id, self.machine.public_ip)
 
@@ -165,6 +214,7 @@ class Agent:
         self._cancel()
         revision, assignments = self.registry.assignments(self.machine.id)
         _, global_kvs = self.registry.etcd.snapshot(self.keys.of(Kind.GLOBAL), revision)
+        self.fence_revision = self.registry.fence_revision(self.machine.id, revision)
         self.assigned = {a.name: Desired(a.hash, a.desired) for a in assignments}
         self.global_units = {}
         for kv in global_kvs:
@@ -181,6 +231,7 @@ class Agent:
         self.reconcile()
         if self.lease is not None:
             self._republish()
+            self._flush()
             if self.connected:
                 log.info("etcd answers again: assignments re-read, unit states republished")
 
@@ -189,13 +240,9 @@ class Agent:
         not written, unloads left their state keys behind, and runner events queued just
         before the resync went with the old inbox: without this a unit that started then
         would show its last published state (`activating`) until it changed again."""
-        for name in [n for n in self.published if n not in self.loaded]:
-            try:
-                self.registry.clear_state(name, self.machine.id)
-            except RegistryUnavailable:
-                self.connected = False
-                return
-            del self.published[name]
+        for name in self.published:
+            if name not in self.loaded:
+                self.unpublished[name] = None
         statuses = self.runner.units()
         for name in list(self.loaded):
             self._publish(name, statuses.get(name, UnitStatus("loaded")))
@@ -268,8 +315,10 @@ class Agent:
                 self.runner.unload(task.unit)
                 self.loaded.pop(task.unit, None)
                 self.started.discard(task.unit)
-                if self.connected and self.published.pop(task.unit, None) is not None:
-                    self.registry.clear_state(task.unit, self.machine.id)
+                if task.unit in self.published:
+                    self.unpublished[task.unit] = None
+                else:
+                    self.unpublished.pop(task.unit, None)
             elif task.action is Action.LOAD:
                 unit = self.registry.unit(task.hash)
                 if unit is None:
@@ -287,21 +336,36 @@ class Agent:
             log.error("%s %s failed: %s", task.action.value, task.unit, err)
 
     def _publish(self, name: str, status: UnitStatus) -> None:
-        """Write a unit's state: systemd's columns and whether this agent launched it (asked
-        the runner to start it and not to stop it since), which stays true when the unit's
-        process then fails, as fleet reports it."""
+        """Queue a unit's state for the next `_flush`: systemd's columns and whether this
+        agent launched it (asked the runner to start it and not to stop it since), which
+        stays true when the unit's process then fails, as fleet reports it. The runner's
+        events come one by one; etcd gets them in batches."""
         digest = self.loaded.get(name)
-        if digest is None or self.lease is None or not self.connected:
+        if digest is None:
             return
         launched = name in self.started
         if self.published.get(name) == (digest, status, launched):
+            self.unpublished.pop(name, None)
+        else:
+            self.unpublished[name] = (digest, status, launched)
+
+    def _flush(self) -> None:
+        """Write the queued unit states: transactions of up to 128 keys under the lease."""
+        if not self.unpublished or self.lease is None or not self.connected:
             return
+        changes, self.unpublished = self.unpublished, {}
         try:
-            self.registry.publish_state(name, self.machine.id, digest, status, self.lease,
-                                        launched=launched)
-            self.published[name] = (digest, status, launched)
+            self.registry.write_states(self.machine.id, self.lease, changes)
+        except LeaseGone as err:
+            raise LeaseLost() from err
         except RegistryUnavailable:
-            self.connected = False
+            self.connected = False  # the resync republishes everything
+            return
+        for name, change in changes.items():
+            if change is None:
+                self.published.pop(name, None)
+            else:
+                self.published[name] = change
 
     @property
     def desired_states(self) -> dict[str, JobState]:

@@ -1,10 +1,18 @@
-"""The engine: while it leads, keep every wanted job assigned to a machine.
+"""The engine: while it leads, keep every wanted job assigned to a live machine.
 
-It holds a cache of jobs, machines and assignments built from one snapshot and
-then fed only by watch events (resumed from the snapshot's revision; rebuilt
-only on start, leadership change or compaction). Each pass hands the cache to
-the pure scheduler and commits the returned plan in batched transactions
-fenced by the leadership token. An idle cluster costs only lease renewals.
+It holds a cache of jobs, machine records and assignments built from one snapshot and
+then fed only by watch events (resumed from the snapshot's revision; rebuilt only on
+start, leadership change or compaction). Each pass hands the cache to the pure scheduler
+and commits the returned plan in batched transactions fenced by the leadership token. An
+idle cluster costs only lease renewals.
+
+Which machines are alive is not read from etcd's lease expiry but judged from heartbeats
+(`liveness.py`): every engine, leading or not, watches `heartbeat/` all the time. The
+leader fences a machine it judged dead — revokes its lease, so the machine cannot write
+under it again and learns it was fenced at its next renewal — and only then moves its
+units, in transactions that hold only while that machine's heartbeat key is gone and that
+write its fence key. A standby that judges the leader's machine dead revokes the leader's
+lease and takes over, instead of waiting for etcd to expire it.
 """
 
 from __future__ import annotations
@@ -16,12 +24,13 @@ import time
 from collections.abc import Callable
 
 from fleetd.engine.lease import Leadership
+from fleetd.engine.liveness import Liveness
 from fleetd.engine.scheduler import ClusterView, schedule
 from fleetd.job import Job
 from fleetd.machine import Machine
 from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
-from fleetd.registry.registry import Registry, decode
+from fleetd.registry.registry import Registry, decode, heartbeat_period
 
 WAKE = object()  # queued by `wake`; carries no events
 
@@ -33,6 +42,19 @@ class StalePlan(Exception):
 
 
 DEBOUNCE_S = 0.02  # gather a burst of events into one pass
+RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
+BEATS = "beats"
+
+
+class _Tagged:
+    """A watch sink that marks what it delivers with where it came from."""
+
+    def __init__(self, sink: queue.Queue, tag: object) -> None:
+        self.sink = sink
+        self.tag = tag
+
+    def put(self, item: object) -> None:
+        self.sink.put((self.tag, item))
 
 
 class EngineCache:
@@ -40,18 +62,13 @@ class EngineCache:
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        # Machine records, kept after their key is gone for machines that send heartbeats:
+        # whether those are present is the liveness judgement's to say, not the lease's.
         self.machines: dict[str, Machine] = {}
         self.assignments: dict[str, str] = {}  # unit -> machine
         self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
-        self.ghosts: dict[str, tuple[Machine, float]] = {}  # vanished during a settle period
         self.pending: dict[str, str] = {}
-
-    def view(self, now: float) -> ClusterView:
-        machines = self.machines
-        live_ghosts = {m: g for m, (g, until) in self.ghosts.items() if until > now}
-        if live_ghosts:
-            machines = {**live_ghosts, **self.machines}
-        return ClusterView(machines=machines, jobs=self.jobs, assignments=self.assignments)
+        self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
 
 
 class Engine:
@@ -59,88 +76,169 @@ class Engine:
                  reconcile_interval: float = 2.0) -> None:
         self.registry = registry
         self.keys = registry.keys
+        self.machine_id = machine_id
         self.ttl = ttl
         self.reconcile_interval = reconcile_interval
         self.leadership = Leadership(registry.etcd, self.keys.leader(), machine_id, ttl)
+        self.liveness = Liveness(machine_id, ttl, heartbeat_period(ttl))
         self.cache: EngineCache | None = None
         self.events: queue.Queue = queue.Queue()
+        self._generation = 0  # tags the cache's watch events; bumped when the cache is dropped
         self._cancel_watches: list[Callable[[], None]] = []
-        self.settle_until = 0.0
-        self.outage_since: float | None = None  # first failure of the current outage
+        self._cancel_beats: Callable[[], None] | None = None
+        self._beats_revision = 0  # last heartbeat revision applied (the watch resumes after it)
+        self.fences: dict[str, int] = {}  # machine -> revoked lease, until its units moved
+        self._ticks_seen, self._ticks_changed_at, self._clock_stalled = 0, time.monotonic(), False
         self.passes = 0
         self.placements = 0
+        self.unreachable = False
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         last_pass = 0.0
+        retry = RETRY_FIRST_S
         while not stop.is_set():
             try:
+                self._watch_beats()
                 leading = self.leadership.ensure()
-            except RegistryUnavailable as err:
-                # etcd stopped answering after the lease's last renewal, not when the
-                # renewer gave up: date the outage from there.
-                self._outage(err, since=self.leadership.renewed_at or None)
-                leading = False
-            if not leading:
-                if self.outage_since is not None and self.leadership.answered:
-                    self._recovered()
-                self._drop_cache()
-                stop.wait(min(1.0, self.ttl / 3))
-                continue
-            try:
+                self.unreachable = False
+                if not leading:
+                    retry = RETRY_FIRST_S
+                    self._drop_cache()
+                    self._stand_by(stop)
+                    continue
                 if self.cache is None:
                     self._load()
                     dirty = True
                 else:
-                    dirty = self._drain(timeout=min(self.leadership.due(),
-                                                    max(0.0, last_pass + self.reconcile_interval
-                                                        - time.monotonic())))
+                    wait = min(self.leadership.due(),
+                               max(0.0, last_pass + self.reconcile_interval - time.monotonic()),
+                               self._judgement_due())
+                    dirty = self._drain(timeout=wait)
+                self._check_clock()
+                dirty |= self._fence_the_dead()
                 if dirty or time.monotonic() - last_pass >= self.reconcile_interval:
                     self.reconcile()
                     last_pass = time.monotonic()
+                retry = RETRY_FIRST_S
             except StalePlan as err:
                 log.info("%s; reloading", err)
                 self._drop_cache()
             except (RegistryUnavailable, WatchCompacted) as err:
-                self._outage(err)
-                self._drop_cache()
-                stop.wait(0.2)
+                self._lost_view(err)
+                # At once first (the client fails over on the failed call), then back off.
+                stop.wait(retry)
+                retry = min(retry * 4, min(1.0, self.ttl / 3))
         self._drop_cache()
+        self._stop_beats()
         self.leadership.resign()
 
     def wake(self) -> None:
         """Cut short a wait for watch events (on shutdown: the stop event is not a queue)."""
         self.events.put(WAKE)
 
-    def _outage(self, err: Exception, since: float | None = None) -> None:
-        if self.outage_since is None:
-            self.outage_since = since if since is not None else time.monotonic()
+    def _lost_view(self, err: Exception) -> None:
+        if not self.unreachable:
             log.warning("engine lost its view of etcd (%s)", err)
+        self.unreachable = True
+        self._drop_cache()
+        if isinstance(err, WatchCompacted):
+            self._stop_beats(forget=True)
 
-    def _recovered(self) -> None:
-        """etcd answers again. If it was away long enough that agents may have missed a
-        renewal (ttl/3, their renewal period), machine leases may lapse for reasons that
-        are not the machines' fault: treat vanished machines as alive for one more TTL.
-        A shorter gap (our member died and the client failed over at once, while the other
-        members kept serving every agent) settles nothing, so failover is not delayed."""
-        if self.outage_since is None:
+    def _judgement_due(self) -> float:
+        due = self.liveness.due(time.monotonic())
+        return 60.0 if due is None else max(0.05, due)
+
+    def _stand_by(self, stop: threading.Event) -> None:
+        """Not leading: keep judging from heartbeats, and depose a leader judged dead (its
+        lease outlives it by an election when etcd's own raft leader died with it)."""
+        self._drain(timeout=min(1.0, self.ttl / 3))
+        holder = self.leadership.holder
+        if holder is None or holder.machine == self.machine_id or stop.is_set():
             return
-        away = time.monotonic() - self.outage_since
-        self.outage_since = None
-        if away >= self.ttl / 3:
-            self.settle_until = time.monotonic() + self.ttl + self.ttl / 3
-            log.warning("etcd answers again after %.1fs; settling for %.1fs before treating "
-                        "vanished machines as dead", away, self.ttl + self.ttl / 3)
-        else:
-            log.info("etcd answers again after %.1fs (failed over); nothing to settle", away)
+        if self.liveness.is_dead(holder.machine, time.monotonic()):
+            log.warning("engine leader %s judged dead (silent %.1fs of observed time): "
+                        "revoking its lease to take over", holder.machine[:8],
+                        self.liveness.silence(holder.machine, time.monotonic()))
+            self.leadership.depose(holder)
 
+    # -- heartbeats --------------------------------------------------------------------------------
+    def _watch_beats(self) -> None:
+        """Watch `heartbeat/` for as long as this engine runs, leading or not: resumed after
+        the last revision applied, from a snapshot only at the start or after compaction."""
+        if self._cancel_beats is not None:
+            return
+        etcd = self.registry.etcd
+        if self._beats_revision == 0:
+            revision, beats = self.registry.heartbeats()
+            self.liveness.reset(beats, time.monotonic())
+            self._beats_revision = revision
+        self._cancel_beats = etcd.watch(self.keys.of(Kind.HEARTBEAT), self._beats_revision + 1,
+                                        _Tagged(self.events, BEATS))
+
+    def _stop_beats(self, forget: bool = False) -> None:
+        if self._cancel_beats is not None:
+            self._cancel_beats()
+            self._cancel_beats = None
+        if forget:
+            self._beats_revision = 0
+
+    def _beat(self, event: Event) -> bool:
+        parsed = self.keys.parse(event.key)
+        if parsed is None or parsed.kind is not Kind.HEARTBEAT:
+            return False
+        self._beats_revision = max(self._beats_revision, event.revision)
+        beat = self.registry.beat_from(event.value, event.lease)
+        changed = self.liveness.beat(parsed.name, beat, time.monotonic())
+        if beat is not None and parsed.name in self.fences and \
+                beat.lease != self.fences[parsed.name]:
+            del self.fences[parsed.name]  # registered again before its units moved
+        return changed
+
+    def _check_clock(self) -> None:
+        """Say when our own heartbeats stop arriving (nobody is judged dead then), and watch
+        `heartbeat/` again after each TTL of that: if the stream went quiet while our agent
+        kept writing, a new one resumes from the last revision we applied."""
+        liveness, now = self.liveness, time.monotonic()
+        if liveness.ticks != self._ticks_seen:
+            self._ticks_seen, self._ticks_changed_at = liveness.ticks, now
+            if self._clock_stalled:
+                self._clock_stalled = False
+                log.info("own heartbeats arrive again")
+            return
+        if now - self._ticks_changed_at <= self.ttl or liveness.ticks == 0:
+            return  # (never seen any: no agent beside this engine, as in benchmarks)
+        if not self._clock_stalled:
+            self._clock_stalled = True
+            log.warning("this machine's own heartbeats have not arrived for %.0fs: no "
+                        "machine is judged dead until they do", self.ttl)
+        self._ticks_changed_at = now
+        self._stop_beats()  # watched again, from where it was, on the next turn
+
+    def _fence_the_dead(self) -> bool:
+        """Revoke the lease of every machine newly judged dead (it can no longer write under
+        it, and learns so); its units move in the next pass. True when any was fenced."""
+        now = time.monotonic()
+        dead = self.liveness.dead(now)
+        for machine in dead:
+            lease = self.liveness.lease_of(machine)
+            why = ("it is leaving" if self.liveness.machines[machine].leaving else
+                   f"no heartbeat for {self.liveness.silence(machine, now):.1f}s of observed "
+                   "time")
+            if lease:
+                self.registry.etcd.fence(lease)
+            self.fences[machine] = lease
+            self.liveness.fenced(machine)
+            log.warning("machine %s judged dead (%s): fenced, moving its units",
+                        machine[:8], why)
+        return bool(dead)
+
+    # -- events ------------------------------------------------------------------------------------
     def _drain(self, timeout: float) -> bool:
-        """Apply queued watch events; True when any arrived."""
+        """Apply queued watch events; True when any changed what the scheduler sees."""
         try:
             first = self.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
-            return False
-        if first is WAKE:
             return False
         batches = [first]
         deadline = time.monotonic() + DEBOUNCE_S
@@ -149,14 +247,26 @@ class Engine:
                 batches.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
-        for batch in batches:
-            if batch is WAKE:
+        dirty = False
+        for item in batches:
+            if item is WAKE:
                 continue
+            tag, batch = item
+            if tag == BEATS:
+                if isinstance(batch, Exception):
+                    self._stop_beats(forget=isinstance(batch, WatchCompacted))
+                    raise batch
+                for event in batch:
+                    dirty |= self._beat(event)
+                continue
+            if tag != self._generation or self.cache is None:
+                continue  # from a cache since dropped
             if isinstance(batch, Exception):
                 raise batch
             for event in batch:
                 self._apply(event)
-        return True
+            dirty = True
+        return dirty
 
     # -- cache -------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -164,22 +274,21 @@ class Engine:
         revision, jobs = registry.jobs()
         _, machines = registry.machines(revision)
         _, assignments = registry.assignments(revision=revision)
-        self._recovered()
         cache = EngineCache()
         cache.jobs = {n: r.job for n, r in jobs.items() if not r.job.is_global}
         cache.machines = machines
         for a in assignments:
             cache.assignments[a.name] = a.machine
             cache.assigned_value[a.name] = (a.hash, a.desired.value)
-        if time.monotonic() < self.settle_until:
-            # Machines whose units are assigned but whose keys are missing may be
-            # rejoining after the etcd outage we just saw: give them until settle ends.
-            for machine in set(cache.assignments.values()) - set(machines):
-                cache.ghosts[machine] = (Machine(machine), self.settle_until)
+        # Machines holding units that we have neither a record nor a heartbeat of: judged
+        # from now on (they may be registering again after an outage, or long dead).
+        self.liveness.track(set(cache.assignments.values()) - set(machines),
+                            time.monotonic())
         self.cache = cache
+        sink = _Tagged(self.events, self._generation)
         for kind in (Kind.JOB, Kind.MACHINE, Kind.ASSIGN):
-            self._cancel_watches.append(
-                registry.etcd.watch(self.keys.of(kind), revision + 1, self.events))
+            self._cancel_watches.append(registry.etcd.watch(self.keys.of(kind), revision + 1,
+                                                            sink))
         log.info("engine loaded %d jobs, %d machines, %d assignments at revision %d",
                  len(cache.jobs), len(machines), len(cache.assignments), revision)
 
@@ -187,8 +296,9 @@ class Engine:
         for cancel in self._cancel_watches:
             cancel()
         self._cancel_watches.clear()
+        if self.cache is not None:
+            self._generation += 1
         self.cache = None
-        self.events = queue.Queue()
 
     def _apply(self, event: Event) -> None:
         cache = self.cache
@@ -205,13 +315,13 @@ class Engine:
                     cache.jobs[parsed.name] = record.job
         elif parsed.kind is Kind.MACHINE:
             if event.value is None:
-                gone = cache.machines.pop(parsed.name, None)
-                if gone is not None and time.monotonic() < self.settle_until:
-                    cache.ghosts[parsed.name] = (gone, self.settle_until)
+                # A machine that never sent a heartbeat (an older fleetd) is judged by its
+                # lease as before; one that does keeps its record until judged dead.
+                if not self.liveness.heard_from(parsed.name):
+                    cache.machines.pop(parsed.name, None)
             else:
                 try:
                     cache.machines[parsed.name] = Machine.from_json(decode(event.value))
-                    cache.ghosts.pop(parsed.name, None)
                 except (ValueError, KeyError):
                     pass
         elif parsed.kind is Kind.ASSIGN:
@@ -224,13 +334,40 @@ class Engine:
                 cache.assignments[parsed.name] = parsed.machine
                 cache.assigned_value[parsed.name] = (data["hash"], data["desired"])
 
+    def present_machines(self) -> tuple[dict[str, Machine], set[str]]:
+        """(machines units may run on, machines a pass must wait for): a machine is present
+        while its record is known and it is not judged dead; one that holds units but whose
+        record we never saw (it registers again after an outage, or died before we started)
+        is waited for until it registers or is judged dead — placing its units elsewhere
+        while it may still run them is what this engine must never do."""
+        cache = self.cache
+        assert cache is not None
+        now = time.monotonic()
+        liveness = self.liveness
+        present = {m: record for m, record in cache.machines.items()
+                   if not liveness.is_dead(m, now)}
+        # (A machine never heard from whose key we saw go is an older fleetd judged by its
+        # lease: gone. One we track but have no record of is waited for.)
+        waiting = {m for m in cache.assignments.values()
+                   if m not in cache.machines and m in liveness.machines
+                   and not liveness.is_dead(m, now)}
+        return present, waiting
+
     # -- one pass ----------------------------------------------------------------------------------
     def reconcile(self) -> None:
         cache = self.cache
         assert cache is not None
-        now = time.monotonic()
-        cache.ghosts = {m: g for m, g in cache.ghosts.items() if g[1] > now}
-        plan = schedule(cache.view(now))
+        machines, waiting = self.present_machines()
+        if waiting:
+            if frozenset(waiting) != cache.waiting:
+                log.warning("waiting for %d machine(s) holding units (%s) to register again "
+                            "or be judged dead before scheduling", len(waiting),
+                            ", ".join(sorted(m[:8] for m in waiting)))
+            cache.waiting = frozenset(waiting)
+            return
+        cache.waiting = frozenset()
+        plan = schedule(ClusterView(machines=machines, jobs=cache.jobs,
+                                    assignments=cache.assignments))
         self.passes += 1
         ops = self.registry.etcd.ops
         writes: dict[str, object] = {}  # by key: etcd refuses one key twice in a transaction
@@ -267,7 +404,17 @@ class Engine:
             if cache.pending.get(unit) != reason:
                 log.warning("unit %s cannot be scheduled: %s", unit, reason)
         cache.pending = dict(plan.pending)
-        if writes:
-            failed = self.registry.commit_batches(self.leadership.guard(), writes.values())
-            if failed:
-                raise StalePlan(f"{failed} plan batch(es) refused (leadership lost?)")
+        if not writes:
+            self.fences.clear()  # nothing moved: nothing for a fence to guard
+            return
+        guard = self.leadership.guard()
+        first: list = []
+        for machine, lease in self.fences.items():
+            compare, success = self.registry.fence_ops(machine, lease)
+            guard += compare
+            first += success
+        failed = self.registry.commit_batches(guard, writes.values(), first=first)
+        if failed:
+            raise StalePlan(f"{failed} plan batch(es) refused (leadership lost, or a fenced "
+                            "machine registered again?)")
+        self.fences.clear()

@@ -4,6 +4,11 @@ The leader key is put with a lease only if absent; its create revision is the
 fencing token every engine write compares, so a leader that lost its lease
 (paused, partitioned) cannot write a stale plan after a new leader took over.
 
+A standby does not wait for etcd to expire a dead leader's lease (etcd renews every lease
+by an election on a raft leader change, which is when leaders tend to die): when its own
+judgement (liveness.py) says the leader's machine is dead, it `depose`s it — revokes that
+lease — and acquires on its next try.
+
 While leading, a small thread renews the lease every ttl/3, independent of the engine's
 loop: a pass or a cache load that takes longer than the TTL (50,000 units on a busy
 2-core machine) must not cost the leadership it is working under — that livelocked
@@ -15,10 +20,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from fleetd.registry.etcd import Etcd, RegistryUnavailable  # noqa: F401 - raised through
 
 log = logging.getLogger("fleetd.engine")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who held the leader key when we last looked."""
+
+    machine: str
+    lease: int
 
 
 class Leadership:
@@ -34,6 +48,7 @@ class Leadership:
         self._stop_renewing = threading.Event()
         self._renewer: threading.Thread | None = None
         self.answered = False  # the last ensure() that asked etcd got an answer
+        self.holder: Holder | None = None  # the leader seen by the last failed acquire
 
     @property
     def is_leader(self) -> bool:
@@ -85,7 +100,9 @@ class Leadership:
         current = self.etcd.get(self.key)
         self.answered = True
         if current is not None:
+            self.holder = Holder(current.value.decode(errors="replace").strip(), current.lease)
             return False
+        self.holder = None
         lease = self.etcd.grant(self.ttl)
         ops = self.etcd.ops
         won = self.etcd.txn([ops.version(self.key) == 0],
@@ -104,6 +121,14 @@ class Leadership:
         self._renewer.start()
         log.info("became engine leader (token %d)", self.token)
         return True
+
+    def depose(self, holder: Holder) -> None:
+        """Revoke another leader's lease (it was judged dead): its key goes, every write it
+        might still send fails its guard, and the next `ensure` can win. Raises
+        RegistryUnavailable if etcd could not confirm it."""
+        if holder.lease:
+            self.etcd.fence(holder.lease)
+        self.holder = None
 
     def resign(self) -> None:
         lease = self.lease

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import etcd3.etcdrpc
 import etcd3.events
 import etcd3.exceptions
 import etcd3.utils
@@ -32,6 +33,10 @@ RETRY_ENDPOINT_AFTER_S = 0.5
 
 class RegistryUnavailable(Exception):
     """etcd cannot be reached (all endpoints failed within the deadline)."""
+
+
+class LeaseGone(Exception):
+    """A write named a lease etcd no longer has: it expired, or it was revoked (fenced)."""
 
 
 class WatchCompacted(Exception):
@@ -56,6 +61,7 @@ class Event:
     key: str
     value: bytes | None  # None: deleted
     revision: int
+    lease: int = 0  # the lease a put was written under
 
 
 def parse_endpoints(urls: Iterable[str]) -> list[tuple[str, int]]:
@@ -89,6 +95,12 @@ def describe(err: BaseException) -> str:
         return f"{err.code().name}: {details}" if details else err.code().name
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+def _lease_not_found(err: grpc.RpcError) -> bool:
+    try:
+        return (err.code() == grpc.StatusCode.NOT_FOUND
+                and "lease not found" in (err.details() or ""))
+    except AttributeError:  # an RpcError without call details
+        return False
 
 
 class Etcd:
@@ -120,6 +132,8 @@ class Etcd:
                 return action()
             except _TRANSIENT as err:
                 if isinstance(err, grpc.RpcError):
+                    if _lease_not_found(err):
+                        raise LeaseGone(err.details()) from err
                     self._fail_over(err)
                 if time.monotonic() + delay > deadline:
                     raise RegistryUnavailable(f"etcd unreachable: {describe(err)}") from err
@@ -170,8 +184,19 @@ class Etcd:
         return response.header.revision
 
     # -- writes ----------------------------------------------------------------------------------
-    def put(self, key: str, value: bytes | str, lease: int | None = None) -> None:
-        self._call(lambda: self.client.put(key, value, lease=lease))
+    def put(self, key: str, value: bytes | str, lease: int | None = None,
+            attempt_timeout: float | None = None) -> None:
+        """`attempt_timeout`: give up on one attempt sooner and try again (a write caught by
+        a raft leader change is dropped by etcd and only fails at its deadline; a fresh
+        attempt lands as soon as the new leader is elected)."""
+        if attempt_timeout is None:
+            self._call(lambda: self.client.put(key, value, lease=lease))
+            return
+        client = self.client
+        self._call(lambda: client.kvstub.Put(client._build_put_request(key, value, lease=lease),
+                                             attempt_timeout,
+                                             credentials=client.call_credentials,
+                                             metadata=client.metadata))
 
     def delete(self, key: str) -> bool:
         return bool(self._call(lambda: self.client.delete(key)))
@@ -190,26 +215,52 @@ class Etcd:
     def grant(self, ttl: int) -> int:
         return self._call(lambda: self.client.lease(ttl)).id
 
-    def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
+    def keepalive(self, lease_id: int, attempt_timeout: float | None = None) -> int:
+        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone).
+        `attempt_timeout`: as for `put`."""
+        client = self.client
+
         def refresh() -> int:
-            for response in self.client.refresh_lease(lease_id):
+            request = etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+            for response in client.leasestub.LeaseKeepAlive(
+                    iter([request]), attempt_timeout or self.timeout,
+                    credentials=client.call_credentials, metadata=client.metadata):
                 return response.TTL
             return 0
         return self._call(refresh, deadline_s=self.timeout)
 
     def revoke(self, lease_id: int) -> None:
+        """Best effort (shutdown): the lease expires by itself if etcd cannot be reached."""
         try:
-            self._call(lambda: self.client.revoke_lease(lease_id), deadline_s=1.0)
+            self.fence(lease_id, deadline_s=1.0)
         except RegistryUnavailable:
-            pass  # it expires by itself
+            pass
+
+    def fence(self, lease_id: int, deadline_s: float | None = None) -> None:
+        """Revoke a lease and know it is gone (a lease etcd no longer has counts as gone):
+        every key it held is deleted and no write can name it again.
+        Raises RegistryUnavailable when etcd could not confirm it."""
+        try:
+            self._call(lambda: self.client.revoke_lease(lease_id), deadline_s=deadline_s)
+        except LeaseGone:
+            pass
 
     # -- watches ---------------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int,
               sink: queue.Queue) -> Callable[[], None]:
         """Stream events under `prefix` from `start_revision` into `sink` as lists of Event;
-        a stream failure puts the exception instead. Returns a cancel function."""
+        a stream failure puts the exception instead. Returns a cancel function.
+
+        The client multiplexes every watch on one stream per endpoint, numbers watches per
+        stream from 0, starts a new stream after a failure or failover, and its own
+        cancel_watch asks whichever stream is current: cancelling an old watch that way can
+        silently end another thread's new watch that got the same number. So a watch is
+        cancelled on the watcher that made it, and only while that number is still ours."""
+        cancelled = threading.Event()
+
         def deliver(response) -> None:
+            if cancelled.is_set():
+                return
             if response is None:  # the stream ended without an error (client failed over)
                 sink.put(RegistryUnavailable("watch stream closed"))
             elif isinstance(response, etcd3.exceptions.RevisionCompactedError):
@@ -219,20 +270,41 @@ class Etcd:
             else:
                 sink.put([Event(e.key.decode(),
                                 None if isinstance(e, etcd3.events.DeleteEvent) else e.value,
-                                e.mod_revision) for e in response.events])
+                                e.mod_revision,
+                                0 if isinstance(e, etcd3.events.DeleteEvent) else e.lease)
+                          for e in response.events])
 
         self.requests += 1
+        key = etcd3.utils.to_bytes(prefix)
         try:
-            watch_id = self.client.add_watch_prefix_callback(prefix, deliver,
-                                                             start_revision=start_revision)
+            watcher = self.client.watcher
+            watch_id = watcher.add_callback(key, deliver,
+                                            range_end=etcd3.utils.prefix_range_end(key),
+                                            start_revision=start_revision)
         except etcd3.exceptions.RevisionCompactedError as err:
             raise WatchCompacted(err.compacted_revision) from err
-        except _TRANSIENT as err:
+        except (*_TRANSIENT, etcd3.exceptions.WatchTimedOut, queue.Empty) as err:
+            if isinstance(err, grpc.RpcError):
+                self._fail_over(err)
             raise RegistryUnavailable(f"cannot watch {prefix}: {describe(err)}") from err
 
         def cancel() -> None:
+            cancelled.set()
+            # python3-etcd3 0.13's Watcher.cancel, made conditional on the id still being
+            # this watch's, and never blocking: its request queue holds 10 and nobody reads
+            # it once a failover closed that watcher, so its own cancel then blocks for good
+            # under the watcher's lock, and every watch on that stream goes silent. (Its
+            # lock, callback table and request queue are its internals.)
+            request = etcd3.etcdrpc.WatchRequest(
+                cancel_request=etcd3.etcdrpc.WatchCancelRequest(watch_id=watch_id))
+            if not watcher._lock.acquire(timeout=1.0):
+                return  # a wedged stream: our callback ignores it from now on anyway
             try:
-                self.client.cancel_watch(watch_id)
-            except Exception:  # noqa: BLE001 - the stream may already be gone
+                if watcher._callbacks.get(watch_id) is deliver:
+                    del watcher._callbacks[watch_id]
+                    watcher._request_queue.put_nowait(request)
+            except Exception:  # noqa: BLE001 - queue full (stream closed) or already gone
                 pass
+            finally:
+                watcher._lock.release()
         return cancel

@@ -8,6 +8,8 @@ job/<name>                  {name, hash, desired}                 API     engine
 global/<name>               {name, hash, desired}                 API     agents, API    -
 assign/<machine>/<name>     {hash, desired}                       engine  that agent     -
 machine/<id>                {id, publicIP, metadata, apiURL, ...} agent   engine, API    agent
+heartbeat/<id>              {seq, sent[, leaving]}                agent   engines        agent
+fence/<id>                  {lease} of the machine fenced         engine  that agent     -
 state/<name>/<machine>      {hash, load, active, sub, launched}   agent   API, engine    agent
 engine/leader               leader's machine id (text)            engine  engines, API   engine
 lock/apply                  {host, pid, since, step, ...}         apply   apply, plan    apply
@@ -20,6 +22,14 @@ transaction that writes it. Unit states are per (unit, machine) so a unit that
 is, wrongly, active on two machines shows as two rows instead of hiding one.
 `lock/apply` lets one `provision apply` at a time write the cluster's units: its
 create revision fences every write of the holder (see `apply_lock.py`).
+
+Liveness: an agent rewrites `heartbeat/<id>` every heartbeat period; engines watch
+that prefix and judge a machine by the heartbeats they saw arrive (not by lease
+expiry alone, which etcd postpones on every raft leader change). The leader fences a
+machine it judged dead by revoking its lease and writing `fence/<id>` in the same
+transactions that move its units (guarded by the heartbeat key being gone); the
+agent registers again only in a transaction comparing `fence/<id>` with what it saw
+when it last read its assignments, and deletes it there.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ class Kind(str, Enum):
     GLOBAL = "global"
     ASSIGN = "assign"
     MACHINE = "machine"
+    HEARTBEAT = "heartbeat"
+    FENCE = "fence"
     STATE = "state"
     ENGINE = "engine"
     LOCK = "lock"
@@ -72,6 +84,12 @@ class Keys:
     def machine(self, machine: str) -> str:
         return f"{self.prefix}machine/{machine}"
 
+    def heartbeat(self, machine: str) -> str:
+        return f"{self.prefix}heartbeat/{machine}"
+
+    def fence(self, machine: str) -> str:
+        return f"{self.prefix}fence/{machine}"
+
     def state(self, name: str, machine: str) -> str:
         return f"{self.prefix}state/{name}/{machine}"
 
@@ -104,7 +122,8 @@ class Keys:
         except ValueError:
             return None
         rest = parts[1:]
-        if kind in (Kind.UNIT, Kind.JOB, Kind.GLOBAL, Kind.MACHINE) and len(rest) == 1 and rest[0]:
+        if kind in (Kind.UNIT, Kind.JOB, Kind.GLOBAL, Kind.MACHINE, Kind.HEARTBEAT,
+                    Kind.FENCE) and len(rest) == 1 and rest[0]:
             return ParsedKey(kind, rest[0])
         if kind is Kind.ASSIGN and len(rest) == 2 and all(rest):
             return ParsedKey(kind, rest[1], rest[0])

@@ -20,6 +20,14 @@ from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serial
 from fleetd.unit.xfleet import parse_fleet_options
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+BEATS_PER_TTL = 10  # heartbeats an agent writes per agent TTL
+
+
+def heartbeat_period(ttl: float) -> float:
+    """Seconds between an agent's heartbeats: a live machine's last heartbeat is never more
+    than a tenth of the TTL old, so judging it dead after a TTL of silence leaves a wide
+    margin, and failover waits at most a period more than the TTL."""
+    return max(0.1, ttl / BEATS_PER_TTL)
 
 
 class Conflict(Exception):
@@ -44,6 +52,16 @@ class Assignment:
     name: str
     hash: str
     desired: JobState
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat of a machine, as written by its agent."""
+
+    lease: int          # the machine lease it was written under
+    seq: int = 0        # counts the agent's heartbeats under that lease
+    sent: float = 0.0   # the writer's monotonic clock when it sent it (meaningful to itself)
+    leaving: bool = False  # the machine stopped its units and leaves the cluster
 
 
 @dataclass(frozen=True)
@@ -229,6 +247,69 @@ class Registry:
     def register_machine(self, machine: Machine, lease: int) -> None:
         self.etcd.put(self.keys.machine(machine.id), encode(machine.to_json()), lease=lease)
 
+    def join(self, machine: Machine, lease: int, fence_revision: int, beat: Beat) -> bool:
+        """Register `machine` under `lease` with its first heartbeat, in one transaction
+        that holds only if its fence key is as the caller saw it when it last read its
+        assignments (`fence_revision`: its mod revision, 0 for none); the fence is cleared
+        there. False: fenced meanwhile; read the assignments again first."""
+        ops = self.etcd.ops
+        fence = self.keys.fence(machine.id)
+        compare = ([ops.version(fence) == 0] if fence_revision == 0
+                   else [ops.mod(fence) == fence_revision])
+        return self.etcd.txn(compare, [
+            ops.put(self.keys.machine(machine.id), encode(machine.to_json()), lease=lease),
+            ops.put(self.keys.heartbeat(machine.id), self.beat_value(beat), lease=lease),
+            ops.delete(fence)])
+
+    def fence_revision(self, machine: str, revision: int) -> int:
+        """Mod revision of the machine's fence key at `revision` (0: not fenced)."""
+        key = self.keys.fence(machine)
+        _, kvs = self.etcd.snapshot(key, revision)
+        return next((kv.mod_revision for kv in kvs if kv.key == key), 0)
+
+    # -- heartbeats --------------------------------------------------------------------------
+    @staticmethod
+    def beat_value(beat: Beat) -> bytes:
+        value: dict = {"seq": beat.seq, "sent": round(beat.sent, 6)}
+        if beat.leaving:
+            value["leaving"] = True
+        return encode(value)
+
+    def beat(self, machine: str, beat: Beat, attempt_timeout: float | None = None) -> None:
+        """Write a heartbeat under its lease; LeaseGone when the lease is gone (expired, or
+        revoked by an engine that judged this machine dead)."""
+        self.etcd.put(self.keys.heartbeat(machine), self.beat_value(beat), lease=beat.lease,
+                      attempt_timeout=attempt_timeout)
+
+    @staticmethod
+    def beat_from(value: bytes | None, lease: int) -> Beat | None:
+        if value is None:
+            return None
+        try:
+            data = decode(value)
+            return Beat(lease, int(data.get("seq", 0)), float(data.get("sent", 0.0)),
+                        bool(data.get("leaving", False)))
+        except (ValueError, TypeError):
+            return None
+
+    def heartbeats(self, revision: int | None = None) -> tuple[int, dict[str, Beat]]:
+        revision, kvs = self.etcd.snapshot(self.keys.of(Kind.HEARTBEAT), revision)
+        found = {}
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            beat = self.beat_from(kv.value, kv.lease)
+            if parsed is not None and parsed.kind is Kind.HEARTBEAT and beat is not None:
+                found[parsed.name] = beat
+        return revision, found
+
+    def fence_ops(self, machine: str, lease: int) -> tuple[list, list]:
+        """(compare, success) that move a fenced machine's units only while its heartbeat
+        key is gone (its lease revoked, and it has not registered again since), and tell
+        it, through its fence key, that it was fenced."""
+        ops = self.etcd.ops
+        return ([ops.version(self.keys.heartbeat(machine)) == 0],
+                [ops.put(self.keys.fence(machine), encode({"lease": lease}))])
+
     def machines(self, revision: int | None = None) -> tuple[int, dict[str, Machine]]:
         revision, kvs = self.etcd.snapshot(self.keys.of(Kind.MACHINE), revision)
         found = {}
@@ -261,14 +342,28 @@ class Registry:
         return encode({"hash": job.hash, "desired": job.desired.value})
 
     # -- unit states ------------------------------------------------------------------------
-    def publish_state(self, name: str, machine: str, digest: str, status: UnitStatus,
-                      lease: int, launched: bool = False) -> None:
-        value = encode({"hash": digest, "load": status.load, "active": status.active,
-                        "sub": status.sub, "launched": launched})
-        self.etcd.put(self.keys.state(name, machine), value, lease=lease)
-
-    def clear_state(self, name: str, machine: str) -> None:
-        self.etcd.delete(self.keys.state(name, machine))
+    def write_states(self, machine: str, lease: int,
+                     changes: dict[str, tuple[str, UnitStatus, bool] | None]) -> None:
+        """Publish (name -> (hash, status, launched)) or clear (name -> None) many unit states in
+        transactions of MAX_TXN_OPS. LeaseGone when the machine lease is gone."""
+        ops = self.etcd.ops
+        batch: list = []
+        for name, change in changes.items():
+            key = self.keys.state(name, machine)
+            if change is None:
+                batch.append(ops.delete(key))
+            else:
+                digest, status, launched = change
+                batch.append(ops.put(key, encode({"hash": digest, "load": status.load,
+                                                  "active": status.active,
+                                                  "sub": status.sub,
+                                                  "launched": launched}),
+                                      lease=lease))
+            if len(batch) == MAX_TXN_OPS:
+                self.etcd.txn([], batch)
+                batch = []
+        if batch:
+            self.etcd.txn([], batch)
 
     def states(self) -> list[UnitStateRecord]:
         _, kvs = self.etcd.snapshot(self.keys.of(Kind.STATE))
@@ -294,14 +389,16 @@ class Registry:
         return found
 
     # -- batching ----------------------------------------------------------------------------
-    def commit_batches(self, guard: list, ops: Iterable, per_txn: int = MAX_TXN_OPS) -> int:
+    def commit_batches(self, guard: list, ops: Iterable, per_txn: int = MAX_TXN_OPS,
+                       first: Iterable = ()) -> int:
         """Run `ops` in transactions of at most `per_txn` operations, each guarded by
-        `guard` (e.g. "I still hold the engine lease"). Returns how many batches failed."""
+        `guard` (e.g. "I still hold the engine lease"); `first` go into the first batch
+        (a fence that must land with the first move). Returns how many batches failed."""
         failed = 0
-        batch: list = []
+        batch: list = list(first)
         for op in ops:
             batch.append(op)
-            if len(batch) == per_txn:
+            if len(batch) >= per_txn:
                 failed += not self.etcd.txn(list(guard), batch)
                 batch = []
         if batch:

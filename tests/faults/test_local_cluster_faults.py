@@ -8,10 +8,11 @@ a fleetd (agent TTL 5 s), brought up by `provision up` with these declared units
 - mon.service: a Global sleeper.
 
 One background sampler (every 50 ms, for the whole module) reads the REAL processes (pid
-files written by the units, `fleetd announce` processes found in /proc) and records every
-moment a unit is alive on two machines. Each scenario leaves the cluster healthy for the
-next. Figures are printed as `FAULT-FIGURE {json}` lines (run with -s) and appended to
-`fault-figures.jsonl` in pytest's base temporary directory.
+files written by the units, `fleetd announce` processes of this cluster's machines found in
+/proc) and records every moment a unit is alive on two machines. Each scenario leaves the
+cluster healthy for the next. Every scenario runs quiet, then loaded (`load_mode`, see
+conftest.py), on the same cluster. Figures are printed as `FAULT-FIGURE {json}` lines (run
+with -s) and appended to `fault-figures.jsonl` in pytest's base temporary directory.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -91,9 +93,11 @@ def base_units(run_dir: Path) -> list[dict]:
     ]
 
 
-def announcers() -> UnitView:
-    """`fleetd announce` processes: web-announce@i -> {machine: pid}, read from /proc (the
-    generated sidekick writes no pid file; its argv names its parent and machine)."""
+def announcers(machines: set[str]) -> UnitView:
+    """`fleetd announce` processes of `machines`: web-announce@i -> {machine: pid}, read from
+    /proc (the generated sidekick writes no pid file; its argv names its parent and machine).
+    Only this cluster's machines: another cluster on this host (a second test run) runs
+    sidekicks of the same names, and they are not this cluster's copies."""
     found: UnitView = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -103,6 +107,8 @@ def announcers() -> UnitView:
             continue
         parent = argv[argv.index("--unit") + 1]
         machine = argv[argv.index("--machine") + 1]
+        if machine not in machines:
+            continue
         prefix, _, rest = parent.partition("@")
         found.setdefault(f"{prefix}-announce@{rest}", {})[machine] = int(entry)
     return found
@@ -155,7 +161,7 @@ class LocalCluster:
     # -- what runs -------------------------------------------------------------------------
     def view(self) -> UnitView:
         found = live_units(self.run_dir)
-        found.update(announcers())
+        found.update(announcers({spec["machine_id"] for spec in self.nodes.values()}))
         return found
 
     def machine(self, node: str) -> str:
@@ -230,8 +236,8 @@ class LocalCluster:
         assert self.sampler is not None
         return [d for d in self.sampler.doubles if d[0] >= since]
 
-    def figure(self, name: str, **values: object) -> dict:
-        return figure(name, self.figures, **values)
+    def figure(self, name: str, mode: str, **values: object) -> dict:
+        return figure(name, self.figures, load=mode, **values)
 
 
 @pytest.fixture(scope="module")
@@ -262,13 +268,39 @@ def cluster(tmp_path_factory):
         env.close()
 
 
+class Follow:
+    """Waits, on a thread, until /services/web/<instance> names `machine`; `result()` is the
+    time that took from `since` (raises TimeoutError if it never did)."""
+
+    def __init__(self, cluster: LocalCluster, instance: str, machine: str, since: float,
+                 what: str) -> None:
+        self.error: Exception | None = None
+        self.at = 0.0
+
+        def run() -> None:
+            try:
+                wait_for(lambda: cluster.announced(instance) == machine, 15,
+                         message=f"{what}: /services/web/{instance} follows to {machine}")
+                self.at = time.monotonic() - since
+            except TimeoutError as err:
+                self.error = err
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self) -> float:
+        self.thread.join(20)
+        if self.error is not None:
+            raise self.error
+        return self.at
+
+
 def moved_ok(view: UnitView, moved: list[str], victim: str) -> bool:
     return all(len(view.get(u, {})) == 1 and victim not in view[u] for u in moved)
 
 
 # -- kill the engine leader ----------------------------------------------------------------------
 
-def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster):
+def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster, load_mode):
     """SIGKILL the leader's fleetd: a new leader within the lease TTL; no unit on the other
     machines restarted. (The killed fleetd's own units die with it, as a dead machine's do,
     and start elsewhere: the process runner ties units to their fleetd.)"""
@@ -284,16 +316,16 @@ def test_kill_engine_leader_elects_a_new_one_within_the_ttl(cluster):
         cluster.restore(node)
     restarted = cluster.sampler.changed_pids(before, killed_at, others)
     doubles = cluster.doubles_since(killed_at)
-    cluster.figure("engine_leader_kill", new_leader_s=round(elected_s, 3), lease_ttl_s=TTL,
-                   new_leader=new[:8], units_on_killed_machine=len(own),
+    cluster.figure("engine_leader_kill", load_mode, new_leader_s=round(elected_s, 3),
+                   lease_ttl_s=TTL, new_leader=new[:8], units_on_killed_machine=len(own),
                    their_failover_s=round(moved.at - killed_at, 3),
                    other_units_restarted=len({c[1] for c in restarted}),
                    double_running=len(doubles))
     assert doubles == [], f"units ran twice: {doubles[:3]}"
     assert restarted == [], f"units on other machines restarted: {restarted[:3]}"
-    # The old leader's key lapses at most one TTL after the kill, etcd's lessor revokes it
-    # within 0.5 s, and a standby engine tries to lead once a second (engine.py polls,
-    # min(1, ttl/3)): TTL + 1.5 s is the bound the design gives.
+    # A standby judges the leader's machine dead a TTL after its last heartbeat and revokes
+    # its lease (or the lease lapses first, a TTL after its last renewal); the standby's
+    # next acquire follows at once: TTL + 1.5 s is the bound the design gives.
     assert elected_s <= TTL + 1.5, f"new leader after {elected_s:.2f}s (lease TTL {TTL}s)"
 
 
@@ -326,7 +358,7 @@ def etcd_leader_node(cluster: LocalCluster) -> tuple[str, bool]:
     return next(iter(cluster.nodes)), False
 
 
-def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster):
+def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster, load_mode):
     before = cluster.wait_healthy()
     node, raft_leader = etcd_leader_node(cluster)
     killed_at = cluster.kill(node, "etcd2.service")
@@ -339,7 +371,7 @@ def test_kill_one_etcd_member_restarts_nothing_and_tools_keep_working(cluster):
         # The node's etcd comes back only with the node (its fleetd stops cleanly then, so
         # its units move: that is the restore, not the fault).
         cluster.restore(node)
-    cluster.figure("etcd_member_kill", killed_member=node, was_raft_leader=raft_leader,
+    cluster.figure("etcd_member_kill", load_mode, killed_member=node, was_raft_leader=raft_leader,
                    units_restarted=len({c[1] for c in restarted}), double_running=len(doubles),
                    fleetctl_list_units_rows=listed_on, apply_with_member_down_s=round(apply_s, 2),
                    fault_window_s=round(window_s, 2))
@@ -374,7 +406,7 @@ def _tools_while_member_down(cluster: LocalCluster, killed_at: float
 
 # -- etcd unreachable for 10 s -------------------------------------------------------------------
 
-def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
+def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster, load_mode):
     before = cluster.wait_healthy()
     members = [cluster.pids(node)["etcd2.service"] for node in cluster.nodes]
     stopped_at = time.monotonic()
@@ -392,13 +424,16 @@ def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
     wait_for(lambda: set(cluster.registry.machines()[1]) == machines, 20,
              message="every machine registered again")
     back_s = time.monotonic() - resumed_at
-    # Past the engine's settle period (one TTL and a third after it saw etcd again).
-    settle_until = resumed_at + TTL * 4 / 3 + 1
-    wait_for(lambda: time.monotonic() >= settle_until, 30, interval=0.1, message="settle")
+    # etcd expires every machine lease the moment it answers again (they lapsed meanwhile):
+    # an engine judging by lease expiry would move everything now. Watch a TTL and more
+    # after the return: a wrong judgement of the engine's own would show within a TTL.
+    watch_until = resumed_at + TTL + 2
+    wait_for(lambda: time.monotonic() >= watch_until, 30, interval=0.1,
+             message="the watch after the outage")
     changes = cluster.sampler.changed_pids(before, stopped_at, MOVABLE + [GLOBAL])
     during = [c for c in changes if c[0] < resumed_at]
     doubles = cluster.doubles_since(stopped_at)
-    cluster.figure("etcd_unreachable_10s", outage_s=round(resumed_at - stopped_at, 2),
+    cluster.figure("etcd_unreachable_10s", load_mode, outage_s=round(resumed_at - stopped_at, 2),
                    units_changed_during=len({c[1] for c in during}),
                    units_changed_after=len({c[1] for c in changes if c[0] >= resumed_at}),
                    machines_back_s=round(back_s, 2), double_running=len(doubles))
@@ -409,16 +444,16 @@ def test_etcd_unreachable_10s_stops_and_restarts_nothing(cluster):
 
 # -- kill -9 one node, 20 trials -----------------------------------------------------------------
 
-def test_kill_9_one_node_20_trials(cluster):
+def test_kill_9_one_node_20_trials(cluster, load_mode):
     """SIGKILL a node's etcd member and fleetd, 20 times; every fourth trial kills the node
     of the etcd raft leader. Each trial is classified by what else the kill cost, so the
     figures show where failover time goes:
 
-    - raft_leader: etcd renews every lease to its full TTL (+ election timeout) when a new
-      raft leader takes over, so the dead machine's lease outlives the kill by the election
-      plus one TTL;
-    - engine_leader: the killed fleetd led the engine; a standby polls for leadership once
-      a second after the leader key's lease lapses;
+    - raft_leader: etcd's raft leader dies with the node: nobody can write for an election
+      (and etcd renews every lease to its full TTL on the new leader, which is why engines
+      judge machines by the heartbeats they see rather than by lease expiry);
+    - engine_leader: the killed fleetd led the engine; a standby that judges its machine
+      dead revokes its lease and takes over;
     - plain: none of those."""
     rng = random.Random(8)
     trials: list[dict] = []
@@ -447,17 +482,20 @@ def test_kill_9_one_node_20_trials(cluster):
                     "engine_leader" if engine_leader else "plain")
             trials.append({"s": done.at - killed_at, "units": len(moved), "kind": kind,
                            "node": node})
-            for i in (1, 2):
-                unit = f"web@{i}.service"
-                if unit in moved:
-                    target = next(iter(done.view[unit]))
-                    wait_for(lambda i=i, t=target: cluster.announced(str(i)) == t, 15,
-                             message=f"trial {trial}: /services/web/{i} follows to {target}")
-                    keys_follow.append(time.monotonic() - killed_at)
+            # The announcements follow while the node is restored (a parallel wait).
+            follows = [Follow(cluster, str(i), next(iter(done.view[f"web@{i}.service"])),
+                              killed_at, f"trial {trial}")
+                       for i in (1, 2) if f"web@{i}.service" in moved]
         except TimeoutError as err:
             lost.append((trial, moved, str(err)))
+            follows = []
         finally:
             cluster.restore(node)
+        for follow in follows:
+            try:
+                keys_follow.append(follow.result())
+            except TimeoutError as err:
+                lost.append((trial, moved, str(err)))
     doubles = cluster.doubles_since(first_at)
 
     def stats(kind: str | None = None) -> dict:
@@ -466,34 +504,30 @@ def test_kill_9_one_node_20_trials(cluster):
                 "p95_s": round(percentile(times, 95), 3),
                 "max_s": round(max(times, default=float("nan")), 3)}
 
-    cluster.figure("kill9_node", trials=KILL_TRIALS, agent_ttl_s=TTL, goal_p95_s=TTL + 1,
-                   all=stats(), plain=stats("plain"), engine_leader=stats("engine_leader"),
-                   raft_leader=stats("raft_leader"),
+    cluster.figure("kill9_node", load_mode, trials=KILL_TRIALS, agent_ttl_s=TTL,
+                   goal_p95_s=TTL + 1, all=stats(), plain=stats("plain"),
+                   engine_leader=stats("engine_leader"), raft_leader=stats("raft_leader"),
                    units_moved=sum(t["units"] for t in trials), units_lost=len(lost),
                    double_running=len(doubles),
                    sidekick_key_follow_p95_s=round(percentile(keys_follow, 95), 3),
                    each=[f"{t['node']}:{t['kind']}:{t['s']:.2f}" for t in trials])
-    KILL_RESULTS.extend(trials)
+    KILL_RESULTS[load_mode] = trials
     assert lost == [], f"units not active again elsewhere: {lost[:2]}"
     assert doubles == [], f"units ran twice: {doubles[:3]}"
-    plain = [t["s"] for t in trials if t["kind"] == "plain"]
-    assert len(plain) >= 3, f"too few plain trials to judge: {trials}"
-    assert percentile(plain, 95) <= TTL + 1, \
-        f"failover p95 {percentile(plain, 95):.2f}s > TTL + 1 s even without leader effects"
+    assert sum(t["kind"] == "raft_leader" for t in trials) >= 3, \
+        f"too few trials killed the raft leader's node to judge: {trials}"
 
 
-KILL_RESULTS: list[dict] = []
+KILL_RESULTS: dict[str, list[dict]] = {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "failover p95 over all trials > TTL + 1 s: every fourth trial kills the etcd raft "
-    "leader's node, and etcd renews every lease to its full TTL (+ election timeout) on a raft "
-    "leader change, so the dead machine's lease lasts election + TTL + 1 s (7.5-9.5 s "
-    "measured); fleetd's failover rides on lease expiry. See the kill9_node figure."))
-def test_kill_9_failover_p95_goal_over_all_trials():
-    assert KILL_RESULTS, "test_kill_9_one_node_20_trials did not record its trials"
-    p95 = percentile([t["s"] for t in KILL_RESULTS], 95)
-    assert p95 <= TTL + 1, f"failover p95 {p95:.2f}s over all trials > TTL + 1 s"
+def test_kill_9_failover_p95_within_ttl_plus_1s_over_all_trials(load_mode):
+    """Over all 20 trials, the raft leader's node among them: a dead machine's units run
+    elsewhere within the agent TTL and a second (95th percentile)."""
+    trials = KILL_RESULTS.get(load_mode)
+    assert trials, "test_kill_9_one_node_20_trials did not record its trials"
+    p95 = percentile([t["s"] for t in trials], 95)
+    assert p95 <= TTL + 1, f"failover p95 {p95:.2f}s over all trials > TTL + 1 s: {trials}"
 
 
 # -- SIGKILL provision apply at random points ----------------------------------------------------
@@ -502,6 +536,19 @@ def app_set(run_dir: Path, version: str) -> dict:
     return {"name": "app@.service", "content": web_text(run_dir, version, 8090), "instances": 2,
             "conflicts": ["app@*.service"],
             "sidekick": {"port": 8090, "check": "tcp", "ttl": 5, "interval": 0.3}}
+
+
+def plan_left(cluster: LocalCluster, path: Path) -> list[str]:
+    """What `provision plan --prune` would still do (as `--detailed-exitcode` judges it),
+    computed here rather than in one more CLI process per trial."""
+    from provision.apply import read_actual
+    from provision.planner import plan
+
+    model = load_cluster(str(path))[0]
+    assert cluster.registry is not None
+    _, actual = read_actual(cluster.registry)
+    found = plan(desired_units(model), actual, cluster=model.name, prune=True)
+    return [f"{c.action.value} {c.name}" for c in found.changes]
 
 
 def plan_hashes(path: Path) -> dict[str, str]:
@@ -536,7 +583,7 @@ def registry_mix(cluster: LocalCluster, old: dict[str, str], new: dict[str, str]
     return problems
 
 
-def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster):
+def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster, load_mode):
     rng = random.Random(80)
     extra_set = {"name": "extra@.service", "content": sleeper_text(cluster.run_dir),
                  "instances": 2}
@@ -572,12 +619,12 @@ def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster):
         again = cluster.provision("apply", str(target), "--prune", "--timeout", "40")
         converge_s.append(time.monotonic() - started)
         assert again.returncode == 0, f"trial {trial}: {again.stdout}{again.stderr}"
-        check = cluster.provision("plan", str(target), "--prune", "--detailed-exitcode")
-        assert check.returncode == 0, f"trial {trial}: not converged: {check.stdout}"
+        left = plan_left(cluster, target)
+        assert left == [], f"trial {trial}: not converged, the plan still has {left}"
         current = target
         wait_for(lambda p=paced: time.monotonic() >= p, 5, interval=0.05, message="pace")
     doubles = cluster.doubles_since(start_at)
-    cluster.figure("sigkill_apply", trials=APPLY_TRIALS, killed_mid_apply=killed,
+    cluster.figure("sigkill_apply", load_mode, trials=APPLY_TRIALS, killed_mid_apply=killed,
                    finished_before_kill=finished, mixed_states=len(mixes),
                    next_apply_converged=APPLY_TRIALS,
                    next_apply_p50_s=round(percentile(converge_s, 50), 2),

@@ -109,3 +109,60 @@ def test_states_that_changed_while_etcd_was_away_are_published_on_resync(registr
         agent.wake()
         thread.join(15)
     assert not thread.is_alive()
+
+
+class SlowRunner(FlakyRunner):
+    """A ProcessRunner whose starts take `delay` seconds each (a busy machine)."""
+
+    def __init__(self, inner: ProcessRunner, delay: float) -> None:
+        super().__init__(inner, failures=0)
+        self.delay = delay
+        self.starting = threading.Event()
+
+    def start(self, name: str) -> None:
+        self.starting.set()
+        threading.Event().wait(self.delay)  # the unit work itself, not a wait for anything
+        self.inner.start(name)
+
+
+def test_the_lease_is_renewed_while_the_loop_is_busy_with_units(registry, tmp_path):
+    """Unit work that keeps the agent loop busy for three TTLs costs the machine nothing:
+    its heartbeats go on and its machine key never disappears."""
+    import queue as queue_module
+
+    from fleetd.registry.keys import Kind
+
+    machine = Machine(uuid.uuid4().hex, "127.0.0.1")
+    runner = SlowRunner(ProcessRunner(tmp_path, machine.id, "node"), delay=3 * 3)
+    agent = Agent(registry, runner, machine, ttl=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: machine.id in registry.machines()[1], 15, message="registered")
+        events: queue_module.Queue = queue_module.Queue()
+        cancel = registry.etcd.watch(registry.keys.of(Kind.MACHINE),
+                                     registry.etcd.revision() + 1, events)
+        try:
+            registry.create_job("slow.service",
+                                parse_unit_file("[Service]\nExecStart=/bin/sleep 600\n"
+                                                "[X-Fleet]\nGlobal=true\n"), JobState.LAUNCHED)
+            assert runner.starting.wait(15), "the slow start began"
+            first = registry.heartbeats()[1][machine.id].seq
+            wait_for(lambda: runner.inner.units().get("slow.service") is not None
+                     and runner.inner.units()["slow.service"].active == "active",
+                     3 * 3 + 15, message="the slow start done")
+            last = registry.heartbeats()[1][machine.id].seq
+        finally:
+            cancel()
+        deleted = []
+        while not events.empty():
+            batch = events.get()
+            deleted += [e.key for e in batch if e.value is None] if isinstance(batch, list) \
+                else [repr(batch)]
+        assert deleted == [], f"the machine key went while the loop was busy: {deleted}"
+        assert last - first >= 3 * 3, f"heartbeats {first} -> {last} while busy (9 s)"
+    finally:
+        stop.set()
+        agent.wake()
+        thread.join(30)

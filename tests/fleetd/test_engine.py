@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -158,3 +159,128 @@ def test_leadership_survives_a_pass_longer_than_its_ttl(registry):
         leader.resign()
         rival.resign()
     assert registry.etcd.get(key) is None
+
+
+class Beating:
+    """Writes a machine's heartbeats every period on a thread, as its agent's renewer does
+    (registered with `join`, under a lease of its own)."""
+
+    def __init__(self, registry: Registry, machine: str, ttl: int = 3) -> None:
+        from fleetd.registry.registry import Beat, heartbeat_period
+
+        self.registry = registry
+        self.machine = machine
+        self.lease = registry.etcd.grant(ttl)
+        assert registry.join(Machine(machine, "127.0.0.1"), self.lease,
+                             registry.fence_revision(machine, registry.etcd.revision()),
+                             Beat(self.lease, 0, time.monotonic()))
+        self.period = heartbeat_period(ttl)
+        self.ttl = ttl
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from fleetd.registry.etcd import LeaseGone, RegistryUnavailable
+        from fleetd.registry.registry import Beat
+
+        seq = 0
+        while not self.stop.wait(self.period):
+            seq += 1
+            try:
+                if seq % 3 == 0:
+                    self.registry.etcd.keepalive(self.lease)
+                self.registry.beat(self.machine, Beat(self.lease, seq, time.monotonic()))
+            except (LeaseGone, RegistryUnavailable):
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_a_silent_machine_is_fenced_before_its_units_move(registry, engine_registry):
+    """The leader judges a machine dead after a TTL without its heartbeats (not when its
+    lease lapses), revokes its lease, and moves its units in a transaction that writes its
+    fence key."""
+    beats = {m: Beating(registry, m) for m in ("e" * 32, "a" * 32, "b" * 32)}
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = None
+    try:
+        for i in range(4):
+            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                                JobState.LAUNCHED)
+        run = Running(engine)
+        wait_for(lambda: len(registry.assignments()[1]) == 4, 15, message="placed")
+        on_b = [a.name for a in registry.assignments()[1] if a.machine == "b" * 32]
+        assert on_b, "least-loaded placement leaves b with units"
+        lease_b = beats["b" * 32].lease
+        beats["b" * 32].close()  # b falls silent; its lease would live on for its TTL
+        silent_at = time.monotonic()
+        wait_for(lambda: not registry.assignments(machine="b" * 32)[1], 15,
+                 message="b's units moved")
+        moved_after = time.monotonic() - silent_at
+        assert registry.etcd.keepalive(lease_b) <= 0, "b's lease was revoked (fenced)"
+        assert registry.fence_revision("b" * 32, registry.etcd.revision()) != 0
+        assert all(a.machine != "b" * 32 for a in registry.assignments()[1])
+        assert 3 * 0.9 <= moved_after, f"moved after {moved_after:.2f}s: before a TTL"
+    finally:
+        if run is not None:
+            run.close()
+        for beating in beats.values():
+            beating.close()
+
+
+def test_without_its_own_heartbeats_the_engine_judges_nobody(registry, engine_registry):
+    """An engine whose own machine's heartbeats stop arriving (its agent stuck, its process
+    starved, etcd away) has no clock: a silent machine keeps its units, however long."""
+    beats = {m: Beating(registry, m) for m in ("e" * 32, "b" * 32)}
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = None
+    try:
+        registry.create_job("only.service", parse_unit_file(UNIT + "[X-Fleet]\n"
+                                                           f"MachineID={'b' * 32}\n"),
+                            JobState.LAUNCHED)
+        run = Running(engine)
+        wait_for(lambda: registry.assignments(machine="b" * 32)[1], 15, message="placed on b")
+        beats["e" * 32].close()
+        beats["b" * 32].close()
+        until = time.monotonic() + 3 * 3
+        while time.monotonic() < until:  # three TTLs of silence from everyone
+            assert registry.assignments(machine="b" * 32)[1], "b judged dead without a clock"
+            assert registry.fence_revision("b" * 32, registry.etcd.revision()) == 0
+            time.sleep(0.2)
+    finally:
+        if run is not None:
+            run.close()
+        for beating in beats.values():
+            beating.close()
+
+
+def test_a_heartbeat_watch_gone_silent_is_replaced(registry, engine_registry):
+    """If the heartbeat stream goes quiet while this machine keeps writing heartbeats (a
+    watch lost inside the client), the engine watches again after a TTL without its own
+    heartbeats, from where it was, and judges again."""
+    beats = {m: Beating(registry, m) for m in ("e" * 32, "a" * 32, "b" * 32)}
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = None
+    try:
+        registry.create_job("pinned.service", parse_unit_file(UNIT + "[X-Fleet]\n"
+                                                             "Conflicts=nothing\n"),
+                            JobState.LAUNCHED)
+        run = Running(engine)
+        wait_for(lambda: registry.assignments()[1], 15, message="placed")
+        wait_for(lambda: engine.liveness.ticks > 0, 10, message="own heartbeats seen")
+        silenced = engine._cancel_beats
+        silenced()  # the stream goes quiet; the engine still thinks it watches
+        victim = registry.assignments()[1][0].machine
+        if victim != "e" * 32:
+            beats[victim].close()
+            wait_for(lambda: all(a.machine != victim for a in registry.assignments()[1]),
+                     4 * 3, message=f"{victim[:8]}'s unit moved after the re-watch")
+        assert engine._cancel_beats is not silenced, "the heartbeat watch was replaced"
+    finally:
+        if run is not None:
+            run.close()
+        for beating in beats.values():
+            beating.close()

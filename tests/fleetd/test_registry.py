@@ -12,6 +12,7 @@ from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Keys, Kind, ParsedKey
 from fleetd.registry.registry import Conflict, JobWrite, NotFound, Registry
+from fleetd.runner.base import UnitStatus
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import free_port
 
@@ -22,6 +23,8 @@ KEY_ROWS = [
     ("assign", lambda k: k.assignment("m1", "a.service"),
      ParsedKey(Kind.ASSIGN, "a.service", "m1")),
     ("machine", lambda k: k.machine("m1"), ParsedKey(Kind.MACHINE, "m1")),
+    ("heartbeat", lambda k: k.heartbeat("m1"), ParsedKey(Kind.HEARTBEAT, "m1")),
+    ("fence", lambda k: k.fence("m1"), ParsedKey(Kind.FENCE, "m1")),
     ("state", lambda k: k.state("a.service", "m1"), ParsedKey(Kind.STATE, "a.service", "m1")),
     ("leader", lambda k: k.leader(), ParsedKey(Kind.ENGINE, "leader")),
 ]
@@ -246,3 +249,129 @@ def test_write_jobs_is_one_guarded_transaction(registry):
 
     # Creating what exists is refused too.
     assert not registry.write_jobs([JobWrite("c.service", unit, JobState.LAUNCHED)])
+
+
+def _events_until(sink: queue.Queue, predicate, timeout: float = 10.0) -> list:
+    import time
+
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while not predicate(seen):
+        item = sink.get(timeout=max(0.01, deadline - time.monotonic()))
+        seen.append(item)
+    return seen
+
+
+def test_cancelling_a_watch_of_a_broken_stream_leaves_newer_watches_alone():
+    """The client numbers watches per stream from 0 and restarts its stream after a failure;
+    cancelling an old watch by number used to end the new watch that got the same number
+    (an agent's assignments watch went silent after a member died, and it never heard of
+    the units placed on it)."""
+    from tests.support.etcd import EtcdServer
+
+    server = EtcdServer().start()
+    etcd = Etcd([server.url], timeout=3)
+    try:
+        old_sink: queue.Queue = queue.Queue()
+        cancel_old = etcd.watch("/old/", etcd.revision() + 1, old_sink)
+        # Break the stream: etcd restarts on the same data and port.
+        server.process.terminate()
+        server.process.wait(10)
+        server.log.close()
+        server.start()
+        _events_until(old_sink, lambda seen: any(isinstance(s, RegistryUnavailable)
+                                                 for s in seen))
+        new_sink: queue.Queue = queue.Queue()
+        for _ in range(50):  # the client may need a moment to reconnect
+            try:
+                cancel_new = etcd.watch("/new/", etcd.revision() + 1, new_sink)
+                break
+            except RegistryUnavailable:
+                continue
+        cancel_old()  # the number it had is the new watch's now
+        etcd.put("/new/key", "v")
+        seen = _events_until(new_sink, lambda seen: any(isinstance(s, list) and s
+                                                        for s in seen))
+        assert any(e.key == "/new/key" for s in seen if isinstance(s, list) for e in s)
+        cancel_new()
+    finally:
+        etcd.close()
+        server.stop()
+
+
+def test_a_write_under_a_revoked_lease_says_the_lease_is_gone(registry):
+    from fleetd.registry.etcd import LeaseGone
+    from fleetd.registry.registry import Beat
+
+    lease = registry.etcd.grant(30)
+    registry.beat("m1", Beat(lease, 1, 1.0))
+    registry.etcd.fence(lease)
+    with pytest.raises(LeaseGone):
+        registry.beat("m1", Beat(lease, 2, 2.0))
+    with pytest.raises(LeaseGone):
+        registry.write_states("m1", lease, {"a.service": ("abc", UnitStatus())})
+    registry.etcd.fence(lease)  # fencing twice is fine: gone is gone
+    assert registry.heartbeats()[1] == {}
+
+
+def test_a_machine_joins_only_as_fenced_as_it_last_read(registry):
+    """The join transaction compares the fence key with what the agent saw when it read its
+    assignments: fenced after that read, it must read them again before it registers."""
+    from fleetd.registry.registry import Beat
+
+    machine = Machine("m1", "127.0.0.9")
+    revision = registry.etcd.revision()
+    seen = registry.fence_revision("m1", revision)
+    assert seen == 0
+    compare, success = registry.fence_ops("m1", 42)  # an engine fences m1 meanwhile
+    assert registry.etcd.txn(compare, success)
+    lease = registry.etcd.grant(30)
+    assert not registry.join(machine, lease, seen, Beat(lease))
+    assert registry.machines()[1] == {}
+    seen = registry.fence_revision("m1", registry.etcd.revision())
+    assert seen != 0
+    assert registry.join(machine, lease, seen, Beat(lease))
+    assert "m1" in registry.machines()[1] and "m1" in registry.heartbeats()[1]
+    assert registry.fence_revision("m1", registry.etcd.revision()) == 0  # cleared
+    compare, success = registry.fence_ops("m1", lease)
+    assert not registry.etcd.txn(compare, success), "its heartbeat key is there: no fence"
+
+
+def test_unit_states_are_written_in_batches_of_128(registry):
+    lease = registry.etcd.grant(30)
+    changes = {f"u{i}.service": ("abc", UnitStatus("loaded", "active", "running"))
+               for i in range(300)}
+    before = registry.etcd.requests
+    registry.write_states("m1", lease, changes)
+    assert registry.etcd.requests - before == 3
+    assert len(registry.states()) == 300
+    registry.write_states("m1", lease, {f"u{i}.service": None for i in range(200)})
+    assert len(registry.states()) == 100
+
+
+def test_cancelling_watches_of_a_closed_stream_never_blocks(registry):
+    """A failover closes the client's watcher (its request queue, of 10, is no longer read).
+    Cancelling the watches made on it used to block for good on the 11th, holding the
+    watcher's lock, and every watch of that stream went silent with it."""
+    import threading
+
+    etcd = registry.etcd
+    prefix = registry.keys.prefix + "closed/"
+    sink: queue.Queue = queue.Queue()
+    cancels = [etcd.watch(f"{prefix}{i}/", etcd.revision() + 1, sink) for i in range(14)]
+    etcd.client._clear_old_stubs()  # what the client does when it fails over
+    done = threading.Event()
+
+    def cancel_all() -> None:
+        for cancel in cancels:
+            cancel()
+        done.set()
+    threading.Thread(target=cancel_all, daemon=True).start()
+    assert done.wait(5), "cancelling the watches of a closed stream blocked"
+    live: queue.Queue = queue.Queue()
+    cancel = etcd.watch(prefix, etcd.revision() + 1, live)
+    try:
+        etcd.put(prefix + "after", "v")
+        assert any(e.key == prefix + "after" for e in live.get(timeout=5))
+    finally:
+        cancel()

@@ -133,6 +133,7 @@ def test_up_applied_the_example_and_a_second_apply_changes_nothing(cluster):
         return {kv.key: kv.mod_revision for kind in ("job/", "global/", "unit/", "lock/")
                 for kv in etcd.snapshot(prefix + kind)[1]}
     try:
+        # (etcd's revision itself moves on: every machine writes its heartbeat.)
         before = written()
         again = cluster.provision("apply", str(three))
         assert again.returncode == 0, again.stderr

@@ -128,9 +128,10 @@ def test_etcd_paused_10s_restarts_nothing(cluster, etcd_server):
             time.sleep(0.2)
     finally:
         etcd_server.resume()
-    # After etcd returns: agents rejoin, the engine settles; still nothing restarts.
-    settle_until = time.monotonic() + 3 * cluster.ttl + 2
-    while time.monotonic() < settle_until:
+    # After etcd returns it expires every lease at once: agents join again, and the engine
+    # (which judges by heartbeats it sees, not by lease expiry) moves nothing.
+    watch_until = time.monotonic() + 3 * cluster.ttl + 2
+    while time.monotonic() < watch_until:
         assert cluster.pids() == pids, "a unit was restarted after etcd came back"
         time.sleep(0.2)
     wait_for(lambda: len(cluster.registry.machines()[1]) == 2, 10, message="machines back")
@@ -176,3 +177,47 @@ def test_frozen_fleetd_returns_and_stops_its_moved_units_first(cluster):
     wait_for(lambda: frozen_id in cluster.registry.machines()[1], 10, message="rejoined")
     log = frozen.log()
     assert log.index("no longer scheduled here") < log.rindex("registered")
+
+
+def test_a_frozen_engine_leader_judges_nobody_when_it_thaws(cluster):
+    """SIGSTOP the engine leader's fleetd for two TTLs. A standby judges its machine dead,
+    revokes its leases and moves its units. When the frozen one runs again, its clock has
+    not moved (its own heartbeats stopped with it): it declares nobody dead and moves
+    nothing, its stale copies stop, and no unit on the other machines ever restarts."""
+    for name in ("n1", "n2", "n3"):
+        cluster.start(name)
+    run = cluster.run_dir
+    units = [f"calm@{i}.service" for i in range(1, 7)]
+    for unit in units:
+        submit(cluster, unit, sleeper_unit(run))
+    before = cluster.wait_running(units)
+    names = machines_by_name(cluster)
+    leader = wait_for(lambda: (lambda kv: kv.value.decode() if kv else None)(
+        cluster.etcd.get(cluster.registry.keys.leader())), 10, message="an engine leader")
+    frozen = cluster.fleetds[names[leader]]
+    pids = cluster.pids()
+    others = {u: m for u, (m,) in before.items() if u in units and m != leader}
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: all(any(m != leader for m in cluster.running().get(u, []))
+                             for u in units), cluster.ttl + 15,
+                 message="the frozen leader's units started elsewhere")
+        thaw_after = time.monotonic() + cluster.ttl
+        wait_for(lambda: time.monotonic() >= thaw_after, cluster.ttl + 5, interval=0.1,
+                 message="two TTLs frozen")
+    finally:
+        thawed_at_log = len(frozen.log())
+        frozen.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: (lambda r: all(len(r.get(u, [])) == 1 for u in units))(cluster.running()),
+             15, message="stale copies stopped")
+    wait_for(lambda: leader in cluster.registry.machines()[1], 15, message="rejoined")
+    watch_until = time.monotonic() + 2 * cluster.ttl  # room for a wrong judgement to show
+    while time.monotonic() < watch_until:
+        now = cluster.pids()
+        for unit, machine in others.items():
+            key = f"{unit}@{machine}"
+            assert now.get(key) == pids[key], f"{unit} on a healthy machine was restarted"
+        time.sleep(0.2)
+    after_thaw = frozen.log()[thawed_at_log:]
+    assert "judged dead (" not in after_thaw, after_thaw  # a judgement, with its reason
+    assert after_thaw.index("no longer scheduled here") < after_thaw.rindex("registered")

@@ -340,3 +340,68 @@ class NetnsFleetHarness(FleetHarness):
         return self.start(name, etcd_urls=etcd_urls, public_ip=public_ip,
                           wrapper=("ip", "netns", "exec", netns) if netns else (),
                           base_env=clean_env())
+
+
+# -- injected load -------------------------------------------------------------------------------
+
+_BUSY = "while True:\n    pass\n"
+_FSYNC_WRITER = """
+import os, sys
+path = sys.argv[1]
+block = os.urandom(64 * 1024)
+while True:
+    with open(path, "wb") as handle:
+        for _ in range(16):
+            handle.write(block)
+            handle.flush()
+            os.fsync(handle.fileno())
+"""
+
+
+class Load:
+    """What a busy machine looks like to the cluster: one CPU-bound process per core and one
+    writer that fsyncs 64 KiB blocks in a loop (etcd's WAL shares the disk). Processes are
+    started in their own process group and killed with it; `with Load(): ...`."""
+
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = cores or os.cpu_count() or 1
+        self.dir = Path(tempfile.mkdtemp(prefix="fault-load-"))
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> Load:
+        import sys
+
+        try:
+            for _ in range(self.cores):
+                self._spawn([sys.executable, "-c", _BUSY])
+            self._spawn([sys.executable, "-c", _FSYNC_WRITER, str(self.dir / "fsync.bin")])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.processes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                               stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL,
+                                               start_new_session=True))
+
+    def alive(self) -> bool:
+        return bool(self.processes) and all(p.poll() is None for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for process in self.processes:
+            process.wait(10)
+        self.processes = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Load:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
