@@ -32,9 +32,14 @@ if [ -n "$missing" ]; then
         blocker=/usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
+    # apt orders them (pre-dependencies first); with no package lists and no sources it
+    # knows of nothing to download, whatever the machine's apt is configured with.
+    lists="$payload/apt-lists"
+    mkdir -p "$lists/partial"
     # shellcheck disable=SC2086 # one word per .deb
-    DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet --no-download \
-        --no-install-recommends -o Dpkg::Options::=--force-confold $missing
+    DEBIAN_FRONTEND=noninteractive apt-get install --yes -qq --no-install-recommends \
+        -o Dir::State::Lists="$lists" -o Dir::Etc::SourceList=/dev/null \
+        -o Dir::Etc::SourceParts="$lists" -o Dpkg::Options::=--force-confold $missing
     [ -z "$blocker" ] || rm -f "$blocker"
 fi
 # The node runs the etcd2.service its user-data configures, never Debian's etcd.service
