@@ -203,9 +203,13 @@ def manifest_payload_path(manifest_path: Path | str) -> Path:
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        name = data["vagrant"]["payload"]
-    except (OSError, ValueError, KeyError, TypeError):
+        text = manifest_path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"{manifest_path}: cannot read the node manifest ({err.strerror}); "
+                        "run `provision render CLUSTER.yaml` first") from None
+    try:
+        name = json.loads(text)["vagrant"]["payload"]
+    except (ValueError, KeyError, TypeError):
         raise UserError(f"{manifest_path}: no `vagrant.payload` in this manifest; render it "
                         "again with `provision render CLUSTER.yaml`") from None
     if not isinstance(name, str) or not name or "/" in name:
