@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.set_defaults(run=_cmd_render)
 
     from provision import apply_cli, lifecycle_cli
+    from provision.box import cli as box_cli
     from provision.image import cli as image_cli
     from provision.machine import cli as machine_cli
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply_cli.add_commands(commands)
     machine_cli.add_commands(commands)
     image_cli.add_commands(commands)
+    box_cli.add_commands(commands)
     return parser
 
 

@@ -61,12 +61,16 @@ class NodeUnit:
 
 @dataclass(frozen=True)
 class VagrantSettings:
-    box: str = "coreos-alpha"
+    box: str = "debian/bookworm64"  # provider lxc: provision/bookworm (`provision box build`)
     box_url: str | None = None
     box_version: str | None = None
     cpus: int = 1
     memory: int = 1024
     gui: bool = False
+    # Cluster-wide (not per node): the Vagrant provider the Vagrantfile puts first
+    # (None: Vagrant's own choice), and the host bridge lxc machines' veths join.
+    provider: str | None = None
+    bridge: str = "br0"
 
 
 @dataclass(frozen=True)

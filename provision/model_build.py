@@ -106,7 +106,7 @@ class _Builder:
         d = self.data
         provider = d.get("provider", "local")
         network, start = self._network(provider)
-        vagrant = _vagrant(d.get("vagrant", {}), VagrantSettings())
+        vagrant = _vagrant(d.get("vagrant", {}), _vagrant_defaults(d.get("vagrant", {})))
         fleet_meta = _metadata(d.get("fleet", {}).get("metadata", {}))
         nodes = self._nodes(network, start, vagrant, fleet_meta) if network else []
         names = [n["name"] for n in nodes]
@@ -439,6 +439,15 @@ def _usable_hosts(network: ipaddress.IPv4Network) -> int:
 
 def _metadata(spec: dict[str, Any]) -> dict[str, str]:
     return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in spec.items()}
+
+
+def _vagrant_defaults(spec: dict[str, Any]) -> VagrantSettings:
+    """lxc machines boot the box `provision box build` makes; the others a stock one."""
+    if spec.get("provider") == "lxc":
+        from provision.box.recipe import BOX_NAME
+
+        return VagrantSettings(box=BOX_NAME)
+    return VagrantSettings()
 
 
 def _vagrant(spec: dict[str, Any], base: VagrantSettings) -> VagrantSettings:

@@ -26,7 +26,9 @@ from provision.yamltext import block, scalar
 
 MANIFEST = "manifest.json"
 ZONE_FILE = "etcd-srv.zone"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Beside the manifest: what every Vagrant machine installs (provision/box/payload.py).
+VAGRANT_PAYLOAD = "vagrant-payload.tar"
 GENERATOR = "provision"
 
 
@@ -131,9 +133,29 @@ def manifest(cluster: Cluster, disc: ResolvedDiscovery, substitute: bool) -> dic
                     "cpus": node.vagrant.cpus,
                     "memory": node.vagrant.memory,
                     "gui": node.vagrant.gui,
+                    "lxc_container": lxc_container_name(cluster, node.name),
                 },
             }
             for node in cluster.nodes
         ],
         "units": [name for unit_set in cluster.units for name in unit_set.unit_names],
+        "vagrant": vagrant_settings(cluster),
     }
+
+
+def lxc_container_name(cluster: Cluster, node: str) -> str:
+    """The LXC container of a node: names are host-wide, so the cluster's name is in it."""
+    return f"{cluster.name}-{node}"
+
+
+def vagrant_settings(cluster: Cluster) -> dict:
+    """Cluster-wide settings of the Vagrantfile: the provider to put first, the payload's
+    file (beside the manifest) and, for lxc, the bridge the machines' veths join, the
+    prefix length of their addresses and the gateway (the network's first address, the
+    bridge's own, unless a node has it)."""
+    network = cluster.network
+    first = network.network_address + 1
+    gateway = None if any(n.ip == first for n in cluster.nodes) else str(first)
+    return {"provider": cluster.vagrant.provider, "payload": VAGRANT_PAYLOAD,
+            "lxc": {"bridge": cluster.vagrant.bridge, "prefix_length": network.prefixlen,
+                    "gateway": gateway}}

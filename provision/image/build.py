@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,12 +146,12 @@ def ensure_image(*, force: bool = False, cache: Path | None = None,
         raise UserError(f"no Debian mirror for {recipe.SUITE} in /etc/apt/sources.list"
                         f"{{,.d/*}}; set {MIRROR_ENV}")
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache):
+    with locked(cache):
         found = _ready(cache / key, spec)
         if found is not None and not force:
             return Image(key, cache / key, False, time.monotonic() - started, found)
-        _sweep_staging(cache)
-        base = _ensure_base(cache, base_key, base_spec, force, say)
+        sweep_staging(cache)
+        base = ensure_base(cache, base_key, base_spec, force, say)
         info = _build_project(cache, key, spec, base, root, files, requirements, say)
         _prune(cache, keep=key)
     return Image(key, cache / key, True, time.monotonic() - started, info)
@@ -176,7 +176,7 @@ def list_images(cache: Path | None = None) -> list[tuple[str, dict]]:
     cache = Path(cache) if cache else cache_dir()
     found = []
     for directory in cache.glob("*"):
-        stamp = _read_stamp(directory)
+        stamp = read_stamp(directory)
         if stamp is not None:
             found.append((directory.name, stamp))
     return sorted(found, key=lambda item: item[1].get("built_at", 0), reverse=True)
@@ -184,7 +184,7 @@ def list_images(cache: Path | None = None) -> list[tuple[str, dict]]:
 
 # -- cache bookkeeping -------------------------------------------------------------------------
 
-def _read_stamp(directory: Path) -> dict | None:
+def read_stamp(directory: Path) -> dict | None:
     try:
         return json.loads((directory / recipe.STAMP).read_text())
     except (OSError, ValueError):
@@ -192,30 +192,30 @@ def _read_stamp(directory: Path) -> dict | None:
 
 
 def _ready(directory: Path, spec: dict) -> dict | None:
-    stamp = _read_stamp(directory)
+    stamp = read_stamp(directory)
     if stamp is None or stamp.get("spec") != spec or not (directory / "rootfs").is_dir():
         return None
     return stamp
 
 
 @contextmanager
-def _locked(cache: Path) -> Iterator[None]:
+def locked(cache: Path) -> Iterator[None]:
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another build may be running
         yield
 
 
-def _sweep_staging(cache: Path) -> None:
+def sweep_staging(cache: Path) -> None:
     """Holding the lock: every staging directory is what a killed build left."""
     for stale in cache.glob(".build-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _staging(cache: Path, what: str) -> Path:
+def staging_dir(cache: Path, what: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".build-{what}-", dir=cache))
 
 
-def _publish(staging: Path, target: Path, stamp: dict) -> None:
+def publish(staging: Path, target: Path, stamp: dict) -> None:
     (staging / recipe.STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     if target.exists():  # an older build of the same key (--force): out of the way first
         old = target.with_name(f".build-old-{target.name}")
@@ -252,7 +252,7 @@ def _prune(cache: Path, keep: str) -> None:
 
 # -- steps -------------------------------------------------------------------------------------
 
-def _run(argv: list[str], log: Path, what: str, *, timeout: float = STEP_TIMEOUT,
+def run_step(argv: list[str], log: Path, what: str, *, timeout: float = STEP_TIMEOUT,
          env: dict | None = None, cwd: Path | None = None) -> None:
     with open(log, "ab") as out:
         out.write(f"$ {' '.join(argv)}\n".encode())
@@ -272,34 +272,37 @@ def _run(argv: list[str], log: Path, what: str, *, timeout: float = STEP_TIMEOUT
                               f"log:\n{tail}")
 
 
-def _in_root(rootfs: Path, argv: list[str], log: Path, what: str) -> None:
+def in_root(rootfs: Path, argv: list[str], log: Path, what: str) -> None:
     """Run argv chrooted into rootfs, with a /proc, in a private mount namespace (so
     nothing stays mounted), with a clean environment (no host pip settings)."""
     script = 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"'
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "HOME": "/root", "LANG": "C.UTF-8", "PIP_NO_CACHE_DIR": "1",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
-    _run(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script,
+    run_step(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script,
           str(rootfs), *argv], log, what, env=env)
 
 
-def _ensure_base(cache: Path, key: str, spec: dict, force: bool, say: Say) -> Path:
+def ensure_base(cache: Path, key: str, spec: dict, force: bool, say: Say) -> Path:
+    """The root file system of the base layer `spec` (from `recipe.base_spec`), built
+    unless cached. The caller holds the cache's lock (`locked`)."""
     target = cache / key
     if not force and _ready(target, spec) is not None:
         return target / "rootfs"
     started = time.monotonic()
-    staging = _staging(cache, "base")
+    staging = staging_dir(cache, "base")
     log = staging / "build.log"
     rootfs = staging / "rootfs"
     say(f"building the base image: mmdebstrap {recipe.SUITE} {recipe.VARIANT} with "
-        f"{len(recipe.PACKAGES)} packages from {spec['mirror']} (a minute or more)")
+        f"{len(spec['packages'])} packages from {spec['mirror']} (a minute or more)")
     try:
-        _run(["mmdebstrap", f"--variant={recipe.VARIANT}",
-              f"--include={','.join(recipe.PACKAGES)}", recipe.SUITE, str(rootfs),
+        run_step(["mmdebstrap", f"--variant={recipe.VARIANT}",
+              f"--include={','.join(spec['packages'])}", recipe.SUITE, str(rootfs),
               spec["mirror"]], log, "mmdebstrap", timeout=MMDEBSTRAP_TIMEOUT)
-        _prepare_base(rootfs, log)
+        _prepare_base(rootfs, log, spec.get("enable", recipe.ENABLE_UNITS),
+                      spec.get("disable", recipe.DISABLE_UNITS))
         seconds = round(time.monotonic() - started, 1)
-        _publish(staging, target, {"spec": spec, "built_at": time.time(),
+        publish(staging, target, {"spec": spec, "built_at": time.time(),
                                    "build_seconds": seconds, "kind": "base"})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -308,7 +311,8 @@ def _ensure_base(cache: Path, key: str, spec: dict, force: bool, say: Say) -> Pa
     return target / "rootfs"
 
 
-def _prepare_base(rootfs: Path, log: Path) -> None:
+def _prepare_base(rootfs: Path, log: Path, enable: Iterable[str],
+                  disable: Iterable[str]) -> None:
     """Make one tree fit to boot many machines (see recipe.py)."""
     (rootfs / "etc/hostname").unlink(missing_ok=True)
     (rootfs / "etc/hosts").write_text(recipe.HOSTS)
@@ -323,13 +327,13 @@ def _prepare_base(rootfs: Path, log: Path) -> None:
     drop_in = rootfs / recipe.SSH_DROP_IN_PATH
     drop_in.parent.mkdir(parents=True, exist_ok=True)
     drop_in.write_text(recipe.SSH_HOST_KEYS_DROP_IN)
-    for unit in recipe.ENABLE_UNITS:
-        _run(["systemctl", f"--root={rootfs}", "enable", unit], log, f"enable {unit}")
-    for unit in recipe.DISABLE_UNITS:
-        _run(["systemctl", f"--root={rootfs}", "disable", unit], log, f"disable {unit}")
+    for unit in enable:
+        run_step(["systemctl", f"--root={rootfs}", "enable", unit], log, f"enable {unit}")
+    for unit in disable:
+        run_step(["systemctl", f"--root={rootfs}", "disable", unit], log, f"disable {unit}")
 
 
-def _image_python(rootfs: Path) -> tuple[int, int]:
+def image_python(rootfs: Path) -> tuple[int, int]:
     """The (major, minor) of the image's python3."""
     for candidate in sorted((rootfs / "usr/bin").glob("python3.*")):
         parts = candidate.name[len("python"):].split(".")
@@ -341,12 +345,12 @@ def _image_python(rootfs: Path) -> tuple[int, int]:
 def _build_project(cache: Path, key: str, spec: dict, base: Path, root: Path,
                    files: list[tuple[str, bytes]], requirements: list[str], say: Say) -> dict:
     started = time.monotonic()
-    python = _image_python(base)
+    python = image_python(base)
     if sys.version_info[:2] != python:
         raise UserError(f"the image's python is {python[0]}.{python[1]} and this one is "
                         f"{sys.version_info[0]}.{sys.version_info[1]}: build the image with "
                         f"a python {python[0]}.{python[1]} (the wheels must fit the image)")
-    staging = _staging(cache, "image")
+    staging = staging_dir(cache, "image")
     log = staging / "build.log"
     rootfs = staging / "rootfs"
     try:
@@ -354,21 +358,21 @@ def _build_project(cache: Path, key: str, spec: dict, base: Path, root: Path,
             f"{spec['source']}) on {base.parent.name}")
         wheels = staging / "wheels"
         wheels.mkdir()
-        dependencies = _ensure_dependency_wheels(cache, requirements, python, say)
+        dependencies = ensure_dependency_wheels(cache, requirements, python, say)
         for wheel in dependencies.glob("*.whl"):
             shutil.copy2(wheel, wheels / wheel.name)
-        _project_wheel(staging, files, wheels, log)
-        _run(["cp", "-a", "--reflink=auto", str(base), str(rootfs)], log, "copy the base")
+        build_project_wheel(staging, files, wheels, log)
+        run_step(["cp", "-a", "--reflink=auto", str(base), str(rootfs)], log, "copy the base")
         inside = rootfs / recipe.WHEELS_IN_IMAGE.lstrip("/")
         shutil.copytree(wheels, inside)
-        _in_root(rootfs, ["/usr/bin/python3", "-m", "venv", "--system-site-packages",
+        in_root(rootfs, ["/usr/bin/python3", "-m", "venv", "--system-site-packages",
                           "--without-pip", recipe.VENV], log, "create the venv")
-        _in_root(rootfs, ["/usr/bin/python3", "-m", "pip", "--python",
+        in_root(rootfs, ["/usr/bin/python3", "-m", "pip", "--python",
                           f"{recipe.VENV}/bin/python", "install", "--no-index",
                           "--find-links", recipe.WHEELS_IN_IMAGE, recipe.DISTRIBUTION],
                  log, "install the project offline")
         # The machine's applier and fleetd drive systemd through Debian's gi/pydbus.
-        _in_root(rootfs, [f"{recipe.VENV}/bin/python", "-c",
+        in_root(rootfs, [f"{recipe.VENV}/bin/python", "-c",
                           "import provision.machine.cli, fleetd.runner.systemd, pydbus, gi"],
                  log, "import the project in the image")
         shutil.rmtree(inside)
@@ -379,7 +383,7 @@ def _build_project(cache: Path, key: str, spec: dict, base: Path, root: Path,
                 "kind": "image", "wheels": sorted(w.name for w in wheels.glob("*.whl"))}
         shutil.rmtree(wheels)
         shutil.rmtree(staging / "src", ignore_errors=True)
-        _publish(staging, cache / key, info)
+        publish(staging, cache / key, info)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -387,29 +391,29 @@ def _build_project(cache: Path, key: str, spec: dict, base: Path, root: Path,
     return info
 
 
-def _ensure_dependency_wheels(cache: Path, requirements: list[str], python: tuple[int, int],
+def ensure_dependency_wheels(cache: Path, requirements: list[str], python: tuple[int, int],
                               say: Say) -> Path:
     tag = f"cp{python[0]}{python[1]}"
     key = recipe.dependency_key(requirements, tag)
     spec = {"requirements": sorted(requirements), "python": tag}
     target = cache / key
-    if _read_stamp(target) is not None and _read_stamp(target).get("spec") == spec:
+    if read_stamp(target) is not None and read_stamp(target).get("spec") == spec:
         return target / "wheels"
     say(f"building the dependencies' wheelhouse ({len(requirements)} requirements)")
-    staging = _staging(cache, "wheels")
+    staging = staging_dir(cache, "wheels")
     try:
         # The host's pip settings (index, mirrors, certificates) apply here: this is the
         # only step that may download, and it runs on the host, not in the image.
-        _run([sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(staging / "wheels"),
+        run_step([sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(staging / "wheels"),
               *requirements], staging / "build.log", "pip wheel (dependencies)")
-        _publish(staging, target, {"spec": spec, "built_at": time.time(), "kind": "wheels"})
+        publish(staging, target, {"spec": spec, "built_at": time.time(), "kind": "wheels"})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target / "wheels"
 
 
-def _project_wheel(staging: Path, files: list[tuple[str, bytes]], wheels: Path,
+def build_project_wheel(staging: Path, files: list[tuple[str, bytes]], wheels: Path,
                    log: Path) -> None:
     """The project's own wheel, from a clean copy of exactly the digested files."""
     src = staging / "src"
@@ -425,7 +429,7 @@ def _project_wheel(staging: Path, files: list[tuple[str, bytes]], wheels: Path,
         argv.append("--no-build-isolation")
     except ImportError:
         pass
-    _run([*argv, str(src)], log, "pip wheel (the project)", cwd=staging)
+    run_step([*argv, str(src)], log, "pip wheel (the project)", cwd=staging)
 
 
 def _link_commands(rootfs: Path) -> None:
@@ -448,7 +452,7 @@ def _install_boot_unit(rootfs: Path, python: tuple[int, int], log: Path) -> None
                               "(package data missing from the wheel)")
     target = rootfs / "etc/systemd/system" / installed.name
     shutil.copyfile(installed, target)
-    _run(["systemctl", f"--root={rootfs}", "enable", installed.name], log,
+    run_step(["systemctl", f"--root={rootfs}", "enable", installed.name], log,
          f"enable {installed.name}")
     state = rootfs / "var/lib/provision"
     state.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -65,11 +66,28 @@ def _digest(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def base_spec(mirror: str) -> dict:
+@dataclass(frozen=True)
+class BaseRecipe:
+    """A Debian tree made fit to boot many machines: the machine image's, or another
+    built by the same steps (e.g. a Vagrant box's, provision/box/recipe.py)."""
+
+    packages: tuple[str, ...]
+    enable: tuple[str, ...] = ENABLE_UNITS
+    disable: tuple[str, ...] = DISABLE_UNITS
+
+
+IMAGE_BASE = BaseRecipe(PACKAGES)
+
+
+def base_spec(mirror: str, base: BaseRecipe = IMAGE_BASE) -> dict:
     """Everything the base is built from; the mirror is recorded but not part of the key
-    (any Debian mirror serves the same suite)."""
-    return {"suite": SUITE, "variant": VARIANT, "packages": sorted(PACKAGES),
+    (any Debian mirror serves the same suite). The units enabled/disabled appear only
+    where they differ from the image's, so the image's key stays what it was."""
+    spec = {"suite": SUITE, "variant": VARIANT, "packages": sorted(base.packages),
             "format": BASE_FORMAT, "mirror": mirror}
+    if (base.enable, base.disable) != (ENABLE_UNITS, DISABLE_UNITS):
+        spec.update(enable=list(base.enable), disable=list(base.disable))
+    return spec
 
 
 def base_key(spec: Mapping) -> str:

@@ -3,7 +3,18 @@
 No VM boots here and none is ever started: only `vagrant validate` and
 `vagrant status` run, on a copy of the Vagrantfile in a temporary directory, with a
 temporary VAGRANT_HOME and no way out to the network, so nothing outside temporary
-directories is touched.
+directories is touched. KVM and VirtualBox guests cannot boot on these machines, so the
+virtualbox and libvirt sections are checked by Vagrant's own validation only (real
+vagrant-lxc machines boot in tests/integration/test_vagrant_lxc.py).
+
+Vagrant validates only the provider it would use; VirtualBox's counts only where a
+`VBoxManage` answers `--version`. For `validate` alone, the virtualbox tests put a stub
+answering just that on PATH: a shim that lets Vagrant's validation of the virtualbox
+section run, not a fake of anything under test — nothing here starts a VM.
+
+The payload every machine installs (vagrant-payload.tar, made by
+`provision.box.payload.prepare_machines`) is an empty placeholder here: validation only
+checks that the upload's source exists.
 """
 
 from __future__ import annotations
@@ -30,7 +41,16 @@ pytestmark = pytest.mark.skipif(
 
 UNREACHABLE = "http://127.0.0.1:9"  # any network access at parse time fails loudly
 USER_DATA_UPLOAD = "/tmp/vagrantfile-user-data"
-USER_DATA_PATH = "/var/lib/coreos-vagrant/vagrantfile-user-data"
+PAYLOAD_UPLOAD = "/tmp/provision-payload.tar"
+PAYLOAD = "vagrant-payload.tar"
+HAS_VAGRANT_LXC = bool(list(Path("/usr/share/rubygems-integration/all/gems")
+                            .glob("vagrant-lxc-*")))
+VBOXMANAGE_STUB = """\
+#!/bin/sh
+# Only for `vagrant validate`: Vagrant checks the virtualbox section only when VirtualBox
+# looks installed. Any real use fails loudly.
+case "$1" in --version) echo 7.0.6r155176 ;; *) echo "stub VBoxManage: $*" >&2; exit 1 ;; esac
+"""
 RERENDER = "render it again with `provision render CLUSTER.yaml`"
 
 BOXED = """\
@@ -51,14 +71,15 @@ BOXED = """\
     etcd: {discovery: {mode: static}}
 """
 
-# Prints, as JSON, what the Vagrantfile configured for every machine (libvirt provider).
+# Prints, as JSON, what the Vagrantfile configured for every machine with a provider.
 INSPECT_RB = """\
 require "json"
 require "vagrant"
 
 env = Vagrant::Environment.new(cwd: ARGV[0])
+provider = ARGV[1].to_sym
 machines = env.machine_names.map do |name|
-  machine = env.machine(name, :libvirt)
+  machine = env.machine(name, provider)
   vm = machine.config.vm
   lv = machine.provider_config
   {
@@ -70,8 +91,10 @@ machines = env.machine_names.map do |name|
     "vagrant_folder_disabled" => vm.synced_folders.values
                                    .select { |f| f[:guestpath] == "/vagrant" }
                                    .map { |f| f[:disabled] },
-    "libvirt" => { "cpus" => lv.cpus, "memory" => lv.memory,
-                   "graphics_type" => lv.graphics_type },
+    "libvirt" => (provider == :libvirt ? { "cpus" => lv.cpus, "memory" => lv.memory,
+                                           "graphics_type" => lv.graphics_type } : nil),
+    "lxc" => (provider == :lxc ? { "container_name" => lv.container_name,
+                                   "customizations" => lv.customizations } : nil),
     "provisioners" => vm.provisioners.map do |p|
       c = p.config
       { "name" => p.name.to_s, "type" => p.type.to_s,
@@ -108,9 +131,36 @@ def checkout(tmp_path):
     return directory
 
 
-def render(source: Path, out: Path) -> Path:
+def render(source: Path, out: Path, payload: bool = True) -> Path:
     assert main(["render", str(source), "-o", str(out)]) == 0
+    if payload:
+        (out / PAYLOAD).write_bytes(b"")  # a placeholder: see the module's docstring
     return out / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def vboxmanage_stub(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("vboxmanage-stub")
+    stub = directory / "VBoxManage"
+    stub.write_text(VBOXMANAGE_STUB)
+    stub.chmod(0o755)
+    return directory
+
+
+def inspect(checkout: Path, env: dict, manifest: Path, provider: str, tmp_path: Path
+            ) -> list[dict]:
+    ruby = shutil.which("ruby")
+    probe = subprocess.run([ruby or "ruby", "-e", 'require "vagrant"'], env=env,
+                           capture_output=True, check=False) if ruby else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("the system ruby cannot load Vagrant's library (not Debian's vagrant?)")
+    script = tmp_path / "inspect.rb"
+    script.write_text(INSPECT_RB)
+    run = subprocess.run([ruby, str(script), str(checkout), provider],
+                         env={**env, "PROVISION_MANIFEST": str(manifest)},
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 def vagrant(checkout: Path, env: dict, *args: str, manifest: Path | str | None = None
@@ -127,7 +177,7 @@ def machine_states(output: str) -> list[tuple[str, str]]:
     return [(row[1], row[3]) for row in rows if len(row) == 4 and row[2] == "state"]
 
 
-@pytest.mark.parametrize("example", ["vagrant.yaml", "large.yaml"])
+@pytest.mark.parametrize("example", ["vagrant.yaml", "vagrant-lxc.yaml", "large.yaml"])
 def test_rendered_examples_validate_and_list_every_node_not_created(checkout, vagrant_env,
                                                                     tmp_path, example):
     manifest = render(CLUSTERS / example, tmp_path / "out")
@@ -140,28 +190,64 @@ def test_rendered_examples_validate_and_list_every_node_not_created(checkout, va
     status = vagrant(checkout, vagrant_env, "status", "--machine-readable", manifest=manifest)
     assert status.returncode == 0, status.stderr
     assert machine_states(status.stdout) == [(name, "not_created") for name in names]
-    assert len(names) == {"vagrant.yaml": 3, "large.yaml": 10}[example]
+    assert len(names) == {"vagrant.yaml": 3, "vagrant-lxc.yaml": 3, "large.yaml": 10}[example]
+    if example == "vagrant-lxc.yaml" and HAS_VAGRANT_LXC:
+        # The cluster's provider is listed first, so a plain `vagrant up` picks it.
+        providers = {row.split(",")[3] for row in status.stdout.splitlines()
+                     if row.split(",")[2:3] == ["provider-name"]}
+        assert providers == {"lxc"}
+
+
+# Each example is validated above with the provider Vagrant picks here (libvirt for
+# vagrant.yaml, lxc for vagrant-lxc.yaml); these add the sections it does not pick.
+@pytest.mark.parametrize("example, provider", [
+    pytest.param("vagrant.yaml", "virtualbox", id="vagrant-virtualbox"),
+    pytest.param("vagrant-lxc.yaml", "virtualbox", id="lxc-example-virtualbox"),
+    pytest.param("vagrant-lxc.yaml", "libvirt", id="lxc-example-libvirt"),
+])
+def test_the_virtualbox_and_libvirt_sections_validate(checkout, vagrant_env, vboxmanage_stub,
+                                                       tmp_path, example, provider):
+    manifest = render(CLUSTERS / example, tmp_path / "out")
+    env = {**vagrant_env, "VAGRANT_DEFAULT_PROVIDER": provider,
+           "PATH": f"{vboxmanage_stub}{os.pathsep}{vagrant_env['PATH']}"}
+    validated = vagrant(checkout, env, "validate", manifest=manifest)
+    assert validated.returncode == 0, validated.stderr
+    assert "Vagrantfile validated successfully" in validated.stdout
+
+
+def test_without_the_payload_validation_names_it(checkout, vagrant_env, tmp_path):
+    manifest = render(CLUSTERS / "vagrant.yaml", tmp_path / "out", payload=False)
+    validated = vagrant(checkout, {**vagrant_env, "VAGRANT_DEFAULT_PROVIDER": "libvirt"},
+                        "validate", manifest=manifest)
+    assert validated.returncode != 0
+    assert f"{tmp_path / 'out' / PAYLOAD} must exist" in validated.stderr
+
+
+def test_lxc_machines_join_the_bridge_with_their_address(checkout, vagrant_env, tmp_path):
+    if not HAS_VAGRANT_LXC:
+        pytest.skip("the vagrant-lxc plugin is not installed (apt-get install vagrant-lxc)")
+    manifest = render(CLUSTERS / "vagrant-lxc.yaml", tmp_path / "out")
+    machines = inspect(checkout, vagrant_env, manifest, "lxc", tmp_path)
+    assert [m["name"] for m in machines] == ["core-01", "core-02", "core-03"]
+    for i, machine in enumerate(machines, start=1):
+        assert machine["box"] == "provision/bookworm"
+        assert machine["private_ips"] == []  # LXC sets the address, not Vagrant
+        assert machine["lxc"] == {
+            "container_name": f"lxc-core-0{i}",
+            "customizations": [["net.0.type", "veth"], ["net.0.link", "br0"],
+                               ["net.0.flags", "up"],
+                               ["net.0.ipv4.address", f"172.17.8.10{i}/24"],
+                               ["net.0.ipv4.gateway", "172.17.8.1"]]}
 
 
 def test_each_machine_is_configured_from_its_node(checkout, vagrant_env, tmp_path):
-    ruby = shutil.which("ruby")
-    probe = subprocess.run([ruby or "ruby", "-e", 'require "vagrant"'], env=vagrant_env,
-                           capture_output=True, check=False) if ruby else None
-    if probe is None or probe.returncode != 0:
-        pytest.skip("the system ruby cannot load Vagrant's library (not Debian's vagrant?)")
     cluster = tmp_path / "boxed.yaml"
     cluster.write_text(textwrap.dedent(BOXED))
     manifest = render(cluster, tmp_path / "out")
-    validated = vagrant(checkout, vagrant_env, "validate", manifest=manifest)
+    validated = vagrant(checkout, {**vagrant_env, "VAGRANT_DEFAULT_PROVIDER": "libvirt"},
+                        "validate", manifest=manifest)
     assert validated.returncode == 0, validated.stderr
-    script = tmp_path / "inspect.rb"
-    script.write_text(INSPECT_RB)
-
-    run = subprocess.run([ruby, str(script), str(checkout)],
-                         env={**vagrant_env, "PROVISION_MANIFEST": str(manifest)},
-                         capture_output=True, text=True, timeout=180, check=False)
-    assert run.returncode == 0, run.stderr
-    machines = json.loads(run.stdout.splitlines()[-1])
+    machines = inspect(checkout, vagrant_env, manifest, "libvirt", tmp_path)
 
     nodes = json.loads(manifest.read_text())["nodes"]
     assert [m["name"] for m in machines] == [n["name"] for n in nodes] == ["box-01", "box-02"]
@@ -177,14 +263,18 @@ def test_each_machine_is_configured_from_its_node(checkout, vagrant_env, tmp_pat
         assert machine["libvirt"]["memory"] == settings["memory"]
         assert (machine["libvirt"]["graphics_type"] == "none") is not settings["gui"]
         assert machine["provisioners"] == [
+            {"name": "payload", "type": "file", "source": str(manifest.parent / PAYLOAD),
+             "destination": PAYLOAD_UPLOAD, "inline": None, "privileged": None},
             {"name": "user-data", "type": "file",
              "source": str(manifest.parent / node["user_data"]),
              "destination": USER_DATA_UPLOAD, "inline": None, "privileged": None},
-            {"name": "user-data-install", "type": "shell", "source": None,
-             "destination": None, "privileged": True,
-             "inline": f"mkdir -p /var/lib/coreos-vagrant && "
-                       f"mv {USER_DATA_UPLOAD} {USER_DATA_PATH}"},
+            {"name": "install", "type": "shell", "source": None, "destination": None,
+             "privileged": True, "inline": machine["provisioners"][2]["inline"]},
         ]
+        install = machine["provisioners"][2]["inline"]
+        assert f"tar -xf {PAYLOAD_UPLOAD} " in install
+        assert (f'sh "$payload/install-machine.sh" "$payload" {USER_DATA_UPLOAD} '
+                f'{node["ip"]} {node["ip"]}') in install
     assert [m["libvirt"]["cpus"] for m in machines] == [1, 2]
     assert [m["private_ips"] for m in machines] == [["172.17.9.11"], ["172.17.9.12"]]
 
