@@ -158,6 +158,7 @@ def load_yaml(text: str, file: str, *, keep_scalars: bool = False) -> MarkedDocu
     doc = MarkedDocument(file, None)
     if node is None:
         return doc
+    _check_expansion(node, file)
     converter = _Converter(doc, keep_scalars)
     doc.data = converter.convert(node, ())
     if converter.problems:
@@ -178,6 +179,40 @@ def _check_depth(text: str, file: str) -> None:
                                          f"YAML nested deeper than {MAX_DEPTH} levels")])
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+
+
+def _check_expansion(root: yaml.Node, file: str) -> None:
+    """Refuse an alias bomb from the composed graph's shape, before expanding anything.
+
+    An alias is the same node object wherever it is used, so each distinct node's expanded
+    size is measured once (the converter's own budget stays as a backstop). Without this a
+    bomb cost seconds of CPU to refuse."""
+    sizes: dict[int, int] = {}
+    measuring: set[int] = set()  # a node inside itself: the converter reports the depth
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in measuring or depth > MAX_DEPTH or isinstance(node, yaml.ScalarNode):
+            return 1  # too deep or inside itself: the converter says so
+        measuring.add(key)
+        children = ([n for pair in node.value for n in pair]
+                    if isinstance(node, yaml.MappingNode) else node.value)
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_VALUES:
+                mark = child.start_mark
+                raise UserError([Problem(file, mark.line + 1, mark.column + 1,
+                                         f"document expands to more than {MAX_VALUES} values "
+                                         "(an alias bomb?); write the values out or use "
+                                         "fewer aliases")])
+        measuring.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
 
 
 class _Converter:

@@ -30,19 +30,28 @@ class CaseTimeout(Exception):
 
 @contextmanager
 def bounded(seconds: float) -> Iterator[None]:
-    """Raise CaseTimeout in the main thread if the body runs longer than `seconds`."""
+    """Raise CaseTimeout in the main thread if the body spends more than `seconds` of CPU
+    (a spinning hang), or ten times that of wall time (a hang that waits). CPU time, not
+    wall time, is the bound that matters: on a busy machine a correct refusal can wait
+    for the CPU far longer than it computes."""
     def expired(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
-        raise CaseTimeout(f"no answer within {seconds} s: a hang on bad input")
+        raise CaseTimeout(f"no answer within {seconds} s of CPU: a hang on bad input")
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    remaining, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    timers = ((signal.SIGPROF, signal.ITIMER_PROF, seconds),
+              (signal.SIGALRM, signal.ITIMER_REAL, seconds * 10))
+    saved = []
+    for signum, timer, limit in timers:
+        previous = signal.signal(signum, expired)
+        remaining, _ = signal.setitimer(timer, limit)
+        saved.append((signum, timer, previous, remaining))
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if remaining:  # an outer bound was running: re-arm what is left of it
-            signal.setitimer(signal.ITIMER_REAL, remaining)
+        for signum, timer, previous, remaining in saved:
+            signal.setitimer(timer, 0)
+            signal.signal(signum, previous)
+            if remaining:  # an outer bound was running: re-arm what is left of it
+                signal.setitimer(timer, remaining)
 
 
 @dataclass
