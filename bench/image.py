@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.cli import main as provision_main  # noqa: E402
+from provision.cli.root import main as provision_main  # noqa: E402
 from provision.image.build import CACHE_ENV, ensure_image, image_problem  # noqa: E402
 from tests.support.etcd import wait_for  # noqa: E402
 from tests.support.machine import booted  # noqa: E402

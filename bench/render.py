@@ -22,9 +22,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.cli import main as provision_main  # noqa: E402
-from provision.cloudconfig_model import ResolvedDiscovery, node_cloud_config  # noqa: E402
-from provision.model_build import load_cluster  # noqa: E402
+from provision.cli.root import main as provision_main  # noqa: E402
+from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config  # noqa: E402
+from provision.spec.build import load_cluster  # noqa: E402
 
 
 def cluster_yaml(nodes: int) -> str:

@@ -29,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if config.verbosity <= 0 else (
         logging.INFO if config.verbosity == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from fleetd.daemon import Server
     from fleetd.runner.base import RunnerError
-    from fleetd.server import Server
 
     try:
         server = Server(config)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import main
+from provision.cli.root import main
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTERS = REPO / "clusters"

@@ -15,17 +15,17 @@ import pytest
 import yaml
 
 from fleetd.config import Config, ConfigError, load_config
+from fleetd.daemon import Server
 from fleetd.fleetctl.targets import unit_name_of
 from fleetd.runner.environment import NodeEnvironment
 from fleetd.runner.settings import parse_service_config
 from fleetd.runner.specifiers import SpecifierContext, expand_variables
 from fleetd.runner.state import StartError
-from fleetd.server import Server
 from fleetd.unit.names import parse_unit_name
 from fleetd.unit.unitfile import parse_unit_file
-from provision.cli import main
-from provision.desired import desired_units
-from provision.model_build import load_cluster
+from provision.apply.desired import desired_units
+from provision.cli.root import main
+from provision.spec.build import load_cluster
 from tests.support.etcd import wait_for
 
 

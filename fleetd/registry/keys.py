@@ -3,9 +3,9 @@
 All keys live under one configurable prefix P (default `/_coreos.com/fleet/`).
 
 key (under P)               value                                 writer  reader         lease
-unit/<hash>                 unit file text (canonical, not JSON)  API     engine, agent  -
-job/<name>                  {name, hash, desired}                 API     engine, API    -
-global/<name>               {name, hash, desired}                 API     agents, API    -
+unit/<hash>                 unit file text (canonical, not JSON)  API*    engine, agent  -
+job/<name>                  {name, hash, desired}                 API*    engine, API    -
+global/<name>               {name, hash, desired}                 API*    agents, API    -
 assign/<machine>/<name>     {hash, desired}                       engine  that agent     -
 machine/<id>                {id, publicIP, metadata, apiURL, ...} agent   engine, API    agent
 heartbeat/<id>              {seq, sent[, leaving]}                agent   engines        agent
@@ -13,6 +13,8 @@ fence/<id>                  {lease} of the machine fenced         engine  that a
 state/<name>/<machine>      {hash, load, active, sub, launched}   agent   API, engine    agent
 engine/leader               leader's machine id (text)            engine  engines, API   engine
 lock/apply                  {host, pid, since, step, ...}         apply   apply, plan    apply
+
+API*: and `provision apply`, through `Registry` in guarded transactions under `lock/apply`.
 
 Why this shape: an agent watches only `assign/<its id>/` and the small `global/`
 prefix, so a change to one unit wakes one agent, not the cluster. Global units
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 DEFAULT_PREFIX = "/_coreos.com/fleet/"
+# Where sidekicks announce services (the fleet guides' convention), outside the prefix.
+SERVICES_PREFIX = "/services/"
 
 
 class Kind(str, Enum):

@@ -23,9 +23,10 @@ import json
 from collections.abc import Iterable, Mapping
 
 from provision.image.recipe import BaseRecipe
+from provision.spec.model import LXC_BOX
 
 PROVIDERS = ("lxc",)
-BOX_NAME = "provision/bookworm"
+BOX_NAME = LXC_BOX
 BOX_VERSION = "0"  # what `vagrant box add` of a file records
 BOX_FORMAT = 1     # bump when the box layer's steps change
 BOX_FILE = "provision-bookworm-lxc.box"

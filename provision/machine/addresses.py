@@ -14,8 +14,8 @@ import ipaddress
 import shlex
 from collections.abc import Mapping
 
-from provision.cloudconfig.substitution import ENVIRONMENT, NAMES
 from provision.errors import UserError
+from provision.userdata.substitution import ENVIRONMENT, NAMES
 
 PAIRS = (("private_ipv4", "public_ipv4"), ("private_ipv6", "public_ipv6"))
 

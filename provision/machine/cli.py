@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from provision.cloudconfig.substitution import NAMES
 from provision.errors import Problem, UserError
+from provision.userdata.substitution import NAMES
 from provision.yamlmarks import MAX_BYTES
 
 DEFAULT_ENVIRONMENT_FILE = "/etc/environment"

@@ -1,7 +1,7 @@
 """A user-data file as what it asks of a machine (pure: text in, `MachineConfig` out).
 
 The file must pass provision's cloud-config validator (coreos-cloudinit's rules, see
-provision/cloudconfig/). Its warnings that still leave a clear meaning are applied
+provision/userdata/). Its warnings that still leave a clear meaning are applied
 and reported (an unknown or deprecated key: ignored, as coreos-cloudinit did; an
 empty value: the zero value); every other finding — a wrong type, an unknown unit
 command, an unquoted mode — refuses the whole file, before anything is applied. On top
@@ -20,8 +20,6 @@ from dataclasses import replace
 from typing import Any
 
 from fleetd.unit.names import UnitNameError, parse_unit_name
-from provision.cloudconfig import validate_user_data
-from provision.cloudconfig.substitution import ENVIRONMENT, substitute, variables_used
 from provision.errors import Problem, UserError
 from provision.machine.model import (
     COMMANDS,
@@ -35,7 +33,9 @@ from provision.machine.model import (
     UserSpec,
 )
 from provision.machine.services import service_files
-from provision.providers.local.boot import decode_content
+from provision.userdata import validate_user_data
+from provision.userdata.services import decode_content
+from provision.userdata.substitution import ENVIRONMENT, substitute, variables_used
 from provision.yamlmarks import MarkedDocument, Path_, load_yaml
 
 CORE_USER = "core"

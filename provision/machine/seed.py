@@ -9,7 +9,7 @@ run `provision cloudinit --from-file USER_DATA` in the machine to apply the chan
 
 from __future__ import annotations
 
-from provision.cloudconfig.substitution import ENVIRONMENT
+from provision.userdata.substitution import ENVIRONMENT
 
 USER_DATA = "/var/lib/provision/user-data"
 ENVIRONMENT_FILE = "/etc/environment"

@@ -27,8 +27,15 @@ from collections.abc import Mapping
 
 from fleetd.config import SETTINGS as FLEET_SETTINGS
 from provision.machine.model import RUNTIME_UNIT_DIR, Facts, UnitFileSpec
-from provision.providers.local.boot import ETCD_RENAMED, fleet_settings, setting_text
-from provision.providers.local.units import ETCD_UNIT, FLANNEL_UNIT, FLEET_UNIT, exec_line
+from provision.userdata.services import (
+    ETCD_RENAMED,
+    ETCD_UNIT,
+    FLANNEL_UNIT,
+    FLEET_UNIT,
+    exec_line,
+    fleet_settings,
+    setting_text,
+)
 
 CLOUDINIT_DROP_IN = "20-cloudinit.conf"
 ETCD_DATA_DIR = "/var/lib/etcd2"

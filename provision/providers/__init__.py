@@ -1,7 +1,7 @@
 """Providers bring a rendered cluster up, report on it and take it down.
 
 Every provider works from the same input: the `manifest.json` that `provision render`
-writes beside `user-data-1 … user-data-N` (see `provision.render.manifest`). Two exist:
+writes beside `user-data-1 … user-data-N` (see `provision.render.pipeline.manifest`). Two exist:
 
 - `local` (`provision.providers.local`): each node is a set of processes on its own loopback IP.
 - `vagrant` (`provision.providers.vagrant`): the top-level `Vagrantfile`, driven through

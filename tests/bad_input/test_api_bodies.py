@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fleetd.api import ApiError
 from fleetd.api.schema import UnitRequest, parse_unit_request
 from fleetd.config import Config
-from fleetd.server import Server
+from fleetd.daemon import Server
 from tests.bad_input.support import FUZZ, bounded, tally
 from tests.fleetd.test_api import UnixConnection, call
 from tests.support.etcd import wait_for

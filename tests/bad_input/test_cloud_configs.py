@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from provision.cli import main
-from provision.cloudconfig import validate_user_data
+from provision.cli.root import main
+from provision.userdata import validate_user_data
 from tests.bad_input.support import FUZZ, Outcome, assert_clear_refusal, bounded, tally
 
 H = "#cloud-config\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from provision.cli import main
+from provision.cli.root import main
 from tests.bad_input.support import Outcome, assert_clear_refusal, snapshot
 
 BASE = "name: demo\nnodes: {count: 1}\n"

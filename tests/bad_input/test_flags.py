@@ -16,7 +16,7 @@ import pytest
 
 from fleetd.cli import main as fleetd_main
 from fleetd.fleetctl.main import run as fleetctl_run
-from provision.cli import main as provision_main
+from provision.cli.root import main as provision_main
 from tests.bad_input.support import Outcome
 from tests.conftest import REPO
 
@@ -146,7 +146,7 @@ def test_zero_block_timeout_means_wait_forever_and_is_accepted():
 
 def test_the_console_scripts_exit_2_with_one_line():
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for argv, flag in ((command + ["apply", "c.yaml", "--timeout", "nan"], "--timeout"),
                        ([sys.executable, "-m", "fleetd.cli", "--agent-ttl", "-5"],

@@ -14,7 +14,7 @@ from fleetd.fleetctl.main import run as fleetctl
 from fleetd.unit.names import UnitNameError, parse_unit_name
 from fleetd.unit.unitfile import UnitFileError, parse_unit_file, split_command_line
 from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
-from provision.cli import main
+from provision.cli.root import main
 from tests.bad_input.support import FUZZ, Outcome, assert_clear_refusal, bounded, tally
 
 BAD_NAMES = {

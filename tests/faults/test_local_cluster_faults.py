@@ -34,9 +34,9 @@ from rich.console import Console
 
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
-from provision.desired import desired_units
-from provision.model_build import load_cluster
+from provision.apply.desired import desired_units
 from provision.providers.local import provider, state
+from provision.spec.build import load_cluster
 from tests.support.etcd import wait_for
 from tests.support.faults import (
     DEBIAN_ETCD,
@@ -141,7 +141,7 @@ class LocalCluster:
                 "PYTHONPATH": str(REPO), "ETCD_BIN": DEBIAN_ETCD}
 
     def provision(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "provision.cli", *argv],
+        return subprocess.run([sys.executable, "-m", "provision.cli.root", *argv],
                               capture_output=True, text=True, timeout=timeout,
                               cwd=self.env.base, stdin=subprocess.DEVNULL, env=self.environ())
 
@@ -541,8 +541,8 @@ def app_set(run_dir: Path, version: str) -> dict:
 def plan_left(cluster: LocalCluster, path: Path) -> list[str]:
     """What `provision plan --prune` would still do (as `--detailed-exitcode` judges it),
     computed here rather than in one more CLI process per trial."""
-    from provision.apply import read_actual
-    from provision.planner import plan
+    from provision.apply.planner import plan
+    from provision.apply.run import read_actual
 
     model = load_cluster(str(path))[0]
     assert cluster.registry is not None
@@ -601,7 +601,7 @@ def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster, l
         paced = time.monotonic() + 3.0
         target = plan_b if current == plan_a else plan_a
         delay = rng.uniform(0.15, 2.5)
-        process = subprocess.Popen([sys.executable, "-m", "provision.cli", "apply",
+        process = subprocess.Popen([sys.executable, "-m", "provision.cli.root", "apply",
                                     str(target), "--prune", "--timeout", "40"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    stdin=subprocess.DEVNULL, cwd=cluster.env.base,

@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from fleetd.api import Api, ApiError, ApiServer
 from fleetd.api.encode import decode_token, paginate
 from fleetd.config import Config, ConfigError, load_config
+from fleetd.daemon import Server
 from fleetd.job import JobState
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry, encode
-from fleetd.server import Server
 from fleetd.unit.unitfile import content_hash, parse_unit_file, serialize
 from tests.support.etcd import free_port, wait_for
 

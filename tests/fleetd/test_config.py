@@ -74,7 +74,7 @@ def test_fleetd_exits_2_on_bad_config(capsys):
     ([], {"FLEET_RUNNER": "systemd"}, "systemd"),
 ], ids=["process", "local-node", "no-bus", "env"])
 def test_runner_choice(argv, env, kind, monkeypatch):
-    from fleetd.server import runner_kind
+    from fleetd.daemon import runner_kind
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -8,12 +8,12 @@ import uuid
 
 import pytest
 
+from fleetd.daemon import machine_id
 from fleetd.engine.engine import Engine
 from fleetd.job import JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
-from fleetd.server import machine_id
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import wait_for
 

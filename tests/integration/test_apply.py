@@ -23,10 +23,10 @@ from fleetd.job import JobState
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import Registry
 from fleetd.unit.unitfile import content_hash, parse_unit_file
-from provision import apply as apply_module
+from provision.apply import run as apply_module
 from provision.errors import OperationFailed
-from provision.model_build import load_cluster
 from provision.providers.local.etcdbin import find_etcd
+from provision.spec.build import load_cluster
 from tests.support.etcd import wait_for
 from tests.support.localenv import REPO, UP_TIMEOUT, Env
 
@@ -44,7 +44,7 @@ class Cluster:
 
     def provision(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
         exe = shutil.which("provision")
-        command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+        command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
         return subprocess.run([*command, *argv], capture_output=True, text=True,
                               timeout=timeout, cwd=self.env.base, stdin=subprocess.DEVNULL,
                               env={**os.environ, "PROVISION_STATE": str(self.env.state_root),
@@ -374,7 +374,7 @@ def test_sigkill_during_a_rolling_apply_leaves_old_or_new_and_the_next_apply_con
     path = cluster.declare("kill2", [{**WEB_SET, "file": "units-kill2/web@.service"}],
                            {"web@.service": v3})
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
     applying = subprocess.Popen([*command, "apply", str(path)], cwd=cluster.env.base,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PROVISION_STATE": str(cluster.env.state_root),

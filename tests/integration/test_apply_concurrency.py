@@ -24,7 +24,7 @@ import pytest
 
 from fleetd.registry.apply_lock import ApplyLockStore
 from fleetd.registry.registry import Registry
-from provision.apply_lock import LOCK_TTL_S
+from provision.apply.lock import LOCK_TTL_S
 from tests.integration.test_apply import WEB, WEB_SET, Cluster
 from tests.support.etcd import wait_for
 from tests.support.localenv import REPO, UP_TIMEOUT, Env
@@ -48,7 +48,7 @@ def cluster():
 
 def start(cluster: Cluster, *argv: str) -> subprocess.Popen:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
     return subprocess.Popen([*command, *argv], cwd=cluster.env.base, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import main as provision_main
+from provision.cli.root import main as provision_main
 from provision.machine.seed import seed_files
 from tests.support.etcd import wait_for
 from tests.support.machine import PROVISION, booted, machine_image, machine_problem  # noqa: F401

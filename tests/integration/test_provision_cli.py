@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from provision import lifecycle_cli
-from provision.cli import main
+from provision.cli import lifecycle as lifecycle_cli
+from provision.cli.root import main
 from provision.providers.vagrant import VagrantProvider
 from tests.conftest import CLUSTERS
 from tests.support import fake_vagrant
@@ -27,7 +27,7 @@ from tests.support.localenv import (
 
 def provision(env: Env, *argv: str) -> subprocess.CompletedProcess:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120,
                           cwd=env.base, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PROVISION_STATE": str(env.state_root),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import main as provision_main
+from provision.cli.root import main as provision_main
 from tests.conftest import CLUSTERS, REPO
 from tests.support.etcd import wait_for
 from tests.support.vagrant_lxc import lxc_cluster, vagrant_lxc_problem

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from provision.apply_lock import _machine, _start_time, describe, holder_gone
+from provision.apply.lock import _machine, _start_time, describe, holder_gone
 
 SINCE = time.mktime((2024, 5, 1, 12, 2, 33, 0, 0, -1))
 

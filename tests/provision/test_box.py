@@ -21,7 +21,7 @@ from provision.box.payload import (
 )
 from provision.errors import UserError
 from provision.image import recipe as image_recipe
-from provision.model_build import load_cluster
+from provision.spec.build import load_cluster
 from tests.conftest import CLUSTERS
 
 

@@ -14,7 +14,7 @@ from tests.conftest import CLUSTERS, REPO
 
 def provision(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=60,
                           cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)
@@ -88,8 +88,8 @@ def test_validate_user_data_warnings_pass_unless_strict(tmp_path):
 
 def test_an_unreachable_etcd_no_command_foresaw_is_still_one_line(monkeypatch, capsys):
     from fleetd.registry.etcd import RegistryUnavailable
-    from provision import apply_cli
-    from provision.cli import main
+    from provision.cli import apply as apply_cli
+    from provision.cli.root import main
 
     def unforeseen(args) -> int:  # noqa: ANN001
         raise RegistryUnavailable("etcd unreachable: UNAVAILABLE: connection refused")

@@ -13,14 +13,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.cloudconfig import validate_user_data
-from provision.cloudconfig.rules import CLOUD_CONFIG, LIST, MAPPING, WRITE_FILE, Field
-from provision.cloudconfig.write_files import (
+from provision.errors import Problem
+from provision.userdata import validate_user_data
+from provision.userdata.rules import CLOUD_CONFIG, LIST, MAPPING, WRITE_FILE, Field
+from provision.userdata.write_files import (
     UndecodableContent,
     decode_content,
     on_read_only_usr,
 )
-from provision.errors import Problem
 
 FILE = "user-data-1"
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from provision.cli import main
-from provision.cloudconfig import validate_user_data
+from provision.cli.root import main
+from provision.userdata import validate_user_data
 
 H = "#cloud-config\n"
 E, W, I = "error", "warning", "info"  # noqa: E741 - report.go's three levels

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from provision.discovery import mark_spent
+from provision.render.discovery import mark_spent
 
 
 class FakeDiscoveryService:

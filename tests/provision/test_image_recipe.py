@@ -44,7 +44,7 @@ def test_the_source_digest_is_order_independent_and_content_sensitive():
 @pytest.mark.parametrize("path, included", [
     pytest.param("pyproject.toml", True, id="pyproject"),
     pytest.param("README.md", True, id="readme"),
-    pytest.param("provision/cli.py", True, id="module"),
+    pytest.param("provision/cli/root.py", True, id="module"),
     pytest.param("provision/machine/units/provision-cloudinit.service", True, id="data"),
     pytest.param("provision/__pycache__/cli.cpython-311.pyc", False, id="bytecode"),
     pytest.param("fleetd/x.pyc", False, id="pyc"),

@@ -14,15 +14,15 @@ from fleetd.runner.settings import parse_service_config
 from fleetd.runner.specifiers import SpecifierContext, expand_variables
 from fleetd.unit.names import parse_unit_name
 from fleetd.unit.unitfile import parse_unit_file
-from provision.discovery import resolve
 from provision.errors import UserError
-from provision.model_build import load_cluster
 from provision.providers.local import dns
 from provision.providers.local.boot import NodeDirs, narrow_urls, plan_node
 from provision.providers.local.etcdbin import parse_version, version_warning
 from provision.providers.local.units import FLANNEL_NOTE, Tools, exec_line
-from provision.render import manifest as render_manifest
-from provision.render import render_cluster
+from provision.render.discovery import resolve
+from provision.render.pipeline import manifest as render_manifest
+from provision.render.pipeline import render_cluster
+from provision.spec.build import load_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Tools(etcd="/opt/etcd/etcd", etcdctl="/opt/etcd/etcdctl", python="/usr/bin/python3",

@@ -12,7 +12,6 @@ from importlib import resources
 import pytest
 
 from fleetd.unit.unitfile import parse_unit_file
-from provision.cloudconfig.substitution import substitute, variables_used
 from provision.errors import Problem, UserError
 from provision.machine.addresses import machine_addresses, parse_environment_file
 from provision.machine.config import blocks_apply, parse_machine_config
@@ -51,6 +50,7 @@ from provision.machine.services import (
     flannel_variables,
     fleet_variables,
 )
+from provision.userdata.substitution import substitute, variables_used
 
 FACTS = Facts(etcd="/usr/bin/etcd", etcd_user="etcd", etcdctl="/usr/bin/etcdctl",
               fleetd=("/usr/local/bin/fleetd",), flanneld=None, sudo=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import provision.output as output
+import provision.render.output as output
 from tests.conftest import CLUSTERS
 
 

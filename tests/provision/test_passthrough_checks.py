@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from provision.cloudconfig import validate_user_data
-from provision.cloudconfig.sections import check_section
+from provision.userdata import validate_user_data
+from provision.userdata.sections import check_section
 
 CLUSTER = """\
 name: demo

@@ -11,11 +11,11 @@ from fleetd.registry.registry import UnitStateRecord
 from fleetd.runner.base import UnitStatus
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.unit.xfleet import parse_fleet_options
-from provision.convergence import CHANGED, FAILED, WAITING, lagging
-from provision.desired import desired_units, owner_of
+from provision.apply.convergence import CHANGED, FAILED, WAITING, lagging
+from provision.apply.desired import desired_units, owner_of
+from provision.apply.planner import Action, ActualUnit, plan
 from provision.errors import UserError
-from provision.model_build import load_cluster
-from provision.planner import Action, ActualUnit, plan
+from provision.spec.build import load_cluster
 
 WEB = """\
 [Unit]

@@ -8,9 +8,9 @@ import stat
 import pytest
 import yaml
 
-from provision.cloudconfig_model import ResolvedDiscovery, node_cloud_config
-from provision.model_build import load_cluster
-from provision.render import render_cluster
+from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
+from provision.render.pipeline import render_cluster
+from provision.spec.build import load_cluster
 from tests.conftest import CLUSTERS
 
 EXAMPLES = sorted(p.name for p in CLUSTERS.glob("*.yaml"))

@@ -13,16 +13,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.cloudconfig import validate_user_data
-from provision.cloudconfig.substitution import (
+from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
+from provision.render.pipeline import render_cluster
+from provision.spec.build import load_cluster
+from provision.userdata import validate_user_data
+from provision.userdata.substitution import (
     PRIVATE_IPV4,
     PUBLIC_IPV4,
     boot_substitute,
     pre_substitute,
 )
-from provision.cloudconfig_model import ResolvedDiscovery, node_cloud_config
-from provision.model_build import load_cluster
-from provision.render import render_cluster
 from provision.yamltext import scalar
 from tests.conftest import CLUSTERS
 

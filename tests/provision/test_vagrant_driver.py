@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from provision.cli import main
+from provision.cli.root import main
 from provision.errors import OperationFailed, UserError
 from provision.providers import FAILED, READY, STARTING, STOPPED, STOPPING, NodeStatus
 from provision.providers.vagrant import NOT_INSTALLED, VagrantProvider, read_manifest

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.cli import main
+from provision.cli.root import main
 from provision.errors import OperationFailed
 from provision.providers import NodeStatus
 from provision.providers.vagrant import VagrantProvider

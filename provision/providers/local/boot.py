@@ -15,9 +15,6 @@ data and state live in the node directory, every etcd serves the v2 API too
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,13 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from provision.cloudconfig.substitution import (
-    PRIVATE_IPV4,
-    PRIVATE_IPV6,
-    PUBLIC_IPV4,
-    PUBLIC_IPV6,
-    boot_substitute,
-)
+from fleetd.registry.keys import DEFAULT_PREFIX
 from provision.errors import Problem, UserError
 from provision.providers.local.units import (
     ETCD_UNIT,
@@ -40,6 +31,19 @@ from provision.providers.local.units import (
     Tools,
     UnitPlan,
     node_units,
+)
+from provision.userdata.services import (
+    ETCD_RENAMED,
+    decode_content,
+    fleet_settings,
+    setting_text,
+)
+from provision.userdata.substitution import (
+    PRIVATE_IPV4,
+    PRIVATE_IPV6,
+    PUBLIC_IPV4,
+    PUBLIC_IPV6,
+    boot_substitute,
 )
 
 # etcd 3.5 flags an etcd2 section may carry through unchanged (`etcd --help`).
@@ -61,8 +65,6 @@ experimental-initial-corrupt-check experimental-corrupt-check-time
 experimental-enable-lease-checkpoint experimental-compaction-batch-limit
 experimental-watch-progress-notify-interval experimental-warning-apply-duration
 """.split())
-# etcd2 names that etcd 3 spells differently.
-ETCD_RENAMED = {"ca-file": "trusted-ca-file", "peer-ca-file": "peer-trusted-ca-file"}
 URL_FLAGS = ("listen-client-urls", "listen-peer-urls", "advertise-client-urls",
              "initial-advertise-peer-urls", "listen-metrics-urls")
 NARROWED_HOSTS = ("0.0.0.0", "::", "[::]", "", "localhost", "127.0.0.1")
@@ -223,12 +225,6 @@ def narrow_urls(value: str, ip: str) -> str:
     return ",".join(out)
 
 
-def setting_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _proxy_on(value: object) -> bool:
     return value is True or str(value).lower() in ("on", "readonly", "true")
 
@@ -288,20 +284,6 @@ def _client_url(advertised: str, listened: str, ip: str) -> str:
 
 # -- fleet -----------------------------------------------------------------------------------------
 
-def fleet_settings(section: Mapping, settings: frozenset[str], notes: list[str]
-                   ) -> dict[str, str]:
-    """The fleet section as fleetd settings: {setting name (underscores): text}. A key that
-    is no fleetd setting is noted and left out (fleetd would ignore it silently)."""
-    given: dict[str, str] = {}
-    for key, value in section.items():
-        name = str(key).replace("-", "_")
-        if name not in settings:
-            notes.append(f"fleet `{key}` is not a fleetd setting; left out")
-            continue
-        given[name] = setting_text(value)
-    return given
-
-
 def fleetd_command(section: Mapping, *, dirs: NodeDirs, tools: Tools,
                    settings: frozenset[str], api_socket_flag: bool, notes: list[str]
                    ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
@@ -324,7 +306,7 @@ def fleetd_command(section: Mapping, *, dirs: NodeDirs, tools: Tools,
         argv += ["--api-socket", str(dirs.fleet / "fleet.sock")]
     servers = tuple(s.strip() for s in given.get("etcd_servers", "http://127.0.0.1:2379")
                     .split(",") if s.strip())
-    prefix = given.get("etcd_key_prefix", "/_coreos.com/fleet/")
+    prefix = given.get("etcd_key_prefix", DEFAULT_PREFIX)
     return tuple(argv), servers, prefix if prefix.endswith("/") else prefix + "/"
 
 
@@ -368,27 +350,3 @@ def _mode(value: object) -> int:
     if not 0 <= mode <= 0o7777:
         raise ValueError(value)
     return mode
-
-
-def decode_content(text: str, encoding: object) -> bytes:
-    """coreos-cloudinit's write_files encodings: base64 (b64), gzip (gz), and both."""
-    kind = str(encoding or "").lower()
-    if kind in ("", "none"):
-        return text.encode("utf-8")
-    data = text.encode("utf-8")
-    if kind in ("b64", "base64", "gz+b64", "gzip+b64", "gz+base64", "gzip+base64"):
-        try:
-            # Line breaks are fine (as Go's decoder takes them); anything else outside
-            # the alphabet is an error, not silently dropped.
-            data = base64.b64decode(b"".join(data.split()), validate=True)
-        except binascii.Error as err:
-            raise ValueError(f"content is not valid base64: {err}") from None
-        kind = kind.partition("+")[0] if "+" in kind else ""
-    if kind in ("gz", "gzip"):
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"content is not valid gzip data: {err}") from None
-    if kind:
-        raise ValueError(f"unknown encoding {encoding!r} (known: b64, gz, gz+b64)")
-    return data

@@ -23,7 +23,7 @@ from provision.providers.local.boot import FileWrite, NodeBoot, NodeDirs, plan_n
 from provision.providers.local.control import repo_root
 from provision.providers.local.etcdbin import EtcdBinaries
 from provision.providers.local.units import Tools, UnitPlan
-from provision.render import MANIFEST
+from provision.render.pipeline import MANIFEST
 
 
 def read_manifest(rendered: Path) -> dict:
@@ -60,7 +60,7 @@ def plan_cluster(state_dir: Path, manifest: dict, binaries: EtcdBinaries) -> lis
 
 def machine_id(dirs: NodeDirs) -> str:
     """The node's machine id: kept in fleetd's state dir (where fleetd reads it) across runs."""
-    from fleetd.server import machine_id as fleetd_machine_id
+    from fleetd.daemon import machine_id as fleetd_machine_id
 
     return fleetd_machine_id(dirs.fleet)
 

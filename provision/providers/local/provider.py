@@ -25,10 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from provision import discovery as render_discovery
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import disk_error, is_disk_error
-from provision.model import DiscoveryMode
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
 from provision.providers.local.discovery import write_size
@@ -48,6 +46,8 @@ from provision.providers.local.membership import (
 from provision.providers.local.progress import Progress
 from provision.providers.local.units import ETCD_UNIT, UnitPlan, system_unit
 from provision.providers.local.waiter import Waiter, lost_members, prober_for
+from provision.render import discovery as render_discovery
+from provision.spec.model import DiscoveryMode
 
 DEFAULT_TIMEOUT = 120.0
 POLL_S = 0.1
@@ -69,9 +69,9 @@ def cluster_state_dir(name: str, state_root: str | Path | None = None) -> Path:
 def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
        state_root: str | Path | None = None, console: Console | None = None) -> int:
     """Bring the cluster up (or check that it is); 0 once every node is healthy."""
-    from provision.model_build import load_cluster
-    from provision.output import write_rendered
-    from provision.render import render_cluster
+    from provision.render.output import write_rendered
+    from provision.render.pipeline import render_cluster
+    from provision.spec.build import load_cluster
 
     deadline = time.monotonic() + timeout
     console = console or Console(stderr=True)
@@ -191,7 +191,7 @@ def _boot(state_dir: Path, manifest: dict, waiter: Waiter, deadline: float) -> N
     waiter.wait(names, generation, deadline)
 
 
-def _check_local_network(cluster) -> None:  # noqa: ANN001 - a provision.model.Cluster
+def _check_local_network(cluster) -> None:  # noqa: ANN001 - a provision.spec.model.Cluster
     loopback = ipaddress.ip_network("127.0.0.0/8")
     if not cluster.network.subnet_of(loopback):
         raise UserError([Problem(cluster.source, None, None,
@@ -216,7 +216,7 @@ def locate(cluster: str | Path, state_root: str | Path | None = None) -> Path:
     """The state directory of a cluster given as a YAML path or a name; it must exist."""
     text = str(cluster)
     if text.endswith((".yaml", ".yml")) or os.sep in text:
-        from provision.model_build import load_cluster
+        from provision.spec.build import load_cluster
 
         name = load_cluster(text)[0].name
     else:

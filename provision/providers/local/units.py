@@ -12,10 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetd.unit.unitfile import UnitFile, UnitFileError, parse_unit_file, serialize
+from provision.userdata.services import ETCD_UNIT, FLANNEL_UNIT, FLEET_UNIT, exec_line
 
-ETCD_UNIT = "etcd2.service"
-FLEET_UNIT = "fleet.service"
-FLANNEL_UNIT = "flanneld.service"
 ETCD_UNIT_ALIASES = (ETCD_UNIT, "etcd.service", "etcd-member.service")
 FLANNEL_NOTE = ("flanneld cannot run on a local node (it needs root and a VXLAN/TUN device); "
                 "only its drop-in's ExecStartPre runs, so the network config still lands in "
@@ -39,19 +37,6 @@ class UnitPlan:
     name: str
     text: str  # the merged unit file
     start: bool
-
-
-def exec_line(argv: tuple[str, ...] | list[str]) -> str:
-    """An Exec*= value that the unit-file reader splits back into exactly `argv`."""
-    words = []
-    for word in argv:
-        escaped = word.replace("%", "%%").replace("$", "$$")
-        if escaped and not any(c in escaped for c in " \t\n\"'\\;"):
-            words.append(escaped)
-        else:
-            words.append('"' + escaped.replace("\\", "\\\\").replace('"', '\\"')
-                         .replace("\n", "\\n") + '"')
-    return " ".join(words)
 
 
 def system_unit(description: str, argv: tuple[str, ...], *, after: str = "",

@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fleetd.registry.keys import DEFAULT_PREFIX
 from provision.errors import OperationFailed
 from provision.files import disk_error, write_atomic
 from provision.providers.local import control, nodes, state
@@ -26,7 +27,6 @@ from provision.providers.local.progress import COLUMNS, Progress
 from provision.providers.local.units import ETCD_UNIT, FLEET_UNIT
 
 POLL_S = 0.1
-DEFAULT_PREFIX = "/_coreos.com/fleet/"
 
 
 def prober_for(state_dir: Path, manifest: dict, boots: list[NodeBoot]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from provision.cloudconfig.substitution import pre_substitute
-from provision.model import (
+from provision.spec.model import (
     SUBSTITUTION_PRIVATE,
     SUBSTITUTION_PUBLIC,
     Cluster,
@@ -19,7 +18,9 @@ from provision.model import (
     Node,
     NodeUnit,
     WriteFile,
+    dashed,
 )
+from provision.userdata.substitution import pre_substitute
 
 NETWORK_DROP_IN = "50-network-config.conf"
 
@@ -49,11 +50,6 @@ def addresses(cluster: Cluster, node: Node) -> Addresses:
     peer_host = (f"{node.name}.{domain}" if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
                  else private)
     return Addresses(private, public, peer_host)
-
-
-def dashed(key: str) -> str:
-    """A passed-through key as the template writes it (the seeds' dashed style)."""
-    return key.replace("_", "-")
 
 
 def member_client_urls(cluster: Cluster) -> list[str]:
@@ -166,7 +162,7 @@ def _unit_dict(unit: NodeUnit) -> dict:
 
 
 def system_units(cluster: Cluster) -> list[NodeUnit]:
-    from provision.model import DropIn
+    from provision.spec.model import DropIn
 
     units = [NodeUnit("etcd2.service", command="start"), NodeUnit("fleet.service", command="start")]
     if cluster.flannel is not None:

@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from provision.discovery import CACHE_FILE
 from provision.errors import Problem, UserError
 from provision.files import disk_error, is_disk_error
-from provision.render import GENERATOR, MANIFEST, RenderedFile
+from provision.render.discovery import CACHE_FILE
+from provision.render.pipeline import GENERATOR, MANIFEST, RenderedFile
 
 
 def is_rendered_dir(path: Path) -> bool:
@@ -29,6 +29,11 @@ def is_rendered_dir(path: Path) -> bool:
         return json.loads((path / MANIFEST).read_text()).get("generator") == GENERATOR
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def default_output_dir(cluster_name: str) -> Path:
+    """Where `render` writes a cluster without -o, and where `up` finds it."""
+    return Path("out") / cluster_name
 
 
 def write_rendered(out_dir: Path, files: Iterable[RenderedFile],

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from provision.cloudconfig.rules import canonical
-from provision.cloudconfig.validate import validate_user_data
+from provision.userdata.rules import canonical
+from provision.userdata.validate import validate_user_data
 from provision.yamltext import scalar
 
 _SERVICES = {"etcd2": ("etcd2.service", "ETCD_"), "fleet": ("fleet.service", "FLEET_")}

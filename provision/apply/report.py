@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from provision.planner import Action, Change, Plan
+from provision.apply.planner import Action, Change, Plan
 
 SIGNS = {Action.CREATE: ("+", "green"), Action.REPLACE: ("~", "yellow"),
          Action.STATE: ("~", "cyan"), Action.DESTROY: ("-", "red")}

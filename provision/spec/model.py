@@ -1,7 +1,7 @@
 """The typed cluster model: what a validated cluster definition means.
 
 Every value here is frozen and already checked; renderers and providers read
-it and never re-validate. `provision.model_build` is the only constructor.
+it and never re-validate. `provision.spec.build` is the only constructor.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
 
+from fleetd.registry.keys import DEFAULT_PREFIX
+
 DEFAULT_DISCOVERY_SERVICE = "https://discovery.etcd.io"
-DEFAULT_FLEET_PREFIX = "/_coreos.com/fleet/"
+DEFAULT_FLEET_PREFIX = DEFAULT_PREFIX  # fleetd's own default, spelled once
 DEFAULT_FLANNEL_PREFIX = "/coreos.com/network"
 SUBSTITUTION_PRIVATE = "$private_ipv4"
 SUBSTITUTION_PUBLIC = "$public_ipv4"
@@ -59,9 +61,12 @@ class NodeUnit:
     drop_ins: tuple[DropIn, ...] = ()
 
 
+LXC_BOX = "provision/bookworm"  # the box `provision box build --provider lxc` adds
+
+
 @dataclass(frozen=True)
 class VagrantSettings:
-    box: str = "debian/bookworm64"  # provider lxc: provision/bookworm (`provision box build`)
+    box: str = "debian/bookworm64"  # provider lxc: LXC_BOX
     box_url: str | None = None
     box_version: str | None = None
     cpus: int = 1
@@ -198,3 +203,8 @@ class Cluster:
     def initial_cluster(self) -> str:
         """etcd's `initial-cluster`: every member's name and peer URL."""
         return ",".join(f"{m.name}=http://{m.ip}:{self.etcd.peer_port}" for m in self.members)
+
+
+def dashed(key: str) -> str:
+    """A passed-through key as the template writes it (the seeds' dashed style)."""
+    return key.replace("_", "-")

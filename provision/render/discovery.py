@@ -20,10 +20,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from provision.cloudconfig_model import ResolvedDiscovery
 from provision.errors import Problem, UserError
 from provision.files import write_atomic
-from provision.model import Cluster, DiscoveryMode
+from provision.render.cloudconfig import ResolvedDiscovery
+from provision.spec.model import Cluster, DiscoveryMode
 
 CACHE_FILE = "discovery.json"
 _TOKEN_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~%/-]*)?$")

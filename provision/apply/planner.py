@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from fleetd.job import JobState
-from provision.desired import DesiredUnit
+from provision.apply.desired import DesiredUnit
 
 
 class Action(str, Enum):

@@ -15,7 +15,7 @@ from fleetd.unit.names import UnitName, UnitNameError, parse_unit_name
 from fleetd.unit.unitfile import UnitFile, UnitFileError, UnitOption, parse_unit_file
 from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
 from provision.errors import Problem
-from provision.model import Sidekick, UnitSet
+from provision.spec.model import Sidekick, UnitSet
 from provision.yamlmarks import MarkedDocument
 
 ReadText = Callable[[Path], str]

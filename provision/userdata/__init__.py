@@ -2,6 +2,6 @@
 validation (`coreos-cloudinit -validate`), `write_files` decoding and `$private_ipv4`
 substitution."""
 
-from provision.cloudconfig.validate import is_cloud_config, validate_user_data
+from provision.userdata.validate import is_cloud_config, validate_user_data
 
 __all__ = ["is_cloud_config", "validate_user_data"]

@@ -67,7 +67,7 @@ def resolve(cluster: str | None, provider: str | None) -> Target:
             raise UserError("name a cluster (its YAML file or its name): no cluster has been "
                             "brought up with `provision up CLUSTER.yaml` on this machine yet")
     if _is_yaml_path(cluster):
-        from provision.model_build import load_cluster
+        from provision.spec.build import load_cluster
 
         model, _warnings = load_cluster(cluster)
         return Target(model.name, provider or model.provider, cluster)
@@ -75,8 +75,8 @@ def resolve(cluster: str | None, provider: str | None) -> Target:
 
 
 def _vagrant_manifest(target: Target) -> Path:
-    from provision.cli import default_output_dir
-    from provision.render import MANIFEST
+    from provision.render.output import default_output_dir
+    from provision.render.pipeline import MANIFEST
 
     manifest = default_output_dir(target.name) / MANIFEST
     if not manifest.is_file():
@@ -113,18 +113,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     code = local.up(target.yaml, timeout=args.timeout, console=_console())
     if code != 0:
         return code
-    from provision.apply_cli import apply_after_up
+    from provision.cli.apply import apply_after_up
 
     return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)),
                           no_wait=args.no_wait)
 
 
 def _up_vagrant(target: Target) -> int:
-    from provision import discovery
-    from provision.cli import default_output_dir
-    from provision.model_build import load_cluster
-    from provision.output import write_rendered
-    from provision.render import MANIFEST, render_cluster
+    from provision.render import discovery
+    from provision.render.output import default_output_dir, write_rendered
+    from provision.render.pipeline import MANIFEST, render_cluster
+    from provision.spec.build import load_cluster
 
     cluster, warnings = load_cluster(target.yaml)
     for problem in warnings:
@@ -147,7 +146,7 @@ def _print_progress(node: str, phase: str, detail: str) -> None:
 def cmd_down(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
     if target.provider == "vagrant":
-        from provision import discovery
+        from provision.render import discovery
         manifest = _vagrant_manifest(target)
         _vagrant().down(manifest, purge=args.purge, progress=_print_progress)
         if args.purge:

@@ -30,7 +30,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from provision.cloudconfig.rules import (
+from provision.errors import Problem, UserError, did_you_mean
+from provision.userdata.rules import (
     BOOL,
     CLOUD_CONFIG,
     ENCODINGS,
@@ -42,13 +43,12 @@ from provision.cloudconfig.rules import (
     Field,
     canonical,
 )
-from provision.cloudconfig.write_files import (
+from provision.userdata.write_files import (
     UndecodableContent,
     decode_content,
     gzip_body_problem,
     on_read_only_usr,
 )
-from provision.errors import Problem, UserError, did_you_mean
 from provision.yamlmarks import MarkedDocument, Path_, load_yaml, value_kind
 
 HEADER = "#cloud-config"

@@ -1,9 +1,9 @@
 """Cluster model → the files of a rendered cluster (pure: text in memory).
 
-`render_cluster` returns every file's name, text and mode; `provision.output`
+`render_cluster` returns every file's name, text and mode; `provision.render.output`
 writes them atomically. Layout and wording of the cloud-configs live in the
 Jinja2 templates under `templates/`; values come from
-`provision.cloudconfig_model`, which the tests compare the output against.
+`provision.render.cloudconfig`, which the tests compare the output against.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import jinja2
 
-from provision.cloudconfig_model import (
+from provision.render.cloudconfig import (
     ResolvedDiscovery,
     member_client_urls,
     node_cloud_config,
 )
-from provision.model import Cluster, DiscoveryMode, EtcdRole
+from provision.spec.model import Cluster, DiscoveryMode, EtcdRole
 from provision.yamltext import block, scalar
 
 MANIFEST = "manifest.json"
@@ -41,7 +41,7 @@ class RenderedFile:
 
 def templates_dir() -> Path:
     override = os.environ.get("PROVISION_TEMPLATES")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "templates"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "templates"
 
 
 @lru_cache(maxsize=4)

@@ -26,12 +26,18 @@ from fleetd.engine.scheduler import ClusterView, schedule
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import MAX_TXN_OPS, JobWrite, Registry
 from fleetd.unit.unitfile import parse_unit_file
-from provision.apply_lock import ApplyLock, LockLost
-from provision.convergence import CHANGED, FAILED, Lag, lagging
-from provision.desired import DesiredUnit, desired_units, etcd_endpoints, fleet_prefix, owner_of
+from provision.apply.convergence import CHANGED, FAILED, Lag, lagging
+from provision.apply.desired import (
+    DesiredUnit,
+    desired_units,
+    etcd_endpoints,
+    fleet_prefix,
+    owner_of,
+)
+from provision.apply.lock import ApplyLock, LockLost
+from provision.apply.planner import Action, ActualUnit, Change, Plan, Step, plan
 from provision.errors import OperationFailed
-from provision.model import Cluster
-from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
+from provision.spec.model import Cluster
 
 POLL_S = 0.25
 ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error

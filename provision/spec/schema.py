@@ -5,7 +5,7 @@ formats; this module only turns the validator's findings into `Problem`s that
 name the line, the dotted path and, for a misspelt key, the closest valid one.
 A schema node may carry `x-message`, which replaces the validator's wording.
 Cross-field rules (duplicate IPs, members that are not nodes…) live in
-`provision.model_build`, which runs only on a structurally valid document.
+`provision.spec.build`, which runs only on a structurally valid document.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _TYPE_NAMES = {
 
 @lru_cache(maxsize=1)
 def cluster_schema() -> dict:
-    text = resources.files("provision").joinpath("schemas/cluster.schema.json").read_text()
+    text = resources.files("provision.spec").joinpath("schemas/cluster.schema.json").read_text()
     return json.loads(text)
 
 

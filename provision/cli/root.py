@@ -21,7 +21,7 @@ from provision.errors import EXIT_FAILED, EXIT_USAGE, OperationFailed, Problem, 
 def _cmd_validate(args: argparse.Namespace) -> int:
     if args.user_data:
         return _validate_user_data(args.files, strict=args.strict)
-    from provision.model_build import load_cluster
+    from provision.spec.build import load_cluster
 
     problems: list[Problem] = []
     summaries = []
@@ -43,7 +43,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _validate_user_data(files: Sequence[str], *, strict: bool = False) -> int:
-    from provision.cloudconfig import validate_user_data
+    from provision.userdata import validate_user_data
 
     failed = False
     for file in files:
@@ -83,15 +83,11 @@ def _summary(cluster) -> str:  # noqa: ANN001 - Cluster; imported lazily
             f"{units} declared units")
 
 
-def default_output_dir(cluster_name: str) -> Path:
-    return Path("out") / cluster_name
-
-
 def _cmd_render(args: argparse.Namespace) -> int:
-    from provision import discovery
-    from provision.model_build import load_cluster
-    from provision.output import write_rendered
-    from provision.render import render_cluster
+    from provision.render import discovery
+    from provision.render.output import default_output_dir, write_rendered
+    from provision.render.pipeline import render_cluster
+    from provision.spec.build import load_cluster
 
     cluster, warnings = load_cluster(args.cluster)
     for problem in warnings:
@@ -155,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="request a fresh discovery token instead of reusing the cached one")
     render.set_defaults(run=_cmd_render)
 
-    from provision import apply_cli, lifecycle_cli
     from provision.box import cli as box_cli
+    from provision.cli import apply as apply_cli
+    from provision.cli import lifecycle as lifecycle_cli
     from provision.image import cli as image_cli
     from provision.machine import cli as machine_cli
 

@@ -32,8 +32,8 @@ def _console():  # noqa: ANN202 - rich.console.Console, imported lazily
     return Console(stderr=True, highlight=False)
 
 
-def _load(path: str):  # noqa: ANN202 - provision.model.Cluster
-    from provision.model_build import load_cluster
+def _load(path: str):  # noqa: ANN202 - provision.spec.model.Cluster
+    from provision.spec.build import load_cluster
 
     cluster, warnings = load_cluster(path)
     for problem in warnings:
@@ -41,7 +41,7 @@ def _load(path: str):  # noqa: ANN202 - provision.model.Cluster
     return cluster
 
 
-def _namespace_of(cluster) -> str | None:  # noqa: ANN001 - provision.model.Cluster
+def _namespace_of(cluster) -> str | None:  # noqa: ANN001 - provision.spec.model.Cluster
     """The network namespace the cluster's local nodes run in, unless we are in it."""
     if cluster.provider != "local":
         return None
@@ -59,7 +59,7 @@ def _in_namespace(ns: str, argv: list[str]) -> int:
     from provision.providers.local.dns import exec_prefix
 
     env = {**os.environ, NETNS_ENV: ns, "PYTHONPATH": python_path()}
-    return subprocess.run([*exec_prefix(ns), sys.executable, "-m", "provision.cli", *argv],
+    return subprocess.run([*exec_prefix(ns), sys.executable, "-m", "provision.cli.root", *argv],
                           env=env, check=False).returncode
 
 
@@ -79,8 +79,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from provision import apply, plan_output
-    from provision.apply_lock import current_holder, describe
+    from provision.apply import report as plan_output
+    from provision.apply import run as apply
+    from provision.apply.lock import current_holder, describe
 
     cluster = _load(args.cluster)
     ns = _namespace_of(cluster)
@@ -128,8 +129,9 @@ def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,  # noqa: 
               no_wait: bool = False, console=None) -> int:  # noqa: ANN001 - rich Console
     """Take the cluster's apply lock, plan, write and wait; 0 once converged
     (OperationFailed otherwise, UserError when the lock is held and `no_wait`)."""
-    from provision import apply, plan_output
-    from provision.apply_lock import describe
+    from provision.apply import report as plan_output
+    from provision.apply import run as apply
+    from provision.apply.lock import describe
 
     console = console or _console()
     deadline = time.monotonic() + timeout

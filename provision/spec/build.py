@@ -16,16 +16,9 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from provision.cloudconfig.sections import check_section
-from provision.cloudconfig.write_files import (
-    UndecodableContent,
-    decode_content,
-    gzip_body_problem,
-    on_read_only_usr,
-)
-from provision.cloudconfig_model import dashed
 from provision.errors import Problem, UserError, did_you_mean
-from provision.model import (
+from provision.spec.model import (
+    LXC_BOX,
     Cluster,
     Discovery,
     DiscoveryMode,
@@ -38,9 +31,17 @@ from provision.model import (
     NodeUnit,
     VagrantSettings,
     WriteFile,
+    dashed,
 )
-from provision.schema import check_structure
-from provision.units_build import build_unit_sets
+from provision.spec.schema import check_structure
+from provision.spec.units import build_unit_sets
+from provision.userdata.sections import check_section
+from provision.userdata.write_files import (
+    UndecodableContent,
+    decode_content,
+    gzip_body_problem,
+    on_read_only_usr,
+)
 from provision.yamlmarks import MarkedDocument, dotted, load_yaml_file
 
 DEFAULT_NETWORKS = {"local": ("127.77.0.0/24", 1), "vagrant": ("172.17.8.0/24", 101)}
@@ -444,9 +445,7 @@ def _metadata(spec: dict[str, Any]) -> dict[str, str]:
 def _vagrant_defaults(spec: dict[str, Any]) -> VagrantSettings:
     """lxc machines boot the box `provision box build` makes; the others a stock one."""
     if spec.get("provider") == "lxc":
-        from provision.box.recipe import BOX_NAME
-
-        return VagrantSettings(box=BOX_NAME)
+        return VagrantSettings(box=LXC_BOX)
     return VagrantSettings()
 
 

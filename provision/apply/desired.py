@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetd.job import JobState
-from fleetd.registry.keys import DEFAULT_PREFIX
+from fleetd.registry.keys import DEFAULT_PREFIX, SERVICES_PREFIX
 from fleetd.unit.names import UnitName, parse_unit_name
 from fleetd.unit.unitfile import UnitFile, UnitOption, content_hash, parse_unit_file, serialize
 from provision.errors import Problem, UserError
-from provision.model import Cluster, Sidekick, UnitSet
+from provision.spec.model import Cluster, Sidekick, UnitSet
 
 MARK_SECTION = "X-Provision"
 MARK_CLUSTER = "Cluster"
@@ -143,7 +143,7 @@ def announce_key(unit_set: UnitSet, unit: str) -> str:
     """/services/<set>/<instance> (the set's prefix and the instance, or the unit's name)."""
     name = parse_unit_name(unit)
     base = unit_set.sidekick.key if unit_set.sidekick and unit_set.sidekick.key else (
-        f"/services/{name.prefix}")
+        f"{SERVICES_PREFIX}{name.prefix}")
     return f"{base.rstrip('/')}/{name.instance or name.prefix}"
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from fleetd.job import JobState
 from fleetd.registry.registry import UnitStateRecord
-from provision.desired import DesiredUnit
+from provision.apply.desired import DesiredUnit
 
 WAITING = "waiting"       # not there yet
 FAILED = "failed"         # there, and failed: stop waiting

@@ -1,0 +1,1 @@
+"""Declared units vs. the registry: plan, the apply lock, rolling apply, convergence."""

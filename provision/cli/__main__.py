@@ -1,0 +1,3 @@
+from provision.cli.root import main
+
+raise SystemExit(main())
