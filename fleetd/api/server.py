@@ -361,6 +361,21 @@ class _Deadlines:
     channel_class = _Channel
     limits: Limits
     expired: list[_Channel]
+    wake_lock: threading.Lock  # shared with `ApiServer`, which closes the triggers under it
+
+    def pull_trigger(self) -> None:
+        """Wake the I/O loop, from any thread, whatever the loop is doing: workers and
+        `ApiServer.close` pull while the loop thread may be closing the trigger's pipe
+        (its descriptor number could then be another file's), so a pull and the pipe's
+        close exclude each other and a closed trigger is not pulled."""
+        with self.wake_lock:
+            trigger = self.trigger  # type: ignore[attr-defined]
+            if trigger._closed:
+                return
+            try:
+                trigger.pull_trigger()
+            except BlockingIOError:
+                pass  # the pipe is full: the loop has wake-ups enough waiting
 
     def handle_accept(self) -> None:
         # waitress accepts one connection per loop pass, and a pass visits every open
@@ -478,6 +493,7 @@ class ApiServer:
         self._stopping = False
         self._loop: threading.Thread | None = None
         self._closed = False
+        self._wake_lock = threading.Lock()
         _quiet_waitress()
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -523,6 +539,8 @@ class ApiServer:
                       adj=adjustments, bind_socket=False, sockinfo=sockinfo)
         server.limits = self.limits
         server.expired = []
+        server.wake_lock = self._wake_lock
+        os.set_blocking(server.trigger.trigger, False)  # a pull never waits for the loop
         return server
 
     @property
@@ -566,17 +584,28 @@ class ApiServer:
             self._close_listeners()
 
     def _close_listeners(self) -> None:
-        """Close every connection (waking a worker waiting to write) and both listeners,
-        and remove the socket file if it is still ours."""
-        for dispatcher in list(self.map.values()):
-            try:
-                if isinstance(dispatcher, HTTPChannel):
+        """Close every connection (waking a worker waiting to write), both listeners and
+        their wake-up pipes, and remove the socket file if it is still ours.
+
+        Runs on the loop thread as it ends (or on the constructing thread if it never
+        started), while workers and `close()` may pull a trigger: the pipes are closed
+        under the wake lock. Connections are closed outside it, since a worker pulls
+        while holding its connection's buffer lock, which closing the connection takes."""
+        dispatchers = list(self.map.values())
+        for dispatcher in dispatchers:
+            if isinstance(dispatcher, HTTPChannel):
+                try:
                     dispatcher.handle_close()
-                else:
-                    dispatcher.close()
-            except OSError:
-                pass
-        self.map.clear()
+                except OSError:
+                    pass
+        with self._wake_lock:
+            for dispatcher in dispatchers:
+                if not isinstance(dispatcher, HTTPChannel):
+                    try:
+                        dispatcher.close()
+                    except OSError:
+                        pass
+            self.map.clear()
         if self.inode is not None:
             try:
                 st = os.lstat(self.socket_path)

@@ -28,7 +28,9 @@ from fleetd.fleetctl.waiting import DEFAULT_TIMEOUT, WaitPolicy
 
 PROG = "fleetctl"
 DEFAULT_SOCKET = "/var/run/fleet.sock"
-DEFAULT_REQUEST_TIMEOUT = 5.0
+# Well above fleetd's etcd request timeout (3 s by default): when etcd stalls, fleetd's
+# 503 naming etcd must reach the user on a loaded machine, not a timeout of our own.
+DEFAULT_REQUEST_TIMEOUT = 10.0
 COMMANDS = ("list-machines", "list-unit-files", "list-units", "submit", "load", "start", "stop",
             "unload", "destroy", "cat", "status", "journal", "version")
 

@@ -29,6 +29,7 @@ if not hasattr(etcd3.watch, "six"):
 
 PAGE_SIZE = 1000  # keys per range request: stays far below gRPC's 4 MB message cap
 RETRY_ENDPOINT_AFTER_S = 0.5
+MIN_ATTEMPT_S = 0.05  # the shortest attempt a retry gets, however close the deadline
 
 
 class RegistryUnavailable(Exception):
@@ -123,12 +124,21 @@ class Etcd:
     def close(self) -> None:
         self.client.close()
 
-    def _call(self, action: Callable, deadline_s: float | None = None):
+    def _call(self, action: Callable, deadline_s: float | None = None, *,
+              budgeted: bool = False):
+        """Run `action` until it succeeds or the deadline (the client timeout unless given)
+        passes, retrying transient failures. `budgeted`: `action` takes the seconds its
+        attempt may last, which is never beyond the deadline. (A retry after a fast failure,
+        as when the endpoint is marked failed, would otherwise wait a whole timeout of its
+        own: an API request then took up to twice the etcd timeout to answer 503.)"""
         deadline = time.monotonic() + (self.timeout if deadline_s is None else deadline_s)
         delay = 0.05
         while True:
             self.requests += 1
             try:
+                if budgeted:
+                    return action(min(self.timeout,
+                                      max(MIN_ATTEMPT_S, deadline - time.monotonic())))
                 return action()
             except _TRANSIENT as err:
                 if isinstance(err, grpc.RpcError):
@@ -153,10 +163,14 @@ class Etcd:
 
     # -- reads -----------------------------------------------------------------------------------
     def get(self, key: str) -> KV | None:
-        value, meta = self._call(lambda: self.client.get(key))
-        if meta is None:
+        client = self.client
+        response = self._call(lambda budget: client.kvstub.Range(
+            client._build_get_range_request(key), budget, credentials=client.call_credentials,
+            metadata=client.metadata), budgeted=True)
+        if not response.kvs:
             return None
-        return KV(key, value, meta.mod_revision, meta.create_revision, meta.lease_id)
+        kv = response.kvs[0]
+        return KV(key, kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
     def snapshot(self, prefix: str, revision: int | None = None) -> tuple[int, list[KV]]:
         """All keys under `prefix` at one revision, read in pages; returns (revision, kvs)."""
@@ -164,11 +178,11 @@ class Etcd:
         start = etcd3.utils.to_bytes(prefix)
         found: list[KV] = []
         while True:
-            response = self._call(lambda s=start, r=revision: self.client.kvstub.Range(
+            response = self._call(lambda budget, s=start, r=revision: self.client.kvstub.Range(
                 self.client._build_get_range_request(s, range_end=end, limit=PAGE_SIZE,
                                                      revision=r, sort_order="ascend"),
-                self.timeout, credentials=self.client.call_credentials,
-                metadata=self.client.metadata))
+                budget, credentials=self.client.call_credentials,
+                metadata=self.client.metadata), budgeted=True)
             if revision is None:
                 revision = response.header.revision
             for kv in response.kvs:
@@ -193,10 +207,9 @@ class Etcd:
             self._call(lambda: self.client.put(key, value, lease=lease))
             return
         client = self.client
-        self._call(lambda: client.kvstub.Put(client._build_put_request(key, value, lease=lease),
-                                             attempt_timeout,
-                                             credentials=client.call_credentials,
-                                             metadata=client.metadata))
+        self._call(lambda budget: client.kvstub.Put(
+            client._build_put_request(key, value, lease=lease), min(attempt_timeout, budget),
+            credentials=client.call_credentials, metadata=client.metadata), budgeted=True)
 
     def delete(self, key: str) -> bool:
         return bool(self._call(lambda: self.client.delete(key)))
@@ -220,14 +233,14 @@ class Etcd:
         `attempt_timeout`: as for `put`."""
         client = self.client
 
-        def refresh() -> int:
+        def refresh(budget: float) -> int:
             request = etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
             for response in client.leasestub.LeaseKeepAlive(
-                    iter([request]), attempt_timeout or self.timeout,
+                    iter([request]), min(attempt_timeout or budget, budget),
                     credentials=client.call_credentials, metadata=client.metadata):
                 return response.TTL
             return 0
-        return self._call(refresh, deadline_s=self.timeout)
+        return self._call(refresh, deadline_s=self.timeout, budgeted=True)
 
     def revoke(self, lease_id: int) -> None:
         """Best effort (shutdown): the lease expires by itself if etcd cannot be reached."""

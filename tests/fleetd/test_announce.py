@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -113,21 +114,44 @@ def test_announces_only_while_healthy_and_withdraws_on_stop(etcd_server, fleet, 
 
 
 def test_a_service_that_never_answers_is_never_announced(etcd_server, fleet):
+    """A service that accepts connections and never answers: the announcer keeps checking it
+    and never announces it. Watched until it has checked three times (rounds, not a time:
+    a loaded machine may take seconds just to start the announcer)."""
     etcd, prefix, machine = fleet
     key = f"{prefix}services/web/2"
-    process = start(etcd_server, prefix, machine, free_port(), key, check="tcp")
+    silent = socket.create_server(("127.0.0.1", 0))
+    checks: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                checks.append(silent.accept()[0])  # held open, never answered
+            except OSError:
+                return
+    threading.Thread(target=accept, daemon=True).start()
+    process = start(etcd_server, prefix, machine, silent.getsockname()[1], key)
     seen = []
     try:
-        # Watch for the whole of several check rounds (not a sleep: every change is seen).
         events, cancel = etcd.client.watch_prefix(key)
-        timer = threading.Timer(2.0, cancel)
-        timer.start()
+
+        def end_watch() -> None:
+            try:
+                wait_for(lambda: len(checks) >= 3, 60, message="three checks of the service")
+            except TimeoutError:
+                pass  # asserted below
+            finally:
+                cancel()
+        threading.Thread(target=end_watch, daemon=True).start()
         for event in events:
             seen.append(event)
-        timer.cancel()
+        assert len(checks) >= 3, "the announcer checked the service three times"
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
+        silent.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which ends
+        silent.close()
+        for held in checks:
+            held.close()
     assert seen == [] and etcd.get(key) is None
 
 

@@ -608,18 +608,27 @@ def test_parent_and_sidekick_replaced_together_both_end_up_running(runner):
     runner.load("web-discovery@1.service", unit(SIDEKICK))
     runner.start("web-discovery@1.service")
     wait_state(runner, "web-discovery@1.service", "active", "running")
+    names = ("web@1.service", "web-discovery@1.service")
     for _ in range(3):
+        old = {name: runner.main_pid(name) for name in names}
         runner.unload("web-discovery@1.service")
         runner.unload("web@1.service")
         runner.load("web-discovery@1.service", unit(SIDEKICK + "\nEnvironment=X=1\n"))
         runner.load("web@1.service", unit(parent.format(n=301)))
         runner.start("web-discovery@1.service")
         runner.start("web@1.service")
-        wait_state(runner, "web@1.service", "active", "running")
-        wait_state(runner, "web-discovery@1.service", "active", "running")
+        # The new processes, running: unload returns at once, so the old ones may still
+        # read active/running while their stop is on its way.
+        for name in names:
+            replaced = wait_for(lambda n=name, was=old[name]: runner.main_pid(n) not in (None, was)
+                                and state(runner, n) == UnitStatus("loaded", "active", "running"))
+            assert replaced, (f"{name} is {state(runner, name)}, not running a new process; "
+                              f"journal:\n{journal_text(runner, name)}")
+        sidekick = runner.main_pid("web-discovery@1.service")
         # Still running a moment later: nothing stops it behind our back.
         time.sleep(0.3)
         assert state(runner, "web-discovery@1.service").active == "active"
+        assert runner.main_pid("web-discovery@1.service") == sidekick
 
 
 def test_requires_starts_the_dependency_first_and_stop_propagates(runner, recorder):

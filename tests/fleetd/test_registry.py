@@ -309,7 +309,7 @@ def test_a_write_under_a_revoked_lease_says_the_lease_is_gone(registry):
     with pytest.raises(LeaseGone):
         registry.beat("m1", Beat(lease, 2, 2.0))
     with pytest.raises(LeaseGone):
-        registry.write_states("m1", lease, {"a.service": ("abc", UnitStatus(), False)})
+        registry.write_states("m1", lease, {"a.service": ("abc", UnitStatus(), True)})
     registry.etcd.fence(lease)  # fencing twice is fine: gone is gone
     assert registry.heartbeats()[1] == {}
 
@@ -339,12 +339,14 @@ def test_a_machine_joins_only_as_fenced_as_it_last_read(registry):
 
 def test_unit_states_are_written_in_batches_of_128(registry):
     lease = registry.etcd.grant(30)
-    changes = {f"u{i}.service": ("abc", UnitStatus("loaded", "active", "running"), True)
+    changes = {f"u{i}.service": ("abc", UnitStatus("loaded", "active", "running"), i % 2 == 0)
                for i in range(300)}
     before = registry.etcd.requests
     registry.write_states("m1", lease, changes)
     assert registry.etcd.requests - before == 3
-    assert len(registry.states()) == 300
+    states = registry.states()
+    assert len(states) == 300
+    assert sum(s.launched for s in states) == 150, "each state says whether the agent launched it"
     registry.write_states("m1", lease, {f"u{i}.service": None for i in range(200)})
     assert len(registry.states()) == 100
 

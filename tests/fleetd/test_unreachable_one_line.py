@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from fleetd.registry.etcd import Etcd, RegistryUnavailable
+from fleetd.registry.etcd import MIN_ATTEMPT_S, Etcd, RegistryUnavailable
 from tests.support.etcd import EtcdServer, free_port, wait_for
 from tests.support.fleet import REPO, FleetHarness
 
@@ -41,6 +42,30 @@ def test_a_refused_etcd_is_one_line():
             assert one_line(str(failed.value)).startswith("etcd unreachable: ")
     finally:
         client.close()
+
+
+def test_a_retry_never_outlasts_the_deadline():
+    """Each attempt may last only what is left of the caller's deadline: after fast
+    failures (an endpoint marked failed answers at once), a last attempt given a whole
+    timeout of its own kept an API request from answering 503 for up to twice the etcd
+    timeout, past what clients wait."""
+    client = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=1.0)
+    deadline = time.monotonic() + 1.0
+    attempts: list[tuple[float, float]] = []
+
+    def attempt(budget: float) -> None:
+        attempts.append((budget, deadline - time.monotonic()))
+        if len(attempts) > 2:
+            time.sleep(budget)  # a stalled etcd: the attempt lasts as long as it may
+        raise ValueError("transient")
+    try:
+        with pytest.raises(RegistryUnavailable):
+            client._call(attempt, budgeted=True)
+    finally:
+        client.close()
+    assert len(attempts) >= 3
+    for budget, left in attempts:
+        assert budget <= max(MIN_ATTEMPT_S, left) + 0.2, attempts
 
 
 def test_a_stalled_etcd_is_one_line_and_fleetctl_says_so_in_one_line(etcd, tmp_path):

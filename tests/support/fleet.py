@@ -20,6 +20,7 @@ from fleetd.registry.registry import Registry
 from tests.support.etcd import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+STARTUP_S = 60  # a fleetd process starting, on a loaded machine
 
 
 def pid_alive(pid: int) -> bool:
@@ -52,8 +53,17 @@ class FleetdProcess:
 
     @property
     def machine_id(self) -> str:
-        return wait_for(lambda: (self.state_dir / "machine-id").read_text().strip(), 10,
-                        message=f"{self.name} machine id")
+        def written() -> str:
+            try:
+                return (self.state_dir / "machine-id").read_text().strip()
+            except FileNotFoundError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"fleetd exited ({self.process.returncode}) before "
+                                       f"writing it: {self.log()[-1000:]}") from None
+                raise
+        # Written once fleetd has imported its modules and read its config: on a loaded
+        # machine a Python process can take well over 10 s to get there.
+        return wait_for(written, STARTUP_S, message=f"{self.name} machine id")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
