@@ -344,12 +344,20 @@ class NetnsFleetHarness(FleetHarness):
 
 # -- injected load -------------------------------------------------------------------------------
 
-_BUSY = "while True:\n    pass\n"
+# Both end by themselves when the test process is gone (an interrupted run must not leave a
+# loaded machine behind): they check that their parent is still theirs.
+_BUSY = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(100_000):
+        pass
+"""
 _FSYNC_WRITER = """
 import os, sys
-path = sys.argv[1]
+path, parent = sys.argv[1], int(sys.argv[2])
 block = os.urandom(64 * 1024)
-while True:
+while os.getppid() == parent:
     with open(path, "wb") as handle:
         for _ in range(16):
             handle.write(block)
@@ -373,8 +381,9 @@ class Load:
 
         try:
             for _ in range(self.cores):
-                self._spawn([sys.executable, "-c", _BUSY])
-            self._spawn([sys.executable, "-c", _FSYNC_WRITER, str(self.dir / "fsync.bin")])
+                self._spawn([sys.executable, "-c", _BUSY, str(os.getpid())])
+            self._spawn([sys.executable, "-c", _FSYNC_WRITER, str(self.dir / "fsync.bin"),
+                         str(os.getpid())])
         except BaseException:
             self.stop()
             raise
