@@ -99,6 +99,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UserError(f"`provision up` needs the cluster's YAML file, not a name "
                         f"({target.name!r}): e.g. `provision up clusters/{target.name}.yaml`")
     provider = target.driver()
+    if problem := provider.host_problem():
+        raise UserError(problem)
     if hasattr(provider, "knows"):  # found again by its name alone
         remember_last(target.name)
     started = time.monotonic()

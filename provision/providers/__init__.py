@@ -107,6 +107,9 @@ class ClusterProvider(Protocol):
     def network_problem(self, network: ipaddress.IPv4Network) -> str | None:
         """Why nodes of this provider cannot use `network` (one line), or None."""
 
+    def host_problem(self) -> str | None:
+        """What this host lacks to run the provider at all (one line), or None."""
+
     def up(self, yaml: str, *, timeout: float) -> None:
         """Render the cluster and bring every node up; returns once all are healthy."""
 

@@ -39,6 +39,9 @@ class VagrantLifecycle:
                     "loopback range")
         return None
 
+    def host_problem(self) -> str | None:
+        return None  # the driver says it when `vagrant` is missing
+
     def up(self, yaml: str, *, timeout: float) -> None:
         from provision.pipeline import render_to
         from provision.render import MANIFEST

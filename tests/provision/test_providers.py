@@ -15,7 +15,7 @@ from tests.conftest import CLUSTERS
 
 SCHEMA = Path(__file__).resolve().parents[2] / "provision" / "schemas" / "cluster.schema.json"
 INTERFACE = ("up", "down", "status", "node", "env", "namespace", "known_down",
-             "network_problem")
+             "network_problem", "host_problem")
 
 
 def test_every_provider_of_the_schema_is_in_the_table():

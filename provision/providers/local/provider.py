@@ -517,6 +517,9 @@ class LocalProvider:
                     f"network, not {network}")
         return None
 
+    def host_problem(self) -> str | None:
+        return None
+
     def up(self, yaml: str, *, timeout: float) -> None:
         up(yaml, timeout=timeout, state_root=self.state_root)
 

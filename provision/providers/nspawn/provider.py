@@ -311,6 +311,9 @@ class NspawnProvider:
             return f"network.cidr {network} is too small for machines and their bridge"
         return None
 
+    def host_problem(self) -> str | None:
+        return requirements_problem()
+
     # -- up ------------------------------------------------------------------------------------
 
     def up(self, yaml: str, *, timeout: float) -> None:
