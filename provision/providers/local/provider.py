@@ -511,6 +511,10 @@ class LocalProvider:
     def __init__(self, state_root: str | Path | None = None) -> None:
         self.state_root = state_root
 
+    def knows(self, name: str) -> bool:
+        """Whether a local cluster of this name was brought up here."""
+        return (cluster_state_dir(name, self.state_root) / state.PLAN).is_file()
+
     def network_problem(self, network: ipaddress.IPv4Network) -> str | None:
         if not network.subnet_of(LOOPBACK):
             return ("the local provider runs nodes on loopback addresses; use a 127.x "

@@ -23,10 +23,10 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
 POLL_S = 0.1
 STOP_TIMEOUT = 30.0
-# The shell joins the machine's cgroups, then execs the command: nothing of the machine
-# is ever at a hierarchy's root.
+# The shell joins the machine's cgroups, then runs the command and logs how it ended:
+# nothing of the machine is ever at a hierarchy's root, and its log says why it stopped.
 _JOIN = ('for p; do shift; [ "$p" = -- ] && break; echo $$ > "$p" || exit 125; done; '
-         'exec "$@"')
+         '"$@"; echo "provision: systemd-nspawn exited with status $?"')
 
 
 def cgroup_hierarchies() -> list[Path]:
@@ -98,6 +98,7 @@ class Machine:
         if self.running():
             raise OperationFailed(f"machine {self.name} is running already")
         self._remove_cgroups(time.monotonic() + 5)
+        self._remove_leftovers()  # of a machine that was killed rather than stopped
         tops = []
         for top in self.cgroups():
             top.mkdir()
@@ -113,15 +114,15 @@ class Machine:
         return process.pid
 
     def nspawn_pid(self) -> int | None:
-        pid = self._launcher_pid()
-        return pid if pid is not None and pid in self.pids() else None
+        """systemd-nspawn's pid (the launcher shell's child, in the machine's cgroups)."""
+        for pid in self.pids():
+            if _comm(pid) == "systemd-nspawn":
+                return pid
+        return None
 
     def pid1(self) -> int | None:
         """The host pid of the machine's PID 1 (nspawn's child that is PID 1 of its own
         PID namespace), or None while there is none."""
-        nspawn = self.nspawn_pid()
-        if nspawn is None:
-            return None
         for pid in self.pids():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
@@ -129,7 +130,7 @@ class Machine:
                 continue
             values = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
             nspids = values.get("NSpid", "").split()
-            if values.get("PPid", "").strip() == str(nspawn) and nspids[1:] and nspids[-1] == "1":
+            if nspids[1:] and nspids[-1] == "1":
                 return pid
         return None
 
@@ -160,8 +161,10 @@ class Machine:
         said = ""
         while True:
             if not self.running():
-                raise OperationFailed(f"machine {self.name} exited while booting:\n"
-                                      + self.log_tail())
+                time.sleep(0.5)  # a process of it may be between two states: look again
+                if not self.running():
+                    raise OperationFailed(f"machine {self.name} exited while booting:\n"
+                                          + self.log_tail())
             pid1 = self.pid1()
             if pid1 is not None and _comm(pid1) == "systemd":
                 try:
@@ -196,8 +199,9 @@ class Machine:
         what its run left on the host. True when it was running."""
         was_running = self.running()
         deadline = time.monotonic() + timeout
-        nspawn = self.nspawn_pid() or (self._launcher_pid() if _alive(self._launcher_pid())
-                                       else None)
+        nspawn = self.nspawn_pid()
+        if nspawn is None and _alive(self._launcher_pid()):
+            nspawn = self._launcher_pid()  # still on its way into the cgroups
         if nspawn is not None:
             try:
                 os.kill(nspawn, signal.SIGTERM)
