@@ -74,3 +74,12 @@ def test_a_failed_image_build_is_one_line(tmp_path):
                 MIRROR_ENV: "http://127.0.0.1:9/debian"}, tmp_path, timeout=600)
     assert_refused(done, "cannot build the machine image: ")
     assert not (tmp_path / "state" / ".nspawn" / "nspawn").exists()  # nothing started
+
+
+@pytest.mark.skipif(_can_build() is not None, reason=str(_can_build()))
+def test_provider_flag_on_a_loopback_cluster_is_refused(tmp_path):
+    done = run([sys.executable, "-m", "provision.cli", "up", "--provider", "nspawn",
+                str(CLUSTERS / "local.yaml")],
+               {**os.environ, "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    assert_refused(done, "nspawn machines need a private network such as 172.17.8.0/24")
+    assert not (tmp_path / "state" / ".nspawn").exists()

@@ -323,6 +323,8 @@ class NspawnProvider:
         if problem := requirements_problem():
             raise UserError(problem)
         model = load(yaml)
+        if problem := self.network_problem(model.network):  # `--provider nspawn` on another's YAML
+            raise UserError([Problem(model.source, None, None, problem)])
         state_dir = state_dir_of(model.name, self.state_root)
         existing = self._open(model.name) if (state_dir / CLUSTER_FILE).is_file() else None
         running = [n.name for n, m in existing.machines() if m.running()] if existing else []
