@@ -4,8 +4,9 @@ plan: 0 when there is nothing to do; with `--detailed-exitcode` 2 when changes a
 and 1 for any error (terraform's convention), otherwise errors exit as everywhere (2 for
 what the user can fix, 1 when the operation failed).
 
-A local cluster whose nodes run in a network namespace (dns-srv) has its etcd only there:
-both commands then run themselves again inside it (`ip netns exec`).
+A cluster whose nodes run in a network namespace (a local dns-srv cluster, every nspawn
+cluster) has its etcd only there: both commands then run themselves again inside it
+(`ip netns exec`).
 """
 
 from __future__ import annotations
@@ -41,14 +42,11 @@ def _load(path: str):  # noqa: ANN202 - provision.spec.model.Cluster
     return cluster
 
 
-def _namespace_of(cluster) -> str | None:  # noqa: ANN001 - provision.spec.model.Cluster
-    """The network namespace the cluster's local nodes run in, unless we are in it."""
-    if cluster.provider != "local":
-        return None
-    from provision.providers.local import nodes, provider
+def _namespace_of(cluster, provider: str | None = None) -> str | None:  # noqa: ANN001
+    """The network namespace the cluster's nodes are reachable in, unless we are in it."""
+    from provision.providers import get_provider
 
-    state_dir = provider.cluster_state_dir(cluster.name)
-    ns = nodes.netns(state_dir) if state_dir.is_dir() else None
+    ns = get_provider(provider or cluster.provider).namespace(cluster.name)
     if ns is None or os.environ.get(NETNS_ENV) == ns:
         return None
     return ns
@@ -165,14 +163,10 @@ def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,  # noqa: 
 
 
 def _down_probe(cluster):  # noqa: ANN001, ANN202 - Cluster -> Callable[[], bool]
-    """Whether the cluster is known to be down: a local cluster whose supervisor (which owns
-    every node process) is gone. Other providers cannot tell: never."""
-    if cluster.provider != "local":
-        return lambda: False
-    from provision.providers.local import control, provider
+    """Whether the cluster is known to be down (the provider's probe; some never know)."""
+    from provision.providers import get_provider
 
-    state_dir = provider.cluster_state_dir(cluster.name)
-    return lambda: state_dir.is_dir() and not control.running(state_dir)
+    return get_provider(cluster.provider).known_down(cluster.name)
 
 
 @contextlib.contextmanager
@@ -215,12 +209,13 @@ def _progress_bar(console):  # noqa: ANN001, ANN202 - rich Console; yields two c
                                               soft_wrap=True)), count
 
 
-def apply_after_up(cluster_path: str, timeout: float, no_wait: bool = False) -> int:
+def apply_after_up(cluster_path: str, timeout: float, no_wait: bool = False,
+                   provider: str | None = None) -> int:
     """`provision up`'s last step when the cluster declares units."""
     cluster = _load(cluster_path)
     if not cluster.units:
         return 0
-    ns = _namespace_of(cluster)
+    ns = _namespace_of(cluster, provider)
     if ns:
         return _in_namespace(ns, ["apply", cluster_path, "--timeout", f"{timeout:g}",
                                   *["--no-wait"] * no_wait])

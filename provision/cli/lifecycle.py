@@ -1,10 +1,11 @@
 """`provision up / down / status / node stop|start|reset / env`: pick the provider, run it, print.
 
-A cluster is named by its YAML file or, once it has been brought up locally, by its
-name; with neither, the cluster last brought up on this machine is meant (recorded in
+A cluster is named by its YAML file or, once it has been brought up, by its name; with
+neither, the cluster last brought up on this machine is meant (recorded in
 `<state root>/last-cluster`), so the README's tour can say `provision node stop core-02`.
 The provider is the YAML's `provider:` unless `--provider` says otherwise; a bare name
-means the local provider.
+means the provider that knows a cluster of that name (local first), else the local one.
+Every command talks to a `provision.providers.ClusterProvider` from `PROVIDERS`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from pathlib import Path
 
 from fleetd.argtypes import positive_duration
 from provision.errors import UserError
+from provision.providers import PROVIDERS, ClusterProvider, ClusterRef, get_provider
 
 LAST_CLUSTER = "last-cluster"
-PROVIDERS = ("local", "vagrant")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,13 @@ class Target:
     name: str
     provider: str
     yaml: str | None = None
+
+    @property
+    def ref(self) -> ClusterRef:
+        return ClusterRef(self.name, self.yaml)
+
+    def driver(self) -> ClusterProvider:
+        return get_provider(self.provider)
 
 
 def _is_yaml_path(text: str) -> bool:
@@ -59,6 +67,15 @@ def _last() -> str | None:
     return name or None
 
 
+def _provider_of(name: str) -> str:
+    """The provider that has state for a cluster of this name (the local one if none)."""
+    for provider in PROVIDERS:
+        knows = getattr(get_provider(provider), "knows", None)
+        if knows is not None and knows(name):
+            return provider
+    return "local"
+
+
 def resolve(cluster: str | None, provider: str | None) -> Target:
     """The cluster a command means (see the module docstring); UserError when none."""
     if cluster is None:
@@ -71,30 +88,7 @@ def resolve(cluster: str | None, provider: str | None) -> Target:
 
         model, _warnings = load_cluster(cluster)
         return Target(model.name, provider or model.provider, cluster)
-    return Target(cluster, provider or "local")
-
-
-def _vagrant_manifest(target: Target) -> Path:
-    from provision.render.output import default_output_dir
-    from provision.render.pipeline import MANIFEST
-
-    manifest = default_output_dir(target.name) / MANIFEST
-    if not manifest.is_file():
-        raise UserError(f"{manifest}: not found; bring the cluster up with "
-                        f"`provision up --provider vagrant CLUSTER.yaml` first")
-    return manifest
-
-
-def _vagrant():  # noqa: ANN202 - VagrantProvider, imported lazily
-    from provision.providers.vagrant import VagrantProvider
-
-    return VagrantProvider()
-
-
-def _console():  # noqa: ANN202 - rich.console.Console, imported lazily
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return Target(cluster, provider or _provider_of(cluster))
 
 
 # -- up ----------------------------------------------------------------------------------------
@@ -104,98 +98,40 @@ def cmd_up(args: argparse.Namespace) -> int:
     if target.yaml is None:
         raise UserError(f"`provision up` needs the cluster's YAML file, not a name "
                         f"({target.name!r}): e.g. `provision up clusters/{target.name}.yaml`")
-    if target.provider == "vagrant":
-        return _up_vagrant(target)
-    from provision.providers.local import provider as local
-
-    remember_last(target.name)
+    provider = target.driver()
+    if problem := provider.host_problem():
+        raise UserError(problem)
+    if hasattr(provider, "knows"):  # found again by its name alone
+        remember_last(target.name)
     started = time.monotonic()
-    code = local.up(target.yaml, timeout=args.timeout, console=_console())
-    if code != 0:
-        return code
+    provider.up(target.yaml, timeout=args.timeout)
+    if not provider.applies_units_after_up:
+        return 0
     from provision.cli.apply import apply_after_up
 
     return apply_after_up(target.yaml, max(10.0, args.timeout - (time.monotonic() - started)),
-                          no_wait=args.no_wait)
+                          no_wait=args.no_wait, provider=target.provider)
 
 
-def _up_vagrant(target: Target) -> int:
-    from provision.render import discovery
-    from provision.render.output import default_output_dir, write_rendered
-    from provision.render.pipeline import MANIFEST, render_cluster
-    from provision.spec.build import load_cluster
-
-    cluster, warnings = load_cluster(target.yaml)
-    for problem in warnings:
-        print(problem, file=sys.stderr)
-    out_dir = default_output_dir(cluster.name)
-    resolved, record = discovery.resolve(cluster, out_dir)
-    write_rendered(out_dir, render_cluster(cluster, resolved), record)
-    _vagrant().up(out_dir / MANIFEST, _print_progress)
-    print(f"{cluster.name} is up: {len(cluster.nodes)} Vagrant machines running "
-          f"(`vagrant ssh {cluster.nodes[0].name}` from this checkout)")
-    return 0
-
-
-def _print_progress(node: str, phase: str, detail: str) -> None:
-    print(f"{node}: {phase}" + (f" ({detail})" if detail else ""), file=sys.stderr, flush=True)
-
-
-# -- down --------------------------------------------------------------------------------------
+# -- down, status, node, env ------------------------------------------------------------------
 
 def cmd_down(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
-    if target.provider == "vagrant":
-        from provision.render import discovery
-        manifest = _vagrant_manifest(target)
-        _vagrant().down(manifest, purge=args.purge, progress=_print_progress)
-        if args.purge:
-            discovery.mark_spent(manifest.parent)
-        print(f"{target.name}: destroyed")
-        return 0
-    from provision.providers.local import provider as local
-
-    print(local.down(target.yaml or target.name, purge=args.purge, timeout=args.timeout))
+    print(target.driver().down(target.ref, purge=args.purge, timeout=args.timeout))
     return 0
 
 
-# -- status ------------------------------------------------------------------------------------
-
 def cmd_status(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
-    if target.provider == "vagrant":
-        rows = [{"name": s.name, "ip": s.ip, "state": s.state, "vm_provider": s.detail}
-                for s in _vagrant().status(_vagrant_manifest(target))]
-        if args.output == "json":
-            print(json.dumps({"cluster": target.name, "provider": "vagrant", "nodes": rows},
-                             indent=2))
-        else:
-            _print_table(["NODE", "IP", "STATE", "VM PROVIDER"],
-                         [[r["name"], r["ip"], r["state"], r["vm_provider"]] for r in rows])
-        return 0
-    from provision.providers.local import provider as local
-
-    where = target.yaml or target.name
-    rows = local.status(where)
-    etcd = local.etcd_binary(where)
-    writes = local.state_writes(where)
+    report = target.driver().status(target.ref, full=args.full)
     if args.output == "json":
-        print(json.dumps({"cluster": target.name, "provider": "local", "etcd_binary": etcd,
-                          "state_writes": writes, "nodes": rows}, indent=2))
+        print(json.dumps(report.document, indent=2))
         return 0
-    if writes:
-        from provision.providers.local.control import describe_writes_problem
-
-        print(f"warning: {describe_writes_problem(writes)}", file=sys.stderr)
-    if etcd:
-        print(f"etcd: {etcd['etcd']} (version {etcd['version']}, chosen by {etcd['source']})")
-        if etcd.get("warning"):
-            print(f"warning: {etcd['warning']}", file=sys.stderr)
-    _print_table(
-        ["NODE", "IP", "ROLE", "STATE", "ETCD", "MACHINE", "FLEET", "UNITS"],
-        [[r["name"], r["ip"], r["role"], r["state"], r["etcd"],
-          r["machine_id"] if args.full else r["machine_id"][:8] + "...", r["fleet"],
-          f"{r['units_running']}/{len(r['units'])} active"] for r in rows])
+    for line in report.warnings:
+        print(line, file=sys.stderr)
+    for line in report.notes:
+        print(line)
+    _print_table(report.header, report.rows)
     return 0
 
 
@@ -206,37 +142,15 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-# -- node stop|start, env -------------------------------------------------------------------
-
 def cmd_node(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, None)
-    if target.provider != "local":
-        raise UserError(f"`provision node {args.action}` works on local clusters; "
-                        f"{target.name} uses the {target.provider} provider (use "
-                        f"`vagrant halt|up {args.node}`)")
-    from provision.providers.local import provider as local
-
-    where = target.yaml or target.name
-    if args.action == "stop":
-        local.node_stop(where, args.node, timeout=args.timeout)
-        print(f"{args.node}: stopped (fleetd left the cluster first; its units move elsewhere)")
-    elif args.action == "reset":
-        print(local.node_reset(where, args.node, timeout=args.timeout, console=_console()))
-    else:
-        local.node_start(where, args.node, timeout=args.timeout, console=_console())
-        print(f"{args.node}: running")
+    print(target.driver().node(target.ref, args.action, args.node, timeout=args.timeout))
     return 0
 
 
 def cmd_env(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
-    if target.provider == "vagrant":
-        for key, value in _vagrant().user_env(_vagrant_manifest(target)).items():
-            print(f"export {key}={value}")
-        return 0
-    from provision.providers.local import provider as local
-
-    sys.stdout.write(local.env(target.yaml or target.name))
+    sys.stdout.write(target.driver().env(target.ref))
     return 0
 
 

@@ -84,18 +84,11 @@ def _summary(cluster) -> str:  # noqa: ANN001 - Cluster; imported lazily
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from provision.render import discovery
-    from provision.render.output import default_output_dir, write_rendered
-    from provision.render.pipeline import render_cluster
-    from provision.spec.build import load_cluster
+    from provision.render.cluster import render_to
 
-    cluster, warnings = load_cluster(args.cluster)
-    for problem in warnings:
-        print(problem, file=sys.stderr)
-    out_dir = Path(args.output) if args.output else default_output_dir(cluster.name)
-    resolved, record = discovery.resolve(cluster, out_dir, new_token=args.new_token)
-    files = render_cluster(cluster, resolved, substitute=args.substitute)
-    write_rendered(out_dir, files, record)
+    rendered = render_to(args.cluster, Path(args.output) if args.output else None,
+                         new_token=args.new_token, substitute=args.substitute)
+    cluster, files, out_dir = rendered.cluster, rendered.files, rendered.out_dir
     others = ", ".join(f.name for f in files[len(cluster.nodes):])
     first, last = cluster.nodes[0].user_data_name, cluster.nodes[-1].user_data_name
     span = first if first == last else f"{first} … {last}"

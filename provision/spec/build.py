@@ -44,7 +44,6 @@ from provision.userdata.write_files import (
 )
 from provision.yamlmarks import MarkedDocument, dotted, load_yaml_file
 
-DEFAULT_NETWORKS = {"local": ("127.77.0.0/24", 1), "vagrant": ("172.17.8.0/24", 101)}
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                      r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
@@ -143,7 +142,10 @@ class _Builder:
 
     def _network(self, provider: str) -> tuple[ipaddress.IPv4Network | None, int]:
         spec = self.data.get("network", {})
-        cidr, start = DEFAULT_NETWORKS[provider]
+        from provision.providers import get_provider
+
+        rules = get_provider(provider)
+        cidr, start = rules.default_network
         cidr, start = spec.get("cidr", cidr), spec.get("start", start)
         try:
             network = ipaddress.ip_network(cidr, strict=True)
@@ -158,13 +160,9 @@ class _Builder:
         if not isinstance(network, ipaddress.IPv4Network):
             self.error(("network", "cidr"), "`network.cidr` must be an IPv4 network")
             return None, start
-        if provider == "local" and not network.subnet_of(ipaddress.ip_network("127.0.0.0/8")):
-            self.error(("network", "cidr"), f"the local provider runs nodes on loopback "
-                                            f"addresses; use a 127.x network, not {network}")
-            return None, start
-        if provider == "vagrant" and network.is_loopback:
-            self.error(("network", "cidr"), "Vagrant machines need a private network such as "
-                                            "172.17.8.0/24, not a loopback range")
+        problem = rules.network_problem(network)
+        if problem:
+            self.error(("network", "cidr"), problem)
             return None, start
         return network, start
 

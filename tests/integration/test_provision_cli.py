@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from provision.cli import lifecycle as lifecycle_cli
 from provision.cli.root import main
+from provision.providers import vagrant_lifecycle
 from provision.providers.vagrant import VagrantProvider
 from tests.conftest import CLUSTERS
 from tests.support import fake_vagrant
@@ -135,7 +135,7 @@ def fake(tmp_path, monkeypatch):
     root = tmp_path / "checkout"
     root.mkdir()
     (root / "Vagrantfile").write_text("# the fake vagrant defines the machines\n")
-    monkeypatch.setattr(lifecycle_cli, "_vagrant", lambda: VagrantProvider(root))
+    monkeypatch.setattr(vagrant_lifecycle, "driver", lambda: VagrantProvider(root))
     monkeypatch.setenv("PROVISION_STATE", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
     return fake

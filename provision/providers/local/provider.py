@@ -27,6 +27,7 @@ from rich.console import Console
 
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import disk_error, is_disk_error
+from provision.providers import ClusterRef, StatusReport
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
 from provision.providers.local.discovery import write_size
@@ -69,15 +70,12 @@ def cluster_state_dir(name: str, state_root: str | Path | None = None) -> Path:
 def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
        state_root: str | Path | None = None, console: Console | None = None) -> int:
     """Bring the cluster up (or check that it is); 0 once every node is healthy."""
-    from provision.render.output import write_rendered
-    from provision.render.pipeline import render_cluster
-    from provision.spec.build import load_cluster
+    from provision.render.cluster import load, render_cluster_files
 
     deadline = time.monotonic() + timeout
     console = console or Console(stderr=True)
-    cluster, warnings = load_cluster(str(cluster_path))
-    for problem in warnings:
-        console.print(str(problem), markup=False, highlight=False)
+    cluster = load(cluster_path, lambda text: console.print(text, markup=False,
+                                                            highlight=False))
     _check_local_network(cluster)
     dns_srv = cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
     if dns_srv and (problem := dns.requirements_problem()):
@@ -90,14 +88,13 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
         console.print(f"warning: {warning}", markup=False, highlight=False)
     rendered = state_dir / state.RENDERED
     was_running = control.running(state_dir)
-    resolved, record = render_discovery.resolve(cluster, rendered)
-    files = render_cluster(cluster, resolved)
-    if was_running and _changed(rendered, files):
+    files = render_cluster_files(cluster, rendered)
+    if was_running and files.changed():
         raise UserError([Problem(str(cluster_path), None, None,
                                  f"cluster {cluster.name} is running with a different "
                                  f"definition; run `provision down {cluster.name}` first")])
     if not was_running:
-        write_rendered(rendered, files, record)
+        files.write()
     manifest = nodes.read_manifest(rendered)
     boots = nodes.plan_cluster(state_dir, manifest, binaries)
     if not was_running:
@@ -198,16 +195,6 @@ def _check_local_network(cluster) -> None:  # noqa: ANN001 - a provision.spec.mo
                                  f"the local provider runs nodes on loopback addresses, but "
                                  f"network.cidr is {cluster.network}; use a 127.x.y.0/24 "
                                  "network (or the vagrant provider)")])
-
-
-def _changed(rendered: Path, files) -> bool:  # noqa: ANN001 - RenderedFile list
-    for item in files:
-        try:
-            if (rendered / item.name).read_text() != item.text:
-                return True
-        except OSError:
-            return True
-    return False
 
 
 # -- the other commands ------------------------------------------------------------------------
@@ -507,3 +494,81 @@ def env(cluster: str | Path, *, state_root: str | Path | None = None) -> str:
         lines += (f"# the nodes run in network namespace {netns}: fleetctl reaches them through "
                   f"the socket; run etcdctl as `ip netns exec {netns} etcdctl ...`\n")
     return lines
+
+
+# -- the ClusterProvider -----------------------------------------------------------------------
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+class LocalProvider:
+    """The local provider behind the `ClusterProvider` interface (the functions above)."""
+
+    name = "local"
+    default_network = ("127.77.0.0/24", 1)
+    applies_units_after_up = True
+
+    def __init__(self, state_root: str | Path | None = None) -> None:
+        self.state_root = state_root
+
+    def knows(self, name: str) -> bool:
+        """Whether a local cluster of this name was brought up here."""
+        return (cluster_state_dir(name, self.state_root) / state.PLAN).is_file()
+
+    def network_problem(self, network: ipaddress.IPv4Network) -> str | None:
+        if not network.subnet_of(LOOPBACK):
+            return ("the local provider runs nodes on loopback addresses; use a 127.x "
+                    f"network, not {network}")
+        return None
+
+    def host_problem(self) -> str | None:
+        return None
+
+    def up(self, yaml: str, *, timeout: float) -> None:
+        up(yaml, timeout=timeout, state_root=self.state_root)
+
+    def down(self, ref: ClusterRef, *, purge: bool, timeout: float) -> str:
+        return down(ref.where, purge=purge, timeout=timeout, state_root=self.state_root)
+
+    def status(self, ref: ClusterRef, *, full: bool) -> StatusReport:
+        where = ref.where
+        rows = status(where, state_root=self.state_root)
+        etcd = etcd_binary(where, state_root=self.state_root)
+        writes = state_writes(where, state_root=self.state_root)
+        report = StatusReport(
+            ["NODE", "IP", "ROLE", "STATE", "ETCD", "MACHINE", "FLEET", "UNITS"],
+            [[r["name"], r["ip"], r["role"], r["state"], r["etcd"],
+              r["machine_id"] if full else r["machine_id"][:8] + "...", r["fleet"],
+              f"{r['units_running']}/{len(r['units'])} active"] for r in rows],
+            {"cluster": ref.name, "provider": self.name, "etcd_binary": etcd,
+             "state_writes": writes, "nodes": rows})
+        if writes:
+            report.warnings.append(f"warning: {control.describe_writes_problem(writes)}")
+        if etcd:
+            report.notes.append(f"etcd: {etcd['etcd']} (version {etcd['version']}, chosen by "
+                                f"{etcd['source']})")
+            if etcd.get("warning"):
+                report.warnings.append(f"warning: {etcd['warning']}")
+        return report
+
+    def node(self, ref: ClusterRef, action: str, node: str, *, timeout: float) -> str:
+        where = ref.where
+        if action == "stop":
+            node_stop(where, node, timeout=timeout, state_root=self.state_root)
+            return f"{node}: stopped (fleetd left the cluster first; its units move elsewhere)"
+        if action == "reset":
+            return node_reset(where, node, timeout=timeout, state_root=self.state_root)
+        node_start(where, node, timeout=timeout, state_root=self.state_root)
+        return f"{node}: running"
+
+    def env(self, ref: ClusterRef) -> str:
+        return env(ref.where, state_root=self.state_root)
+
+    def namespace(self, cluster_name: str) -> str | None:
+        state_dir = cluster_state_dir(cluster_name, self.state_root)
+        return nodes.netns(state_dir) if state_dir.is_dir() else None
+
+    def known_down(self, cluster_name: str):  # noqa: ANN201 - Callable[[], bool]
+        """Down once the supervisor (which owns every node process) is gone."""
+        state_dir = cluster_state_dir(cluster_name, self.state_root)
+        return lambda: state_dir.is_dir() and not control.running(state_dir)

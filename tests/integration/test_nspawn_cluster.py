@@ -1,0 +1,242 @@
+"""`provider: nspawn` end to end: three REAL systemd machines (systemd-nspawn containers
+booted from the machine image), each on its own overlay, on a bridge inside a network
+namespace `provision up` creates; each machine's user-data applied at boot by the applier,
+etcd2 = Debian's etcd, fleet = fleetd with the systemd runner.
+
+One cluster per module (booting is the expensive part); the tests run in file order and
+the last one takes it down. Skipped, with the reason, without root, systemd-nspawn or
+what the machine image needs (mmdebstrap, a Debian mirror).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provision.providers.nspawn import layout
+from provision.providers.nspawn.machines import Machine, cgroup_hierarchies
+from provision.providers.nspawn.provider import requirements_problem, state_dir_of
+from tests.support.etcd import wait_for
+from tests.support.localenv import REPO
+
+
+def _problem() -> str | None:
+    from provision.image.build import image_problem
+
+    return requirements_problem() or image_problem()
+
+
+pytestmark = pytest.mark.skipif(_problem() is not None, reason=str(_problem()))
+
+UP_TIMEOUT = 300.0
+FAILOVER_S = 90.0
+
+
+class NspawnCluster:
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="pvn-test-"))
+        shutil.copytree(REPO / "clusters" / "units", self.base / "units")
+        data = yaml.safe_load((REPO / "clusters" / "nspawn.yaml").read_text())
+        self.name = f"nst{random.randrange(16**5):05x}"
+        data["name"] = data["etcd"]["discovery"]["cluster_token"] = self.name
+        self.path = self.base / f"{self.name}.yaml"
+        self.path.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.state_root = self.base / "state"
+        self.env = {**os.environ, "PROVISION_STATE": str(self.state_root),
+                    "PYTHONPATH": str(REPO)}
+        self.nodes = ["core-01", "core-02", "core-03"]
+        self.namespace = layout.namespace(self.name)
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir_of(self.name, self.state_root)
+
+    def provision(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "provision.cli.root", *argv],
+                              capture_output=True, text=True, timeout=timeout,
+                              cwd=self.base, stdin=subprocess.DEVNULL, env=self.env)
+
+    def machine(self, node: str) -> Machine:
+        return Machine(layout.machine_name(self.name, node), self.state_dir / "nodes" / node)
+
+    def in_machine(self, node: str, *argv: str) -> str:
+        return self.machine(node).run(*argv).stdout.strip()
+
+    def fleetctl(self, *argv: str) -> str:
+        exports = self.provision("env", self.name).stdout
+        endpoint = exports.split("FLEETCTL_ENDPOINT=", 1)[1].split()[0]
+        done = subprocess.run([sys.executable, "-m", "fleetd.fleetctl.main", "--endpoint",
+                               endpoint, *argv], capture_output=True, text=True, timeout=60,
+                              env=self.env, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def etcd_get(self, prefix: str) -> dict[str, dict]:
+        """Keys under `prefix` with their JSON values, read inside the namespace."""
+        endpoints = ",".join(f"http://172.17.8.10{i}:2379" for i in (1, 2, 3))
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.namespace, shutil.which("etcdctl") or "etcdctl",
+             "--endpoints", endpoints, "get", "--prefix", prefix],
+            capture_output=True, text=True, timeout=30, env={**self.env, "ETCDCTL_API": "3"})
+        lines = done.stdout.splitlines()
+        return {lines[i]: json.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
+
+    def where(self, unit: str) -> str | None:
+        """The node whose own systemd has `unit` active (None if none; fails if several)."""
+        active = [n for n in self.nodes if self.machine(n).running()
+                  and self.in_machine(n, "systemctl", "is-active", unit) == "active"]
+        assert len(active) <= 1, f"{unit} active on {active}"
+        return active[0] if active else None
+
+    def leftovers(self) -> list[str]:
+        found = []
+        if Path("/run/netns", self.namespace).exists():
+            found.append(f"netns {self.namespace}")
+        for hierarchy in cgroup_hierarchies():
+            found += [str(p) for p in hierarchy.glob(f"{layout.MACHINE_PREFIX}{self.name}-*")]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if f"{layout.MACHINE_PREFIX}{self.name}-".encode() in cmdline:
+                    found.append(f"process {entry}")
+        if self.state_dir.exists():
+            found.append(str(self.state_dir))
+        return found
+
+    def close(self) -> None:
+        if self.state_dir.exists():
+            self.provision("down", self.name, "--purge", timeout=180)
+        for node in self.nodes:  # whatever a failed down left
+            self.machine(node).stop(timeout=10)
+        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from provision.image import ensure_image, hold_image, release_image
+
+    image = ensure_image()  # a first build is not part of `up`'s timeout
+    hold_image(image)
+    running = NspawnCluster()
+    try:
+        up = running.provision("up", str(running.path), "--timeout", str(UP_TIMEOUT),
+                               timeout=UP_TIMEOUT + 60)
+        assert up.returncode == 0, up.stdout + up.stderr
+        running.up_output = up.stdout + up.stderr
+        yield running
+    finally:
+        running.close()
+        release_image(image)
+
+
+def test_every_machine_runs_systemd_etcd_and_fleet(cluster):
+    status = json.loads(cluster.provision("status", cluster.name, "--output", "json").stdout)
+    assert status["provider"] == "nspawn"
+    assert [(n["name"], n["ip"]) for n in status["nodes"]] == [
+        ("core-01", "172.17.8.101"), ("core-02", "172.17.8.102"), ("core-03", "172.17.8.103")]
+    for node in status["nodes"]:
+        assert node["systemd"] in ("running", "degraded"), node
+        assert (node["etcd"], node["fleet"]) == ("healthy", "registered"), node
+    # The user-data was applied at boot, by the image's boot unit, in each machine.
+    for name in cluster.nodes:
+        assert cluster.in_machine(name, "hostname") == name
+        assert cluster.in_machine(name, "systemctl", "is-active",
+                                  "provision-cloudinit.service") == "active"
+        assert "FLEET_RUNNER=systemd" in cluster.in_machine(
+            name, "systemctl", "show", "fleet.service", "--property", "Environment")
+    # etcd: one cluster of three members, queried from inside the namespace.
+    members = subprocess.run(
+        ["ip", "netns", "exec", cluster.namespace, shutil.which("etcdctl") or "etcdctl",
+         "--endpoints", "http://172.17.8.101:2379", "member", "list"],
+        capture_output=True, text=True, timeout=30, env={**cluster.env, "ETCDCTL_API": "3"})
+    assert members.stdout.count("started") == 3, members.stdout + members.stderr
+
+
+def test_fleetctl_lists_the_three_machines(cluster):
+    rows = cluster.fleetctl("list-machines", "--no-legend", "--full").splitlines()
+    ids = {row.split()[0] for row in rows}
+    assert ids == {layout.fleet_machine_id(cluster.name, n) for n in cluster.nodes}
+    assert {row.split()[1] for row in rows} == {"172.17.8.101", "172.17.8.102", "172.17.8.103"}
+
+
+def test_declared_units_run_in_the_machines_own_systemd_and_are_announced(cluster):
+    one, two = cluster.where("web@1.service"), cluster.where("web@2.service")
+    assert one and two and one != two  # Conflicts=web@*.service
+    assert cluster.where("web-announce@1.service") == one
+    keys = wait_for(lambda: (k := cluster.etcd_get("/services/web/")) and len(k) == 2 and k,
+                    timeout=60, interval=0.5, message="both web instances announced")
+    assert keys["/services/web/1"]["ip"] == f"172.17.8.10{one[-1]}"
+    assert keys["/services/web/2"]["ip"] == f"172.17.8.10{two[-1]}"
+
+
+def test_up_and_apply_again_change_nothing(cluster):
+    pids = {n: cluster.machine(n).pid1() for n in cluster.nodes}
+    jobs = {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
+                                  "--value") for n in cluster.nodes}
+    applied = cluster.provision("apply", str(cluster.path))
+    assert applied.returncode == 0, applied.stderr
+    assert "applied 0 changes" in applied.stdout
+    again = cluster.provision("up", str(cluster.path))
+    assert again.returncode == 0, again.stderr
+    assert "applied 0 changes" in again.stdout
+    assert {n: cluster.machine(n).pid1() for n in cluster.nodes} == pids  # no reboot
+    assert {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
+                                  "--value") for n in cluster.nodes} == jobs
+
+
+def test_a_killed_machine_loses_its_unit_to_another_and_runs_nothing_twice_on_reboot(cluster):
+    victim = cluster.where("web@1.service")
+    other = cluster.where("web@2.service")
+    free = next(n for n in cluster.nodes if n not in (victim, other))
+    cluster.machine(victim).kill()  # a crash: no clean shutdown, fleetd's TTL runs out
+    wait_for(lambda: cluster.where("web@1.service") == free, timeout=FAILOVER_S,
+             interval=0.5, message=f"web@1 active on {free} after {victim} was killed")
+    wait_for(lambda: cluster.etcd_get("/services/web/1").get("/services/web/1", {}).get("ip")
+             == f"172.17.8.10{free[-1]}", timeout=60, interval=0.5,
+             message="web@1's announcement moved")
+
+    started = cluster.provision("node", "start", victim, "-c", cluster.name, "--timeout", "180",
+                                timeout=240)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == f"{victim}: running"
+    # The rebooted machine runs nothing it ran before: web@1 stays where it moved.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert cluster.where("web@1.service") == free
+        assert cluster.in_machine(victim, "systemctl", "is-active", "web@1.service") != "active"
+        time.sleep(1)
+
+
+def test_node_stop_powers_a_machine_off_and_its_unit_moves(cluster):
+    holder = cluster.where("web@2.service")
+    stopped = cluster.provision("node", "stop", holder, "-c", cluster.name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not cluster.machine(holder).running()
+    status = json.loads(cluster.provision("status", cluster.name, "--output", "json").stdout)
+    row = next(n for n in status["nodes"] if n["name"] == holder)
+    assert (row["systemd"], row["etcd"]) == ("off", "stopped")
+    wait_for(lambda: cluster.where("web@2.service") not in (None, holder), timeout=FAILOVER_S,
+             interval=0.5, message=f"web@2 moved off {holder}")
+
+
+def test_down_purge_leaves_nothing_behind(cluster):
+    down = cluster.provision("down", cluster.name, "--purge", timeout=180)
+    assert down.returncode == 0, down.stderr
+    assert cluster.leftovers() == []
+    holds = list(Path(os.environ.get("PROVISION_IMAGE_CACHE", "/var/cache/provision/images"))
+                 .glob(f"*/holds/nspawn-{cluster.name}"))
+    assert holds == []

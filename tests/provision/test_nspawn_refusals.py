@@ -1,0 +1,85 @@
+"""What `provision up` of an nspawn cluster says when it cannot run: one line, exit 2,
+nothing started. Real conditions: an unprivileged user, a PATH without systemd-nspawn,
+an image build that fails (a Debian mirror that refuses connections)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLUSTERS
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = str(CLUSTERS / "nspawn.yaml")
+NOBODY = 65534
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
+        ) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          stdin=subprocess.DEVNULL, env={"PYTHONPATH": str(REPO), **env})
+
+
+def assert_refused(done: subprocess.CompletedProcess, fragment: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert fragment in last, done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run provision as another user")
+def test_not_root(tmp_path):
+    tmp_path.chmod(0o777)
+    done = run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
+                sys.executable, "-m", "provision.cli.root", "up", CLUSTER],
+               {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    assert_refused(done, f"provider nspawn needs root (you are uid {NOBODY})")
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, only a missing tool refuses")
+def test_no_systemd_nspawn(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ip", "nsenter"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = run([sys.executable, "-m", "provision.cli.root", "up", CLUSTER],
+               {"PATH": str(bin_dir), "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    assert_refused(done, "systemd-nspawn (Debian: apt-get install systemd-container)")
+    assert not (tmp_path / "state").exists()
+
+
+def _can_build() -> str | None:
+    from provision.image.build import image_problem
+    from provision.providers.nspawn.provider import requirements_problem
+
+    return requirements_problem() or image_problem()
+
+
+@pytest.mark.skipif(_can_build() is not None, reason=str(_can_build()))
+def test_a_failed_image_build_is_one_line(tmp_path):
+    from provision.image.mirror import MIRROR_ENV
+
+    done = run([sys.executable, "-m", "provision.cli.root", "up", CLUSTER],
+               {**os.environ, "PROVISION_STATE": str(tmp_path / "state"),
+                "PROVISION_IMAGE_CACHE": str(tmp_path / "images"),
+                MIRROR_ENV: "http://127.0.0.1:9/debian"}, tmp_path, timeout=600)
+    assert_refused(done, "cannot build the machine image: ")
+    assert not (tmp_path / "state" / ".nspawn" / "nspawn").exists()  # nothing started
+
+
+@pytest.mark.skipif(_can_build() is not None, reason=str(_can_build()))
+def test_provider_flag_on_a_loopback_cluster_is_refused(tmp_path):
+    done = run([sys.executable, "-m", "provision.cli.root", "up", "--provider", "nspawn",
+                str(CLUSTERS / "local.yaml")],
+               {**os.environ, "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    assert_refused(done, "nspawn machines need a private network such as 172.17.8.0/24")
+    assert not (tmp_path / "state" / ".nspawn").exists()
