@@ -151,6 +151,23 @@ def test_provisioning_again_changes_nothing(cluster):
     assert {n["name"]: main_pids(cluster, n["name"]) for n in nodes(cluster)} == before
 
 
+def test_a_machine_halted_and_up_again_comes_back_from_its_boot_unit(cluster):
+    """Provisioners do not run again; the boot unit applies the user-data at boot (its
+    etcd2/fleet units live in /run) and the machine rejoins etcd and fleet."""
+    container = next(n["vagrant"]["lxc_container"] for n in nodes(cluster)
+                     if n["name"] == "core-02")
+    cluster.vagrant("halt", "core-02")
+    assert cluster.in_netns("lxc-info", "-n", container, "-sH").stdout.strip() == "STOPPED"
+    up = cluster.vagrant("up", "core-02")
+    assert "Running provisioner" not in up.stdout
+    got = cluster.ssh("core-02", "systemctl is-active provision-cloudinit.service "
+                                 "etcd2.service fleet.service").stdout.split()
+    assert got == ["active", "active", "active"]
+    wait_for(lambda: "172.17.8.102" in cluster.ssh(
+        "core-01", "sudo fleetctl list-machines --no-legend").stdout, 90, interval=1,
+        message="core-02 registered again")
+
+
 def test_destroy_leaves_no_container_veth_or_directory(cluster):
     started = time.monotonic()
     cluster.vagrant("destroy", "-f")
