@@ -105,7 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UserError(f"`provision up` needs the cluster's YAML file, not a name "
                         f"({target.name!r}): e.g. `provision up clusters/{target.name}.yaml`")
     if target.provider == "vagrant":
-        return _up_vagrant(target)
+        return _up_vagrant(target, args)
     from provision.providers.local import provider as local
 
     remember_last(target.name)
@@ -119,23 +119,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                           no_wait=args.no_wait)
 
 
-def _up_vagrant(target: Target) -> int:
-    from provision import discovery
-    from provision.cli import default_output_dir
-    from provision.model_build import load_cluster
-    from provision.output import write_rendered
-    from provision.render import MANIFEST, render_cluster
+def _up_vagrant(target: Target, args: argparse.Namespace) -> int:
+    from provision.providers import vagrant_cli
 
-    cluster, warnings = load_cluster(target.yaml)
-    for problem in warnings:
-        print(problem, file=sys.stderr)
-    out_dir = default_output_dir(cluster.name)
-    resolved, record = discovery.resolve(cluster, out_dir)
-    write_rendered(out_dir, render_cluster(cluster, resolved), record)
-    _vagrant().up(out_dir / MANIFEST, _print_progress)
-    print(f"{cluster.name} is up: {len(cluster.nodes)} Vagrant machines running "
-          f"(`vagrant ssh {cluster.nodes[0].name}` from this checkout)")
-    return 0
+    return vagrant_cli.up(target.yaml, args.timeout, no_wait=args.no_wait)
 
 
 def _print_progress(node: str, phase: str, detail: str) -> None:
@@ -165,15 +152,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
     if target.provider == "vagrant":
-        rows = [{"name": s.name, "ip": s.ip, "state": s.state, "vm_provider": s.detail}
-                for s in _vagrant().status(_vagrant_manifest(target))]
-        if args.output == "json":
-            print(json.dumps({"cluster": target.name, "provider": "vagrant", "nodes": rows},
-                             indent=2))
-        else:
-            _print_table(["NODE", "IP", "STATE", "VM PROVIDER"],
-                         [[r["name"], r["ip"], r["state"], r["vm_provider"]] for r in rows])
-        return 0
+        from provision.providers import vagrant_cli
+
+        return vagrant_cli.status(target.name, _vagrant_manifest(target), target.yaml,
+                                  args.output)
     from provision.providers.local import provider as local
 
     where = target.yaml or target.name
@@ -211,10 +193,14 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, None)
+    if target.provider == "vagrant" and args.action in ("stop", "start"):
+        from provision.providers import vagrant_cli
+
+        return vagrant_cli.node(args.action, args.node, _vagrant_manifest(target),
+                                target.yaml, args.timeout)
     if target.provider != "local":
         raise UserError(f"`provision node {args.action}` works on local clusters; "
-                        f"{target.name} uses the {target.provider} provider (use "
-                        f"`vagrant halt|up {args.node}`)")
+                        f"{target.name} uses the {target.provider} provider")
     from provision.providers.local import provider as local
 
     where = target.yaml or target.name
@@ -232,8 +218,9 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_env(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
     if target.provider == "vagrant":
-        for key, value in _vagrant().user_env(_vagrant_manifest(target)).items():
-            print(f"export {key}={value}")
+        from provision.providers import vagrant_cli
+
+        sys.stdout.write(vagrant_cli.env(_vagrant_manifest(target), target.yaml))
         return 0
     from provision.providers.local import provider as local
 
