@@ -77,7 +77,7 @@ def cluster():
     try:
         started = time.monotonic()
         # A busy 2-core host can take minutes per machine: the deadline is for a wedge.
-        made.up = made.provision("up", str(source), "--timeout", "900")
+        made.up = made.provision("up", str(source), "--timeout", "900", timeout=2400)
         assert made.up.returncode == 0, "\n".join(made.logs)[-6000:]
         print(f"provision up of 3 lxc machines, units applied: "
               f"{time.monotonic() - started:.0f}s")
