@@ -15,11 +15,14 @@ so "cold" is really cold (pip's own download cache may be warm):
              boot, payload + user-data upload, offline install, applier) inside a
              network namespace, then until `fleetctl list-machines` in a machine shows 3;
   destroy    `vagrant destroy -f`;
+  provision  `provision up` of the same cluster (the same vagrant up, then until every
+             etcd is healthy and every fleetd registered, SSH access files, the declared
+             units applied and active) and `provision down`;
   baseline   (unless --no-baseline) the same 3 machines `vagrant up --no-provision`
              (boxes booted, nothing installed) and destroyed again, in the same run.
 
 Last line: `box_cold_s=… box_add_s=… payload_cold_s=… up_s=… up_to_fleet_s=…
-destroy_s=… bare_up_s=… up_over_bare=…`.
+destroy_s=… provision_up_s=… provision_down_s=… bare_up_s=… up_over_bare=…`.
 """
 
 from __future__ import annotations
@@ -106,6 +109,16 @@ def main() -> int:
         print(f"vagrant destroy -f: {destroy:.1f}s")
         figures.update(up_s=f"{up:.1f}", up_to_fleet_s=f"{to_fleet:.1f}",
                        destroy_s=f"{destroy:.1f}")
+        started = time.monotonic()
+        done = cluster.provision("up", str(source))
+        assert done.returncode == 0, done.stderr[-4000:]
+        provision_up = time.monotonic() - started
+        print(f"provision up (3 machines, units applied and active): {provision_up:.1f}s")
+        done, provision_down = timed(lambda: cluster.provision("down", str(source)))
+        assert done.returncode == 0, done.stderr[-4000:]
+        print(f"provision down: {provision_down:.1f}s")
+        figures.update(provision_up_s=f"{provision_up:.1f}",
+                       provision_down_s=f"{provision_down:.1f}")
         if not args.no_baseline:
             cluster.ssh_config = None
             _, bare = timed(lambda: cluster.vagrant("up", "--no-provision"))

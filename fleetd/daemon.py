@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import uuid
@@ -22,8 +23,22 @@ log = logging.getLogger("fleetd")
 VERSION = "0.1.0"
 
 
-def machine_id(state_dir: Path) -> str:
-    """This machine's id: read from `state_dir/machine-id`, made and kept on first start."""
+SYSTEM_MACHINE_ID = Path("/etc/machine-id")
+
+
+def machine_id(state_dir: Path, system_id_file: Path | None = None) -> str:
+    """This machine's id. With `system_id_file` (/etc/machine-id, when fleetd drives the
+    systemd of the machine it runs on), systemd's id, as fleet uses it: a unit's `%m` then
+    names its fleet machine (a sidekick looks its machine up by it). Otherwise, or when
+    that file holds no id, read from `state_dir/machine-id`, made and kept on first start
+    (local nodes share one host, so each needs its own)."""
+    if system_id_file is not None:
+        try:
+            system = system_id_file.read_text().strip()
+        except OSError:
+            system = ""
+        if len(system) == 32 and all(c in "0123456789abcdef" for c in system):
+            return system
     path = state_dir / "machine-id"
     try:
         existing = path.read_text().strip()
@@ -106,7 +121,10 @@ class Server:
             raise ValueError(f"api_address: {problem}")
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        mid = machine_id(config.state_dir)
+        # This machine's own systemd (not one reached through another bus): its id.
+        own_systemd = (runner_kind(config) == "systemd"
+                       and not os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
+        mid = machine_id(config.state_dir, SYSTEM_MACHINE_ID if own_systemd else None)
         self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))

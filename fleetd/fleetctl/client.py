@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from fleetd.fleetctl.errors import ApiError, ConnectError, UnitConflict, UsageError
 from fleetd.fleetctl.model import Machine, Unit, UnitState, malformed
+from fleetd.fleetctl.ssh import SshOptions
 from fleetd.unit.unitfile import UnitOption
 
 API_PREFIX = "/fleet/v1"
@@ -90,13 +91,22 @@ def unit_path(name: str, *rest: str) -> str:
 class Client:
     """The fleet API at one endpoint; `timeout` bounds every single request (seconds)."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: Endpoint, timeout: float = 5.0,
+                 tunnel: SshOptions | None = None) -> None:
+        """`tunnel`: reach the endpoint from the tunnel host, through ssh."""
         self.endpoint = endpoint
         self.timeout = timeout
+        self.tunnel = tunnel
 
     # -- transport -------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
+        if self.tunnel is not None:
+            from fleetd.fleetctl.remote import RelayConnection
+            from fleetd.fleetctl.ssh import api_relay_argv
+
+            return RelayConnection(api_relay_argv(self.tunnel, self.endpoint.scheme,
+                                                  self.endpoint.address), self.timeout)
         if self.endpoint.scheme == "unix":
             return _UnixConnection(self.endpoint.address, self.timeout)
         if self.endpoint.scheme == "https":
@@ -126,6 +136,10 @@ class Client:
 
     def _unreachable(self, err: BaseException) -> str:
         reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        if self.tunnel is not None:
+            return (f"cannot reach fleet at {self.endpoint} through the SSH tunnel to "
+                    f"{self.tunnel.tunnel}: {reason}; see ssh's message above (user "
+                    f"{self.tunnel.username}: --ssh-username, keys: --ssh-config or ssh-agent)")
         hint = ("is fleetd running on this machine? set --endpoint or FLEETCTL_ENDPOINT "
                 "to reach another one")
         return f"cannot reach fleet at {self.endpoint}: {reason}; {hint}"

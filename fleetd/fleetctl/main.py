@@ -18,8 +18,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TextIO
 
-from fleetd.argtypes import BadValue, non_negative_duration, non_negative_int, positive_duration
-from fleetd.fleetctl import inspect, lifecycle, lists
+from fleetd.argtypes import (
+    BadValue,
+    non_negative_duration,
+    non_negative_int,
+    port,
+    positive_duration,
+)
+from fleetd.fleetctl import inspect, lifecycle, lists, remote
+from fleetd.fleetctl import ssh as fleet_ssh
 from fleetd.fleetctl.client import Client, Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, FleetctlError, UsageError
 from fleetd.fleetctl.session import Session
@@ -32,7 +39,8 @@ DEFAULT_SOCKET = "/var/run/fleet.sock"
 # 503 naming etcd must reach the user on a loaded machine, not a timeout of our own.
 DEFAULT_REQUEST_TIMEOUT = 10.0
 COMMANDS = ("list-machines", "list-unit-files", "list-units", "submit", "load", "start", "stop",
-            "unload", "destroy", "cat", "status", "journal", "version")
+            "unload", "destroy", "cat", "status", "journal", "ssh", "version")
+TUNNEL_REQUEST_TIMEOUT = 30.0  # ssh's connection and login come first
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,7 +70,37 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--request-timeout", type=positive_duration, default=default,
                         metavar="SECONDS",
                         help="time allowed for a single request (env "
-                             f"FLEETCTL_REQUEST_TIMEOUT; default {DEFAULT_REQUEST_TIMEOUT:g})")
+                             f"FLEETCTL_REQUEST_TIMEOUT; default {DEFAULT_REQUEST_TIMEOUT:g}, "
+                             f"{TUNNEL_REQUEST_TIMEOUT:g} through --tunnel)")
+    parser.add_argument("--tunnel", default=default, metavar="HOST[:PORT]",
+                        help="reach the fleet API through SSH to this machine, and `ssh` "
+                             "other machines through it (env FLEETCTL_TUNNEL)")
+    parser.add_argument("--ssh-username", default=default, metavar="USER",
+                        help="user for SSH (env FLEETCTL_SSH_USERNAME; default "
+                             f"{fleet_ssh.DEFAULT_USERNAME})")
+    parser.add_argument("--ssh-port", type=port, default=default, metavar="PORT",
+                        help="SSH port of the machines `ssh` connects to (env "
+                             f"FLEETCTL_SSH_PORT; default {fleet_ssh.DEFAULT_PORT})")
+    parser.add_argument("--strict-host-key-checking", type=_boolean, nargs="?", const=True,
+                        default=default, metavar="BOOL",
+                        help="check SSH host keys against --known-hosts-file, asking before "
+                             "trusting a new one (env FLEETCTL_STRICT_HOST_KEY_CHECKING; "
+                             "default true)")
+    parser.add_argument("--known-hosts-file", default=default, metavar="FILE",
+                        help="SSH known hosts (env FLEETCTL_KNOWN_HOSTS_FILE; default "
+                             f"{fleet_ssh.DEFAULT_KNOWN_HOSTS})")
+    parser.add_argument("--ssh-config", default=default, metavar="FILE",
+                        help="an ssh_config for SSH (keys, users per host; env "
+                             "FLEETCTL_SSH_CONFIG; `provision env` sets it for Vagrant)")
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "t", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "f", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def _list_options(parser: argparse.ArgumentParser, fields: str) -> None:
@@ -157,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", "-n", type=non_negative_int, default=10, metavar="N",
                    help="number of recent lines to print (default 10)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = command("ssh", "Open a shell, or run COMMAND, on a machine of the cluster or on "
+                       "the machine running a unit")
+    p.add_argument("-A", "--forward-agent", action="store_true",
+                   help="forward the local ssh-agent to the machine")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--machine", metavar="ID", help="the machine with this ID (prefix)")
+    which.add_argument("--unit", metavar="UNIT", help="the machine running this unit")
+    p.add_argument("words", nargs=argparse.REMAINDER, metavar="MACHINE|UNIT [COMMAND]")
     command("version", "Print the version and exit")
     return parser
 
@@ -174,12 +220,43 @@ def resolve_endpoint(flag: str | None, env: Mapping[str, str],
                      "(`provision env` prints it for a cluster)")
 
 
-def _request_timeout(flag: float | None, env: Mapping[str, str]) -> float:
+def ssh_options(args: argparse.Namespace, env: Mapping[str, str]) -> fleet_ssh.SshOptions:
+    """The SSH settings of the global flags, else the FLEETCTL_* variables, else fleet's
+    defaults."""
+    def pick(name: str, variable: str) -> str | None:
+        value = getattr(args, name, None)
+        return value if value is not None else (env.get(variable) or None)
+
+    strict = getattr(args, "strict_host_key_checking", None)
+    if strict is None and env.get("FLEETCTL_STRICT_HOST_KEY_CHECKING"):
+        try:
+            strict = _boolean(env["FLEETCTL_STRICT_HOST_KEY_CHECKING"])
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"FLEETCTL_STRICT_HOST_KEY_CHECKING: {err}") from None
+    ssh_port = getattr(args, "ssh_port", None)
+    if ssh_port is None and env.get("FLEETCTL_SSH_PORT"):
+        try:
+            ssh_port = port(env["FLEETCTL_SSH_PORT"])
+        except BadValue as err:
+            raise UsageError(f"FLEETCTL_SSH_PORT: {err}") from None
+    return fleet_ssh.SshOptions(
+        username=pick("ssh_username", "FLEETCTL_SSH_USERNAME") or fleet_ssh.DEFAULT_USERNAME,
+        port=ssh_port or fleet_ssh.DEFAULT_PORT,
+        strict_host_key_checking=True if strict is None else strict,
+        known_hosts_file=(pick("known_hosts_file", "FLEETCTL_KNOWN_HOSTS_FILE")
+                          or fleet_ssh.DEFAULT_KNOWN_HOSTS),
+        config_file=pick("ssh_config", "FLEETCTL_SSH_CONFIG"),
+        tunnel=pick("tunnel", "FLEETCTL_TUNNEL"),
+        forward_agent=bool(getattr(args, "forward_agent", False)))
+
+
+def _request_timeout(flag: float | None, env: Mapping[str, str],
+                     tunnel: bool = False) -> float:
     if flag is not None:
         return flag
     text = env.get("FLEETCTL_REQUEST_TIMEOUT")
     if not text:
-        return DEFAULT_REQUEST_TIMEOUT
+        return TUNNEL_REQUEST_TIMEOUT if tunnel else DEFAULT_REQUEST_TIMEOUT
     try:
         return positive_duration(text)
     except BadValue as err:
@@ -231,6 +308,8 @@ def _dispatch(args: argparse.Namespace, session: Session) -> int:
     elif command == "status":
         for i, text in enumerate(inspect.status(session, args.units)):
             out.write(("\n" if i else "") + text)
+    elif command == "ssh":
+        return _ssh(args, session)
     elif command == "journal":
         try:
             for chunk in inspect.journal(session, args.unit, args.lines, args.follow):
@@ -243,6 +322,46 @@ def _dispatch(args: argparse.Namespace, session: Session) -> int:
         raise UsageError(f"unknown command {command!r}")
     out.flush()
     return EXIT_OK
+
+
+def _ssh(args: argparse.Namespace, session: Session) -> int:
+    words = list(args.words)
+    if args.machine or args.unit:
+        lookup, only = (args.machine, "machine") if args.machine else (args.unit, "unit")
+    elif words and words[0] != "--":
+        lookup, only, words = words[0], None, words[1:]
+    else:
+        raise UsageError("name one machine or unit: fleetctl ssh MACHINE|UNIT [COMMAND]",
+                         command="ssh")
+    if "--" in words:
+        words = words[words.index("--") + 1:]
+    address = _ssh_address(session, lookup, only)
+    options = session.ssh or fleet_ssh.SshOptions()
+    ensure_known_hosts_dir(options)
+    return remote.run_ssh(fleet_ssh.ssh_argv(options, address, words))
+
+
+def _ssh_address(session: Session, lookup: str, only: str | None) -> str:
+    from fleetd.fleetctl.targets import unit_name_of
+
+    machines = [fleet_ssh.MachineRef(m.id, m.primary_ip) for m in session.machines().values()]
+    unit = None
+    if only != "machine":
+        try:
+            name = unit_name_of(lookup)
+        except UsageError:
+            name = None
+        unit = session.client.unit(name) if name else None
+    return fleet_ssh.resolve_target(lookup, machines, unit.machine_id if unit else None,
+                                    unit is not None, bool(unit and unit.is_global), only=only)
+
+
+def ensure_known_hosts_dir(options: fleet_ssh.SshOptions) -> None:
+    """fleet keeps ~/.fleetctl/known_hosts; ssh does not make the directory itself."""
+    if options.strict_host_key_checking:
+        parent = os.path.dirname(os.path.expanduser(options.known_hosts_file))
+        if parent:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
 
 
 def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -268,9 +387,17 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
         if command is None:
             err.write(parser.format_help())
             return EXIT_USAGE
-        endpoint = resolve_endpoint(args.endpoint, env, socket_exists)
-        client = Client(endpoint, _request_timeout(args.request_timeout, env))
-        session = Session(client, out=out, err=err, sleep=sleep, monotonic=monotonic)
+        options = ssh_options(args, env)
+        if options.tunnel:
+            fleet_ssh.split_host_port(options.tunnel, fleet_ssh.DEFAULT_PORT)  # checked early
+            ensure_known_hosts_dir(options)
+        endpoint = resolve_endpoint(args.endpoint, env,
+                                    (lambda _: True) if options.tunnel else socket_exists)
+        client = Client(endpoint, _request_timeout(args.request_timeout, env,
+                                                   bool(options.tunnel)),
+                        tunnel=options if options.tunnel else None)
+        session = Session(client, out=out, err=err, sleep=sleep, monotonic=monotonic,
+                          ssh=options)
         return _dispatch(args, session)
     except UsageError as error:
         if error.usage:

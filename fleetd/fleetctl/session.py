@@ -11,6 +11,7 @@ from typing import TextIO
 from fleetd.fleetctl.client import Client, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
 from fleetd.fleetctl.model import Machine, machine_legend
+from fleetd.fleetctl.ssh import SshOptions
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Session:
     err: TextIO = field(default_factory=lambda: sys.stderr)
     sleep: Callable[[float], None] = time.sleep
     monotonic: Callable[[], float] = time.monotonic
+    ssh: SshOptions | None = None
     _machines: dict[str, Machine] | None = None
 
     def say(self, line: str) -> None:
@@ -64,4 +66,12 @@ class Session:
         except UsageError as err:
             raise FleetctlError(f"machine {machine_id} advertises a bad API address: "
                                 f"{err.message}") from None
-        return Client(endpoint, self.client.timeout)
+        tunnel = self.client.tunnel
+        if tunnel is not None:
+            from fleetd.fleetctl.ssh import via_tunnel
+
+            if not machine.primary_ip:
+                raise FleetctlError(f"machine {machine_id} that runs {what} has no address "
+                                    "to reach it at through the tunnel")
+            tunnel = via_tunnel(tunnel, machine.primary_ip)
+        return Client(endpoint, self.client.timeout, tunnel=tunnel)

@@ -9,6 +9,14 @@ that variable set:
   directory afterwards means this cluster.
 - `status`: one `vagrant status --machine-readable` → one `NodeStatus` per node.
 - `down`: `vagrant destroy NODE --force` for each node in reverse order.
+- `halt` / `start` one node (`provision node stop|start`): `vagrant halt|up NODE`.
+- `prepare`: before `up`, the lxc box (built and added when missing) and the machines'
+  payload beside the manifest.
+- `ssh_config`: `vagrant ssh-config`, each `Host` also matching its machine's address
+  (what `fleetctl --tunnel` and `fleetctl ssh` connect to).
+
+The Vagrantfile is the one in `$VAGRANT_CWD` (Vagrant's own variable) when set, else
+this checkout's.
 
 Vagrant's own output reaches the user: stdout is inherited, stderr is echoed as it comes
 and its last lines end up in the `OperationFailed` message (python-vagrant would
@@ -107,11 +115,13 @@ class VagrantProvider:
 
     name = "vagrant"
 
-    def __init__(self, root: Path | str = REPO_ROOT, *, env: Mapping[str, str] | None = None,
+    def __init__(self, root: Path | str | None = None, *, env: Mapping[str, str] | None = None,
                  stderr: TextIO | None = None) -> None:
         """`env` is laid over this process's environment for every `vagrant` run
         (e.g. VAGRANT_HOME, VAGRANT_DEFAULT_PROVIDER); Vagrant's stderr is echoed to
         `stderr` (default: sys.stderr at the time of the call)."""
+        if root is None:
+            root = os.environ.get("VAGRANT_CWD") or REPO_ROOT
         self.root = Path(root).absolute()
         self.extra_env = dict(env or {})
         self.stderr = stderr
@@ -166,6 +176,33 @@ class VagrantProvider:
         if purge:
             forget_manifest(manifest.path, self.root)
 
+    def halt(self, manifest_path: Path | str, node: str) -> None:
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest, node)
+        session.run(f"vagrant halt {node}", lambda: session.vagrant.halt(vm_name=node))
+
+    def start(self, manifest_path: Path | str, node: str) -> None:
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest, node)
+        session.run(f"vagrant up {node}", lambda: session.vagrant.up(vm_name=node))
+
+    def prepare(self, manifest_path: Path | str, say: Callable[[str], None]) -> None:
+        """What `vagrant up` needs on the host: the machines' payload beside the
+        manifest and, for lxc machines, the box (built when missing, then added)."""
+        from provision.box.build import add_box, ensure_box
+        from provision.box.payload import prepare_machines
+
+        manifest = read_manifest(manifest_path)
+        settings = json.loads(manifest.path.read_text(encoding="utf-8")).get("vagrant") or {}
+        if settings.get("provider") == "lxc":
+            add_box(ensure_box("lxc", say=say), env={**os.environ, **self.extra_env}, say=say)
+        prepare_machines(manifest.path, say=say)
+
+    def ssh_config(self, manifest_path: Path | str) -> str:
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest)
+        return hosts_by_address(session.run("vagrant ssh-config", session.vagrant.ssh_config))
+
     # -- helpers for the CLI ---------------------------------------------------------------
 
     def user_env(self, manifest_path: Path | str) -> dict[str, str]:
@@ -174,7 +211,10 @@ class VagrantProvider:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _session(self, manifest: Manifest) -> _Session:
+    def _session(self, manifest: Manifest, node: str | None = None) -> _Session:
+        if node is not None and node not in manifest.names:
+            raise UserError(f"{node}: no such node in {manifest.path} (nodes: "
+                            f"{', '.join(manifest.names)})")
         env = {**os.environ, **self.extra_env, MANIFEST_ENV: str(manifest.path)}
         if shutil.which("vagrant", path=env.get("PATH", os.defpath)) is None:
             raise UserError(NOT_INSTALLED)
@@ -200,6 +240,24 @@ class VagrantProvider:
                                      f"VMs of another cluster still exist ({listed}); take "
                                      "that cluster down first (`provision down` with its "
                                      "manifest, or `vagrant destroy`)")])
+
+
+def hosts_by_address(ssh_config: str) -> str:
+    """`vagrant ssh-config` with each `Host NAME` also matching its `HostName` address."""
+    blocks: list[list[str]] = []
+    for line in ssh_config.splitlines():
+        if line.startswith("Host ") or not blocks:
+            blocks.append([])
+        blocks[-1].append(line)
+    out = []
+    for block in blocks:
+        address = next((line.split(None, 1)[1].strip() for line in block
+                        if line.strip().startswith("HostName ")), None)
+        head = block[0]
+        if head.startswith("Host ") and address and address not in head.split()[1:]:
+            head = f"{head.rstrip()} {address}"
+        out.extend([head, *block[1:]])
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def remember_manifest(manifest_path: Path, root: Path = REPO_ROOT) -> Path:

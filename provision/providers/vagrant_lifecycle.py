@@ -1,20 +1,34 @@
 """The Vagrant provider as the lifecycle CLI drives it (`ClusterProvider`).
 
-The cluster is rendered into out/<name> (the Vagrantfile reads its manifest); the
-machines are `provision.providers.vagrant.VagrantProvider`'s. `provision node` is
-Vagrant's own `vagrant halt|up NODE`; the declared units are not applied after `up`
-(the machines' etcd is reached from them, not from here).
+- up: render, prepare (box, payload), `vagrant up` each node, wait until every etcd is
+  healthy and every fleetd registered, write `ssh-config` and `known_hosts` beside the
+  manifest; the lifecycle CLI then applies the declared units.
+- status: per node, Vagrant's state, etcd health, the fleet machine, its units.
+- node stop|start: `vagrant halt|up NODE`; start waits for that node to be ready again.
+- env: etcdctl reaches the members directly; fleetctl goes through SSH to the first
+  node (`FLEETCTL_TUNNEL`) with Vagrant's keys (`FLEETCTL_SSH_CONFIG`) and the host keys
+  read at `up` (`FLEETCTL_KNOWN_HOSTS_FILE`, strict checking): the fleet API stays a
+  root-only unix socket on each machine.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from provision.errors import UserError
+from provision.errors import OperationFailed, UserError
+from provision.files import write_atomic
 from provision.providers import ClusterRef, StatusReport, format_progress
+from provision.providers.vagrant_cluster import ClusterAccess, node_rows, wait_ready
+
+SSH_CONFIG = "ssh-config"
+KNOWN_HOSTS = "known_hosts"
+READY_TIMEOUT_S = 300.0
 
 
 def driver():  # noqa: ANN201 - VagrantProvider, imported lazily
@@ -24,14 +38,58 @@ def driver():  # noqa: ANN201 - VagrantProvider, imported lazily
     return VagrantProvider()
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _print_progress(node: str, phase: str, detail: str) -> None:
-    print(format_progress(node, phase, detail), file=sys.stderr, flush=True)
+    _say(format_progress(node, phase, detail))
+
+
+def access_of(cluster) -> ClusterAccess:  # noqa: ANN001 - provision.spec.model.Cluster
+    from provision.apply.desired import etcd_endpoints, fleet_prefix
+
+    return ClusterAccess(tuple(etcd_endpoints(cluster)), fleet_prefix(cluster),
+                         cluster.etcd.client_port,
+                         tuple((n.name, str(n.ip)) for n in cluster.nodes))
+
+
+def _access(yaml: str | None) -> ClusterAccess | None:
+    if yaml is None:
+        return None
+    from provision.render.cluster import load
+
+    return access_of(load(yaml, lambda line: None))
+
+
+def write_access_files(provider, manifest: Path) -> None:  # noqa: ANN001 - VagrantProvider
+    """ssh-config (Vagrant's, each host also under its address) and known_hosts (the
+    machines' host keys, read over that SSH, as Vagrant trusts them) beside the manifest."""
+    from provision.providers.vagrant import read_manifest
+
+    directory = read_manifest(manifest).path.parent
+    write_atomic(directory / SSH_CONFIG, provider.ssh_config(manifest))
+    lines = []
+    for name, ip in read_manifest(manifest).nodes:
+        done = subprocess.run(
+            ["ssh", "-F", str(directory / SSH_CONFIG), name,
+             "cat /etc/ssh/ssh_host_*_key.pub"],
+            capture_output=True, text=True, timeout=120, check=False,
+            stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise OperationFailed(f"{name}: cannot read its SSH host keys: "
+                                  f"{done.stderr.strip() or done.returncode}")
+        for key in done.stdout.splitlines():
+            parts = key.split()
+            if len(parts) >= 2:
+                lines.append(f"{ip} {parts[0]} {parts[1]}")
+    write_atomic(directory / KNOWN_HOSTS, "\n".join(lines) + "\n")
 
 
 class VagrantLifecycle:
     name = "vagrant"
     default_network = ("172.17.8.0/24", 101)
-    applies_units_after_up = False
+    applies_units_after_up = True
 
     def network_problem(self, network: ipaddress.IPv4Network) -> str | None:
         if network.is_loopback:
@@ -48,9 +106,16 @@ class VagrantLifecycle:
 
         rendered = render_to(yaml)
         cluster = rendered.cluster
-        driver().up(rendered.out_dir / MANIFEST, _print_progress)
-        print(f"{cluster.name} is up: {len(cluster.nodes)} Vagrant machines running "
-              f"(`vagrant ssh {cluster.nodes[0].name}` from this checkout)")
+        manifest = rendered.out_dir / MANIFEST
+        provider = driver()
+        provider.prepare(manifest, _say)
+        started = time.monotonic()
+        provider.up(manifest, _print_progress)
+        wait_ready(access_of(cluster), max(timeout, READY_TIMEOUT_S), _print_progress)
+        write_access_files(provider, manifest)
+        _say(f"{cluster.name}: {len(cluster.nodes)} Vagrant machines ready in "
+             f"{time.monotonic() - started:.0f}s; `eval $(provision env {yaml})` then "
+             f"fleetctl list-machines")
 
     def down(self, ref: ClusterRef, *, purge: bool, timeout: float) -> str:
         from provision.render import discovery
@@ -62,20 +127,62 @@ class VagrantLifecycle:
         return f"{ref.name}: destroyed"
 
     def status(self, ref: ClusterRef, *, full: bool) -> StatusReport:
-        rows = [{"name": s.name, "ip": s.ip, "state": s.state, "vm_provider": s.detail}
-                for s in driver().status(self._manifest(ref))]
+        states = driver().status(self._manifest(ref))
+        access = _access(ref.yaml)
+        health = node_rows(access, [s.state == "running" for s in states]) if access else None
+        rows = []
+        for i, s in enumerate(states):
+            h = health[i] if health else None
+            rows.append({"name": s.name, "ip": s.ip, "state": s.state, "vm_provider": s.detail,
+                         "etcd": h.etcd if h else "?", "machine": h.machine if h else "",
+                         "units": h.units if h else "?"})
         return StatusReport(
-            ["NODE", "IP", "STATE", "VM PROVIDER"],
-            [[r["name"], r["ip"], r["state"], r["vm_provider"]] for r in rows],
+            ["NODE", "IP", "STATE", "VM PROVIDER", "ETCD", "MACHINE", "UNITS"],
+            [[r["name"], r["ip"], r["state"], r["vm_provider"], r["etcd"],
+              (r["machine"] if full else r["machine"][:8] + "...") if r["machine"] else "-",
+              r["units"]] for r in rows],
             {"cluster": ref.name, "provider": self.name, "nodes": rows})
 
     def node(self, ref: ClusterRef, action: str, node: str, *, timeout: float) -> str:
-        raise UserError(f"`provision node {action}` works on local and nspawn clusters; "
-                        f"{ref.name} uses the vagrant provider (use `vagrant halt|up {node}`)")
+        manifest = self._manifest(ref)
+        if action == "stop":
+            driver().halt(manifest, node)
+            return f"{node}: halted (fleet moves its units once its machine is gone)"
+        if action != "start":
+            raise UserError(f"`provision node {action}` works on local and nspawn clusters; "
+                            f"{ref.name} uses the vagrant provider")
+        driver().start(manifest, node)
+        access = _access(ref.yaml)
+        if access is not None:
+            mine = tuple(n for n in access.nodes if n[0] == node)
+            wait_ready(ClusterAccess(access.etcd_endpoints, access.fleet_prefix,
+                                     access.client_port, mine),
+                       max(timeout, READY_TIMEOUT_S), _print_progress)
+        return f"{node}: running"
 
     def env(self, ref: ClusterRef) -> str:
-        return "".join(f"export {key}={value}\n"
-                       for key, value in driver().user_env(self._manifest(ref)).items())
+        from provision.providers.vagrant import read_manifest
+
+        manifest = self._manifest(ref)
+        found = read_manifest(manifest)
+        directory = found.path.parent
+        exports = dict(driver().user_env(manifest))
+        access = _access(ref.yaml)
+        if access is not None:
+            exports["ETCDCTL_ENDPOINTS"] = ",".join(access.etcd_endpoints)
+        exports["FLEETCTL_TUNNEL"] = found.nodes[0][1]
+        config = directory / SSH_CONFIG
+        if config.is_file():
+            user = next((line.split()[1] for line in config.read_text().splitlines()
+                         if line.strip().startswith("User ")), "vagrant")
+            exports["FLEETCTL_SSH_USERNAME"] = user
+            exports["FLEETCTL_SSH_CONFIG"] = str(config.absolute())
+        known = directory / KNOWN_HOSTS
+        if known.is_file():
+            exports["FLEETCTL_STRICT_HOST_KEY_CHECKING"] = "true"
+            exports["FLEETCTL_KNOWN_HOSTS_FILE"] = str(known.absolute())
+        exports["FLEETCTL_ENDPOINT"] = "unix:///var/run/fleet.sock"
+        return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports.items())
 
     def namespace(self, cluster_name: str) -> str | None:
         return None

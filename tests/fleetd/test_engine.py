@@ -126,6 +126,22 @@ def test_machine_id_is_made_once_and_kept(tmp_path):
     assert replaced != first and machine_id(tmp_path) == replaced
 
 
+@pytest.mark.parametrize(("system", "uses_it"), [
+    ("0123456789abcdef0123456789abcdef\n", True),
+    ("", False),                        # empty (an image before its first boot)
+    ("uninitialized\n", False),
+    (None, False),                      # no such file
+])
+def test_under_its_machines_systemd_the_id_is_systemds(tmp_path, system, uses_it):
+    """A unit's %m (what a sidekick looks its machine up by) must name the fleet machine."""
+    path = tmp_path / "etc-machine-id"
+    if system is not None:
+        path.write_text(system)
+    got = machine_id(tmp_path / "state", path)
+    assert (got == "0123456789abcdef0123456789abcdef") is uses_it
+    assert len(got) == 32 and machine_id(tmp_path / "state", path) == got
+
+
 def test_leadership_survives_a_pass_longer_than_its_ttl(registry):
     """The lease is renewed beside the engine's loop: a long cache load or pass (seen at
     50,000 units) must not lose the leadership it runs under."""

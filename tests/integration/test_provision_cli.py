@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
+from provision.cli import apply as apply_cli
 from provision.cli.root import main
 from provision.providers import vagrant_lifecycle
 from provision.providers.vagrant import VagrantProvider
+from provision.providers.vagrant_cluster import NodeHealth
 from tests.conftest import CLUSTERS
 from tests.support import fake_vagrant
 from tests.support.etcd import wait_for
@@ -136,8 +138,21 @@ def fake(tmp_path, monkeypatch):
     root.mkdir()
     (root / "Vagrantfile").write_text("# the fake vagrant defines the machines\n")
     monkeypatch.setattr(vagrant_lifecycle, "driver", lambda: VagrantProvider(root))
+    monkeypatch.setenv("VAGRANT_CWD", str(root))
     monkeypatch.setenv("PROVISION_STATE", str(tmp_path / "state"))
     monkeypatch.chdir(tmp_path)
+    # What needs real machines (the payload, etcd and fleet on them, their SSH) is the
+    # real vagrant-lxc test's (tests/integration/test_vagrant_lxc.py); here: what the CLI
+    # asks of Vagrant, in which order.
+    fake.ready = []
+    monkeypatch.setattr(VagrantProvider, "prepare", lambda self, manifest, say: None)
+    monkeypatch.setattr(vagrant_lifecycle, "wait_ready",
+                        lambda access, timeout, report: fake.ready.append(access.nodes))
+    monkeypatch.setattr(vagrant_lifecycle, "write_access_files", lambda provider, manifest: None)
+    monkeypatch.setattr(apply_cli, "apply_after_up", lambda *args, **kwargs: 0)
+    monkeypatch.setattr(vagrant_lifecycle, "node_rows", lambda access, up: [
+        NodeHealth("healthy" if u else "-", "ab" * 16 if u else "", "1/1")
+        for u in up])
     return fake
 
 
@@ -146,15 +161,34 @@ def test_vagrant_up_status_env_down_through_the_cli(fake, capsys, tmp_path):
     assert main(["up", cluster]) == 0  # provider: vagrant in the YAML
     assert (tmp_path / "out" / "vagrant" / "user-data-1").is_file()
     assert fake.argvs() == [["up", f"core-0{i}"] for i in (1, 2, 3)]
+    assert fake.ready == [tuple((f"core-0{i}", f"172.17.8.10{i}") for i in (1, 2, 3))]
     capsys.readouterr()
 
     assert main(["status", cluster, "--output", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["provider"] == "vagrant"
-    assert [n["name"] for n in data["nodes"]] == ["core-01", "core-02", "core-03"]
+    assert [(n["name"], n["state"], n["etcd"], n["units"]) for n in data["nodes"]] == [
+        (f"core-0{i}", "running", "healthy", "1/1") for i in (1, 2, 3)]
 
+    assert main(["node", "stop", "core-02", "-c", cluster]) == 0
+    assert fake.argvs()[-1] == ["halt", "core-02"]
+    capsys.readouterr()
+    assert main(["status", cluster]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["NODE", "IP", "STATE", "VM", "PROVIDER", "ETCD", "MACHINE",
+                                "UNITS"]
+    assert table[2].split()[:5] == ["core-02", "172.17.8.102", "poweroff", "libvirt", "-"]
+    assert main(["node", "start", "core-02", "-c", cluster]) == 0
+    assert fake.argvs()[-1] == ["up", "core-02"]
+    assert fake.ready[-1] == (("core-02", "172.17.8.102"),)
+    assert main(["node", "stop", "core-09", "-c", cluster]) == 2
+
+    capsys.readouterr()
     assert main(["env", cluster]) == 0
-    assert "PROVISION_MANIFEST=" in capsys.readouterr().out
+    exports = capsys.readouterr().out
+    assert "PROVISION_MANIFEST=" in exports
+    assert "export FLEETCTL_TUNNEL=172.17.8.101\n" in exports
+    assert "export FLEETCTL_ENDPOINT=unix:///var/run/fleet.sock\n" in exports
 
     assert main(["down", cluster]) == 0
     assert fake.argvs()[-3:] == [["destroy", f"core-0{i}", "--force"] for i in (3, 2, 1)]

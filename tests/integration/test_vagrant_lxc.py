@@ -1,8 +1,9 @@
 """Real Vagrant, real machines: 3 vagrant-lxc containers booting Debian's systemd, from
 the box `provision box build` makes, on a bridge inside a network namespace this test
-creates (no uplink: nothing inside can download anything), brought up by the real
-`vagrant up` with the project's Vagrantfile and a cluster rendered from a copy of
-clusters/vagrant-lxc.yaml.
+creates (no uplink: nothing inside can download anything), brought up by a real
+`provision up` (the real `vagrant up` with the project's Vagrantfile) of a copy of
+clusters/vagrant-lxc.yaml, run inside that namespace; then `provision status / env /
+node stop|start / down`, and the host's fleetctl through `--tunnel` and `fleetctl ssh`.
 
 Each machine is provisioned the way a VirtualBox/libvirt user's debian/bookworm64 machine
 is (the box is a plain bookworm box + Vagrant's user): the payload made on the host is
@@ -10,14 +11,16 @@ uploaded with the node's user-data and installed offline; the applier then start
 (Debian's etcd) and fleet (fleetd, systemd runner). Skipped, with the reason, without
 root, vagrant + vagrant-lxc, lxc or mmdebstrap (CI installs them).
 
-Wall time (2 cores): box and payload cached, ~2-3 min (up ~1 min, provision again
-~30 s, destroy ~20 s); a cold box adds ~75 s.
+Wall time (2 cores): box and payload cached, ~5-6 min (up with the units applied
+~1.5 min, a node stopped and started ~1.5 min, halt/up ~1 min, provision again ~30 s,
+destroy ~20 s); a cold box adds ~75 s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -60,19 +63,24 @@ def cluster():
     source.write_text((CLUSTERS / "vagrant-lxc.yaml").read_text()
                       .replace("\nname: lxc\n", f"\nname: {name}\n"))
     shutil.copytree(CLUSTERS / "units", place / "units")
-    assert provision_main(["render", str(source), "-o", str(place / "out")]) == 0
-    manifest = place / "out" / "manifest.json"
+    # Where `provision up` (run from `place`) renders it too: the namespace needs the
+    # manifest's bridge and gateway before anything is up.
+    assert provision_main(["render", str(source), "-o", str(place / "out" / name)]) == 0
+    manifest = place / "out" / name / "manifest.json"
     home = place / "vagrant.d"
     box = ensure_box("lxc")
     add_box(box, env={"VAGRANT_HOME": str(home)})
     payload = prepare_machines(manifest)
     made = lxc_cluster(place, manifest, REPO / "Vagrantfile", f"pt-{name}", home)
     made.payload_key = payload.key
+    made.source = source
     try:
         started = time.monotonic()
-        # No --provider: the manifest's provider (lxc) is the first the Vagrantfile lists.
-        made.vagrant("up")
-        print(f"vagrant up of 3 lxc machines: {time.monotonic() - started:.0f}s")
+        # A busy 2-core host can take minutes per machine: the deadline is for a wedge.
+        made.up = made.provision("up", str(source), "--timeout", "900", timeout=2400)
+        assert made.up.returncode == 0, "\n".join(made.logs)[-6000:]
+        print(f"provision up of 3 lxc machines, units applied: "
+              f"{time.monotonic() - started:.0f}s")
         yield made
     finally:
         made.teardown()
@@ -80,6 +88,31 @@ def cluster():
 
 def nodes(cluster) -> list[dict]:  # noqa: ANN001 - LxcCluster
     return json.loads(cluster.manifest.read_text())["nodes"]
+
+
+def fleetctl_env(cluster) -> dict[str, str]:  # noqa: ANN001
+    """This process's environment plus what `provision env` exports."""
+    done = cluster.provision("env", str(cluster.source))
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETCTL_")}
+    for line in done.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def fleetctl(cluster, *argv: str, env: dict[str, str] | None = None):  # noqa: ANN001, ANN201
+    return cluster.in_netns(shutil.which("fleetctl") or "fleetctl", *argv,
+                            env=env or fleetctl_env(cluster), timeout=180)
+
+
+def units_by_ip(cluster, env: dict[str, str]) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+    """{unit: (machine ip, active)} as the host's fleetctl sees it through the tunnel."""
+    done = fleetctl(cluster, "list-units", "--no-legend", "--fields", "unit,machine,active",
+                    env=env)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    return {r[0]: (r[1].partition("/")[2], r[2]) for r in rows if len(r) == 3}
 
 
 def main_pids(cluster, node: str) -> str:  # noqa: ANN001
@@ -143,6 +176,106 @@ def test_fleetctl_in_a_machine_starts_a_unit_in_its_machines_systemd(cluster):
         "/system.slice/vagrant-hello.service"
 
 
+def test_up_returned_once_ready_with_the_declared_units_applied(cluster):
+    for node in nodes(cluster):
+        assert f"{node['name']}: etcd healthy" in cluster.up.stderr
+        assert f"{node['name']}: fleet registered" in cluster.up.stderr
+    rows = cluster.ssh("core-01", "sudo fleetctl list-units --no-legend --fields "
+                                  "unit,active").stdout.split("\n")
+    active = {r.split()[0] for r in rows if r.strip() and r.split()[1] == "active"}
+    assert {"web@1.service", "web@2.service", "web-announce@1.service",
+            "web-announce@2.service"} <= active
+    endpoints = ",".join(f"http://{n['ip']}:2379" for n in nodes(cluster))
+    announced = wait_for(lambda: (out := cluster.in_netns(
+        _etcdctl(), "--endpoints", endpoints, "get", "--prefix", "/services/web/",
+        "--keys-only")).stdout.split() == ["/services/web/1", "/services/web/2"] and out,
+        60, interval=1, message="both web instances announced")
+    assert announced.returncode == 0
+
+
+def test_status_shows_vagrant_state_etcd_fleet_machine_and_units(cluster):
+    done = cluster.provision("status", str(cluster.source), "--output", "json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["nodes"]
+    assert [(r["name"], r["ip"], r["state"], r["vm_provider"], r["etcd"]) for r in rows] == [
+        (n["name"], n["ip"], "running", "lxc", "healthy") for n in nodes(cluster)]
+    assert all(len(r["machine"]) == 32 for r in rows)
+    # web@1, web@2, their sidekicks and the hello unit of an earlier test: 5 active
+    assert sum(int(r["units"].split("/")[0]) for r in rows) == 5
+    table = cluster.provision("status", str(cluster.source))
+    assert table.stdout.splitlines()[0].split() == [
+        "NODE", "IP", "STATE", "VM", "PROVIDER", "ETCD", "MACHINE", "UNITS"]
+
+
+def test_env_gives_etcdctl_the_members_and_fleetctl_an_ssh_tunnel(cluster):
+    env = fleetctl_env(cluster)
+    assert env["FLEETCTL_TUNNEL"] == "172.17.8.101"
+    assert env["FLEETCTL_ENDPOINT"] == "unix:///var/run/fleet.sock"  # no TCP API anywhere
+    assert env["FLEETCTL_SSH_USERNAME"] == "vagrant"
+    assert env["FLEETCTL_STRICT_HOST_KEY_CHECKING"] == "true"
+    assert Path(env["FLEETCTL_KNOWN_HOSTS_FILE"]).read_text().count("172.17.8.10") >= 3
+    health = cluster.in_netns(_etcdctl(), "endpoint", "health", env=env)
+    assert (health.stdout + health.stderr).count("is healthy") == 3, health
+    listed = fleetctl(cluster, "list-machines", "--no-legend", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines()) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    # The host keys are checked: with an empty known-hosts file ssh refuses the tunnel.
+    empty = cluster.directory / "empty-known-hosts"
+    empty.write_text("")
+    refused = fleetctl(cluster, "--known-hosts-file", str(empty), "list-machines", env=env)
+    assert refused.returncode == 1
+    assert "through the SSH tunnel to 172.17.8.101" in refused.stderr
+
+
+def test_fleetctl_ssh_runs_a_command_on_the_machine_running_a_unit(cluster):
+    env = fleetctl_env(cluster)
+    where = units_by_ip(cluster, env)
+    for unit in ("web@1.service", "web@2.service"):
+        expected = next(n["hostname"] for n in nodes(cluster) if n["ip"] == where[unit][0])
+        done = fleetctl(cluster, "ssh", unit, "hostname", env=env)
+        assert (done.returncode, done.stdout.strip()) == (0, expected), done.stderr
+    # status is read from the API of the machine running the unit, relayed from it
+    status = fleetctl(cluster, "status", "web@2.service", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "web@2.service" in status.stdout and "active" in status.stdout
+    # through the tunnel (core-01) to core-03, and the remote command's exit status
+    done = fleetctl(cluster, "ssh", "vagrant-hello", "--", "exit", "3", env=env)
+    assert done.returncode == 3, done.stderr
+
+
+def test_node_stop_moves_web1_and_its_key_and_node_start_brings_the_machine_back(cluster):
+    env = fleetctl_env(cluster)
+    ip = units_by_ip(cluster, env)["web@1.service"][0]
+    node = next(n["name"] for n in nodes(cluster) if n["ip"] == ip)
+    if node == "core-01":  # the tunnel's machine: go through another one
+        env["FLEETCTL_TUNNEL"] = "172.17.8.102"
+    stopped = cluster.provision("node", "stop", node, "-c", str(cluster.source))
+    assert stopped.returncode == 0, stopped.stderr
+    moved = wait_for(lambda: (u := units_by_ip(cluster, env).get("web@1.service"))
+                     and u[0] != ip and u[1] == "active" and u, 120, interval=2,
+                     message="web@1 active on another machine")
+    endpoints = ",".join(f"http://{n['ip']}:2379" for n in nodes(cluster) if n["ip"] != ip)
+
+    def announced_at() -> str | None:
+        return cluster.in_netns(_etcdctl(), "--endpoints", endpoints, "get",
+                                "/services/web/1", "--print-value-only").stdout.strip() or None
+
+    value = json.loads(wait_for(announced_at, 60, interval=1, message="web/1 announced"))
+    assert value["unit"] == "web@1.service"
+    machines = fleetctl(cluster, "list-machines", "--no-legend", "-l", env=env).stdout
+    moved_machine = next(line.split()[0] for line in machines.splitlines()
+                         if line.split()[1] == moved[0])
+    wait_for(lambda: json.loads(announced_at() or "{}").get("machine") == moved_machine,
+             60, interval=1, message="web/1 announced by its new machine")
+    status = json.loads(cluster.provision("status", str(cluster.source), "--output",
+                                          "json").stdout)["nodes"]
+    assert next(r for r in status if r["name"] == node)["state"] == "stopped"
+    started = cluster.provision("node", "start", node, "-c", str(cluster.source))
+    assert started.returncode == 0, started.stderr
+    assert f"{node}: fleet registered" in started.stderr
+
+
 def test_provisioning_again_changes_nothing(cluster):
     before = {n["name"]: main_pids(cluster, n["name"]) for n in nodes(cluster)}
     again = cluster.vagrant("provision")
@@ -151,10 +284,28 @@ def test_provisioning_again_changes_nothing(cluster):
     assert {n["name"]: main_pids(cluster, n["name"]) for n in nodes(cluster)} == before
 
 
+def test_a_machine_halted_and_up_again_comes_back_from_its_boot_unit(cluster):
+    """Provisioners do not run again; the boot unit applies the user-data at boot (its
+    etcd2/fleet units live in /run) and the machine rejoins etcd and fleet."""
+    container = next(n["vagrant"]["lxc_container"] for n in nodes(cluster)
+                     if n["name"] == "core-02")
+    cluster.vagrant("halt", "core-02")
+    assert cluster.in_netns("lxc-info", "-n", container, "-sH").stdout.strip() == "STOPPED"
+    up = cluster.vagrant("up", "core-02")
+    assert "Running provisioner" not in up.stdout
+    got = cluster.ssh("core-02", "systemctl is-active provision-cloudinit.service "
+                                 "etcd2.service fleet.service").stdout.split()
+    assert got == ["active", "active", "active"]
+    wait_for(lambda: "172.17.8.102" in cluster.ssh(
+        "core-01", "sudo fleetctl list-machines --no-legend").stdout, 90, interval=1,
+        message="core-02 registered again")
+
+
 def test_destroy_leaves_no_container_veth_or_directory(cluster):
     started = time.monotonic()
-    cluster.vagrant("destroy", "-f")
-    print(f"vagrant destroy -f of 3 lxc machines: {time.monotonic() - started:.0f}s")
+    down = cluster.provision("down", str(cluster.source))
+    assert down.returncode == 0, down.stderr
+    print(f"provision down of 3 lxc machines: {time.monotonic() - started:.0f}s")
     assert cluster.leftovers() == {"containers": [], "lxc dirs": [], "links": []}
     assert not list((cluster.directory / ".vagrant" / "machines").glob("*/lxc/id"))
     payloads = [p for c in cluster.containers

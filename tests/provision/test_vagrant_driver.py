@@ -258,3 +258,42 @@ def test_read_manifest_keeps_names_and_ips_in_order(manifest):
     assert read.path == manifest
     assert read.nodes == tuple(zip(NODES, IPS, strict=True))
     assert json.loads(manifest.read_text())["cluster"] == "vagrant"
+
+
+def test_node_stop_and_start_are_vagrant_halt_and_up_of_that_node(provider, fake, manifest):
+    provider.up(manifest)
+    provider.halt(manifest, "core-02")
+    assert fake.states()["core-02"] == "shutoff"
+    provider.start(manifest, "core-02")
+    assert fake.argvs()[-2:] == [["halt", "core-02"], ["up", "core-02"]]
+    assert fake.states() == dict.fromkeys(NODES, "running")
+
+
+def test_a_node_not_in_the_cluster_is_a_user_error_before_vagrant_runs(provider, fake,
+                                                                       manifest):
+    with pytest.raises(UserError, match="core-09: no such node .* core-01, core-02, core-03"):
+        provider.halt(manifest, "core-09")
+    assert fake.argvs() == []
+
+
+SSH_CONFIG = """\
+Host core-01
+  HostName 172.17.8.101
+  User vagrant
+  Port 22
+  IdentityFile /x/.vagrant/machines/core-01/lxc/private_key
+
+Host core-02
+  HostName 172.17.8.102
+  User vagrant
+"""
+
+
+def test_ssh_config_hosts_also_match_their_address():
+    from provision.providers.vagrant import hosts_by_address
+
+    got = hosts_by_address(SSH_CONFIG)
+    assert got.splitlines()[0] == "Host core-01 172.17.8.101"
+    assert "Host core-02 172.17.8.102" in got.splitlines()
+    assert hosts_by_address(got) == got  # already there: unchanged
+    assert got.count("IdentityFile") == 1

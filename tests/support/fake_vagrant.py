@@ -126,6 +126,10 @@ def main(state_dir: str) -> int:
             print(f"Bringing machine '{name}' up with '{PROVIDER}' provider...")
             print(f"==> {name}: Machine booted and ready!")
             states[name] = RUNNING
+    elif command == "halt":
+        for name in chosen:
+            print(f"==> {name}: Attempting graceful shutdown of VM...")
+            states[name] = "shutoff"
     elif command == "destroy":
         if "--force" not in argv and "-f" not in argv:
             print("Vagrant is attempting to interface with the UI in a way that requires\n"

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,11 +69,26 @@ class LxcCluster:
                                  f"{done.stdout[-4000:]}\n{done.stderr[-3000:]}")
         return done
 
-    def in_netns(self, *argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        """A command that needs only the namespace's network (ssh, etcdctl)."""
+    def provision(self, *args: str, timeout: float = VAGRANT_TIMEOUT
+                  ) -> subprocess.CompletedProcess:
+        """`provision ARGS` inside the namespace, from the cluster's directory (so `out/`
+        is there), with this cluster's Vagrantfile (VAGRANT_CWD) and VAGRANT_HOME."""
+        env = {k: v for k, v in self.env.items() if k != "PROVISION_MANIFEST"}
+        env["VAGRANT_CWD"] = str(self.directory)
+        done = subprocess.run(in_namespace(self.network.namespace,
+                                           [sys.executable, "-m", "provision.cli.root", *args]),
+                              cwd=self.directory, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        self.logs.append(f"$ provision {' '.join(args)} -> {done.returncode}\n{done.stdout}"
+                         f"{done.stderr}")
+        return done
+
+    def in_netns(self, *argv: str, timeout: float = 120.0,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """A command that needs only the namespace's network (ssh, etcdctl, fleetctl)."""
         return subprocess.run(["ip", "netns", "exec", self.network.namespace, *argv],
                               capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
 
     def ssh(self, node: str, command: str, timeout: float = 120.0
             ) -> subprocess.CompletedProcess:
