@@ -40,7 +40,7 @@ from provision.providers.nspawn.provider import state_dir_of  # noqa: E402
 def provision(args: list[str], state_root: Path, cwd: Path) -> tuple[float, str]:
     env = {**os.environ, "PROVISION_STATE": str(state_root), "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "provision.cli.root", *args], env=env, cwd=cwd,
+    done = subprocess.run([sys.executable, "-m", "provision.cli", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     took = time.perf_counter() - start
     if done.returncode != 0:

@@ -34,7 +34,7 @@ from provision.providers.local.health import etcd_healthy  # noqa: E402
 
 def provision(args: list[str], state_root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PROVISION_STATE": str(state_root), "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "provision.cli.root", *args], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "provision.cli", *args], env=env, cwd=REPO,
                           capture_output=True, text=True)
 
 

@@ -57,7 +57,7 @@ def _in_namespace(ns: str, argv: list[str]) -> int:
     from provision.providers.local.dns import exec_prefix
 
     env = {**os.environ, NETNS_ENV: ns, "PYTHONPATH": python_path()}
-    return subprocess.run([*exec_prefix(ns), sys.executable, "-m", "provision.cli.root", *argv],
+    return subprocess.run([*exec_prefix(ns), sys.executable, "-m", "provision.cli", *argv],
                           env=env, check=False).returncode
 
 

@@ -146,7 +146,7 @@ def test_zero_block_timeout_means_wait_forever_and_is_accepted():
 
 def test_the_console_scripts_exit_2_with_one_line():
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for argv, flag in ((command + ["apply", "c.yaml", "--timeout", "nan"], "--timeout"),
                        ([sys.executable, "-m", "fleetd.cli", "--agent-ttl", "-5"],

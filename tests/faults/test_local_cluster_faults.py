@@ -141,7 +141,7 @@ class LocalCluster:
                 "PYTHONPATH": str(REPO), "ETCD_BIN": DEBIAN_ETCD}
 
     def provision(self, *argv: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "provision.cli.root", *argv],
+        return subprocess.run([sys.executable, "-m", "provision.cli", *argv],
                               capture_output=True, text=True, timeout=timeout,
                               cwd=self.env.base, stdin=subprocess.DEVNULL, env=self.environ())
 
@@ -601,7 +601,7 @@ def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster, l
         paced = time.monotonic() + 3.0
         target = plan_b if current == plan_a else plan_a
         delay = rng.uniform(0.15, 2.5)
-        process = subprocess.Popen([sys.executable, "-m", "provision.cli.root", "apply",
+        process = subprocess.Popen([sys.executable, "-m", "provision.cli", "apply",
                                     str(target), "--prune", "--timeout", "40"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    stdin=subprocess.DEVNULL, cwd=cluster.env.base,

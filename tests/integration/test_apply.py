@@ -44,7 +44,7 @@ class Cluster:
 
     def provision(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
         exe = shutil.which("provision")
-        command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+        command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
         return subprocess.run([*command, *argv], capture_output=True, text=True,
                               timeout=timeout, cwd=self.env.base, stdin=subprocess.DEVNULL,
                               env={**os.environ, "PROVISION_STATE": str(self.env.state_root),
@@ -374,7 +374,7 @@ def test_sigkill_during_a_rolling_apply_leaves_old_or_new_and_the_next_apply_con
     path = cluster.declare("kill2", [{**WEB_SET, "file": "units-kill2/web@.service"}],
                            {"web@.service": v3})
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     applying = subprocess.Popen([*command, "apply", str(path)], cwd=cluster.env.base,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PROVISION_STATE": str(cluster.env.state_root),

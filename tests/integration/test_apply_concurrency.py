@@ -48,7 +48,7 @@ def cluster():
 
 def start(cluster: Cluster, *argv: str) -> subprocess.Popen:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     return subprocess.Popen([*command, *argv], cwd=cluster.env.base, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE,

@@ -33,7 +33,7 @@ ETCD_WAL_SEGMENT = 64 * 1000 * 1000  # etcd preallocates one, plus the next, per
 def provision(env: Env, *argv: str, state_root: Path | None = None,
               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=240,
                           cwd=env.base, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PROVISION_STATE": str(state_root or env.state_root),

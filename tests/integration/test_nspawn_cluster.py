@@ -62,7 +62,7 @@ class NspawnCluster:
         return state_dir_of(self.name, self.state_root)
 
     def provision(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "provision.cli.root", *argv],
+        return subprocess.run([sys.executable, "-m", "provision.cli", *argv],
                               capture_output=True, text=True, timeout=timeout,
                               cwd=self.base, stdin=subprocess.DEVNULL, env=self.env)
 

@@ -29,7 +29,7 @@ from tests.support.localenv import (
 
 def provision(env: Env, *argv: str) -> subprocess.CompletedProcess:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=120,
                           cwd=env.base, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PROVISION_STATE": str(env.state_root),

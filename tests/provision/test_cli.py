@@ -14,7 +14,7 @@ from tests.conftest import CLUSTERS, REPO
 
 def provision(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     exe = shutil.which("provision")
-    command = [exe] if exe else [sys.executable, "-m", "provision.cli.root"]
+    command = [exe] if exe else [sys.executable, "-m", "provision.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=60,
                           cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)

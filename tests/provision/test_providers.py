@@ -13,7 +13,8 @@ from provision.providers.nspawn import layout
 from provision.spec.build import load_cluster
 from tests.conftest import CLUSTERS
 
-SCHEMA = Path(__file__).resolve().parents[2] / "provision" / "spec" / "schemas" / "cluster.schema.json"
+SCHEMA = (Path(__file__).resolve().parents[2] / "provision" / "spec" / "schemas"
+          / "cluster.schema.json")
 INTERFACE = ("up", "down", "status", "node", "env", "namespace", "known_down",
              "network_problem", "host_problem")
 

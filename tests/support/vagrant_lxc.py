@@ -76,7 +76,7 @@ class LxcCluster:
         env = {k: v for k, v in self.env.items() if k != "PROVISION_MANIFEST"}
         env["VAGRANT_CWD"] = str(self.directory)
         done = subprocess.run(in_namespace(self.network.namespace,
-                                           [sys.executable, "-m", "provision.cli.root", *args]),
+                                           [sys.executable, "-m", "provision.cli", *args]),
                               cwd=self.directory, env=env, capture_output=True, text=True,
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL)
         self.logs.append(f"$ provision {' '.join(args)} -> {done.returncode}\n{done.stdout}"
