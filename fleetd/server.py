@@ -11,7 +11,7 @@ from pathlib import Path
 from fleetd.agent.agent import Agent
 from fleetd.api import Api, ApiServer
 from fleetd.api.server import FD_RESERVE, Limits, raise_open_files_limit
-from fleetd.config import Config, api_address_problem, parse_listen_address
+from fleetd.config import Config, api_address_problem, etcd_tls, parse_listen_address
 from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
@@ -107,7 +107,8 @@ class Server:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         mid = machine_id(config.state_dir)
-        self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
+        self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout,
+                         tls=etcd_tls(config))
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))
         self.runner = make_runner(config, mid)

@@ -31,6 +31,7 @@ from provision.convergence import CHANGED, FAILED, Lag, lagging
 from provision.desired import DesiredUnit, desired_units, etcd_endpoints, fleet_prefix, owner_of
 from provision.errors import OperationFailed
 from provision.model import Cluster
+from provision.pki import cluster_client_tls
 from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
 
 POLL_S = 0.25
@@ -95,7 +96,7 @@ def open_session(cluster: Cluster, *, prune: bool = False, timeout: float = ETCD
     when the lock is held and we may not wait."""
     desired = desired_units(cluster)
     endpoints = etcd_endpoints(cluster)
-    etcd = Etcd(endpoints, timeout=timeout)
+    etcd = Etcd(endpoints, timeout=timeout, tls=cluster_client_tls(cluster))
     registry = Registry(etcd, fleet_prefix(cluster))
     reach = Reachability(cluster.name, gone, lambda: "nothing written")
     limit = deadline if deadline is not None else time.monotonic() + 120

@@ -91,6 +91,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from provision import discovery
     from provision.model_build import load_cluster
     from provision.output import write_rendered
+    from provision.pki import for_cluster
     from provision.render import render_cluster
 
     cluster, warnings = load_cluster(args.cluster)
@@ -98,7 +99,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     out_dir = Path(args.output) if args.output else default_output_dir(cluster.name)
     resolved, record = discovery.resolve(cluster, out_dir, new_token=args.new_token)
-    files = render_cluster(cluster, resolved, substitute=args.substitute)
+    pki = for_cluster(cluster, args.pki_dir)
+    files = render_cluster(cluster, resolved, substitute=args.substitute, pki=pki)
     write_rendered(out_dir, files, record)
     others = ", ".join(f.name for f in files[len(cluster.nodes):])
     first, last = cluster.nodes[0].user_data_name, cluster.nodes[-1].user_data_name
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write each node's IPs instead of $private_ipv4/$public_ipv4")
     render.add_argument("--new-token", action="store_true",
                         help="request a fresh discovery token instead of reusing the cached one")
+    render.add_argument("--pki-dir", metavar="DIR",
+                        help="keep the cluster's CA and certificates here (default: with the "
+                             "cluster's state, $PROVISION_STATE/<cluster>/pki)")
     render.set_defaults(run=_cmd_render)
 
     from provision import apply_cli, lifecycle_cli

@@ -124,6 +124,7 @@ def _up_vagrant(target: Target) -> int:
     from provision.cli import default_output_dir
     from provision.model_build import load_cluster
     from provision.output import write_rendered
+    from provision.pki import for_cluster
     from provision.render import MANIFEST, render_cluster
 
     cluster, warnings = load_cluster(target.yaml)
@@ -131,7 +132,8 @@ def _up_vagrant(target: Target) -> int:
         print(problem, file=sys.stderr)
     out_dir = default_output_dir(cluster.name)
     resolved, record = discovery.resolve(cluster, out_dir)
-    write_rendered(out_dir, render_cluster(cluster, resolved), record)
+    write_rendered(out_dir, render_cluster(cluster, resolved, pki=for_cluster(cluster)),
+                   record)
     _vagrant().up(out_dir / MANIFEST, _print_progress)
     print(f"{cluster.name} is up: {len(cluster.nodes)} Vagrant machines running "
           f"(`vagrant ssh {cluster.nodes[0].name}` from this checkout)")

@@ -71,6 +71,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
     """Bring the cluster up (or check that it is); 0 once every node is healthy."""
     from provision.model_build import load_cluster
     from provision.output import write_rendered
+    from provision.pki import PKI_DIR, for_cluster
     from provision.render import render_cluster
 
     deadline = time.monotonic() + timeout
@@ -91,7 +92,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
     rendered = state_dir / state.RENDERED
     was_running = control.running(state_dir)
     resolved, record = render_discovery.resolve(cluster, rendered)
-    files = render_cluster(cluster, resolved)
+    files = render_cluster(cluster, resolved, pki=for_cluster(cluster, state_dir / PKI_DIR))
     if was_running and _changed(rendered, files):
         raise UserError([Problem(str(cluster_path), None, None,
                                  f"cluster {cluster.name} is running with a different "
@@ -413,11 +414,13 @@ def _replace_member(state_dir: Path, boot: NodeBoot, boots: list[NodeBoot],
         raise OperationFailed(f"cannot empty {boot.dirs.etcd}")
     boot.member_marker.unlink(missing_ok=True)
     netns = nodes.netns(state_dir)
+    tls = nodes.etcd_tls(state_dir, nodes.read_manifest(state_dir / state.RENDERED))
     try:
         replaced = replace_member_in(
             dns.exec_prefix(netns), {**os.environ, "PYTHONPATH": control.python_path()},
             [p.etcd_url for p in peers], boot.name, str(boot.peer_url),
-            {str(b.peer_url): b.name for b in boots if b.peer_url})
+            {str(b.peer_url): b.name for b in boots if b.peer_url},
+            (tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else None)
     except MembershipError as err:
         raise OperationFailed(f"cannot re-add {boot.name} to the cluster: {err}") from None
     plan = state.read_json(state_dir / state.PLAN) or {}
@@ -502,6 +505,11 @@ def env(cluster: str | Path, *, state_root: str | Path | None = None) -> str:
     endpoints = ",".join(manifest["etcd"]["endpoints"])
     lines = (f"export FLEETCTL_ENDPOINT=unix://{chosen.api_socket}\n"
              f"export ETCDCTL_ENDPOINTS={endpoints}\n")
+    tls = nodes.etcd_tls(state_dir, manifest)
+    if tls is not None:  # etcdctl v3's names (ETCDCTL_API=3 is its default)
+        lines += (f"export ETCDCTL_CACERT={tls.ca_file}\n"
+                  f"export ETCDCTL_CERT={tls.cert_file}\n"
+                  f"export ETCDCTL_KEY={tls.key_file}\n")
     netns = nodes.netns(state_dir)
     if netns:
         lines += (f"# the nodes run in network namespace {netns}: fleetctl reaches them through "
