@@ -247,11 +247,13 @@ def _file_dict(wf: WriteFile) -> dict:
 
 def node_write_files(cluster: Cluster, node: Node, tls: NodeTLS | None = None
                      ) -> list[WriteFile]:
-    files: list[WriteFile] = tls_write_files(tls) if tls is not None else []
+    files: list[WriteFile] = []
     disc = cluster.etcd.discovery
     if disc.mode is DiscoveryMode.DNS_SRV and disc.dns_server:
         files.append(WriteFile("/etc/resolv.conf", f"nameserver {disc.dns_server}\n",
                                permissions="0644", owner="root"))
+    if tls is not None:
+        files += tls_write_files(tls)
     return files + list(node.write_files)
 
 
