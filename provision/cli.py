@@ -160,13 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "cluster's state, $PROVISION_STATE/<cluster>/pki)")
     render.set_defaults(run=_cmd_render)
 
-    from provision import apply_cli, lifecycle_cli
+    from provision import apply_cli, certs_cli, lifecycle_cli
     from provision.box import cli as box_cli
     from provision.image import cli as image_cli
     from provision.machine import cli as machine_cli
 
     lifecycle_cli.add_commands(commands)
     apply_cli.add_commands(commands)
+    certs_cli.add_commands(commands)
     machine_cli.add_commands(commands)
     image_cli.add_commands(commands)
     box_cli.add_commands(commands)

@@ -166,6 +166,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
+    from provision.certs_cli import expiry_warnings
+
+    for line in expiry_warnings(target.name):
+        print(line, file=sys.stderr)
     if target.provider == "vagrant":
         rows = [{"name": s.name, "ip": s.ip, "state": s.state, "vm_provider": s.detail}
                 for s in _vagrant().status(_vagrant_manifest(target))]

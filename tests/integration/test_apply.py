@@ -62,12 +62,13 @@ class Cluster:
         return path
 
     def etcd(self) -> Etcd:
-        return Etcd(self.endpoints, timeout=3)
+        return Etcd(self.endpoints, timeout=3, tls=self.env.tls(self.name))
 
     def etcdctl_get(self, prefix: str) -> dict[str, dict]:
         result = subprocess.run([find_etcd().etcdctl, "--endpoints", ",".join(self.endpoints),
-                                 "get", "--prefix", prefix], capture_output=True, text=True,
-                                timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+                                 *self.env.etcdctl_tls(self.name), "get", "--prefix", prefix],
+                                capture_output=True, text=True, timeout=20,
+                                env={**os.environ, "ETCDCTL_API": "3"}, check=True)
         lines = result.stdout.splitlines()
         return {lines[i]: json.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
 
