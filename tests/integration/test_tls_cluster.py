@@ -137,3 +137,53 @@ def test_the_same_attack_on_a_tls_false_cluster_runs_as_root(env):
     assert results[f"plain {endpoints[0]}"] == "ok"
     wait_for(lambda: marker.exists() and marker.read_text().strip() != "", timeout=30)
     assert marker.read_text().strip() == "0"  # root
+
+
+def test_rotate_rolls_new_certificates_onto_a_running_cluster_without_a_restart(env):
+    from fleetd.registry.etcd import Etcd
+    from fleetd.registry.registry import Registry
+    from provision import pki
+    from provision.providers.local.rotate import served_serial
+
+    path, name = env.cluster("local.yaml")
+    up = subprocess.run([sys.executable, "-m", "provision.cli", "up", str(path)],
+                        capture_output=True, text=True, timeout=180, cwd=env.base,
+                        env={**os.environ, "PROVISION_STATE": str(env.state_root)})
+    assert up.returncode == 0, up.stderr
+    rows = provider.status(name, state_root=env.state_root)
+    urls = [f"https://{row['ip']}:2379" for row in rows]
+    pids = {row["name"]: row["pids"] for row in rows}
+    directory = env.state_dir(name) / "pki"
+    files = pki.client_files(directory)
+    before = {row["name"]: served_serial(f"https://{row['ip']}:2379", files) for row in rows}
+    etcd = Etcd(urls, timeout=3, tls=env.tls(name))
+    try:
+        registry = Registry(etcd)
+        units = sorted((s.name, s.machine) for s in registry.states()
+                       if s.status.active == "active")
+        assert len(units) == 4  # web@1-2 and their sidekicks
+
+        rotated = subprocess.run(
+            [sys.executable, "-m", "provision.cli", "certs", "rotate", name],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PROVISION_STATE": str(env.state_root)})
+        assert rotated.returncode == 0, rotated.stderr
+        assert "rolled onto 3 running nodes one at a time" in rotated.stdout
+        assert [line.split(":")[0] for line in rotated.stderr.splitlines()] == [
+            "core-01", "core-02", "core-03"]
+
+        issued = {i.name: i.serial for i in pki.inventory(directory)}
+        for row in rows:  # each etcd serves its new certificate, in place without a restart
+            served = served_serial(f"https://{row['ip']}:2379", pki.client_files(directory))
+            assert served == issued[f"{row['name']}-server"] != before[row["name"]]
+        after_rows = provider.status(name, state_root=env.state_root)
+        assert {row["name"]: row["pids"] for row in after_rows} == pids
+        assert all(r["etcd"] == "healthy" and r["fleet"] == "registered" for r in after_rows)
+        # The units stayed where they were, each on one machine: nothing restarted or moved.
+        assert sorted((s.name, s.machine) for s in registry.states()
+                      if s.status.active == "active") == units
+    finally:
+        etcd.close()
+    # A node started afterwards boots from the re-rendered user-data: the new certificates.
+    node_cert = env.state_dir(name) / "nodes" / "core-02" / "root" / "etc" / "ssl" / "etcd"
+    assert (node_cert / "server.pem").read_text() == (directory / "core-02-server.pem").read_text()
