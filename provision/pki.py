@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +287,17 @@ def says(cert: x509.Certificate, spec: CertSpec) -> bool:
             and usages == wanted)
 
 
+def issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    """Whether `cert` names `ca_cert`'s key as its issuer's (the authority key identifier:
+    no signature check, which costs 10x more and is what a TLS peer does anyway)."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return signed_by(cert, ca_cert)
+    return aki.key_identifier == ski.digest and cert.issuer == ca_cert.subject
+
+
 def signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     try:
         ca_cert.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
@@ -340,18 +352,24 @@ def ensure(directory: str | Path, cluster: Cluster, *, rotate: bool = False,
                _key_pem(ca_key))
     ca_cert, ca_key = ca
     issued: dict[str, Issued] = {}
+    new: list[Issued] = []
     for spec in cert_specs(cluster):
         found = None if rotate else _read(directory, spec.name)
         if found is not None:
             cert, cert_pem, key_pem = found
-            if (says(cert, spec) and signed_by(cert, ca_cert)
+            if (says(cert, spec) and issued_by(cert, ca_cert)
                     and _not_after(cert) - now >= RENEW_BEFORE):
                 issued[spec.name] = Issued(spec, cert_pem, key_pem, _not_after(cert),
                                            cert.serial_number)
                 continue
-        new = issue(spec, ca_cert, ca_key, now)
-        _write(directory, spec.name, new.cert_pem, new.key_pem)
-        issued[spec.name] = new
+        issued[spec.name] = issue(spec, ca_cert, ca_key, now)
+        new.append(issued[spec.name])
+    # fsync releases the GIL and concurrent fsyncs share journal commits: a 1,000-node
+    # cluster's 3,000 certificates are written in a fraction of the time one by one takes.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for future in [pool.submit(_write, directory, i.spec.name, i.cert_pem, i.key_pem)
+                       for i in new]:
+            future.result()
     return ClusterPKI(directory, ca_cert, ca_key, issued)
 
 
