@@ -99,6 +99,14 @@ def cluster():
         env.close()
 
 
+@pytest.fixture
+def in_process(cluster, monkeypatch):
+    """The cluster, for apply sessions opened in this process (they find the cluster's
+    admin certificate under its state root)."""
+    monkeypatch.setenv("PROVISION_STATE", str(cluster.env.state_root))
+    return cluster
+
+
 def active_web(states: dict) -> dict[str, tuple[str, str]]:
     return {name: (rows[0][0], rows[0][1]) for name, rows in states.items()
             if name.startswith("web@") and len(rows) == 1 and rows[0][2] == "active"}
@@ -255,7 +263,8 @@ def test_unschedulable_and_failed_units_are_named_with_the_reason(cluster):
     assert "boom-42" in result.stderr  # its last log lines
 
 
-def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
+def test_a_change_made_by_someone_else_after_planning_aborts_the_step(in_process):
+    cluster = in_process
     base = cluster.declare("race1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     declared = load_cluster(cluster.declare("race2", [{**WEB_SET, "state": "loaded"}]))[0]
@@ -280,7 +289,8 @@ def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
         session.close()
 
 
-def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(cluster):
+def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(in_process):
+    cluster = in_process
     base = cluster.declare("over1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     v2 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v2)")
@@ -311,7 +321,8 @@ def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(clust
 
 
 @pytest.mark.parametrize("lost", ["reply", "request"])
-def test_a_write_whose_reply_was_lost_is_recognised_as_ours(cluster, lost):
+def test_a_write_whose_reply_was_lost_is_recognised_as_ours(in_process, lost):
+    cluster = in_process
     base = cluster.declare("lost1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     declared = load_cluster(cluster.declare(f"lost-{lost}",
