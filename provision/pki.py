@@ -155,7 +155,7 @@ def admin_tls(directory: Path):  # noqa: ANN201 - fleetd.registry.etcd.EtcdTLS
 def cluster_client_tls(cluster: Cluster, state_root: str | Path | None = None
                        ):  # noqa: ANN205 - EtcdTLS | None
     """The admin certificate `provision` talks to the cluster's etcd with (None without TLS);
-    UserError when the cluster has none yet."""
+    RegistryUnavailable when the cluster has none here."""
     if not cluster.tls:
         return None
     directory = pki_dir(cluster.name, state_root)
@@ -163,12 +163,12 @@ def cluster_client_tls(cluster: Cluster, state_root: str | Path | None = None
     missing = [f for f in (files.ca_file, files.cert_file, files.key_file)
                if not Path(f).is_file()]
     if missing:
-        from provision.errors import Problem, UserError
+        # Like an etcd that does not answer: the cluster was never brought up from here.
+        from fleetd.registry.etcd import RegistryUnavailable
 
-        raise UserError([Problem(missing[0], None, None,
-                                 f"cluster {cluster.name} uses TLS but its admin certificate "
-                                 "is missing; `provision up` (or `provision render`) makes it "
-                                 "(or set $PROVISION_STATE to where the cluster's state is)")])
+        raise RegistryUnavailable(f"no admin certificate for cluster {cluster.name} "
+                                  f"({missing[0]} is missing; `provision up` makes it, or set "
+                                  "$PROVISION_STATE to where the cluster's state is)")
     return admin_tls(directory)
 
 
