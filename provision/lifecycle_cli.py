@@ -240,6 +240,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     if target.provider == "vagrant":
         for key, value in _vagrant().user_env(_vagrant_manifest(target)).items():
             print(f"export {key}={value}")
+        from provision.pki import client_files, pki_dir
+
+        manifest = json.loads(_vagrant_manifest(target).read_text())
+        print(f"export ETCDCTL_ENDPOINTS={','.join(manifest['etcd']['endpoints'])}")
+        files = client_files(pki_dir(target.name))
+        if manifest.get("tls") and Path(files.cert_file).is_file():  # the admin certificate
+            print(f"export ETCDCTL_CACERT={files.ca_file}\nexport ETCDCTL_CERT="
+                  f"{files.cert_file}\nexport ETCDCTL_KEY={files.key_file}")
         return 0
     from provision.providers.local import provider as local
 
