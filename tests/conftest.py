@@ -51,6 +51,20 @@ def etcd_server():
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_root(tmp_path_factory):
+    """Module-scoped fixtures that render run before `_state_root`: their state too."""
+    import os
+
+    before = os.environ.get("PROVISION_STATE")
+    os.environ["PROVISION_STATE"] = str(tmp_path_factory.mktemp("session-state"))
+    yield
+    if before is None:
+        os.environ.pop("PROVISION_STATE", None)
+    else:
+        os.environ["PROVISION_STATE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _state_root(tmp_path_factory, monkeypatch):
     """Every test keeps the cluster state `provision` writes (a TLS cluster's CA and
