@@ -16,7 +16,6 @@ from fleetd.announce.announcer import Announcer, Target
 from fleetd.announce.checks import http_check, tcp_check
 from fleetd.registry.etcd import Etcd, EtcdTLS
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys
-from fleetd.runner.environment import NODE_ROOT_VARIABLE
 from fleetd.wakeup import SignalSafeEvent
 
 CHECK_TIMEOUT_S = 2.0
@@ -86,6 +85,8 @@ def main(argv: Sequence[str]) -> int:
 
 def _node_path(path: str) -> str:
     """A node path as a host path: under the node root a local node's units run in."""
+    from fleetd.runner.environment import NODE_ROOT_VARIABLE  # only when TLS is used
+
     root = os.environ.get(NODE_ROOT_VARIABLE)
     return str(Path(root) / path.lstrip("/")) if root and path.startswith("/") else path
 
