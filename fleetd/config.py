@@ -30,6 +30,10 @@ class Config:
     etcd_servers: tuple[str, ...] = ("http://127.0.0.1:2379",)
     etcd_key_prefix: str = DEFAULT_PREFIX
     etcd_request_timeout: float = 3.0
+    # Mutual TLS to etcd (fleet's names); paths on the node (under root_dir, if any).
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     public_ip: str = ""
     agent_ttl: float = 30.0
@@ -54,6 +58,9 @@ SETTINGS = {
     "etcd_servers": "comma-separated etcd client URLs",
     "etcd_key_prefix": "etcd key prefix of the fleet keyspace",
     "etcd_request_timeout": "seconds one etcd request may take",
+    "etcd_cafile": "CA certificate (PEM) that signed the etcd members' certificates",
+    "etcd_certfile": "client certificate (PEM) this fleetd shows etcd",
+    "etcd_keyfile": "key (PEM) of etcd_certfile",
     "metadata": "machine metadata, k=v,k=v",
     "public_ip": "IP address this machine announces",
     "agent_ttl": "machine presence TTL (e.g. 30s); a silent machine is gone after it",
@@ -104,6 +111,39 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a hostname could resolve anywhere
+
+
+TLS_SETTINGS = ("etcd_cafile", "etcd_certfile", "etcd_keyfile")
+
+
+def tls_problem(config: Config) -> str | None:
+    """Why the etcd TLS settings cannot work together, or None."""
+    given = [name for name in TLS_SETTINGS if getattr(config, name)]
+    if given and len(given) < len(TLS_SETTINGS):
+        missing = ", ".join(n for n in TLS_SETTINGS if n not in given)
+        return f"{', '.join(given)} given without {missing}: mutual TLS needs all three"
+    if not given and any(s.startswith("https://") for s in config.etcd_servers):
+        return ("https etcd servers need etcd_cafile, etcd_certfile and etcd_keyfile "
+                "(etcd asks every client for a certificate)")
+    return None
+
+
+def node_file(config: Config, path: str) -> str:
+    """A path as the node sees it, as a path on this host (inside root_dir, if any)."""
+    if config.root_dir is None or not path.startswith("/"):
+        return path
+    return str(Path(config.root_dir) / path.lstrip("/"))
+
+
+def etcd_tls(config: Config):  # noqa: ANN201 - EtcdTLS | None (etcd3 imported lazily)
+    """The certificates fleetd shows etcd, or None for plain http."""
+    if not config.etcd_cafile:
+        return None
+    from fleetd.registry.etcd import EtcdTLS
+
+    return EtcdTLS(node_file(config, config.etcd_cafile),
+                   node_file(config, config.etcd_certfile),
+                   node_file(config, config.etcd_keyfile))
 
 
 def api_address_problem(config: Config) -> str | None:
@@ -229,6 +269,10 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
         except ValueError as err:
             raise ConfigError(f"{where}: {name}: {err}") from None
     config = Config(**values)
+    problem = tls_problem(config)
+    if problem is not None:
+        where = next((raw[n][1] for n in (*TLS_SETTINGS, "etcd_servers") if n in raw), "")
+        raise ConfigError(f"{where}: {problem}")
     problem = api_address_problem(config)
     if problem is not None:
         raise ConfigError(f"{raw['api_address'][1]}: api_address: {problem}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from fleetd.agent.agent import Agent
 from fleetd.api import Api, ApiServer
 from fleetd.api.server import FD_RESERVE, Limits, raise_open_files_limit
-from fleetd.config import Config, api_address_problem, parse_listen_address
+from fleetd.config import Config, api_address_problem, etcd_tls, parse_listen_address
 from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
@@ -125,7 +125,8 @@ class Server:
         own_systemd = (runner_kind(config) == "systemd"
                        and not os.environ.get("DBUS_SYSTEM_BUS_ADDRESS"))
         mid = machine_id(config.state_dir, SYSTEM_MACHINE_ID if own_systemd else None)
-        self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout)
+        self.etcd = Etcd(config.etcd_servers, timeout=config.etcd_request_timeout,
+                         tls=etcd_tls(config))
         self.registry = Registry(self.etcd, config.etcd_key_prefix)
         ttl = max(1, round(config.agent_ttl))
         self.runner = make_runner(config, mid)

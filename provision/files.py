@@ -108,3 +108,16 @@ def check_writable(directory: str | Path) -> None:
         probe.unlink()
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(directory)) from None
+
+
+# -- where a cluster's state lives -------------------------------------------------------------
+
+def default_state_root() -> Path:
+    """$PROVISION_STATE, else ~/.local/state/provision: every cluster's state, PKI included."""
+    override = os.environ.get("PROVISION_STATE")
+    return Path(override) if override else Path.home() / ".local" / "state" / "provision"
+
+
+def cluster_state_dir(name: str, state_root: str | Path | None = None) -> Path:
+    root = Path(state_root) if state_root is not None else default_state_root()
+    return (root / name).resolve()

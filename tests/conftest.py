@@ -49,3 +49,36 @@ def etcd_server():
     server = EtcdServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_root(tmp_path_factory):
+    """Module-scoped fixtures that render run before `_state_root`: their state too."""
+    import os
+
+    before = os.environ.get("PROVISION_STATE")
+    os.environ["PROVISION_STATE"] = str(tmp_path_factory.mktemp("session-state"))
+    yield
+    if before is None:
+        os.environ.pop("PROVISION_STATE", None)
+    else:
+        os.environ["PROVISION_STATE"] = before
+
+
+@pytest.fixture(autouse=True)
+def _state_root(tmp_path_factory, monkeypatch):
+    """Every test keeps the cluster state `provision` writes (a TLS cluster's CA and
+    certificates, made at render) in a directory of its own, never in ~/.local/state."""
+    monkeypatch.setenv("PROVISION_STATE", str(tmp_path_factory.mktemp("state")))
+
+
+def cluster_pki(cluster):  # noqa: ANN001, ANN201 - Cluster -> ClusterPKI | None
+    """The certificates `provision render` used (or would use) for this cluster."""
+    from provision.pki import for_cluster
+
+    return for_cluster(cluster)
+
+
+def node_tls(cluster, node):  # noqa: ANN001, ANN201 - (Cluster, Node) -> NodeTLS | None
+    pki = cluster_pki(cluster)
+    return pki.node(node.name) if pki is not None else None

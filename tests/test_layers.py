@@ -15,6 +15,7 @@ LAYERS = [
     {"files", "yamlmarks", "yamltext"},
     {"userdata", "image"},          # what a user-data means; the machine image
     {"spec"},                       # the cluster file -> typed model
+    {"pki"},                        # the cluster's CA and certificates
     {"render", "apply", "machine", "box"},
     {"providers"},                  # local processes, nspawn, vagrant
     {"cli"},

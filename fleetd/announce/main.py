@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fleetd import argtypes
 from fleetd.announce.announcer import Announcer, Target
 from fleetd.announce.checks import http_check, tcp_check
-from fleetd.registry.etcd import Etcd
+from fleetd.registry.etcd import Etcd, EtcdTLS
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys
 from fleetd.wakeup import SignalSafeEvent
 
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between checks (default ttl/3)")
     parser.add_argument("--etcd-servers", required=True,
                         help="comma-separated etcd client URLs")
+    for name, what in (("cafile", "CA certificate"), ("certfile", "client certificate"),
+                       ("keyfile", "client key")):
+        parser.add_argument(f"--etcd-{name}", default=None,
+                            help=f"{what} (PEM) for etcd's mutual TLS (a path on the node)")
     parser.add_argument("--etcd-key-prefix", default=DEFAULT_PREFIX,
                         help="fleet's keyspace, to read this machine's IP")
     parser.add_argument("--machine", required=True, help="this machine's id (%%m in a unit)")
@@ -56,7 +62,17 @@ def main(argv: Sequence[str]) -> int:
         check = functools.partial(_http, port=args.port, path=args.path, timeout=timeout)
     else:
         check = functools.partial(_tcp, port=args.port, timeout=timeout)
-    etcd = Etcd(args.etcd_servers.split(","), timeout=5.0)
+    tls_files = [args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile]
+    if any(tls_files) and not all(tls_files):
+        print("fleetd announce: --etcd-cafile, --etcd-certfile and --etcd-keyfile go together",
+              file=sys.stderr)
+        return 2
+    tls = EtcdTLS(*(_node_path(p) for p in tls_files)) if all(tls_files) else None
+    try:
+        etcd = Etcd(args.etcd_servers.split(","), timeout=5.0, tls=tls)
+    except (ValueError, OSError) as err:
+        print(f"fleetd announce: {err}", file=sys.stderr)
+        return 2
     stop = SignalSafeEvent()  # set by signal handlers: a threading.Event can deadlock there
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -65,6 +81,14 @@ def main(argv: Sequence[str]) -> int:
     finally:
         etcd.close()
     return 0
+
+
+def _node_path(path: str) -> str:
+    """A node path as a host path: under the node root a local node's units run in."""
+    from fleetd.runner.environment import NODE_ROOT_VARIABLE  # only when TLS is used
+
+    root = os.environ.get(NODE_ROOT_VARIABLE)
+    return str(Path(root) / path.lstrip("/")) if root and path.startswith("/") else path
 
 
 def _http(ip: str, *, port: int, path: str, timeout: float) -> bool:

@@ -65,6 +65,25 @@ class Event:
     lease: int = 0  # the lease a put was written under
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """Mutual TLS to etcd: the CA that signed the members' certificates and this client's
+    certificate and key (PEM files)."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(_read(self.ca_file), _read(self.key_file),
+                                            _read(self.cert_file))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def parse_endpoints(urls: Iterable[str]) -> list[tuple[str, int]]:
     endpoints = []
     for url in urls:
@@ -107,9 +126,16 @@ def _lease_not_found(err: grpc.RpcError) -> bool:
 class Etcd:
     """A thin, counted, retrying wrapper of one etcd3 client."""
 
-    def __init__(self, urls: Sequence[str], timeout: float = 5.0) -> None:
-        endpoints = [Endpoint(host, port, secure=False,
-                                           time_retry=RETRY_ENDPOINT_AFTER_S)
+    def __init__(self, urls: Sequence[str], timeout: float = 5.0,
+                 tls: EtcdTLS | None = None) -> None:
+        """`tls`: connect with these certificates (every endpoint: etcd asks for them on
+        https URLs); None: plain http, and an https URL is refused (no certificate)."""
+        if tls is None and any(str(u).strip().startswith("https://") for u in urls):
+            raise ValueError("https etcd endpoints need a CA file, a certificate and a key "
+                             "(etcd_cafile, etcd_certfile, etcd_keyfile)")
+        creds = tls.credentials() if tls is not None else None
+        endpoints = [Endpoint(host, port, secure=creds is not None, creds=creds,
+                              time_retry=RETRY_ENDPOINT_AFTER_S)
                      for host, port in parse_endpoints(urls)]
         self.client = MultiEndpointEtcd3Client(endpoints=endpoints, timeout=timeout,
                                                      failover=True)

@@ -20,6 +20,7 @@ from fleetd.runner.state import StartError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
+NODE_ROOT_VARIABLE = "FLEETD_NODE_ROOT"
 
 
 class NodeEnvironment:
@@ -27,6 +28,10 @@ class NodeEnvironment:
                  root_dir: Path | None) -> None:
         self.root = Path(root_dir).resolve() if root_dir is not None else None
         self.base = base_environment(env)
+        if self.root is not None:
+            # Paths a unit is given are the node's (/etc/ssl/etcd/…): a unit that opens
+            # one itself (`fleetd announce`'s certificates) finds it under this root.
+            self.base.setdefault(NODE_ROOT_VARIABLE, str(self.root))
         self.context = specifier_context(machine_id, hostname)
 
     def prepare(self, config: ServiceConfig,

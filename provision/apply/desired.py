@@ -23,6 +23,7 @@ from fleetd.registry.keys import DEFAULT_PREFIX, SERVICES_PREFIX
 from fleetd.unit.names import UnitName, parse_unit_name
 from fleetd.unit.unitfile import UnitFile, UnitOption, content_hash, parse_unit_file, serialize
 from provision.errors import Problem, UserError
+from provision.pki import CA_NAME, node_file
 from provision.spec.model import Cluster, Sidekick, UnitSet
 
 MARK_SECTION = "X-Provision"
@@ -62,7 +63,8 @@ def etcd_endpoints(cluster: Cluster) -> tuple[str, ...]:
     """Where fleet's registry answers: fleet's own `etcd_servers`, else every member."""
     if cluster.fleet.etcd_servers and not any("$" in s for s in cluster.fleet.etcd_servers):
         return cluster.fleet.etcd_servers
-    return tuple(f"http://{m.ip}:{cluster.etcd.client_port}" for m in cluster.members)
+    return tuple(f"{cluster.etcd_scheme}://{m.ip}:{cluster.etcd.client_port}"
+                 for m in cluster.members)
 
 
 def fleet_prefix(cluster: Cluster) -> str:
@@ -164,6 +166,10 @@ def sidekick_unit(cluster: Cluster, sidekick: Sidekick, parent: str, key: str,
         "--port", str(sidekick.port), "--check", sidekick.check, "--ttl", str(sidekick.ttl),
         "--etcd-servers", ",".join(etcd_endpoints(cluster)),
         "--etcd-key-prefix", fleet_prefix(cluster))]
+    if cluster.tls:  # the node's fleetd certificate
+        words += [exec_word(a) for a in (
+            "--etcd-cafile", node_file(CA_NAME), "--etcd-certfile", node_file("fleetd"),
+            "--etcd-keyfile", node_file("fleetd", key=True))]
     words += ["--machine", "%m", "--host", "%H"]  # specifiers, expanded where it runs
     if sidekick.check == "http":
         words += ["--path", exec_word(sidekick.path)]

@@ -37,6 +37,7 @@ from provision.apply.desired import (
 from provision.apply.lock import ApplyLock, LockLost
 from provision.apply.planner import Action, ActualUnit, Change, Plan, Step, plan
 from provision.errors import OperationFailed
+from provision.pki import cluster_client_tls
 from provision.spec.model import Cluster
 
 POLL_S = 0.25
@@ -101,7 +102,12 @@ def open_session(cluster: Cluster, *, prune: bool = False, timeout: float = ETCD
     when the lock is held and we may not wait."""
     desired = desired_units(cluster)
     endpoints = etcd_endpoints(cluster)
-    etcd = Etcd(endpoints, timeout=timeout)
+    try:
+        tls = cluster_client_tls(cluster)
+    except RegistryUnavailable as err:
+        raise OperationFailed(f"cannot read fleet's registry of cluster {cluster.name} ({err}); "
+                              "is the cluster up? (`provision status`)") from None
+    etcd = Etcd(endpoints, timeout=timeout, tls=tls)
     registry = Registry(etcd, fleet_prefix(cluster))
     reach = Reachability(cluster.name, gone, lambda: "nothing written")
     limit = deadline if deadline is not None else time.monotonic() + 120

@@ -46,7 +46,7 @@ def _is_yaml_path(text: str) -> bool:
 
 
 def _state_root() -> Path:
-    from provision.providers.local.provider import default_state_root
+    from provision.files import default_state_root
 
     return default_state_root()
 
@@ -123,6 +123,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     target = resolve(args.cluster, args.provider)
+    from provision.pki import expiry_warnings
+
+    for line in expiry_warnings(target.name):
+        print(line, file=sys.stderr)
     report = target.driver().status(target.ref, full=args.full)
     if args.output == "json":
         print(json.dumps(report.document, indent=2))

@@ -87,7 +87,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from provision.render.cluster import render_to
 
     rendered = render_to(args.cluster, Path(args.output) if args.output else None,
-                         new_token=args.new_token, substitute=args.substitute)
+                         new_token=args.new_token, substitute=args.substitute,
+                         pki_dir=args.pki_dir)
     cluster, files, out_dir = rendered.cluster, rendered.files, rendered.out_dir
     others = ", ".join(f.name for f in files[len(cluster.nodes):])
     first, last = cluster.nodes[0].user_data_name, cluster.nodes[-1].user_data_name
@@ -142,16 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write each node's IPs instead of $private_ipv4/$public_ipv4")
     render.add_argument("--new-token", action="store_true",
                         help="request a fresh discovery token instead of reusing the cached one")
+    render.add_argument("--pki-dir", metavar="DIR",
+                        help="keep the cluster's CA and certificates here (default: with the "
+                             "cluster's state, $PROVISION_STATE/<cluster>/pki)")
     render.set_defaults(run=_cmd_render)
 
     from provision.box import cli as box_cli
     from provision.cli import apply as apply_cli
+    from provision.cli import certs as certs_cli
     from provision.cli import lifecycle as lifecycle_cli
     from provision.image import cli as image_cli
     from provision.machine import cli as machine_cli
 
     lifecycle_cli.add_commands(commands)
     apply_cli.add_commands(commands)
+    certs_cli.add_commands(commands)
     machine_cli.add_commands(commands)
     image_cli.add_commands(commands)
     box_cli.add_commands(commands)

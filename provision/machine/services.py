@@ -88,6 +88,12 @@ def flannel_variables(section: Mapping) -> dict[str, str]:
     if "etcd_endpoints" in {str(k).replace("-", "_") for k in section}:
         # The drop-ins' `etcdctl set` talks to the same etcd as flanneld.
         out["ETCDCTL_ENDPOINTS"] = out["FLANNELD_ETCD_ENDPOINTS"]
+    # ... with the same certificate (etcdctl v2's variables).
+    for flannel_name, etcdctl_name in (("FLANNELD_ETCD_CAFILE", "ETCDCTL_CA_FILE"),
+                                       ("FLANNELD_ETCD_CERTFILE", "ETCDCTL_CERT_FILE"),
+                                       ("FLANNELD_ETCD_KEYFILE", "ETCDCTL_KEY_FILE")):
+        if flannel_name in out:
+            out[etcdctl_name] = out[flannel_name]
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from provision.errors import OperationFailed
 
@@ -31,16 +32,17 @@ class ClusterAccess:
     fleet_prefix: str
     client_port: int                   # each node's own etcd client port
     nodes: tuple[tuple[str, str], ...]  # (name, ip) in manifest order
+    tls: Any = None                    # EtcdTLS: the admin certificate, when etcd wants one
 
     def node_url(self, ip: str) -> str:
-        return f"http://{ip}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{ip}:{self.client_port}"
 
 
 def _registry(access: ClusterAccess):  # noqa: ANN202 - fleetd Registry, imported lazily
     from fleetd.registry.etcd import Etcd
     from fleetd.registry.registry import Registry
 
-    return Registry(Etcd(list(access.etcd_endpoints), timeout=PROBE_TIMEOUT_S),
+    return Registry(Etcd(list(access.etcd_endpoints), timeout=PROBE_TIMEOUT_S, tls=access.tls),
                     access.fleet_prefix)
 
 
@@ -63,7 +65,7 @@ def _etcd_health(access: ClusterAccess) -> list[bool]:
 
     urls = [access.node_url(ip) for _, ip in access.nodes]
     with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-        return list(pool.map(lambda url: etcd_healthy(url, PROBE_TIMEOUT_S), urls))
+        return list(pool.map(lambda url: etcd_healthy(url, PROBE_TIMEOUT_S, access.tls), urls))
 
 
 def wait_ready(access: ClusterAccess, timeout: float, report: Report) -> None:

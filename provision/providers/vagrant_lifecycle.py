@@ -48,10 +48,12 @@ def _print_progress(node: str, phase: str, detail: str) -> None:
 
 def access_of(cluster) -> ClusterAccess:  # noqa: ANN001 - provision.spec.model.Cluster
     from provision.apply.desired import etcd_endpoints, fleet_prefix
+    from provision.pki import cluster_client_tls
 
     return ClusterAccess(tuple(etcd_endpoints(cluster)), fleet_prefix(cluster),
                          cluster.etcd.client_port,
-                         tuple((n.name, str(n.ip)) for n in cluster.nodes))
+                         tuple((n.name, str(n.ip)) for n in cluster.nodes),
+                         cluster_client_tls(cluster))
 
 
 def _access(yaml: str | None) -> ClusterAccess | None:
@@ -170,6 +172,10 @@ class VagrantLifecycle:
         access = _access(ref.yaml)
         if access is not None:
             exports["ETCDCTL_ENDPOINTS"] = ",".join(access.etcd_endpoints)
+            if access.tls is not None:  # the admin certificate
+                exports["ETCDCTL_CACERT"] = access.tls.ca_file
+                exports["ETCDCTL_CERT"] = access.tls.cert_file
+                exports["ETCDCTL_KEY"] = access.tls.key_file
         exports["FLEETCTL_TUNNEL"] = found.nodes[0][1]
         config = directory / SSH_CONFIG
         if config.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from provision.pki import CA_NAME, NodeTLS, node_file
 from provision.spec.model import (
     SUBSTITUTION_PRIVATE,
     SUBSTITUTION_PUBLIC,
@@ -53,7 +54,39 @@ def addresses(cluster: Cluster, node: Node) -> Addresses:
 
 
 def member_client_urls(cluster: Cluster) -> list[str]:
-    return [f"http://{n.ip}:{cluster.etcd.client_port}" for n in cluster.members]
+    return [f"{cluster.etcd_scheme}://{n.ip}:{cluster.etcd.client_port}"
+            for n in cluster.members]
+
+
+# Mutual TLS: where each certificate lives on the node, the keys that name them.
+ETCD_FILE_OWNER = "etcd:etcd"  # etcd2.service runs as user etcd (CoreOS, Debian)
+
+
+def etcd2_tls_settings() -> dict:
+    return {
+        "cert-file": node_file("server"), "key-file": node_file("server", key=True),
+        "trusted-ca-file": node_file(CA_NAME), "client-cert-auth": True,
+        "peer-cert-file": node_file("peer"), "peer-key-file": node_file("peer", key=True),
+        "peer-trusted-ca-file": node_file(CA_NAME), "peer-client-cert-auth": True,
+    }
+
+
+def client_tls_settings() -> dict:
+    """fleet's (and flannel's) names for the node's client certificate."""
+    return {"etcd-cafile": node_file(CA_NAME), "etcd-certfile": node_file("fleetd"),
+            "etcd-keyfile": node_file("fleetd", key=True)}
+
+
+def tls_write_files(tls: NodeTLS) -> list[WriteFile]:
+    files = [WriteFile(node_file(CA_NAME), tls.ca_pem, permissions="0644", owner="root")]
+    for kind, issued, owner in (("server", tls.server, ETCD_FILE_OWNER),
+                                ("peer", tls.peer, ETCD_FILE_OWNER),
+                                ("fleetd", tls.fleetd, "root")):
+        files.append(WriteFile(node_file(kind), issued.cert_pem, permissions="0600",
+                               owner=owner))
+        files.append(WriteFile(node_file(kind, key=True), issued.key_pem, permissions="0600",
+                               owner=owner))
+    return files
 
 
 def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
@@ -61,18 +94,25 @@ def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
     etcd = cluster.etcd
     cp, pp = etcd.client_port, etcd.peer_port
     mode = etcd.discovery.mode
+    # The discovery etcd only bootstraps the members and holds nothing of fleet's; it
+    # stays plain http because etcd's discovery client shows no certificate and trusts
+    # only the system's CAs.
+    tls = cluster.tls and node.etcd_role is not EtcdRole.DISCOVERY
+    scheme = "https" if tls else "http"
     section: dict = {"name": node.name}
     if node.etcd_role is EtcdRole.DISCOVERY:
         section["advertise-client-urls"] = f"http://{addr.public}:{cp}"
         section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
     elif node.etcd_role is EtcdRole.PROXY:
         section["proxy"] = "on"
-        section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
+        section["listen-client-urls"] = f"{scheme}://0.0.0.0:{cp}"
     else:
-        section["advertise-client-urls"] = f"http://{addr.public}:{cp}"
-        section["initial-advertise-peer-urls"] = f"http://{addr.peer_host}:{pp}"
-        section["listen-client-urls"] = f"http://0.0.0.0:{cp}"
-        section["listen-peer-urls"] = f"http://{addr.private}:{pp}"
+        section["advertise-client-urls"] = f"{scheme}://{addr.public}:{cp}"
+        section["initial-advertise-peer-urls"] = f"{scheme}://{addr.peer_host}:{pp}"
+        section["listen-client-urls"] = f"{scheme}://0.0.0.0:{cp}"
+        section["listen-peer-urls"] = f"{scheme}://{addr.private}:{pp}"
+    if tls:
+        section.update(etcd2_tls_settings())
 
     if node.etcd_role is not EtcdRole.DISCOVERY:
         if mode is DiscoveryMode.STATIC:
@@ -109,10 +149,13 @@ def fleet_section(cluster: Cluster, node: Node, addr: Addresses) -> dict:
         # Its own member (or proxy) first, then every other member: fleetd fails over
         # between them, so a node whose etcd dies keeps its fleet (fault suite: with only
         # its own member it lost its machine while fail-static kept its units running).
-        own = f"http://{addr.private}:{cluster.etcd.client_port}"
-        servers = [own] + [f"http://{m.ip}:{cluster.etcd.client_port}"
+        scheme = cluster.etcd_scheme
+        own = f"{scheme}://{addr.private}:{cluster.etcd.client_port}"
+        servers = [own] + [f"{scheme}://{m.ip}:{cluster.etcd.client_port}"
                            for m in cluster.members if m.name != node.name]
     section["etcd-servers"] = ",".join(servers)
+    if cluster.tls:
+        section.update(client_tls_settings())
     if fleet.etcd_key_prefix:
         section["etcd-key-prefix"] = fleet.etcd_key_prefix
     if fleet.agent_ttl:
@@ -134,6 +177,10 @@ def flannel_section(cluster: Cluster, node: Node, addr: Addresses) -> dict | Non
             SUBSTITUTION_PRIVATE, addr.private)
     if node.etcd_role is EtcdRole.DISCOVERY:
         section["etcd-endpoints"] = ",".join(member_client_urls(cluster))
+    elif cluster.tls:  # flannel's default endpoint is plain http on 127.0.0.1
+        section["etcd-endpoints"] = f"https://{addr.private}:{cluster.etcd.client_port}"
+    if cluster.tls:
+        section.update(client_tls_settings())
     if flannel.etcd_prefix != "/coreos.com/network":
         section["etcd-prefix"] = flannel.etcd_prefix
     return section
@@ -194,17 +241,24 @@ def _file_dict(wf: WriteFile) -> dict:
     return entry
 
 
-def node_write_files(cluster: Cluster, node: Node) -> list[WriteFile]:
+def node_write_files(cluster: Cluster, node: Node, tls: NodeTLS | None = None
+                     ) -> list[WriteFile]:
     files: list[WriteFile] = []
     disc = cluster.etcd.discovery
     if disc.mode is DiscoveryMode.DNS_SRV and disc.dns_server:
         files.append(WriteFile("/etc/resolv.conf", f"nameserver {disc.dns_server}\n",
                                permissions="0644", owner="root"))
+    if tls is not None:
+        files += tls_write_files(tls)
     return files + list(node.write_files)
 
 
 def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
-                      substitute: bool = False) -> dict:
+                      substitute: bool = False, tls: NodeTLS | None = None) -> dict:
+    """`tls`: the node's certificates, required when the cluster uses TLS."""
+    if cluster.tls and tls is None:
+        raise ValueError(f"cluster {cluster.name} uses TLS: rendering {node.name} needs its "
+                         "certificates (provision.pki.ensure)")
     addr = addresses(cluster, node)
     coreos: dict = {
         "etcd2": etcd2_section(cluster, node, disc, addr),
@@ -218,7 +272,7 @@ def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
     if cluster.ssh_authorized_keys:
         config["ssh_authorized_keys"] = list(cluster.ssh_authorized_keys)
     config["coreos"] = coreos
-    files = node_write_files(cluster, node)
+    files = node_write_files(cluster, node, tls if cluster.tls else None)
     if files:
         config["write_files"] = [_file_dict(f) for f in files]
     if substitute:

@@ -59,19 +59,25 @@ def load(cluster_path: str | Path, warn: Warn = print_warning) -> Cluster:
 
 
 def render_cluster_files(cluster: Cluster, out_dir: Path, *, new_token: bool = False,
-                         substitute: bool = False) -> Rendered:
-    """Resolve the cluster's discovery (a token is cached in `out_dir`) and render it."""
+                         substitute: bool = False,
+                         pki_dir: str | Path | None = None) -> Rendered:
+    """Resolve the cluster's discovery (a token is cached in `out_dir`) and render it, with
+    the cluster's certificates (made or reused in `pki_dir`, by default with its state)."""
+    from provision.pki import for_cluster
+
     resolved, record = discovery.resolve(cluster, out_dir, new_token=new_token)
-    return Rendered(cluster, Path(out_dir), render_cluster(cluster, resolved,
-                                                           substitute=substitute), record)
+    files = render_cluster(cluster, resolved, substitute=substitute,
+                           pki=for_cluster(cluster, pki_dir))
+    return Rendered(cluster, Path(out_dir), files, record)
 
 
 def render_to(cluster_path: str | Path, out_dir: Path | None = None, *,
               warn: Warn = print_warning, new_token: bool = False,
-              substitute: bool = False) -> Rendered:
+              substitute: bool = False, pki_dir: str | Path | None = None) -> Rendered:
     """load → warn → resolve → render → write; `out_dir` defaults to out/<cluster name>."""
     cluster = load(cluster_path, warn)
     rendered = render_cluster_files(cluster, out_dir or default_output_dir(cluster.name),
-                                    new_token=new_token, substitute=substitute)
+                                    new_token=new_token, substitute=substitute,
+                                    pki_dir=pki_dir)
     rendered.write()
     return rendered

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from provision.pki import ClusterPKI
 from provision.render.cloudconfig import (
     ResolvedDiscovery,
     member_client_urls,
@@ -67,25 +68,29 @@ def node_roles(role: EtcdRole) -> list[str]:
     return [role.value, "fleet"]
 
 
-def render_cluster(cluster: Cluster, disc: ResolvedDiscovery, *, substitute: bool = False
-                   ) -> list[RenderedFile]:
-    """Every file of the rendered cluster: user-data-N, the manifest, the zone snippet."""
+def render_cluster(cluster: Cluster, disc: ResolvedDiscovery, *, substitute: bool = False,
+                   pki: ClusterPKI | None = None) -> list[RenderedFile]:
+    """Every file of the rendered cluster: user-data-N, the manifest, the zone snippet.
+    `pki`: the cluster's certificates (`provision.pki.ensure`), needed with TLS."""
     cloud_config = _template("cloud-config.yaml.j2")
     files = []
     for node in cluster.nodes:
-        config = node_cloud_config(cluster, node, disc, substitute)
+        tls = pki.node(node.name) if cluster.tls and pki is not None else None
+        config = node_cloud_config(cluster, node, disc, substitute, tls)
         text = cloud_config.render(cluster=cluster, node=node, config=config)
         files.append(RenderedFile(node.user_data_name, text, 0o600))
     if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV:
         files.append(RenderedFile(ZONE_FILE, render_zone(cluster)))
+    # 0600: a discovery token in it lets anyone join nodes to the cluster.
     files.append(RenderedFile(MANIFEST, json.dumps(manifest(cluster, disc, substitute),
-                                                   indent=2) + "\n"))
+                                                   indent=2) + "\n", 0o600))
     return files
 
 
 def render_zone(cluster: Cluster) -> str:
     return _template("etcd-srv.zone.j2").render(
         cluster=cluster, domain=cluster.etcd.discovery.domain, members=cluster.members,
+        ssl="-ssl" if cluster.tls else "",
         peer_port=cluster.etcd.peer_port, client_port=cluster.etcd.client_port)
 
 
@@ -110,6 +115,7 @@ def manifest(cluster: Cluster, disc: ResolvedDiscovery, substitute: bool) -> dic
         "provider": cluster.provider,
         "network": str(cluster.network),
         "substituted": substitute,
+        "tls": cluster.tls,
         "etcd": {
             "members": list(etcd.members),
             "client_port": etcd.client_port,

@@ -131,13 +131,18 @@ class _Builder:
             for i, n in enumerate(nodes)
         )
         self._check_passthrough(nodes)
+        tls = d.get("tls", True)
+        if tls is False:
+            self.warn(("tls",), "`tls: false`: etcd accepts anyone who can reach it, and "
+                      "whoever can write fleet's keys runs code on every node; leave it "
+                      "out (mutual TLS) unless this is a throwaway tutorial cluster")
         units = build_unit_sets(self.doc, Path(self.doc.file).parent, self.read_text,
                                 self.problems)
         return Cluster(
             name=d["name"], source=self.doc.file, provider=provider, network=network,
             nodes=built, etcd=etcd, fleet=self._fleet(), flannel=self._flannel(),
             vagrant=vagrant, ssh_authorized_keys=tuple(d.get("ssh_authorized_keys", [])),
-            units=units,
+            units=units, tls=tls is not False,
         )
 
     def _network(self, provider: str) -> tuple[ipaddress.IPv4Network | None, int]:

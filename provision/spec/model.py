@@ -185,6 +185,11 @@ class Cluster:
     vagrant: VagrantSettings = field(default_factory=VagrantSettings)
     ssh_authorized_keys: tuple[str, ...] = ()
     units: tuple[UnitSet, ...] = ()
+    tls: bool = True  # mutual TLS for etcd (clients and peers)
+
+    @property
+    def etcd_scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -202,7 +207,8 @@ class Cluster:
     @cached_property
     def initial_cluster(self) -> str:
         """etcd's `initial-cluster`: every member's name and peer URL."""
-        return ",".join(f"{m.name}=http://{m.ip}:{self.etcd.peer_port}" for m in self.members)
+        return ",".join(f"{m.name}={self.etcd_scheme}://{m.ip}:{self.etcd.peer_port}"
+                        for m in self.members)
 
 
 def dashed(key: str) -> str:

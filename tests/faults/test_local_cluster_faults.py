@@ -126,7 +126,7 @@ class LocalCluster:
         # after the TTL while fail static keeps its units, so they run twice (see the
         # report of issue 8). The suite runs the configuration that survives a member loss.
         net = self.data["network"]["cidr"].rsplit(".", 1)[0]
-        self.data["fleet"]["etcd_servers"] = [f"http://{net}.{i}:2379" for i in (1, 2, 3)]
+        self.data["fleet"]["etcd_servers"] = [f"https://{net}.{i}:2379" for i in (1, 2, 3)]
         self.path.write_text(yaml.safe_dump(self.data, sort_keys=False))
         self.state_dir = env.state_dir(self.name)
         self.figures: Path | None = None
@@ -255,7 +255,7 @@ def cluster(tmp_path_factory):
         assert chosen.get("etcd") == DEBIAN_ETCD, f"the cluster runs {chosen}"
         endpoints = running.provision("env", running.name).stdout
         urls = endpoints.split("ETCDCTL_ENDPOINTS=", 1)[1].split()[0].split(",")
-        running.etcd = Etcd(urls, timeout=2)
+        running.etcd = Etcd(urls, timeout=2, tls=env.tls(running.name))
         running.registry = Registry(running.etcd)
         running.sampler = Sampler(running.view, global_units=[GLOBAL])
         with running.sampler:
@@ -350,7 +350,8 @@ def etcd_leader_node(cluster: LocalCluster) -> tuple[str, bool]:
     for node, spec in cluster.nodes.items():
         url = f"{spec['etcd_url']}/v2/stats/self"
         try:
-            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1,  # noqa: S310 - loopback
+                                        context=cluster.env.ssl_context(cluster.name)) as answer:
                 if json.load(answer).get("state") == "StateLeader":
                     return node, True
         except (OSError, ValueError):

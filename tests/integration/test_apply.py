@@ -62,12 +62,13 @@ class Cluster:
         return path
 
     def etcd(self) -> Etcd:
-        return Etcd(self.endpoints, timeout=3)
+        return Etcd(self.endpoints, timeout=3, tls=self.env.tls(self.name))
 
     def etcdctl_get(self, prefix: str) -> dict[str, dict]:
         result = subprocess.run([find_etcd().etcdctl, "--endpoints", ",".join(self.endpoints),
-                                 "get", "--prefix", prefix], capture_output=True, text=True,
-                                timeout=20, env={**os.environ, "ETCDCTL_API": "3"}, check=True)
+                                 *self.env.etcdctl_tls(self.name), "get", "--prefix", prefix],
+                                capture_output=True, text=True, timeout=20,
+                                env={**os.environ, "ETCDCTL_API": "3"}, check=True)
         lines = result.stdout.splitlines()
         return {lines[i]: json.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
 
@@ -96,6 +97,14 @@ def cluster():
         yield running
     finally:
         env.close()
+
+
+@pytest.fixture
+def in_process(cluster, monkeypatch):
+    """The cluster, for apply sessions opened in this process (they find the cluster's
+    admin certificate under its state root)."""
+    monkeypatch.setenv("PROVISION_STATE", str(cluster.env.state_root))
+    return cluster
 
 
 def active_web(states: dict) -> dict[str, tuple[str, str]]:
@@ -254,7 +263,8 @@ def test_unschedulable_and_failed_units_are_named_with_the_reason(cluster):
     assert "boom-42" in result.stderr  # its last log lines
 
 
-def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
+def test_a_change_made_by_someone_else_after_planning_aborts_the_step(in_process):
+    cluster = in_process
     base = cluster.declare("race1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     declared = load_cluster(cluster.declare("race2", [{**WEB_SET, "state": "loaded"}]))[0]
@@ -279,7 +289,8 @@ def test_a_change_made_by_someone_else_after_planning_aborts_the_step(cluster):
         session.close()
 
 
-def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(cluster):
+def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(in_process):
+    cluster = in_process
     base = cluster.declare("over1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     v2 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v2)")
@@ -310,7 +321,8 @@ def test_a_unit_changed_by_someone_else_after_apply_wrote_it_is_a_conflict(clust
 
 
 @pytest.mark.parametrize("lost", ["reply", "request"])
-def test_a_write_whose_reply_was_lost_is_recognised_as_ours(cluster, lost):
+def test_a_write_whose_reply_was_lost_is_recognised_as_ours(in_process, lost):
+    cluster = in_process
     base = cluster.declare("lost1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
     declared = load_cluster(cluster.declare(f"lost-{lost}",

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -173,14 +174,26 @@ def test_a_read_only_state_directory_is_one_line_per_command_and_nothing_changes
 
 # -- a member whose data is gone ---------------------------------------------------------------
 
-def _http(netns: str | None, url: str, body: dict | None = None) -> dict:
+@dataclass(frozen=True)
+class Reach:
+    """How a test reaches a cluster's etcd: from inside `netns` if given, with the
+    cluster's admin certificate."""
+
+    netns: str | None
+    env: Env
+    name: str
+
+
+def _http(reach: Reach, url: str, body: dict | None = None) -> dict:
     """GET (or POST `body` as JSON) and parse the answer, from inside `netns` if given."""
-    if netns is None:
+    if reach.netns is None:
         request = urllib.request.Request(url, data=None if body is None else json.dumps(
             body).encode(), method="GET" if body is None else "POST")
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=5,  # noqa: S310
+                                    context=reach.env.ssl_context(reach.name)) as answer:
             return json.load(answer)
-    command = ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "5", url]
+    command = ["ip", "netns", "exec", reach.netns, "curl", "-sf", "--max-time", "5",
+               *reach.env.curl_tls(reach.name), url]
     if body is not None:
         command += ["-X", "POST", "-d", json.dumps(body)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=20)
@@ -193,15 +206,15 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _members(netns: str | None, url: str) -> dict[str, str]:
+def _members(netns: Reach, url: str) -> dict[str, str]:
     return {m["name"]: m["id"] for m in _http(netns, f"{url}/v2/members")["members"]}
 
 
-def _put(netns: str | None, url: str, key: str, value: str) -> None:
+def _put(netns: Reach, url: str, key: str, value: str) -> None:
     _http(netns, f"{url}/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
 
 
-def _get(netns: str | None, url: str, key: str) -> str | None:
+def _get(netns: Reach, url: str, key: str) -> str | None:
     """A local (serializable) read on one member: what that member itself holds."""
     try:
         kvs = _http(netns, f"{url}/v3/kv/range", {"key": _b64(key),
@@ -240,7 +253,7 @@ def test_a_member_whose_data_is_gone_is_refused_then_reset_to_a_new_empty_member
     assert up.returncode == 0, up.stderr
     state_dir = env.state_dir(name)
     plan = state.read_json(state_dir / state.PLAN)
-    netns = plan.get("netns")
+    netns = Reach(plan.get("netns"), env, name)
     members = [n for n in plan["nodes"] if n["role"] == "etcd-member"]
     lost, other = members[1], members[0]
     urls = {n["name"]: n["etcd_url"] for n in members}

@@ -40,8 +40,9 @@ def rows(env: Env, name: str) -> dict[str, dict]:
     return {row["name"]: row for row in provider.status(name, state_root=env.state_root)}
 
 
-def etcd_members(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/v2/members", timeout=3) as response:  # noqa: S310
+def etcd_members(url: str, context=None) -> int:  # noqa: ANN001 - ssl.SSLContext
+    with urllib.request.urlopen(f"{url}/v2/members", timeout=3,  # noqa: S310
+                                context=context) as response:
         return len(json.load(response)["members"])
 
 
@@ -57,7 +58,7 @@ def test_static_cluster_up_status_node_stop_start_env_and_down(env):
     for row in nodes.values():
         assert (row["state"], row["etcd"], row["fleet"]) == ("running", "healthy", "registered")
         assert set(row["pids"]) == {"etcd2.service", "fleet.service"}
-    assert etcd_members(f"http://{nodes['core-01']['ip']}:2379") == 3
+    assert etcd_members(f"https://{nodes['core-01']['ip']}:2379", env.ssl_context(name)) == 3
     # write_files landed in the node root with their mode, IPs substituted.
     environment = state_dir / "nodes" / "core-02" / "root" / "etc" / "environment"
     assert f"COREOS_PUBLIC_IPV4={nodes['core-02']['ip']}" in environment.read_text()
@@ -65,7 +66,8 @@ def test_static_cluster_up_status_node_stop_start_env_and_down(env):
 
     exports = provider.env(name, state_root=env.state_root)
     assert f"export FLEETCTL_ENDPOINT=unix://{state_dir}/nodes/core-01/fleet/fleet.sock" in exports
-    assert f"export ETCDCTL_ENDPOINTS=http://{nodes['core-01']['ip']}:2379," in exports
+    assert f"export ETCDCTL_ENDPOINTS=https://{nodes['core-01']['ip']}:2379," in exports
+    assert f"export ETCDCTL_CERT={state_dir}/pki/admin.pem" in exports
 
     # Idempotent: a second up finds the same processes healthy and changes nothing.
     pids = {n: r["pids"] for n, r in nodes.items()}
@@ -110,8 +112,9 @@ def test_proxy_node_units_and_flannel_config(env):
         assert (row["etcd"], row["fleet"]) == ("healthy", "registered")
         assert row["units"] == {"flanneld.service": "active/exited",
                                 "hello.service": "active/running"}
-        with urllib.request.urlopen(f"http://{row['ip']}:2379/v2/keys/coreos.com/network/"
-                                    "config", timeout=3) as response:  # noqa: S310
+        with urllib.request.urlopen(f"https://{row['ip']}:2379/v2/keys/coreos.com/network/"
+                                    "config", timeout=3,  # noqa: S310
+                                    context=env.ssl_context(name)) as response:
             value = json.load(response)["node"]["value"]
         assert json.loads(value) == {"Network": "10.1.0.0/16"}
     row = nodes["core-02"]
@@ -127,7 +130,7 @@ def test_custom_discovery_cluster_comes_up(env):
     nodes = rows(env, name)
     assert nodes["core-01"]["role"] == "etcd-discovery"
     assert all(r["etcd"] == "healthy" and r["fleet"] == "registered" for r in nodes.values())
-    assert etcd_members(f"http://{nodes['core-02']['ip']}:2379") == 3
+    assert etcd_members(f"https://{nodes['core-02']['ip']}:2379", env.ssl_context(name)) == 3
     manifest = json.loads((env.state_dir(name) / "rendered" / "manifest.json").read_text())
     with urllib.request.urlopen(manifest["etcd"]["discovery"]["size_key_url"],
                                 timeout=3) as response:  # noqa: S310
@@ -148,7 +151,8 @@ def test_token_discovery_against_a_local_discovery_service(env):
                           if not n["key"].endswith("_config")]
         assert len(registered) == 3
         nodes = rows(env, name)
-        assert etcd_members(f"http://{nodes['core-03']['ip']}:2379") == 3
+        assert etcd_members(f"https://{nodes['core-03']['ip']}:2379",
+                            env.ssl_context(name)) == 3
         provider.down(name, purge=True, state_root=env.state_root)
         assert survivors(env.state_dir(name)) == []
 
@@ -167,10 +171,11 @@ def test_dns_srv_cluster_in_its_own_network_namespace(env):
     nodes = rows(env, name)
     assert all(r["etcd"] == "healthy" and r["fleet"] == "registered" for r in nodes.values())
     members = subprocess.run(
-        ["ip", "netns", "exec", netns, "curl", "-s", f"http://{nodes['coreos-01']['ip']}:2379"
-         "/v2/members"], capture_output=True, text=True, timeout=10).stdout
+        ["ip", "netns", "exec", netns, "curl", "-s", *env.curl_tls(name),
+         f"https://{nodes['coreos-01']['ip']}:2379/v2/members"], capture_output=True,
+        text=True, timeout=10).stdout
     peers = sorted(u for m in json.loads(members)["members"] for u in m["peerURLs"])
-    assert peers == [f"http://coreos-0{i}.testdomain.com:2380" for i in (1, 2, 3)]
+    assert peers == [f"https://coreos-0{i}.testdomain.com:2380" for i in (1, 2, 3)]
     assert "ip netns exec" in provider.env(name, state_root=env.state_root)
     provider.down(name, state_root=env.state_root)
     assert not dns.exists(netns)

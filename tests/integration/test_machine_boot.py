@@ -55,9 +55,16 @@ WantedBy=multi-user.target
 HELLO = "[Unit]\nDescription=hello from fleet\n[Service]\nExecStart=/bin/sleep infinity\n"
 
 
+# etcd asks every client for a certificate: the node's own (its fleetd's), as root.
+TLS_FLAGS = {"3": ["--cacert", "/etc/ssl/etcd/ca.pem", "--cert", "/etc/ssl/etcd/fleetd.pem",
+                   "--key", "/etc/ssl/etcd/fleetd-key.pem"],
+             "2": ["--ca-file", "/etc/ssl/etcd/ca.pem", "--cert-file", "/etc/ssl/etcd/fleetd.pem",
+                   "--key-file", "/etc/ssl/etcd/fleetd-key.pem"]}
+
+
 def etcdctl(machine, *args: str, api: str = "3"):  # noqa: ANN001 - Machine
-    return machine.run("env", f"ETCDCTL_API={api}", "etcdctl",
-                       "--endpoints", f"http://{IP}:2379", *args, check=False)
+    return machine.run("env", f"ETCDCTL_API={api}", "etcdctl", *TLS_FLAGS[api],
+                       "--endpoints", f"https://{IP}:2379", *args, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +116,14 @@ def test_etcd2_is_debians_etcd_and_healthy(machine):
     assert machine.out("readlink", f"/proc/{pid}/exe") == "/usr/bin/etcd"
     assert machine.stat(f"/proc/{pid}", "%U") == "etcd"
     members = etcdctl(machine, "member", "list").stdout
-    assert f"core-01, http://{IP}:2380, http://{IP}:2379" in members
+    assert f"core-01, https://{IP}:2380, https://{IP}:2379" in members
+    # etcd's keys are its own (it runs as etcd), fleetd's root's; none readable by others.
+    assert machine.stat("/etc/ssl/etcd/server-key.pem", "%U %a") == "etcd 600"
+    assert machine.stat("/etc/ssl/etcd/fleetd-key.pem", "%U %a") == "root 600"
+    plain = machine.run("env", "ETCDCTL_API=3", "etcdctl", "--endpoints", f"https://{IP}:2379",
+                        "--cacert", "/etc/ssl/etcd/ca.pem", "--command-timeout=3s", "get", "x",
+                        check=False)
+    assert plain.returncode != 0  # no client certificate: refused
     assert "ETCD_INITIAL_CLUSTER_TOKEN=onebox-etcd" in machine.out(
         "cat", "/run/systemd/system/etcd2.service.d/20-cloudinit.conf")
 

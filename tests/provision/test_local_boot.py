@@ -23,6 +23,7 @@ from provision.render.discovery import resolve
 from provision.render.pipeline import manifest as render_manifest
 from provision.render.pipeline import render_cluster
 from provision.spec.build import load_cluster
+from tests.conftest import cluster_pki
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Tools(etcd="/opt/etcd/etcd", etcdctl="/opt/etcd/etcdctl", python="/usr/bin/python3",
@@ -131,7 +132,9 @@ ETCD_ROWS = [
         {"name": "core-02", "data-dir": "/var/lib/etcd2", "heartbeat-interval": 100,
          "strict-reconfig-check": True, "ca-file": "/etc/ca.pem", "peer-election-magic": 3},
         {"data-dir": "/state/c/nodes/core-02/etcd", "heartbeat-interval": "100",
-         "strict-reconfig-check": "true", "trusted-ca-file": "/etc/ca.pem"},
+         # a file the node's etcd reads is a node path: found under the node root here
+         "strict-reconfig-check": "true",
+         "trusted-ca-file": "/state/c/nodes/core-02/root/etc/ca.pem"},
         ["peer-election-magic", "ca-file"], id="settings-passed-renamed-or-dropped"),
 ]
 
@@ -354,7 +357,7 @@ def test_exec_lines_round_trip_through_the_unit_reader(argv):
 def rendered(example: str, tmp_path: Path) -> tuple[dict, dict[str, str]]:
     cluster, _ = load_cluster(str(REPO / "clusters" / example))
     disc, _ = resolve(cluster, tmp_path, fetch=lambda url, timeout: "unused")
-    files = {f.name: f.text for f in render_cluster(cluster, disc)}
+    files = {f.name: f.text for f in render_cluster(cluster, disc, pki=cluster_pki(cluster))}
     return render_manifest(cluster, disc, False), files
 
 
@@ -409,17 +412,18 @@ def test_the_rendered_zone_becomes_dnsmasq_records(tmp_path):
     path = tmp_path / "dns.yaml"
     path.write_text(yaml.safe_dump(data))
     cluster, _ = load_cluster(str(path))
-    zone = next(f.text for f in render_cluster(cluster, resolve(cluster, tmp_path)[0])
+    zone = next(f.text for f in render_cluster(cluster, resolve(cluster, tmp_path)[0],
+                                                   pki=cluster_pki(cluster))
                 if f.name == "etcd-srv.zone")
     records = dns.zone_records(zone)
-    assert records.srv[0] == ("_etcd-server._tcp.testdomain.com", "coreos-01.testdomain.com",
+    assert records.srv[0] == ("_etcd-server-ssl._tcp.testdomain.com", "coreos-01.testdomain.com",
                               2380, 0, 0)
     assert len(records.srv) == 6 and len(records.a) == 3
     argv = dns.dnsmasq_argv("/usr/sbin/dnsmasq", "127.86.0.254", "testdomain.com", records,
                             "/s/dnsmasq.pid")
     assert "--listen-address=127.86.0.254" in argv
     assert "--local=/testdomain.com/" in argv  # nothing else is answered or forwarded
-    assert "--srv-host=_etcd-client._tcp.testdomain.com,coreos-02.testdomain.com,2379,0,0" \
+    assert "--srv-host=_etcd-client-ssl._tcp.testdomain.com,coreos-02.testdomain.com,2379,0,0" \
         in argv
     assert "--host-record=coreos-03.testdomain.com,127.86.0.3" in argv
 

@@ -297,10 +297,19 @@ def test_etcd2_section_becomes_etcd_variables_as_coreos_named_them():
 def test_fleet_section_becomes_fleet_variables_and_unknown_keys_are_noted():
     notes: list[str] = []
     assert fleet_variables({"public-ip": "10.0.0.1", "metadata": "a=b",
-                            "etcd_cafile": "/ca.pem", "disable-engine": True}, notes) == {
+                            "etcd_cafile": "/ca.pem", "disable-engine": True,
+                            "etcd_username": "u"}, notes) == {
         "FLEET_PUBLIC_IP": "10.0.0.1", "FLEET_METADATA": "a=b",
-        "FLEET_DISABLE_ENGINE": "true"}
-    assert notes == ["fleet `etcd_cafile` is not a fleetd setting; left out"]
+        "FLEET_ETCD_CAFILE": "/ca.pem", "FLEET_DISABLE_ENGINE": "true"}
+    assert notes == ["fleet `etcd_username` is not a fleetd setting; left out"]
+
+
+def test_flannel_tls_reaches_the_drop_ins_etcdctl_too():
+    found = flannel_variables({"etcd-endpoints": "https://e:2379", "etcd-cafile": "/c.pem",
+                               "etcd-certfile": "/f.pem", "etcd-keyfile": "/k.pem"})
+    assert {k: v for k, v in found.items() if k.startswith("ETCDCTL_")} == {
+        "ETCDCTL_ENDPOINTS": "https://e:2379", "ETCDCTL_CA_FILE": "/c.pem",
+        "ETCDCTL_CERT_FILE": "/f.pem", "ETCDCTL_KEY_FILE": "/k.pem"}
 
 
 def test_flannel_section_uses_coreos_names():

@@ -11,7 +11,7 @@ import yaml
 from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
 from provision.render.pipeline import render_cluster
 from provision.spec.build import load_cluster
-from tests.conftest import CLUSTERS
+from tests.conftest import CLUSTERS, cluster_pki, node_tls
 
 EXAMPLES = sorted(p.name for p in CLUSTERS.glob("*.yaml"))
 
@@ -40,7 +40,8 @@ def test_example_renders_round_trips_and_validates(run_cli, tmp_path, name):
         text = path.read_text()
         assert text.startswith("#cloud-config\n")
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        expected = node_cloud_config(cluster, node, ResolvedDiscovery(url, len(cluster.members)))
+        expected = node_cloud_config(cluster, node, ResolvedDiscovery(url, len(cluster.members)),
+                                     tls=node_tls(cluster, node))
         assert yaml.safe_load(text) == expected
     result = run_cli("validate", "--user-data", *(str(out / n.user_data_name)
                                                   for n in cluster.nodes))
@@ -60,22 +61,25 @@ def load_user_data(out, index):
 
 def test_static_members_get_their_own_name_and_the_initial_cluster(run_cli, tmp_path):
     out = render_example(run_cli, tmp_path, "vagrant.yaml")
-    initial = ("core-01=http://172.17.8.101:2380,core-02=http://172.17.8.102:2380,"
-               "core-03=http://172.17.8.103:2380")
+    initial = ("core-01=https://172.17.8.101:2380,core-02=https://172.17.8.102:2380,"
+               "core-03=https://172.17.8.103:2380")
     for i in (1, 2, 3):
         etcd2 = load_user_data(out, i)["coreos"]["etcd2"]
         assert etcd2["name"] == f"core-0{i}"
         assert etcd2["initial-cluster"] == initial
         assert etcd2["initial-cluster-token"] == "coreOS-static"
         assert etcd2["initial-cluster-state"] == "new"
-        assert etcd2["initial-advertise-peer-urls"] == "http://$private_ipv4:2380"
-        assert etcd2["advertise-client-urls"] == "http://$public_ipv4:2379"
+        assert etcd2["initial-advertise-peer-urls"] == "https://$private_ipv4:2380"
+        assert etcd2["advertise-client-urls"] == "https://$public_ipv4:2379"
 
 
 def test_flannel_network_config_lands_in_a_drop_in(run_cli, tmp_path):
     out = render_example(run_cli, tmp_path, "vagrant.yaml")
     config = load_user_data(out, 1)
-    assert config["coreos"]["flannel"] == {"interface": "$public_ipv4"}
+    assert config["coreos"]["flannel"] == {
+        "interface": "$public_ipv4", "etcd-endpoints": "https://$private_ipv4:2379",
+        "etcd-cafile": "/etc/ssl/etcd/ca.pem", "etcd-certfile": "/etc/ssl/etcd/fleetd.pem",
+        "etcd-keyfile": "/etc/ssl/etcd/fleetd-key.pem"}
     flanneld = next(u for u in config["coreos"]["units"] if u["name"] == "flanneld.service")
     assert flanneld["command"] == "start"
     drop_in = flanneld["drop-ins"][0]
@@ -94,7 +98,7 @@ def test_few_members_rest_are_proxies(run_cli, tmp_path):
     worker = load_user_data(out, 4)["coreos"]
     assert worker["etcd2"]["proxy"] == "on"  # a string: unquoted `on` would be a boolean
     assert "initial-advertise-peer-urls" not in worker["etcd2"]
-    assert worker["etcd2"]["initial-cluster"].count("=http://") == 3
+    assert worker["etcd2"]["initial-cluster"].count("=https://") == 3
     assert worker["fleet"]["metadata"] == "region=us-west,role=worker"
     assert load_user_data(out, 10)["coreos"]["fleet"]["metadata"] == \
         "region=us-west,role=worker,disk=ssd"
@@ -119,7 +123,7 @@ def test_custom_discovery_node_is_stripped_and_members_use_it(run_cli, tmp_path)
     for key in ("discovery", "initial-advertise-peer-urls", "listen-peer-urls"):
         assert key not in first["etcd2"]
     assert first["fleet"]["etcd-servers"] == (
-        "http://127.78.0.2:2379,http://127.78.0.3:2379,http://127.78.0.4:2379")
+        "https://127.78.0.2:2379,https://127.78.0.3:2379,https://127.78.0.4:2379")
     for i in (2, 3, 4):
         assert load_user_data(out, i)["coreos"]["etcd2"]["discovery"] == disc["url"]
     # Re-rendering the same cluster keeps the same UUID (members already registered under it).
@@ -133,13 +137,13 @@ def test_dns_srv_writes_resolv_conf_and_zone(run_cli, tmp_path):
     config = load_user_data(out, 1)
     etcd2 = config["coreos"]["etcd2"]
     assert etcd2["discovery-srv"] == "testdomain.com"
-    assert etcd2["initial-advertise-peer-urls"] == "http://coreos-01.testdomain.com:2380"
+    assert etcd2["initial-advertise-peer-urls"] == "https://coreos-01.testdomain.com:2380"
     assert etcd2["initial-cluster-token"] == "etcd-cluster-1"
     assert config["write_files"][0] == {"path": "/etc/resolv.conf", "permissions": "0644",
                                         "owner": "root", "content": "nameserver 172.17.8.111\n"}
     zone = (out / "etcd-srv.zone").read_text().splitlines()
     records = [line.split() for line in zone if line and not line.startswith(";")]
-    assert ["_etcd-server._tcp.testdomain.com.", "300", "IN", "SRV", "0", "0", "2380",
+    assert ["_etcd-server-ssl._tcp.testdomain.com.", "300", "IN", "SRV", "0", "0", "2380",
             "coreos-02.testdomain.com."] in records
     assert ["coreos-03.testdomain.com.", "300", "IN", "A", "172.17.8.103"] in records
     assert sum(r[3] == "SRV" for r in records) == 6
@@ -150,7 +154,7 @@ def test_substitute_writes_real_ips(run_cli, tmp_path):
     text = (out / "user-data-2").read_text()
     assert "$private_ipv4" not in text and "$public_ipv4" not in text
     config = yaml.safe_load(text)
-    assert config["coreos"]["etcd2"]["listen-peer-urls"] == "http://127.77.0.2:2380"
+    assert config["coreos"]["etcd2"]["listen-peer-urls"] == "https://127.77.0.2:2380"
     assert config["coreos"]["fleet"]["public-ip"] == "127.77.0.2"
 
 
@@ -184,5 +188,7 @@ def test_hostile_values_round_trip(cluster_file, tmp_path, value):
     cluster, _ = load_cluster(path)
     (node,) = cluster.nodes
     disc = ResolvedDiscovery(None, 1)
-    (user_data,) = [f for f in render_cluster(cluster, disc) if f.name == "user-data-1"]
-    assert yaml.safe_load(user_data.text) == node_cloud_config(cluster, node, disc)
+    (user_data,) = [f for f in render_cluster(cluster, disc, pki=cluster_pki(cluster))
+                     if f.name == "user-data-1"]
+    assert yaml.safe_load(user_data.text) == node_cloud_config(cluster, node, disc,
+                                                                 tls=node_tls(cluster, node))

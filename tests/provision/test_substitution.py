@@ -24,7 +24,7 @@ from provision.userdata.substitution import (
     pre_substitute,
 )
 from provision.yamltext import scalar
-from tests.conftest import CLUSTERS
+from tests.conftest import CLUSTERS, cluster_pki, node_tls
 
 IP = "10.0.0.7"
 VALUES = {PRIVATE_IPV4: IP, PUBLIC_IPV4: IP}
@@ -87,12 +87,13 @@ def test_substitute_keeps_escaped_variables_in_the_model(cluster_file):
         "    content: \"[Service]\\nExecStart=/bin/echo \\\\$public_ipv4 $public_ipv4\\n\"\n")
     cluster, _ = load_cluster(path)
     (node,) = cluster.nodes
-    config = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1), substitute=True)
+    config = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1), substitute=True,
+                               tls=node_tls(cluster, node))
     ip = str(node.ip)
-    assert config["write_files"][0]["content"] == f"ip {ip}, literal \\$private_ipv4"
+    assert config["write_files"][-1]["content"] == f"ip {ip}, literal \\$private_ipv4"
     unit = next(u for u in config["coreos"]["units"] if u["name"] == "echo.service")
     assert unit["content"] == f"[Service]\nExecStart=/bin/echo \\$public_ipv4 {ip}\n"
-    assert config["coreos"]["etcd2"]["listen-peer-urls"] == f"http://{ip}:2380"
+    assert config["coreos"]["etcd2"]["listen-peer-urls"] == f"https://{ip}:2380"
 
 
 ESCAPED = ["\\$private_ipv4", "a\\$public_ipv4b", "x\\$private_ipv4\n\\$public_ipv4\n",
@@ -106,7 +107,8 @@ def _booted(text: str, ip: str) -> object:
 
 def _rendered(cluster, substitute: bool) -> dict[str, str]:
     disc = ResolvedDiscovery("https://discovery.example/t", len(cluster.members))
-    return {f.name: f.text for f in render_cluster(cluster, disc, substitute=substitute)
+    return {f.name: f.text for f in render_cluster(cluster, disc, substitute=substitute,
+                                                      pki=cluster_pki(cluster))
             if f.name.startswith("user-data-")}
 
 
@@ -123,7 +125,8 @@ def test_a_node_boots_the_same_with_or_without_substitute(cluster_file, value):
     booted = _booted(plain["user-data-1"], ip)
     assert _booted(substituted["user-data-1"], ip) == booted
     # and what boots is the model with coreos-cloudinit's substitution applied to each value
-    model = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1))
+    model = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1),
+                              tls=node_tls(cluster, node))
     at_boot = {PRIVATE_IPV4: ip, PUBLIC_IPV4: ip}
     files = {f["path"]: f["content"] for f in booted["write_files"]}
     for wf in model["write_files"]:

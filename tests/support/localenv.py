@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,27 @@ class Env:
 
     def state_dir(self, name: str) -> Path:
         return provider.cluster_state_dir(name, self.state_root)
+
+    def tls(self, name: str):  # noqa: ANN201 - EtcdTLS
+        """The cluster's admin certificate, for talking to its etcd from a test."""
+        from provision.pki import PKI_DIR, admin_tls
+
+        return admin_tls(self.state_dir(name) / PKI_DIR)
+
+    def ssl_context(self, name: str) -> ssl.SSLContext:
+        """urllib's view of the admin certificate (etcd's v2/v3 HTTP endpoints)."""
+        tls = self.tls(name)
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
+    def curl_tls(self, name: str) -> list[str]:
+        tls = self.tls(name)
+        return ["--cacert", tls.ca_file, "--cert", tls.cert_file, "--key", tls.key_file]
+
+    def etcdctl_tls(self, name: str) -> list[str]:
+        tls = self.tls(name)
+        return [f"--cacert={tls.ca_file}", f"--cert={tls.cert_file}", f"--key={tls.key_file}"]
 
     def up(self, path: Path, timeout: float = UP_TIMEOUT) -> int:
         return provider.up(path, timeout=timeout, state_root=self.state_root)

@@ -69,6 +69,9 @@ URL_FLAGS = ("listen-client-urls", "listen-peer-urls", "advertise-client-urls",
              "initial-advertise-peer-urls", "listen-metrics-urls")
 NARROWED_HOSTS = ("0.0.0.0", "::", "[::]", "", "localhost", "127.0.0.1")
 OWN_PATHS = ("data-dir", "wal-dir")
+# Files a node's etcd reads: node paths, found under the node root here.
+NODE_FILE_FLAGS = ("cert-file", "key-file", "trusted-ca-file", "client-crl-file",
+                   "peer-cert-file", "peer-key-file", "peer-trusted-ca-file", "peer-crl-file")
 GATEWAY_RETRY = "1s"
 
 
@@ -173,7 +176,7 @@ def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
     role = _role(node)
     etcd = manifest["etcd"]
     etcd_argv, etcd_url = etcd_command(etcd2, ip=ip, role=role, data_dir=dirs.etcd,
-                                       tools=tools, etcd=etcd, notes=notes)
+                                       tools=tools, etcd=etcd, notes=notes, root=dirs.root)
     fleet = coreos.get("fleet") if isinstance(coreos.get("fleet"), dict) else {}
     fleet_argv, servers, prefix = fleetd_command(fleet, dirs=dirs, tools=tools,
                                                  settings=fleet_settings,
@@ -188,6 +191,12 @@ def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
     endpoints = flannel.get("etcd-endpoints") or etcd_url
     env = (("ETCDCTL_API", "2"), ("ETCDCTL_ENDPOINTS", str(endpoints)),
            ("ETCDCTL_PEERS", str(endpoints)))
+    client = flannel if flannel.get("etcd-cafile") else fleet
+    if client.get("etcd-cafile"):  # the node's client certificate, for `etcdctl set`
+        env += tuple((name, node_path(dirs.root, str(client.get(key) or "")))
+                     for name, key in (("ETCDCTL_CA_FILE", "etcd-cafile"),
+                                       ("ETCDCTL_CERT_FILE", "etcd-certfile"),
+                                       ("ETCDCTL_KEY_FILE", "etcd-keyfile")))
     return NodeBoot(
         name=str(node["name"]), hostname=str(config.get("hostname") or node["name"]), ip=ip,
         role=role, dirs=dirs, files=tuple(f for f in files if f is not None),
@@ -229,8 +238,16 @@ def _proxy_on(value: object) -> bool:
     return value is True or str(value).lower() in ("on", "readonly", "true")
 
 
+def node_path(root: Path | None, path: str) -> str:
+    """A node path (/etc/ssl/etcd/ca.pem) as a path on this host, under the node root."""
+    if root is None or not path.startswith("/"):
+        return path
+    return str(root / path.lstrip("/"))
+
+
 def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools: Tools,
-                 etcd: Mapping, notes: list[str]) -> tuple[tuple[str, ...], str]:
+                 etcd: Mapping, notes: list[str], root: Path | None = None
+                 ) -> tuple[tuple[str, ...], str]:
     """(argv, client URL) of the node's etcd: a member, the discovery etcd or a gateway."""
     client_port, peer_port = int(etcd["client_port"]), int(etcd["peer_port"])
     if _proxy_on(section.get("proxy")) or role == "etcd-proxy":
@@ -241,9 +258,11 @@ def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools:
         members = ",".join(urlsplit(u).netloc for u in etcd["endpoints"])
         notes.append("etcd proxies run as `etcd gateway` (etcd 3 has no v2 proxy)")
         # The gateway gives up on an endpoint for --retry-delay (default 1m) after one
-        # failed dial; members still starting must not cost a minute.
+        # failed dial; members still starting must not cost a minute. It forwards TCP, so
+        # TLS passes through to the members (whose certificates name this address).
         return ((tools.etcd, "gateway", "start", "--listen-addr", address,
-                 "--endpoints", members, "--retry-delay", GATEWAY_RETRY), f"http://{address}")
+                 "--endpoints", members, "--retry-delay", GATEWAY_RETRY),
+                f"{parts.scheme or 'http'}://{address}")
     flags: dict[str, str] = {}
     for key, value in section.items():
         key = ETCD_RENAMED.get(str(key), str(key))
@@ -256,6 +275,8 @@ def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools:
             notes.append(f"etcd2 `{key}` has no etcd 3.5 flag; left out")
             continue
         text = setting_text(value)
+        if key in NODE_FILE_FLAGS:
+            text = node_path(root, text)
         flags[key] = narrow_urls(text, ip) if key in URL_FLAGS else text
     flags.setdefault("listen-client-urls", f"http://{ip}:{client_port}")
     flags.setdefault("advertise-client-urls", flags["listen-client-urls"].split(",")[0])

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fleetd.registry.etcd import Etcd
+from fleetd.registry.etcd import Etcd, EtcdTLS
 from fleetd.registry.keys import Keys, Kind
 
 PROBE_TIMEOUT_S = 1.0
@@ -33,12 +33,20 @@ MAX_CAUSES = 6
 CAUSE_SCAN_BYTES = 256 * 1024
 
 
-def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S,
+                 tls: EtcdTLS | None = None) -> bool:
     import etcd3
 
     parts = urlsplit(url)
     # A fresh client per probe: etcd3 keeps a refused endpoint marked failed for long.
-    client = etcd3.client(host=parts.hostname, port=parts.port or 2379, timeout=timeout)
+    files = {}
+    if parts.scheme == "https" and tls is not None:
+        files = {"ca_cert": tls.ca_file, "cert_cert": tls.cert_file, "cert_key": tls.key_file}
+    try:
+        client = etcd3.client(host=parts.hostname, port=parts.port or 2379, timeout=timeout,
+                              **files)
+    except OSError:  # the certificate files went away
+        return False
     try:
         client.get("/provision/health")
         return True
@@ -51,16 +59,17 @@ def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 class MachineProbe:
     """Reads the machine ids fleet has registered, through any member that answers."""
 
-    def __init__(self, endpoints: list[str], prefix: str) -> None:
+    def __init__(self, endpoints: list[str], prefix: str, tls: EtcdTLS | None = None) -> None:
         self.endpoints = endpoints
         self.keys = Keys(prefix)
+        self.tls = tls
         self._etcd: Etcd | None = None
 
     def machines(self) -> set[str] | None:
         """Registered machine ids, or None when etcd cannot be read now."""
         try:
             if self._etcd is None:
-                self._etcd = Etcd(self.endpoints, timeout=PROBE_TIMEOUT_S)
+                self._etcd = Etcd(self.endpoints, timeout=PROBE_TIMEOUT_S, tls=self.tls)
             _, kvs = self._etcd.snapshot(self.keys.of(Kind.MACHINE))
         except Exception:  # noqa: BLE001 - not reachable yet
             self.close()
@@ -84,12 +93,13 @@ class MachineProbe:
 class Prober:
     """etcd health of many nodes at once, and fleet's registered machines, from here."""
 
-    def __init__(self, endpoints: list[str], prefix: str) -> None:
-        self._machines = MachineProbe(endpoints, prefix)
+    def __init__(self, endpoints: list[str], prefix: str, tls: EtcdTLS | None = None) -> None:
+        self._machines = MachineProbe(endpoints, prefix, tls)
+        self._tls = tls
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
 
     def etcd(self, urls: list[str]) -> list[bool]:
-        return list(self._pool.map(etcd_healthy, urls))
+        return list(self._pool.map(lambda url: etcd_healthy(url, tls=self._tls), urls))
 
     def machines(self) -> set[str] | None:
         return self._machines.machines()
@@ -103,11 +113,12 @@ class NamespaceProber:
     """The same probes, answered by `python -m ...health` inside a network namespace."""
 
     def __init__(self, endpoints: list[str], prefix: str, exec_prefix: list[str],
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], tls: EtcdTLS | None = None) -> None:
+        files = [tls.ca_file, tls.cert_file, tls.key_file] if tls is not None else []
         self._proc = subprocess.Popen(
             [*exec_prefix, sys.executable, "-m", "provision.providers.local.health",
-             ",".join(endpoints), prefix], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env=env)
+             ",".join(endpoints), prefix, *files], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, env=env)
 
     def _ask(self, request: dict) -> object:
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -137,9 +148,9 @@ class NamespaceProber:
                 self._proc.wait()
 
 
-def serve(endpoints: list[str], prefix: str) -> None:
+def serve(endpoints: list[str], prefix: str, tls: EtcdTLS | None = None) -> None:
     """Answer probe requests, one JSON line each, until stdin closes."""
-    prober = Prober(endpoints, prefix)
+    prober = Prober(endpoints, prefix, tls)
     try:
         for line in sys.stdin:
             request = json.loads(line)
@@ -243,4 +254,5 @@ def _cause(line: str) -> tuple[str | None, int]:
 
 
 if __name__ == "__main__":
-    serve([u for u in sys.argv[1].split(",") if u], sys.argv[2])
+    serve([u for u in sys.argv[1].split(",") if u], sys.argv[2],
+          EtcdTLS(*sys.argv[3:6]) if len(sys.argv) >= 6 else None)

@@ -53,7 +53,8 @@ def join_argv(argv: tuple[str, ...], initial_cluster: str) -> tuple[str, ...]:
 
 
 def replace_member(endpoints: list[str], name: str, peer_url: str,
-                   names_by_peer: dict[str, str], timeout: float = RETRY_S) -> Replaced:
+                   names_by_peer: dict[str, str], timeout: float = RETRY_S,
+                   tls: tuple[str, str, str] | None = None) -> Replaced:
     """Remove the member called `name` (or advertising `peer_url`) and add `peer_url` back,
     through the first of `endpoints` that answers.
 
@@ -68,7 +69,7 @@ def replace_member(endpoints: list[str], name: str, peer_url: str,
         errors = []
         for endpoint in endpoints:
             try:
-                return _replace_through(endpoint, name, peer_url, names_by_peer, removed)
+                return _replace_through(endpoint, name, peer_url, names_by_peer, removed, tls)
             except Exception as err:  # noqa: BLE001 - next member, or one line for the user
                 errors.append(f"{endpoint}: {_reason(err)}")
         if time.monotonic() > deadline:
@@ -77,11 +78,15 @@ def replace_member(endpoints: list[str], name: str, peer_url: str,
 
 
 def _replace_through(endpoint: str, name: str, peer_url: str, names_by_peer: dict[str, str],
-                     removed: list[str]) -> Replaced:
+                     removed: list[str], tls: tuple[str, str, str] | None = None) -> Replaced:
     import etcd3
 
     parts = urlsplit(endpoint)
-    client = etcd3.client(host=parts.hostname, port=parts.port or 2379, timeout=CALL_TIMEOUT_S)
+    files = {}
+    if tls is not None and parts.scheme == "https":  # (CA, certificate, key)
+        files = {"ca_cert": tls[0], "cert_cert": tls[1], "cert_key": tls[2]}
+    client = etcd3.client(host=parts.hostname, port=parts.port or 2379, timeout=CALL_TIMEOUT_S,
+                          **files)
     try:
         return _replace(client, list(client.members), name, peer_url, names_by_peer, removed)
     finally:
@@ -117,14 +122,15 @@ def _reason(err: BaseException) -> str:
 
 
 def replace_member_in(exec_prefix: list[str], env: dict[str, str], endpoints: list[str],
-                      name: str, peer_url: str, names_by_peer: dict[str, str]) -> Replaced:
+                      name: str, peer_url: str, names_by_peer: dict[str, str],
+                      tls: tuple[str, str, str] | None = None) -> Replaced:
     """`replace_member`, here or (with an `ip netns exec` prefix) inside a namespace."""
     if not exec_prefix:
-        return replace_member(endpoints, name, peer_url, names_by_peer)
+        return replace_member(endpoints, name, peer_url, names_by_peer, tls=tls)
     result = subprocess.run(
         [*exec_prefix, sys.executable, "-m", __name__, ",".join(endpoints), name, peer_url,
-         json.dumps(names_by_peer)], capture_output=True, text=True, env=env, timeout=60,
-        stdin=subprocess.DEVNULL)
+         json.dumps(names_by_peer), *(tls or ())], capture_output=True, text=True, env=env,
+        timeout=60, stdin=subprocess.DEVNULL)
     try:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -136,10 +142,11 @@ def replace_member_in(exec_prefix: list[str], env: dict[str, str], endpoints: li
 
 
 def _main(argv: list[str]) -> int:
-    endpoints, name, peer_url, names = argv
+    endpoints, name, peer_url, names, *files = argv
+    tls = (files[0], files[1], files[2]) if len(files) == 3 else None
     try:
         done = replace_member([e for e in endpoints.split(",") if e], name, peer_url,
-                              json.loads(names))
+                              json.loads(names), tls=tls)
     except MembershipError as err:
         print(json.dumps({"error": str(err)}))
         return 1

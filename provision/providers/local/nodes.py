@@ -34,6 +34,15 @@ def read_manifest(rendered: Path) -> dict:
                                  f"cannot read the rendered manifest: {err}")]) from None
 
 
+def etcd_tls(state_dir: Path, manifest: dict):  # noqa: ANN201 - EtcdTLS | None
+    """The admin certificate for talking to the cluster's etcd, None if it runs plain http."""
+    if not manifest.get("tls"):
+        return None
+    from provision.pki import PKI_DIR, admin_tls
+
+    return admin_tls(state_dir / PKI_DIR)
+
+
 def node_dirs(state_dir: Path, name: str) -> NodeDirs:
     return NodeDirs(state_dir / state.NODES / name)
 

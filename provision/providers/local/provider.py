@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
-from provision.files import disk_error, is_disk_error
+from provision.files import cluster_state_dir, disk_error, is_disk_error
 from provision.providers import ClusterRef, StatusReport
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
@@ -55,21 +55,12 @@ POLL_S = 0.1
 DNS_UNIT = "dnsmasq.service"
 
 
-def default_state_root() -> Path:
-    override = os.environ.get("PROVISION_STATE")
-    return Path(override) if override else Path.home() / ".local" / "state" / "provision"
-
-
-def cluster_state_dir(name: str, state_root: str | Path | None = None) -> Path:
-    root = Path(state_root) if state_root is not None else default_state_root()
-    return (root / name).resolve()
-
-
 # -- up ----------------------------------------------------------------------------------------
 
 def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
        state_root: str | Path | None = None, console: Console | None = None) -> int:
     """Bring the cluster up (or check that it is); 0 once every node is healthy."""
+    from provision.pki import PKI_DIR
     from provision.render.cluster import load, render_cluster_files
 
     deadline = time.monotonic() + timeout
@@ -88,7 +79,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
         console.print(f"warning: {warning}", markup=False, highlight=False)
     rendered = state_dir / state.RENDERED
     was_running = control.running(state_dir)
-    files = render_cluster_files(cluster, rendered)
+    files = render_cluster_files(cluster, rendered, pki_dir=state_dir / PKI_DIR)
     if was_running and files.changed():
         raise UserError([Problem(str(cluster_path), None, None,
                                  f"cluster {cluster.name} is running with a different "
@@ -400,11 +391,13 @@ def _replace_member(state_dir: Path, boot: NodeBoot, boots: list[NodeBoot],
         raise OperationFailed(f"cannot empty {boot.dirs.etcd}")
     boot.member_marker.unlink(missing_ok=True)
     netns = nodes.netns(state_dir)
+    tls = nodes.etcd_tls(state_dir, nodes.read_manifest(state_dir / state.RENDERED))
     try:
         replaced = replace_member_in(
             dns.exec_prefix(netns), {**os.environ, "PYTHONPATH": control.python_path()},
             [p.etcd_url for p in peers], boot.name, str(boot.peer_url),
-            {str(b.peer_url): b.name for b in boots if b.peer_url})
+            {str(b.peer_url): b.name for b in boots if b.peer_url},
+            (tls.ca_file, tls.cert_file, tls.key_file) if tls is not None else None)
     except MembershipError as err:
         raise OperationFailed(f"cannot re-add {boot.name} to the cluster: {err}") from None
     plan = state.read_json(state_dir / state.PLAN) or {}
@@ -489,6 +482,11 @@ def env(cluster: str | Path, *, state_root: str | Path | None = None) -> str:
     endpoints = ",".join(manifest["etcd"]["endpoints"])
     lines = (f"export FLEETCTL_ENDPOINT=unix://{chosen.api_socket}\n"
              f"export ETCDCTL_ENDPOINTS={endpoints}\n")
+    tls = nodes.etcd_tls(state_dir, manifest)
+    if tls is not None:  # etcdctl v3's names (ETCDCTL_API=3 is its default)
+        lines += (f"export ETCDCTL_CACERT={tls.ca_file}\n"
+                  f"export ETCDCTL_CERT={tls.cert_file}\n"
+                  f"export ETCDCTL_KEY={tls.key_file}\n")
     netns = nodes.netns(state_dir)
     if netns:
         lines += (f"# the nodes run in network namespace {netns}: fleetctl reaches them through "

@@ -34,10 +34,11 @@ def prober_for(state_dir: Path, manifest: dict, boots: list[NodeBoot]
     endpoints = list(manifest["etcd"]["endpoints"])
     prefix = boots[0].fleet_prefix if boots else DEFAULT_PREFIX
     netns = nodes.netns(state_dir)
+    tls = nodes.etcd_tls(state_dir, manifest)
     if netns:
         return NamespaceProber(endpoints, prefix, exec_prefix(netns),
-                               {**os.environ, "PYTHONPATH": control.python_path()})
-    return Prober(endpoints, prefix)
+                               {**os.environ, "PYTHONPATH": control.python_path()}, tls)
+    return Prober(endpoints, prefix, tls)
 
 
 class Waiter:

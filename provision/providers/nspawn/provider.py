@@ -64,7 +64,7 @@ def requirements_problem() -> str | None:
 
 
 def state_dir_of(name: str, state_root: Path | None = None) -> Path:
-    from provision.providers.local.provider import default_state_root
+    from provision.files import default_state_root
 
     return ((state_root or default_state_root()) / STATE_SUBDIR / name).absolute()
 
@@ -97,6 +97,7 @@ class ClusterRecord:
     units: list[str]
     fleet_prefix: str
     nodes: list[NodeRecord]
+    tls: bool = False  # etcd speaks https and wants the cluster's client certificates
 
     def to_json(self) -> str:
         data = dict(self.__dict__)
@@ -172,7 +173,8 @@ class Cluster:
 
         return NamespaceProber(self.record.endpoints, self.record.fleet_prefix,
                                ["ip", "netns", "exec", self.record.namespace],
-                               {**os.environ, "PYTHONPATH": python_path()})
+                               {**os.environ, "PYTHONPATH": python_path()},
+                               tls=_admin_tls(self.record))
 
     def wait_healthy(self, nodes: list[NodeRecord], deadline: float,
                      say: Callable[[str], None]) -> None:
@@ -247,7 +249,16 @@ def _missing(node: str, etcd_ok: set[str], fleet_ok: set[str]) -> str:
 
 
 def _client_url(cluster: Cluster, node: NodeRecord) -> str:
-    return f"http://{node.ip}:{cluster.record.client_port}"
+    scheme = "https" if cluster.record.tls else "http"
+    return f"{scheme}://{node.ip}:{cluster.record.client_port}"
+
+
+def _admin_tls(record: ClusterRecord):  # noqa: ANN202 - EtcdTLS | None
+    if not record.tls:
+        return None
+    from provision.pki import admin_tls, pki_dir
+
+    return admin_tls(pki_dir(record.name))
 
 
 def _user_data_name(cluster: Cluster, node: NodeRecord) -> str:
@@ -493,6 +504,9 @@ class NspawnProvider:
             lines += (f"export FLEETCTL_ENDPOINT=unix:///proc/{pid1}/root"
                       f"{layout.FLEET_API_SOCKET}\n")
         lines += f"export ETCDCTL_ENDPOINTS={','.join(cluster.record.endpoints)}\n"
+        if (tls := _admin_tls(cluster.record)) is not None:
+            lines += (f"export ETCDCTL_CACERT={tls.ca_file}\nexport ETCDCTL_CERT={tls.cert_file}"
+                      f"\nexport ETCDCTL_KEY={tls.key_file}\n")
         lines += (f"# the machines live in network namespace {ns}: fleetctl reaches one through "
                   f"its API socket; run etcdctl as `ip netns exec {ns} etcdctl ...`, or a "
                   f"shell in a machine: `nsenter -t <pid> -a` (pid: `provision status`)\n")
@@ -527,7 +541,8 @@ def _record(model, image: tuple[str, str], state_dir: Path) -> ClusterRecord:  #
         units=[name for unit_set in model.units for name in unit_set.unit_names],
         fleet_prefix=prefix or DEFAULT_PREFIX,
         nodes=[NodeRecord(n.name, str(n.ip), layout.machine_name(model.name, n.name),
-                          layout.fleet_machine_id(model.name, n.name)) for n in model.nodes])
+                          layout.fleet_machine_id(model.name, n.name)) for n in model.nodes],
+        tls=model.tls)
 
 
 def release_image_key(key: str, holder: str) -> None:
