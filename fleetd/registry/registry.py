@@ -15,7 +15,7 @@ from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import KV, Etcd
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
-from fleetd.runner.base import UnitStatus
+from fleetd.status import UnitStatus
 from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
 from fleetd.unit.xfleet import parse_fleet_options
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from fleetd.runner.base import RunnerError, UnitStatus
 from fleetd.runner.process import ProcessRunner
-from fleetd.runner.settings import ConfigError, parse_service_config, parse_timespan
-from fleetd.runner.specifiers import (
+from fleetd.runner.process.settings import ConfigError, parse_service_config, parse_timespan
+from fleetd.runner.process.specifiers import (
     ExpansionError,
     SpecifierContext,
     expand_specifiers,

@@ -27,13 +27,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fleetd.runner.base import RunnerError, StateListener, UnitStatus
-from fleetd.runner.environment import NodeEnvironment
-from fleetd.runner.guard import descendants
-from fleetd.runner.journal import JournalLines, status_lines, tail
-from fleetd.runner.procs import LogLimits, ProcessHost, UnitLog
-from fleetd.runner.service import ServiceWorker
-from fleetd.runner.settings import ConfigError, ServiceConfig, parse_service_config
-from fleetd.runner.state import Unit, dependents, ordered_after, reaches
+from fleetd.runner.process.environment import NodeEnvironment
+from fleetd.runner.process.guard import descendants
+from fleetd.runner.process.journal import JournalLines, status_lines, tail
+from fleetd.runner.process.procs import LogLimits, ProcessHost, UnitLog
+from fleetd.runner.process.service import ServiceWorker
+from fleetd.runner.process.settings import ConfigError, ServiceConfig, parse_service_config
+from fleetd.runner.process.state import Unit, dependents, ordered_after, reaches
 from fleetd.unit.names import UnitNameError, parse_unit_name
 from fleetd.unit.unitfile import UnitFile, serialize
 

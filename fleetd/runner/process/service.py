@@ -20,10 +20,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from fleetd.runner.procs import ExitInfo, Proc, SpawnRequest, signal_name
-from fleetd.runner.settings import ExecCommand, ServiceConfig
-from fleetd.runner.specifiers import expand_variables
-from fleetd.runner.state import Owner, StartError, Unit
+from fleetd.runner.process.procs import ExitInfo, Proc, SpawnRequest, signal_name
+from fleetd.runner.process.settings import ExecCommand, ServiceConfig
+from fleetd.runner.process.specifiers import expand_variables
+from fleetd.runner.process.state import Owner, StartError, Unit
 
 _LOG = logging.getLogger(__name__)
 KILL_WAIT = 10.0  # how long to wait for SIGKILLed processes to vanish before giving up

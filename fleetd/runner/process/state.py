@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from fleetd.runner.base import UnitStatus
-from fleetd.runner.procs import Proc, ProcessHost, UnitLog
-from fleetd.runner.settings import ServiceConfig
+from fleetd.runner.process.procs import Proc, ProcessHost, UnitLog
+from fleetd.runner.process.settings import ServiceConfig
+from fleetd.status import UnitStatus
 from fleetd.unit.names import UnitName
 from fleetd.unit.unitfile import UnitFile
 

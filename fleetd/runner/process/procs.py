@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from fleetd.runner.guard import kill_tree
+from fleetd.runner.process.guard import kill_tree
 
 GUARD = str(Path(__file__).with_name("guard.py"))
 _LOG = logging.getLogger(__name__)
