@@ -1,7 +1,7 @@
 """The runner's record of each unit, and the dependency graph between them.
 
 Every field of a `Unit` changes only under the runner's condition lock.
-`ordered_after` and `reaches` read the graph that Requires=, BindsTo=, After=
+`UnitGraph` indexes the edges that Requires=, BindsTo=, After=
 and Before= draw between the loaded units of one runner.
 """
 
@@ -30,7 +30,8 @@ class StartError(Exception):
 class Unit:
     """Everything the runner knows about one unit."""
 
-    def __init__(self, name: UnitName, path: Path, log: UnitLog) -> None:
+    def __init__(self, name: UnitName, path: Path, log: UnitLog,
+                 lock: threading.RLock | None = None) -> None:
         self.name = name
         self.path = path
         self.log = log
@@ -54,6 +55,9 @@ class Unit:
         self.cwd = "/"
         self.start_times: deque[float] = deque()
         self.notified: UnitStatus | None = None
+        # Notified when what its worker waits for changes: its processes, a stop or
+        # start request, the runner aborting. Shares the runner's lock.
+        self.changed = threading.Condition(lock)
 
     @property
     def full(self) -> str:
@@ -94,38 +98,91 @@ class Owner(Protocol):
 
 
 
-def ordered_after(unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
-    """The loaded units `unit` starts after (and stops before).
+class UnitGraph:
+    """The edges Requires=, BindsTo=, After= and Before= draw between loaded units, indexed
+    both ways, so that a start or stop looks only at its own unit's neighbours (a stop
+    among 1,000 units must not read the other 999 configurations).
 
-    After= and Before= as in systemd; Requires= and BindsTo= imply the same
-    ordering here, so a unit never starts before what it needs is active.
+    After= and Before= as in systemd; Requires= and BindsTo= imply the same ordering
+    here, so a unit never starts before what it needs is active. Edges may name units
+    not loaded (yet): lookups resolve names through the runner's `units` mapping.
     """
-    config = unit.config
-    names = set(config.after + config.requires + config.binds_to) if config else set()
-    found = [units[name] for name in sorted(names) if name in units]
-    found += [other for other in units.values()
-              if other.config is not None and unit.full in other.config.before
-              and other not in found]
-    return [other for other in found if other is not unit]
+
+    def __init__(self) -> None:
+        self._config: dict[str, ServiceConfig] = {}
+        self._started_after: dict[str, set[str]] = {}  # name → units that start after it
+        self._starts_after: dict[str, set[str]] = {}   # name → Before= of others naming it
+        self._needed_by: dict[str, set[str]] = {}      # name → units Requires=/BindsTo= it
+        self._bound_by: dict[str, set[str]] = {}       # name → units BindsTo= it
+
+    def update(self, name: str, config: ServiceConfig | None) -> None:
+        """`name` now has `config` (None: unloaded, or its file has errors)."""
+        old = self._config.pop(name, None)
+        if old is not None:
+            self._edges(name, old, _discard)
+        if config is not None:
+            self._config[name] = config
+            self._edges(name, config, _add)
+
+    def _edges(self, name: str, config: ServiceConfig, change) -> None:  # noqa: ANN001
+        for target in {*config.after, *config.requires, *config.binds_to}:
+            change(self._started_after, target, name)
+        for target in config.before:
+            change(self._starts_after, target, name)
+        for target in {*config.requires, *config.binds_to}:
+            change(self._needed_by, target, name)
+        for target in config.binds_to:
+            change(self._bound_by, target, name)
+
+    def ordered_after(self, unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
+        """The loaded units `unit` starts after (and stops before)."""
+        config = self._config.get(unit.full)
+        names = set(config.after + config.requires + config.binds_to) if config else set()
+        names |= self._starts_after.get(unit.full, set())
+        return [units[name] for name in sorted(names)
+                if name in units and units[name] is not unit]
+
+    def ordered_before(self, unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
+        """The loaded units that start after `unit` (and stop before it)."""
+        config = self._config.get(unit.full)
+        names = set(self._started_after.get(unit.full, set()))
+        names |= set(config.before) if config else set()
+        return [units[name] for name in sorted(names)
+                if name in units and units[name] is not unit]
+
+    def reaches(self, start: Unit, goal: Unit, units: Mapping[str, Unit]) -> bool:
+        """True when `start` is (transitively) ordered after `goal`: waiting would
+        deadlock."""
+        seen: set[Unit] = set()
+        todo = [start]
+        while todo:
+            current = todo.pop()
+            for nxt in self.ordered_after(current, units):
+                if nxt is goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    def dependents(self, unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
+        """Units that Requires= or BindsTo= `unit` (a stop of `unit` stops them too)."""
+        return [units[name] for name in sorted(self._needed_by.get(unit.full, ()))
+                if name in units and units[name] is not unit]
+
+    def bound_to(self, unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
+        """Units that BindsTo= `unit`."""
+        return [units[name] for name in sorted(self._bound_by.get(unit.full, ()))
+                if name in units and units[name] is not unit]
 
 
-def reaches(start: Unit, goal: Unit, units: Mapping[str, Unit]) -> bool:
-    """True when `start` is (transitively) ordered after `goal`: waiting would deadlock."""
-    seen: set[Unit] = set()
-    todo = [start]
-    while todo:
-        current = todo.pop()
-        for nxt in ordered_after(current, units):
-            if nxt is goal:
-                return True
-            if nxt not in seen:
-                seen.add(nxt)
-                todo.append(nxt)
-    return False
+def _add(index: dict[str, set[str]], key: str, name: str) -> None:
+    index.setdefault(key, set()).add(name)
 
 
-def dependents(unit: Unit, units: Mapping[str, Unit]) -> list[Unit]:
-    """Units that Requires= or BindsTo= `unit` (a stop of `unit` stops them too)."""
-    return [other for other in units.values()
-            if other is not unit and other.config is not None
-            and unit.full in other.config.requires + other.config.binds_to]
+def _discard(index: dict[str, set[str]], key: str, name: str) -> None:
+    names = index.get(key)
+    if names is not None:
+        names.discard(name)
+        if not names:
+            del index[key]
