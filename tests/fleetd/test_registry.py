@@ -309,7 +309,7 @@ def test_a_write_under_a_revoked_lease_says_the_lease_is_gone(registry):
     with pytest.raises(LeaseGone):
         registry.beat("m1", Beat(lease, 2, 2.0))
     with pytest.raises(LeaseGone):
-        registry.write_states("m1", lease, {"a.service": ("abc", UnitStatus())})
+        registry.write_states("m1", lease, {"a.service": ("abc", UnitStatus(), False)})
     registry.etcd.fence(lease)  # fencing twice is fine: gone is gone
     assert registry.heartbeats()[1] == {}
 
@@ -339,7 +339,7 @@ def test_a_machine_joins_only_as_fenced_as_it_last_read(registry):
 
 def test_unit_states_are_written_in_batches_of_128(registry):
     lease = registry.etcd.grant(30)
-    changes = {f"u{i}.service": ("abc", UnitStatus("loaded", "active", "running"))
+    changes = {f"u{i}.service": ("abc", UnitStatus("loaded", "active", "running"), True)
                for i in range(300)}
     before = registry.etcd.requests
     registry.write_states("m1", lease, changes)
