@@ -122,15 +122,23 @@ def processes_of(state_root: Path) -> list[tuple[int, int, str]]:
     return found
 
 
-def memory(state_root: Path, instances: int) -> dict[str, float]:
+def memory(state_root: Path, instances: int, idle: dict[str, float]) -> dict[str, float]:
+    """Process counts and RSS of the cluster; per unit: the growth over the idle cluster
+    (`idle`, measured before the units existed) divided by the number of units, for the
+    node's own processes (fleetd, runner helpers: `node_kb_per_unit`) and all of it
+    (`total_kb_per_unit`, the units' own `sleep` processes included)."""
     procs = processes_of(state_root)
     sleepers = sum(1 for _, _, name in procs if name == "sleep")
     python_mb = sum(rss for _, rss, name in procs if name.startswith("python")) / 1024
     total_mb = sum(rss for _, rss, _ in procs) / 1024
     pythons = sum(1 for _, _, name in procs if name.startswith("python"))
-    return {"unit_processes": sleepers, "python_processes": pythons,
-            "python_rss_mb": python_mb, "total_rss_mb": total_mb,
-            "per_unit_kb": (total_mb * 1024) / max(instances, 1)}
+    figures = {"unit_processes": sleepers, "python_processes": pythons,
+               "python_rss_mb": python_mb, "total_rss_mb": total_mb}
+    if idle:
+        per = max(instances, 1)
+        figures["node_kb_per_unit"] = (python_mb - idle["python_rss_mb"]) * 1024 / per
+        figures["total_kb_per_unit"] = (total_mb - idle["total_rss_mb"]) * 1024 / per
+    return figures
 
 
 def fleetctl_env(tree: Path, name: str, state_root: Path) -> dict[str, str]:
@@ -161,10 +169,11 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
     cluster = write_cluster(work, base, network, 0, 1, 50)
     provision(tree, ["up", str(cluster)], state_root)
     try:
+        idle = memory(state_root, instances, {})
         cluster = write_cluster(work, base, network, instances, 1, 50)
         figures["create"], _ = provision(tree, ["apply", str(cluster), "--timeout", "600"],
                                          state_root)
-        figures.update(memory(state_root, instances))
+        figures.update(memory(state_root, instances, idle))
         env = fleetctl_env(tree, name, state_root)
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
@@ -229,8 +238,8 @@ def table(label: str, results: dict[int, dict[str, list[float]]],
     print(f"\n{label}: seconds min/median/max" + (" (ratio = baseline median / this "
                                                   "median)" if baseline else ""))
     print("| instances | " + " | ".join(PHASES) + " | unit procs | python procs | "
-          "node RSS MB | per unit KB | failed |")
-    print("|---" * (len(PHASES) + 6) + "|")
+          "cluster RSS MB | node KB/unit | total KB/unit | failed |")
+    print("|---" * (len(PHASES) + 7) + "|")
     for count, figures in results.items():
         cells = []
         for phase in PHASES:
@@ -241,7 +250,8 @@ def table(label: str, results: dict[int, dict[str, list[float]]],
                 cell += f" (x{statistics.median(old) / statistics.median(new):.1f})"
             cells.append(cell)
         extra = [spread(figures.get(k, [])) for k in ("unit_processes", "python_processes",
-                                                      "total_rss_mb", "per_unit_kb")]
+                                                      "total_rss_mb", "node_kb_per_unit",
+                                                      "total_kb_per_unit")]
         cells += extra + [str(len(figures.get("failed", [])))]
         print(f"| {count} | " + " | ".join(cells) + " |")
 
