@@ -15,10 +15,12 @@ fresh `provision` process:
 - down:     `provision down` (every node stops every unit).
 
 After create it also records the memory of the node processes (fleetd, its runner's
-helpers, the units) and counts the unit processes (`sleep`): more than N means a unit ran
-twice. With `--baseline-ref REF` the same rounds run first on `git archive REF` of this
-repository (the old code), in the same run, and every figure gets a ratio (baseline /
-this tree: > 1 means faster now). Figures are min/median/max over the rounds.
+helpers, the units; per unit = growth over the idle cluster / N), counts the unit
+processes (`sleep`: more than N means a unit ran twice) and samples the busiest fleetd's
+CPU use over 10 s with nothing to do. With `--baseline-ref REF` the same rounds run
+first on `git archive REF` of this repository (the old code), in the same run, and every
+figure gets a ratio (baseline / this tree: > 1 means faster now). Figures are
+min/median/max over the rounds.
 """
 
 from __future__ import annotations
@@ -141,6 +143,35 @@ def memory(state_root: Path, instances: int, idle: dict[str, float]) -> dict[str
     return figures
 
 
+def fleetd_pids(state_root: Path) -> list[int]:
+    pids = []
+    for pid, _, _ in processes_of(state_root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"fleetd.cli" in cmdline.split(b"\0"):
+            pids.append(pid)
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(state_root: Path, window: float = 10.0) -> float:
+    """The busiest fleetd's CPU use (% of one core) over `window` seconds of nothing to do."""
+    pids = fleetd_pids(state_root)
+    try:
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        time.sleep(window)
+        return max((cpu_seconds(pid) - before[pid]) / window * 100 for pid in pids)
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def fleetctl_env(tree: Path, name: str, state_root: Path) -> dict[str, str]:
     _, out = provision(tree, ["env", name], state_root)
     env = {}
@@ -174,6 +205,7 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         figures["create"], _ = provision(tree, ["apply", str(cluster), "--timeout", "600"],
                                          state_root)
         figures.update(memory(state_root, instances, idle))
+        figures["idle_cpu_pct"] = idle_cpu(state_root)
         env = fleetctl_env(tree, name, state_root)
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
@@ -238,8 +270,8 @@ def table(label: str, results: dict[int, dict[str, list[float]]],
     print(f"\n{label}: seconds min/median/max" + (" (ratio = baseline median / this "
                                                   "median)" if baseline else ""))
     print("| instances | " + " | ".join(PHASES) + " | unit procs | python procs | "
-          "cluster RSS MB | node KB/unit | total KB/unit | failed |")
-    print("|---" * (len(PHASES) + 7) + "|")
+          "cluster RSS MB | node KB/unit | total KB/unit | idle fleetd CPU % | failed |")
+    print("|---" * (len(PHASES) + 8) + "|")
     for count, figures in results.items():
         cells = []
         for phase in PHASES:
@@ -251,7 +283,7 @@ def table(label: str, results: dict[int, dict[str, list[float]]],
             cells.append(cell)
         extra = [spread(figures.get(k, [])) for k in ("unit_processes", "python_processes",
                                                       "total_rss_mb", "node_kb_per_unit",
-                                                      "total_kb_per_unit")]
+                                                      "total_kb_per_unit", "idle_cpu_pct")]
         cells += extra + [str(len(figures.get("failed", [])))]
         print(f"| {count} | " + " | ".join(cells) + " |")
 
@@ -266,6 +298,8 @@ def main() -> int:
     parser.add_argument("--baseline-ref", default=None,
                         help="also measure `git archive REF` of this repository (old code)")
     parser.add_argument("--network", default="127.79.0.0/24")
+    parser.add_argument("--tree", type=Path, default=REPO,
+                        help="source tree to measure as `this tree` (default: this checkout)")
     args = parser.parse_args()
     counts = [int(c) for c in args.instances.split(",") if c]
     baseline = None
@@ -275,7 +309,7 @@ def main() -> int:
             old_tree = archive(args.baseline_ref, scratch)
             baseline = measure(old_tree, f"baseline {args.baseline_ref}", counts, args.repeat,
                                args.network, args.rolling1_max)
-        results = measure(REPO, "this tree", counts, args.repeat, args.network,
+        results = measure(args.tree.resolve(), "this tree", counts, args.repeat, args.network,
                           args.rolling1_max)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

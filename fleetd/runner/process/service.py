@@ -28,6 +28,9 @@ from fleetd.runner.process.state import Owner, StartError, Unit
 _LOG = logging.getLogger(__name__)
 KILL_WAIT = 10.0  # how long to wait for SIGKILLed processes to vanish before giving up
 ABORT_KILL_WAIT = 3.0
+# A wait re-checks its condition this often even unnotified (every change notifies the
+# unit's condition; this is a safety net, kept long so 1,000 idle units cost no CPU).
+IDLE_RECHECK_S = 30.0
 
 
 class ServiceWorker:
@@ -436,7 +439,7 @@ class ServiceWorker:
                     return "abort"
                 if interruptible and self.unit.stop_requested:
                     return "stop"
-                timeout = 1.0
+                timeout = IDLE_RECHECK_S
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
