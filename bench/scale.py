@@ -12,6 +12,7 @@ fresh `provision` process:
 - roll50:   the template changed, `max_unavailable: 50`, apply until all replaced;
 - roll1:    changed again, `max_unavailable: 1` (only while N <= --rolling1-max: slow);
 - list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster;
+- start_glob: `fleetctl start 'job@1??.service'` (up to 100 instances, stopped first);
 - down:     `provision down` (every node stops every unit).
 
 After create it also records the memory of the node processes (fleetd, its runner's
@@ -38,7 +39,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "down")
+PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "start_glob", "down")
 TEMPLATE = """[Unit]
 Description=Sleeper %i
 
@@ -210,6 +211,11 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
         figures["list_units"] = fleetctl(tree, ["list-units", "--no-legend"], state_root, env)
+        # Up to 100 instances by glob (job@100 … job@199), stopped and started again; each
+        # command waits as fleet's does (until the units are inactive / launched).
+        glob = "job@1??.service"
+        fleetctl(tree, ["stop", glob], state_root, env)
+        figures["start_glob"] = fleetctl(tree, ["start", glob], state_root, env)
         cluster = write_cluster(work, base, network, instances, 2, 50)
         figures["roll50"], _ = provision(tree, ["apply", str(cluster), "--timeout", "900"],
                                          state_root)
