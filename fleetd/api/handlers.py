@@ -131,9 +131,13 @@ class Api:
         unit = self.registry.unit(record.job.hash) if record is not None else None
         if record is None or unit is None:
             raise ApiError(404, f"Unit {name} does not exist.")
-        _, where = self.registry.machines_of([name])
-        return Response(200, encode.unit_json(record.job, unit, where.get(name, ""),
-                                              self.registry.states_of(name)))
+        states = self.registry.states_of(name)
+        # Usually a machine that reports the unit holds its assignment: one read.
+        machine = next((s.machine for s in states
+                        if self.registry.is_assigned(name, s.machine)), None)
+        if machine is None:
+            machine = self.registry.machines_of([name])[1].get(name, "")
+        return Response(200, encode.unit_json(record.job, unit, machine, states))
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
         """fleet's Units.Set. Create: options, desiredState optional (inactive). Different

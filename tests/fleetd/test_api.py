@@ -824,8 +824,16 @@ def test_a_page_of_units_and_one_unit_read_only_their_own_keys(etcd_server, unit
             registry, lambda: api.get_unit("job@7.service"))
         assert one.status == 200 and one.body["machineID"] == "m1"
         assert one.body["currentState"] == "launched"
-        assert one_keys <= 1 + 3 + 1 + 2, one_keys  # job, skip keys, assignment, states
-        assert one_requests <= 2 + (2 * 3 + 1) + 1, one_requests
+        # its job, its two states, the assignment of the first machine that reports it
+        assert one_keys <= 1 + 2 + 1, one_keys
+        assert one_requests <= 2 + 1 + 1, one_requests
+        registry.etcd.delete(registry.keys.state("job@7.service", "m1"))
+        registry.etcd.delete(registry.keys.state("job@7.service", "m2"))
+        one_keys, one_requests, one = keys_read_by(
+            registry, lambda: api.get_unit("job@7.service"))  # reported nowhere yet
+        assert one.status == 200 and one.body["machineID"] == "m1"
+        assert one_keys <= 1 + 3 + 1, one_keys  # its job, a key per machine, its assignment
+        assert one_requests <= 2 + 1 + (2 * 3 + 1), one_requests
         state_keys, _, states = keys_read_by(
             registry, lambda: api.list_states({}))
         assert len(states.body["states"]) == 100 and state_keys <= 101
