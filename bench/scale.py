@@ -11,7 +11,9 @@ fresh `provision` process:
             infinity`) with N instances, until all are active;
 - roll50:   the template changed, `max_unavailable: 50`, apply until all replaced;
 - roll1:    changed again, `max_unavailable: 1` (only while N <= --rolling1-max: slow);
-- list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster;
+- list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster
+            (whole commands), and every page of /units and /state read by one client
+            (milliseconds, best of 5);
 - start_glob: `fleetctl start 'job@1??.service'` (up to 100 instances, stopped first);
 - down:     `provision down` (every node stops every unit).
 
@@ -39,7 +41,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "start_glob", "down")
+PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "units_pages_ms",
+          "state_pages_ms", "start_glob", "down")
 TEMPLATE = """[Unit]
 Description=Sleeper %i
 
@@ -193,6 +196,32 @@ def fleetctl(tree: Path, args: list[str], state_root: Path, env: dict[str, str])
     return took
 
 
+API_PAGES = """
+import sys, time
+from fleetd.fleetctl.client import Client, parse_endpoint
+client = Client(parse_endpoint(sys.argv[1]), timeout=30)
+best = {}
+for _ in range(5):
+    for path, key in (("/fleet/v1/units", "units"), ("/fleet/v1/state", "states")):
+        start = time.perf_counter()
+        items = client.paged(path, key)
+        took = time.perf_counter() - start
+        best[key] = min(best.get(key, took), took)
+print(f"{best['units'] * 1000:.1f} {best['states'] * 1000:.1f} {len(items)}")
+"""
+
+
+def api_pages(tree: Path, state_root: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Milliseconds to read every page of /units and of /state (best of 5), from a client
+    already started (no interpreter start-up in the figure)."""
+    result = run_tool(tree, ["-c", API_PAGES, env["FLEETCTL_ENDPOINT"]], state_root)
+    if result.returncode != 0:
+        print(f"API pages not measured: {result.stderr.strip()[-400:]}", flush=True)
+        return float("nan"), float("nan")
+    units_ms, states_ms, _ = result.stdout.split()
+    return float(units_ms), float(states_ms)
+
+
 def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
               rolling1: bool) -> dict[str, float]:
     state_root = work / "state"
@@ -211,6 +240,7 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
         figures["list_units"] = fleetctl(tree, ["list-units", "--no-legend"], state_root, env)
+        figures["units_pages_ms"], figures["state_pages_ms"] = api_pages(tree, state_root, env)
         # Up to 100 instances by glob (job@100 … job@199), stopped and started again; each
         # command waits as fleet's does (until the units are inactive / launched).
         glob = "job@1??.service"
