@@ -39,6 +39,7 @@ from provision.planner import Action, ActualUnit, Change, Plan, Step, plan
 POLL_S = 0.25
 CHANGE_WAIT_S = 2.0  # a wait re-reads at least this often, changes or not
 FEW_UNITS = 100   # waits for this many units or fewer read only their own keys
+SETTLE_S = 0.2    # ... more units: changes gather this long before the next read
 ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error
 UNREACHABLE_GIVE_UP_S = 30.0  # an etcd away this long (and not known down) ends the apply
 FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a busy etcd
@@ -351,15 +352,16 @@ def _wait(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
 
     def observe() -> dict[str, Lag]:
         if few:  # a rolling step: read only its own units' keys
-            records = registry.jobs_of(names)
+            heads = registry.job_heads(names)
             states = registry.states_of_names(names)
         else:
-            records = registry.jobs()[1]
+            heads = registry.job_heads()
             states = registry.states()
-        heads = {name: (r.job.hash, r.job.desired) for name, r in records.items()}
         return lagging(units, states, _announced(registry, units, announced_since), heads)
 
-    changes = _Changes(registry, units)
+    # Reading every job and state is O(units): for many units, let changes gather a little
+    # (the CPU it saves is the nodes' own on a small machine).
+    changes = _Changes(registry, units, settle=0.0 if few else SETTLE_S)
     try:
         run.call(changes.start, deadline)
         _wait_loop(run, units, deadline, report, count, observe, changes)
@@ -426,8 +428,10 @@ class _Changes:
     the units' announcements (one watch per prefix, from the revision read at `start`).
     A broken watch stream degrades to waking every POLL_S."""
 
-    def __init__(self, registry: Registry, units: list[DesiredUnit]) -> None:
+    def __init__(self, registry: Registry, units: list[DesiredUnit], settle: float = 0.0
+                 ) -> None:
         self.registry = registry
+        self.settle = settle  # after the first change, how long more changes may gather
         self.prefixes = [registry.keys.of(kind) for kind in (Kind.JOB, Kind.GLOBAL, Kind.STATE)]
         self.prefixes += sorted({u.announcement.key.rsplit("/", 1)[0] + "/"
                                  for u in units if u.announcement})
@@ -451,11 +455,13 @@ class _Changes:
             item = self.events.get(timeout=timeout)
         except queue.Empty:
             return
+        until = time.monotonic() + self.settle
         while True:  # take everything that came meanwhile: one read answers it all
             if isinstance(item, Exception):
                 self.broken = True
             try:
-                item = self.events.get_nowait()
+                item = self.events.get(timeout=max(0.0, until - time.monotonic())) \
+                    if self.settle else self.events.get_nowait()
             except queue.Empty:
                 return
 

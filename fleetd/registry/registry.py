@@ -159,6 +159,29 @@ class Registry:
         assert revision is not None
         return revision, records, len(found) > limit
 
+    def job_heads(self, names: Sequence[str] | None = None
+                  ) -> dict[str, tuple[str, JobState]]:
+        """name → (content hash, desired state) of every job, or of `names` only (ranged
+        reads spanning them); no unit file is read or parsed."""
+        heads: dict[str, tuple[str, JobState]] = {}
+        wanted = set(names) if names is not None else None
+        if wanted is not None and not wanted:
+            return heads
+        revision: int | None = None
+        for kind in (Kind.JOB, Kind.GLOBAL):
+            prefix = self.keys.of(kind)
+            if wanted is None:
+                revision, kvs = self.etcd.snapshot(prefix, revision)
+            else:
+                revision, kvs, _ = self.etcd.range(prefix + min(wanted),
+                                                   prefix + max(wanted) + "\0", 0, revision)
+            for kv in kvs:
+                name = kv.key[len(prefix):]
+                if wanted is None or name in wanted:
+                    data = decode(kv.value)
+                    heads[name] = (data["hash"], JobState(data["desired"]))
+        return heads
+
     def jobs_of(self, names: Sequence[str]) -> dict[str, JobRecord]:
         """The jobs of `names` (missing ones left out): per job prefix one ranged read
         spanning just these names' keys."""
