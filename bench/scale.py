@@ -223,10 +223,10 @@ def api_pages(tree: Path, state_root: Path, env: dict[str, str]) -> tuple[float,
 
 
 def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
-              rolling1: bool) -> dict[str, float]:
+              rolling1: bool, figures: dict[str, float]) -> dict[str, float]:
+    """Fills `figures` as it goes (a failure keeps what was measured before it)."""
     state_root = work / "state"
     name = base["name"]
-    figures: dict[str, float] = {}
     cluster = write_cluster(work, base, network, 0, 1, 50)
     provision(tree, ["up", str(cluster)], state_root)
     try:
@@ -276,11 +276,15 @@ def measure(tree: Path, label: str, counts: list[int], repeat: int, network: str
         results[count] = {}
         for round_no in range(1, repeat + 1):
             work = Path(tempfile.mkdtemp(prefix="pvs", dir="/tmp"))
+            figures: dict[str, float] = {}
             try:
-                figures = one_round(tree, work, base, network, count, count <= rolling1_max)
+                one_round(tree, work, base, network, count, count <= rolling1_max, figures)
             except (Failed, subprocess.TimeoutExpired) as err:
-                print(f"{label} N={count} round {round_no}: FAILED: {err}", flush=True)
+                print(f"{label} N={count} round {round_no}: FAILED: {str(err)[-300:]}",
+                      flush=True)
                 results[count].setdefault("failed", []).append(1)
+                for key, value in figures.items():  # what was measured before it failed
+                    results[count].setdefault(key, []).append(float(value))
                 continue
             finally:
                 shutil.rmtree(work, ignore_errors=True)
