@@ -17,10 +17,10 @@ import yaml
 from fleetd.config import Config, ConfigError, load_config
 from fleetd.daemon import Server
 from fleetd.fleetctl.targets import unit_name_of
-from fleetd.runner.environment import NodeEnvironment
-from fleetd.runner.settings import parse_service_config
-from fleetd.runner.specifiers import SpecifierContext, expand_variables
-from fleetd.runner.state import StartError
+from fleetd.runner.process.environment import NodeEnvironment
+from fleetd.runner.process.settings import parse_service_config
+from fleetd.runner.process.specifiers import SpecifierContext, expand_variables
+from fleetd.runner.process.state import StartError
 from fleetd.unit.names import parse_unit_name
 from fleetd.unit.unitfile import parse_unit_file
 from provision.apply.desired import desired_units

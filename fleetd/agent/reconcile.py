@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from fleetd.job import JobState
-from fleetd.runner.base import UnitStatus
+from fleetd.status import UnitStatus
 
 
 class Action(str, Enum):

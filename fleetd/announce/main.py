@@ -85,7 +85,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _node_path(path: str) -> str:
     """A node path as a host path: under the node root a local node's units run in."""
-    from fleetd.runner.environment import NODE_ROOT_VARIABLE  # only when TLS is used
+    from fleetd.runner.process.environment import NODE_ROOT_VARIABLE  # only when TLS is used
 
     root = os.environ.get(NODE_ROOT_VARIABLE)
     return str(Path(root) / path.lstrip("/")) if root and path.startswith("/") else path

@@ -78,16 +78,21 @@ class Api:
                                               next_token))
 
     def list_units(self, query: schema.Query) -> Response:
+        """One page: ranged reads of this page's jobs, assignments and states only."""
         token = schema.single(query, "nextPageToken")
-        revision, jobs = self.registry.jobs()
-        page, next_token = encode.paginate(jobs.values(), lambda r: (r.job.name,), "units",
-                                           token, self.page_size)
+        after = None
+        if token is not None:
+            parts = encode.decode_token("units", token)
+            if len(parts) != 1:
+                raise ApiError(400, encode.BAD_TOKEN)
+            after = parts[0]
+        revision, page, more = self.registry.jobs_page(after, self.page_size)
         if not page:
-            return Response(200, encode.page_body("units", [], next_token))
-        _, assignments = self.registry.assignments(revision=revision)
-        where = {a.name: a.machine for a in assignments}
+            return Response(200, encode.page_body("units", [], None))
+        names = [record.job.name for record in page]
+        _, where = self.registry.machines_of(names, revision)
         states: dict[str, list[UnitStateRecord]] = {}
-        for state in self.registry.states():
+        for state in self.registry.states_of_names(names, revision):
             states.setdefault(state.name, []).append(state)
         entities = []
         for record in page:
@@ -96,17 +101,26 @@ class Api:
                 continue
             entities.append(encode.unit_json(record.job, unit, where.get(record.job.name, ""),
                                              states.get(record.job.name, [])))
+        next_token = encode.encode_token("units", (names[-1],)) if more else None
         return Response(200, encode.page_body("units", entities, next_token))
 
     def list_states(self, query: schema.Query) -> Response:
         token = schema.single(query, "nextPageToken")
         machine = schema.single(query, "machineID")
         name = schema.single(query, "unitName")
-        states = [s for s in self.registry.states()
-                  if (machine is None or s.machine == machine)
-                  and (name is None or s.name == name)]
-        page, next_token = encode.paginate(states, lambda s: (s.name, s.machine), "state",
-                                           token, self.page_size)
+        if name is not None:  # one unit's states: its own keys only
+            states = [s for s in self.registry.states_of(name)
+                      if machine is None or s.machine == machine]
+            page, next_token = encode.paginate(states, lambda s: (s.name, s.machine), "state",
+                                               token, self.page_size)
+        else:
+            after = encode.decode_token("state", token) if token is not None else None
+            if after is not None and len(after) != 2:
+                raise ApiError(400, encode.BAD_TOKEN)
+            page, more = self.registry.states_page(
+                (after[0], after[1]) if after is not None else None, self.page_size, machine)
+            next_token = (encode.encode_token("state", (page[-1].name, page[-1].machine))
+                          if more else None)
         return Response(200, encode.page_body("states", [encode.state_json(s) for s in page],
                                               next_token))
 
@@ -117,10 +131,13 @@ class Api:
         unit = self.registry.unit(record.job.hash) if record is not None else None
         if record is None or unit is None:
             raise ApiError(404, f"Unit {name} does not exist.")
-        _, assignments = self.registry.assignments()
-        machine = next((a.machine for a in assignments if a.name == name), "")
-        return Response(200, encode.unit_json(record.job, unit, machine,
-                                              self.registry.states_of(name)))
+        states = self.registry.states_of(name)
+        # Usually a machine that reports the unit holds its assignment: one read.
+        machine = next((s.machine for s in states
+                        if self.registry.is_assigned(name, s.machine)), None)
+        if machine is None:
+            machine = self.registry.machines_of([name])[1].get(name, "")
+        return Response(200, encode.unit_json(record.job, unit, machine, states))
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
         """fleet's Units.Set. Create: options, desiredState optional (inactive). Different

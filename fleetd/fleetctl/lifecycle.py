@@ -45,14 +45,19 @@ class Submission:
     existing: Unit | None = None
 
 
-def _existing_names(session: Session, args: Sequence[str]) -> list[str]:
+def _listed(session: Session, args: Sequence[str]) -> dict[str, Unit] | None:
+    """Every unit, when a glob needs the listing (it then answers for each target too)."""
     if not any(is_glob(arg) for arg in args):
-        return []
-    return [unit.name for unit in session.client.units()]
+        return None
+    return {unit.name: unit for unit in session.client.units()}
 
 
-def _plan_one(session: Session, target: Target, command: str, replace: bool) -> Submission:
-    existing = session.client.unit(target.name)
+def _plan_one(session: Session, target: Target, command: str, replace: bool,
+              listed: dict[str, Unit] | None = None) -> Submission:
+    def lookup(name: str) -> Unit | None:
+        return listed.get(name) if listed is not None else session.client.unit(name)
+
+    existing = lookup(target.name)
     local = None if is_glob(target.arg) else find_local_unit(target.arg, target.name)
     if existing is not None:
         if local is None or content_hash(local.unit) == existing.hash:
@@ -70,7 +75,7 @@ def _plan_one(session: Session, target: Target, command: str, replace: bool) -> 
     refuse_non_unit_file(target.arg)
     template = parse_unit_name(target.name).template
     if template is not None:
-        found = session.client.unit(template)
+        found = lookup(template)
         if found is not None:
             return Submission(target.name, "create", found.options)
         raise UnitNotFound(target.name, f"Unable to find Unit {target.name} or template "
@@ -87,7 +92,8 @@ def _differs(name: str, local: LocalUnit) -> str:
 
 def plan_submissions(session: Session, args: Sequence[str], command: str,
                      replace: bool) -> list[Submission]:
-    targets = expand(args, _existing_names(session, args), files=True)
+    listed = _listed(session, args)
+    targets = expand(args, list(listed or ()), files=True)
     if command in ("load", "start"):
         templates = [t.name for t in targets if is_template_name(t.name)]
         if templates:
@@ -95,7 +101,7 @@ def plan_submissions(session: Session, args: Sequence[str], command: str,
             raise UsageError(f"{', '.join(templates)}: a template cannot be {VERB_PAST[command]}"
                              f"; it is the pattern of its instances: {command} an instance "
                              f"such as {example} (fleetctl submit {templates[0]} stores it)")
-    return [_plan_one(session, target, command, replace) for target in targets]
+    return [_plan_one(session, target, command, replace, listed) for target in targets]
 
 
 def apply_submissions(session: Session, plan: Sequence[Submission]) -> list[Unit]:

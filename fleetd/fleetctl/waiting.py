@@ -36,6 +36,7 @@ DEFAULT_TIMEOUT = 120.0
 UNSCHEDULABLE_GRACE_S = 5.0  # the scheduler must say "no machine" this long before we do
 EXPLAIN_EVERY_S = 1.0        # asking it reads every unit and machine: not on every poll
 JOURNAL_LINES = 10
+LIST_FROM = 20  # waiting for more units than this, a round reads the listings' pages
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,19 @@ class _Poll:
         self.last_error: str | None = None
         self.start = session.monotonic()
         self.rounds = 0
+        self.round_states: dict[tuple[str, str], list[UnitState]] | None = None
+
+    def states_of(self, unit: Unit) -> list[UnitState]:
+        """The states the unit's machine reports for it: from this round's listing when
+        many units are waited for, else one request."""
+        client = self.session.client
+        if self.round_states is None and len(self.pending) > LIST_FROM:
+            self.round_states = {}
+            for state in client.states():
+                self.round_states.setdefault((state.name, state.machine_id), []).append(state)
+        if self.round_states is not None:
+            return self.round_states.get((unit.name, unit.machine_id), [])
+        return client.states(machine_id=unit.machine_id, unit_name=unit.name)
 
     def run(self, check: Callable[[Unit], bool],
             after_round: Callable[[], None] = lambda: None) -> str | None:
@@ -83,9 +97,16 @@ class _Poll:
         delay = self.policy.first_delay
         while self.pending:
             self.rounds += 1
+            listed: dict[str, Unit] | None = None
+            self.round_states = None
             for name in list(self.pending):
                 try:
-                    unit = self.session.client.unit(name)
+                    if listed is None and len(self.pending) > LIST_FROM:
+                        # Many units: every page of the listing costs less than one
+                        # request per unit.
+                        listed = {u.name: u for u in self.session.client.units()}
+                    unit = listed.get(name) if listed is not None else \
+                        self.session.client.unit(name)
                     if unit is None:
                         raise FleetctlError(f"Unit {name} was destroyed while waiting for it.")
                     self.last[name] = unit
@@ -160,9 +181,7 @@ def wait_for_active(session: Session, names: Sequence[str], policy: WaitPolicy) 
     def check(unit: Unit) -> bool:
         if not unit.machine_id:
             return False  # moving to another machine: wait for it there
-        state = next((s for s in session.client.states(machine_id=unit.machine_id,
-                                                       unit_name=unit.name)
-                      if s.name == unit.name), None)
+        state = next((s for s in poll.states_of(unit) if s.name == unit.name), None)
         if state is None:
             return False
         seen[unit.name] = state

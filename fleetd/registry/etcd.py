@@ -123,6 +123,11 @@ def _lease_not_found(err: grpc.RpcError) -> bool:
         return False
 
 
+def prefix_end(prefix: str) -> bytes:
+    """The end of the key range of every key starting with `prefix`."""
+    return etcd3.utils.prefix_range_end(etcd3.utils.to_bytes(prefix))
+
+
 class Etcd:
     """A thin, counted, retrying wrapper of one etcd3 client."""
 
@@ -145,6 +150,7 @@ class Etcd:
         self.client._current_endpoint_label = endpoints[0].netloc
         self.timeout = timeout
         self.requests = 0  # every RPC sent; benchmarks and tests read it
+        self.keys_read = 0  # keys returned by reads; tests check what a read touches
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -195,6 +201,7 @@ class Etcd:
             metadata=client.metadata), budgeted=True)
         if not response.kvs:
             return None
+        self.keys_read += 1
         kv = response.kvs[0]
         return KV(key, kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
@@ -214,9 +221,26 @@ class Etcd:
             for kv in response.kvs:
                 found.append(KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision,
                                 kv.lease))
+            self.keys_read += len(response.kvs)
             if not response.more or not response.kvs:
                 return revision, found
             start = response.kvs[-1].key + b"\0"
+
+    def range(self, start: str | bytes, end: str | bytes, limit: int,
+              revision: int | None = None) -> tuple[int, list[KV], bool]:
+        """At most `limit` keys in [start, end) in key order, at one revision (the current one
+        if None): (revision, kvs, more). One request, whatever the size of the store."""
+        start_b, end_b = etcd3.utils.to_bytes(start), etcd3.utils.to_bytes(end)
+        response = self._call(lambda: self.client.kvstub.Range(
+            self.client._build_get_range_request(start_b, range_end=end_b, limit=limit,
+                                                 revision=revision, sort_order="ascend"),
+            self.timeout, credentials=self.client.call_credentials,
+            metadata=self.client.metadata))
+        kvs = [KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
+               for kv in response.kvs]
+        self.keys_read += len(kvs)
+        return (revision if revision is not None else response.header.revision, kvs,
+                bool(response.more))
 
     def revision(self) -> int:
         """The store's current revision (a count-only read; no data moves)."""

@@ -8,14 +8,14 @@ could race compare a revision first. The key layout is in `keys.py`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
-from fleetd.registry.etcd import KV, Etcd
+from fleetd.registry.etcd import KV, Etcd, prefix_end
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
-from fleetd.runner.base import UnitStatus
+from fleetd.status import UnitStatus
 from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
 from fleetd.unit.xfleet import parse_fleet_options
 
@@ -142,6 +142,64 @@ class Registry:
             if record is not None:
                 records[record.job.name] = record
         return revision, records
+
+    def jobs_page(self, after: str | None, limit: int) -> tuple[int, list[JobRecord], bool]:
+        """Up to `limit` jobs (fleet's and global ones) named after `after`, in name order,
+        and whether more follow: two ranged reads of at most limit + 1 keys each, whatever
+        the number of jobs."""
+        revision: int | None = None
+        found: list[KV] = []
+        for kind in (Kind.JOB, Kind.GLOBAL):
+            prefix = self.keys.of(kind)
+            start = prefix + after + "\0" if after is not None else prefix
+            revision, kvs, _ = self.etcd.range(start, prefix_end(prefix), limit + 1, revision)
+            found += kvs
+        found.sort(key=lambda kv: kv.key.split("/")[-1])
+        records = [r for r in map(self.job_from_kv, found[:limit]) if r is not None]
+        assert revision is not None
+        return revision, records, len(found) > limit
+
+    def job_heads(self, names: Sequence[str] | None = None
+                  ) -> dict[str, tuple[str, JobState]]:
+        """name → (content hash, desired state) of every job, or of `names` only (ranged
+        reads spanning them); no unit file is read or parsed."""
+        heads: dict[str, tuple[str, JobState]] = {}
+        wanted = set(names) if names is not None else None
+        if wanted is not None and not wanted:
+            return heads
+        revision: int | None = None
+        for kind in (Kind.JOB, Kind.GLOBAL):
+            prefix = self.keys.of(kind)
+            if wanted is None:
+                revision, kvs = self.etcd.snapshot(prefix, revision)
+            else:
+                revision, kvs, _ = self.etcd.range(prefix + min(wanted),
+                                                   prefix + max(wanted) + "\0", 0, revision)
+            for kv in kvs:
+                name = kv.key[len(prefix):]
+                if wanted is None or name in wanted:
+                    data = decode(kv.value)
+                    heads[name] = (data["hash"], JobState(data["desired"]))
+        return heads
+
+    def jobs_of(self, names: Sequence[str]) -> dict[str, JobRecord]:
+        """The jobs of `names` (missing ones left out): per job prefix one ranged read
+        spanning just these names' keys."""
+        wanted = set(names)
+        if not wanted:
+            return {}
+        records: dict[str, JobRecord] = {}
+        revision: int | None = None
+        for kind in (Kind.JOB, Kind.GLOBAL):
+            prefix = self.keys.of(kind)
+            revision, kvs, _ = self.etcd.range(prefix + min(wanted), prefix + max(wanted) + "\0",
+                                               0, revision)
+            for kv in kvs:
+                if kv.key[len(prefix):] in wanted:
+                    record = self.job_from_kv(kv)
+                    if record is not None:
+                        records[record.job.name] = record
+        return records
 
     def create_job(self, name: str, unit: UnitFile, desired: JobState,
                    replace: bool = False) -> JobRecord:
@@ -335,6 +393,31 @@ class Registry:
         revision, kvs = self.etcd.snapshot(prefix, revision)
         return revision, [a for a in map(self.assignment_from_kv, kvs) if a is not None]
 
+    def machines_of(self, names: Sequence[str], revision: int | None = None
+                    ) -> tuple[int, dict[str, str]]:
+        """Where each of `names` is assigned (name → machine; unassigned ones left out).
+        Per machine that holds assignments (found by skipping from one machine's keys to
+        the next: one read of one key each), one ranged read spanning just these names."""
+        wanted = set(names)
+        where: dict[str, str] = {}
+        prefix = self.keys.of(Kind.ASSIGN)
+        end = prefix_end(prefix)
+        start: str | bytes = prefix
+        while True:
+            revision, first, _ = self.etcd.range(start, end, 1, revision)
+            parsed = self.keys.parse(first[0].key) if first else None
+            if parsed is None or parsed.kind is not Kind.ASSIGN:
+                assert revision is not None
+                return revision, where
+            machine = parsed.machine
+            if wanted:
+                keys = [self.keys.assignment(machine, name) for name in wanted]
+                _, kvs, _ = self.etcd.range(min(keys), max(keys) + "\0", 0, revision)
+                for assignment in map(self.assignment_from_kv, kvs):
+                    if assignment is not None and assignment.name in wanted:
+                        where.setdefault(assignment.name, assignment.machine)
+            start = prefix_end(self.keys.assignments_of(machine))
+
     def is_assigned(self, name: str, machine: str) -> bool:
         return self.etcd.get(self.keys.assignment(machine, name)) is not None
 
@@ -373,6 +456,35 @@ class Registry:
         """One unit's states, one per machine that reports it (one range read)."""
         _, kvs = self.etcd.snapshot(self.keys.states_of(name))
         return [s for s in self._state_records(kvs) if s.name == name]
+
+    def states_of_names(self, names: Sequence[str], revision: int | None = None
+                        ) -> list[UnitStateRecord]:
+        """The states of `names`: one ranged read spanning just these names' keys."""
+        wanted = set(names)
+        if not wanted:
+            return []
+        starts = [self.keys.states_of(name) for name in wanted]
+        _, kvs, _ = self.etcd.range(min(starts), max(prefix_end(s) for s in starts), 0,
+                                    revision)
+        return [s for s in self._state_records(kvs) if s.name in wanted]
+
+    def states_page(self, after: tuple[str, str] | None, limit: int,
+                    machine: str | None = None) -> tuple[list[UnitStateRecord], bool]:
+        """Up to `limit` states after (name, machine) `after` in key order (name, then
+        machine), only `machine`'s if given, and whether more follow. Ranged reads of
+        limit + 1 keys; with a machine filter, as many as it takes to fill the page."""
+        prefix = self.keys.of(Kind.STATE)
+        start: str | bytes = (self.keys.state(*after) + "\0") if after is not None else prefix
+        end = prefix_end(prefix)
+        found: list[UnitStateRecord] = []
+        revision: int | None = None
+        while True:
+            revision, kvs, more = self.etcd.range(start, end, limit + 1, revision)
+            found += [s for s in self._state_records(kvs)
+                      if machine is None or s.machine == machine]
+            if len(found) > limit or not more or not kvs:
+                return found[:limit], len(found) > limit
+            start = kvs[-1].key + "\0"
 
     def _state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
         found = []

@@ -8,24 +8,10 @@ runner (local clusters and tests) and the systemd runner (real hosts, D-Bus).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
+from fleetd.status import UnitStatus
 from fleetd.unit.unitfile import UnitFile
-
-
-@dataclass(frozen=True)
-class UnitStatus:
-    """systemd's three state columns for one unit."""
-
-    load: str = "not-found"  # loaded | not-found | error
-    active: str = "inactive"  # active | activating | deactivating | inactive | failed
-    sub: str = "dead"  # running | start-pre | start-post | exited | dead | failed | ...
-
-    @property
-    def is_active(self) -> bool:
-        return self.active in ("active", "activating", "reloading")
-
 
 StateListener = Callable[[str, UnitStatus], None]
 

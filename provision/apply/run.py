@@ -17,13 +17,16 @@ how many steps were written.
 
 from __future__ import annotations
 
+import queue
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fleetd.engine.scheduler import ClusterView, schedule
-from fleetd.registry.etcd import Etcd, RegistryUnavailable
+from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
+from fleetd.registry.keys import Kind
 from fleetd.registry.registry import MAX_TXN_OPS, JobWrite, Registry
 from fleetd.unit.unitfile import parse_unit_file
 from provision.apply.convergence import CHANGED, FAILED, Lag, lagging
@@ -41,6 +44,9 @@ from provision.pki import cluster_client_tls
 from provision.spec.model import Cluster
 
 POLL_S = 0.25
+CHANGE_WAIT_S = 2.0  # a wait re-reads at least this often, changes or not
+FEW_UNITS = 100   # waits for this many units or fewer read only their own keys
+SETTLE_S = 0.2    # ... more units: changes gather this long before the next read
 ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error
 UNREACHABLE_GIVE_UP_S = 30.0  # an etcd away this long (and not known down) ends the apply
 FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a busy etcd
@@ -353,16 +359,35 @@ def _wait(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
     OperationFailed for a failed unit, an unschedulable one, a unit someone else changed
     after we wrote it, or the deadline."""
     registry = run.session.registry
+    few = len(units) <= FEW_UNITS
+    names = [u.name for u in units]
+
+    def observe() -> dict[str, Lag]:
+        if few:  # a rolling step: read only its own units' keys
+            heads = registry.job_heads(names)
+            states = registry.states_of_names(names)
+        else:
+            heads = registry.job_heads()
+            states = registry.states()
+        return lagging(units, states, _announced(registry, units, announced_since), heads)
+
+    # Reading every job and state is O(units): for many units, let changes gather a little
+    # (the CPU it saves is the nodes' own on a small machine).
+    changes = _Changes(registry, units, settle=0.0 if few else SETTLE_S)
+    try:
+        run.call(changes.start, deadline)
+        _wait_loop(run, units, deadline, report, count, observe, changes)
+    finally:
+        changes.stop()
+
+
+def _wait_loop(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
+               count: Count, observe: Callable[[], dict[str, Lag]], changes: _Changes) -> None:
+    registry = run.session.registry
     unschedulable_since: dict[str, float] = {}
     pending: dict[str, str] = {}
     explained_at = -EXPLAIN_EVERY_S
     shown = None
-
-    def observe() -> dict[str, Lag]:
-        heads = {name: (r.job.hash, r.job.desired) for name, r in registry.jobs()[1].items()}
-        return lagging(units, registry.states(),
-                       _announced(registry, units, announced_since), heads)
-
     while True:
         lags = run.call(observe, deadline)
         count(len(units) - len(lags), len(units))
@@ -399,12 +424,86 @@ def _wait(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
         stuck = {n: pending[n] for n, since in unschedulable_since.items()
                  if now - since >= UNSCHEDULABLE_GRACE_S}
         if stuck:
-            raise OperationFailed("cannot be scheduled: " + "; ".join(
-                f"{n}: {why}" for n, why in sorted(stuck.items())))
+            raise OperationFailed(unschedulable_text(stuck))
         if now >= deadline:
-            detail = "; ".join(f"{n}: {lag.reason}" for n, lag in sorted(lags.items())[:10])
+            detail = "; ".join(f"{n}: {lag.reason}" for n, lag in
+                               sorted(lags.items(), key=lambda item: natural(item[0]))[:10])
             raise OperationFailed(f"{len(lags)} units did not converge in time: {detail}")
-        time.sleep(POLL_S)
+        # Until etcd reports a change (or the next explanation is due): no polling.
+        wake = min(deadline, explained_at + EXPLAIN_EVERY_S if pending or unschedulable_since
+                   else now + CHANGE_WAIT_S)
+        changes.wait(max(0.0, wake - time.monotonic()))
+
+
+class _Changes:
+    """Wakes a wait when etcd reports a change to what it watches: jobs, unit states and
+    the units' announcements (one watch per prefix, from the revision read at `start`).
+    A broken watch stream degrades to waking every POLL_S."""
+
+    def __init__(self, registry: Registry, units: list[DesiredUnit], settle: float = 0.0
+                 ) -> None:
+        self.registry = registry
+        self.settle = settle  # after the first change, how long more changes may gather
+        self.prefixes = [registry.keys.of(kind) for kind in (Kind.JOB, Kind.GLOBAL, Kind.STATE)]
+        self.prefixes += sorted({u.announcement.key.rsplit("/", 1)[0] + "/"
+                                 for u in units if u.announcement})
+        self.events: queue.Queue = queue.Queue()
+        self.cancels: list[Callable[[], None]] = []
+        self.broken = False
+
+    def start(self) -> None:
+        self.stop()
+        revision = self.registry.etcd.revision()
+        try:
+            for prefix in self.prefixes:
+                self.cancels.append(self.registry.etcd.watch(prefix, revision + 1, self.events))
+        except (RegistryUnavailable, WatchCompacted):
+            self.broken = True
+
+    def wait(self, timeout: float) -> None:
+        if self.broken:
+            timeout = min(timeout, POLL_S)
+        try:
+            item = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        until = time.monotonic() + self.settle
+        while True:  # take everything that came meanwhile: one read answers it all
+            if isinstance(item, Exception):
+                self.broken = True
+            try:
+                item = self.events.get(timeout=max(0.0, until - time.monotonic())) \
+                    if self.settle else self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def stop(self) -> None:
+        for cancel in self.cancels:
+            cancel()
+        self.cancels = []
+
+
+def natural(name: str) -> tuple:
+    """job@2.service before job@10.service."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def unschedulable_text(stuck: Mapping[str, str], shown: int = 3) -> str:
+    """One line per reason, naming a few units of each: "1000 units cannot be scheduled: no
+    machines in the cluster (job@1.service, job@2.service, job@3.service and 997 more)"."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in stuck.items():
+        by_reason.setdefault(why, []).append(name)
+    parts = []
+    for why, names in sorted(by_reason.items(), key=lambda item: (-len(item[1]), item[0])):
+        names.sort(key=natural)
+        listed = ", ".join(names[:shown])
+        if len(names) > shown:
+            listed += f" and {len(names) - shown} more"
+        parts.append(f"{why} ({listed})")
+    count = len(stuck)
+    head = f"{count} unit{'s' if count != 1 else ''} cannot be scheduled: "
+    return head + "; ".join(parts)
 
 
 def _announced(registry: Registry, units: list[DesiredUnit], since: int) -> set[str]:
@@ -432,14 +531,19 @@ def _unschedulable(registry: Registry, names: list[str]) -> dict[str, str]:
     return {n: pending[n] for n in names if n in pending}
 
 
-def _failure_text(registry: Registry, failed: dict[str, Lag]) -> str:
+def _failure_text(registry: Registry, failed: dict[str, Lag], shown: int = 5) -> str:
     parts = []
-    for name, lag in sorted(failed.items()):
+    ordered = sorted(failed.items(), key=lambda item: natural(item[0]))
+    for name, lag in ordered[:shown]:
         text = f"{name} {lag.reason}"
         tail = journal_tail(registry, name, lag.machine)
         if tail:
             text += "; its last log lines:\n" + "\n".join(f"    {line}" for line in tail)
         parts.append(text)
+    if len(ordered) > shown:
+        parts.append(f"and {len(ordered) - shown} more failed units: "
+                     + ", ".join(name for name, _ in ordered[shown:shown + 10])
+                     + (" …" if len(ordered) > shown + 10 else ""))
     return "\n".join(parts)
 
 

@@ -810,3 +810,100 @@ def test_etcd_unreachable_is_503_and_close_ends_idle_connections():
         server.close()
         dead.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- what a read touches ---------------------------------------------------------------------------
+def stored_cluster(etcd_server, units: int, machines: int = 3) -> Registry:
+    """A registry holding `units` jobs, each assigned to one of `machines` machines and
+    reported by it, plus a second state per unit from another machine."""
+    registry = Registry(Etcd([etcd_server.url]), f"/reads-{uuid.uuid4().hex[:8]}/")
+    keys, ops = registry.keys, registry.etcd.ops
+    unit = parse_unit_file("[Service]\nExecStart=/bin/true\n")
+    digest = content_hash(unit)
+    state = encode({"hash": digest, "load": "loaded", "active": "active", "sub": "running"})
+    writes = [ops.put(keys.unit(digest), serialize(unit))]
+    for i in range(units):
+        name, machine = f"job@{i}.service", f"m{i % machines}"
+        other = f"m{(i + 1) % machines}"
+        writes += [ops.put(keys.job(name), encode({"name": name, "hash": digest,
+                                                   "desired": "launched"})),
+                   ops.put(keys.assignment(machine, name),
+                           encode({"hash": digest, "desired": "launched"})),
+                   ops.put(keys.state(name, machine), state),
+                   ops.put(keys.state(name, other), state)]
+    assert registry.commit_batches([], writes) == 0
+    return registry
+
+
+def keys_read_by(registry: Registry, call) -> tuple[int, int, object]:
+    before_keys, before_requests = registry.etcd.keys_read, registry.etcd.requests
+    result = call()
+    return (registry.etcd.keys_read - before_keys, registry.etcd.requests - before_requests,
+            result)
+
+
+@pytest.mark.parametrize("units", [300, 900])
+def test_a_page_of_units_and_one_unit_read_only_their_own_keys(etcd_server, units):
+    registry = stored_cluster(etcd_server, units)
+    try:
+        api = Api(registry, runner=None, machine_id="m0", page_size=100)
+        page_keys, page_requests, first = keys_read_by(registry, lambda: api.list_units({}))
+        assert first.status == 200 and len(first.body["units"]) == 100
+        # 101 + 1 jobs, per machine 1 skip key + ~100/3 assignments, 2 states per unit: the
+        # same for 300 or 900 units (the whole store holds 4 keys per unit).
+        assert page_keys <= 102 + 3 * (1 + 40) + 2 * 100 + 4, page_keys
+        # jobs and globals, per machine a skip + a range (and the last skip), the states,
+        # the unit body once
+        assert page_requests <= 2 + (2 * 3 + 1) + 1 + 1, page_requests
+        one_keys, one_requests, one = keys_read_by(
+            registry, lambda: api.get_unit("job@7.service"))
+        assert one.status == 200 and one.body["machineID"] == "m1"
+        assert one.body["currentState"] == "launched"
+        # its job, its two states, the assignment of the first machine that reports it
+        assert one_keys <= 1 + 2 + 1, one_keys
+        assert one_requests <= 2 + 1 + 1, one_requests
+        registry.etcd.delete(registry.keys.state("job@7.service", "m1"))
+        registry.etcd.delete(registry.keys.state("job@7.service", "m2"))
+        one_keys, one_requests, one = keys_read_by(
+            registry, lambda: api.get_unit("job@7.service"))  # reported nowhere yet
+        assert one.status == 200 and one.body["machineID"] == "m1"
+        assert one_keys <= 1 + 3 + 1, one_keys  # its job, a key per machine, its assignment
+        assert one_requests <= 2 + 1 + (2 * 3 + 1), one_requests
+        state_keys, _, states = keys_read_by(
+            registry, lambda: api.list_states({}))
+        assert len(states.body["states"]) == 100 and state_keys <= 101
+    finally:
+        registry.etcd.close()
+
+
+def test_pages_stay_consistent_while_units_come_and_go(etcd_server):
+    """Walking the pages while other units are created and destroyed: every unit that exists
+    throughout shows exactly once, in name order, with its own machine and states."""
+    registry = stored_cluster(etcd_server, 250)
+    try:
+        api = Api(registry, runner=None, machine_id="m0", page_size=40)
+        unit = parse_unit_file("[Service]\nExecStart=/bin/sleep 1\n")
+        seen: list[dict] = []
+        token = None
+        churn = 0
+        while True:
+            reply = api.list_units({"nextPageToken": [token]} if token else {})
+            assert reply.status == 200
+            seen += reply.body["units"]
+            registry.create_job(f"job@{churn}x.service", unit, JobState.INACTIVE)
+            registry.destroy_job(f"job@{churn}x.service" if churn % 2 else
+                                 f"job@{1000 + churn}.service")
+            churn += 1
+            token = reply.body.get("nextPageToken")
+            if token is None:
+                break
+        names = [u["name"] for u in seen]
+        assert names == sorted(names) and len(names) == len(set(names))
+        stable = {f"job@{i}.service" for i in range(250)}
+        assert stable <= set(names)
+        by_name = {u["name"]: u for u in seen}
+        for i in (0, 1, 77, 249):
+            assert by_name[f"job@{i}.service"]["machineID"] == f"m{i % 3}"
+            assert by_name[f"job@{i}.service"]["currentState"] == "launched"
+    finally:
+        registry.etcd.close()

@@ -29,7 +29,7 @@ from fleetd.api.server import Limits, raise_open_files_limit
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
 from fleetd.runner.process import ProcessRunner
-from fleetd.runner.procs import LogLimits, UnitLog
+from fleetd.runner.process.procs import LogLimits, UnitLog
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.api_storm import (
     HALF_REQUEST,

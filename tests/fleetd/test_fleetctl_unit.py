@@ -56,6 +56,7 @@ class FakeFleet:
     journals: dict[str, list[str]] = field(default_factory=dict)
     page_size: int = 2
     flip_after: int = 2
+    listing_polls: bool = False  # a walk of GET /units counts as a poll of each unit
     stuck: set[str] = field(default_factory=set)
     failing: set[str] = field(default_factory=set)  # systemd reports these failed once launched
     place_on: str = M1
@@ -112,6 +113,9 @@ class FakeFleet:
                 return 200, self._page("machines", self.machines, query)
             if parts == ["units"] and method == "GET":
                 units = [self.units[k] for k in sorted(self.units)]
+                if self.listing_polls and "nextPageToken" not in query:
+                    for unit in units:  # a walk of the listing polls every unit
+                        self._poll(unit)
                 return 200, self._page("units", units, query)
             if parts == ["state"] and method == "GET":
                 states = [s for s in self.states
@@ -802,6 +806,21 @@ def test_start_glob_over_existing_instances(fleetctl, serve, workdir):
                           "Unit web@2.service launched on 0682a8f2.../192.168.50.14\n")
     assert fake.units["db.service"]["desiredState"] == "inactive"
     assert fake.units["web@.service"]["desiredState"] == "inactive"
+
+
+def test_start_of_many_units_waits_by_reading_the_listings_not_each_unit(fleetctl, serve,
+                                                                         workdir):
+    fake = FakeFleet(machines=two_machines(), flip_after=2, page_size=50, listing_polls=True)
+    names = [f"web@{i}.service" for i in range(1, 41)]
+    for name in ["web@.service", *names]:
+        fake.add_unit(name, TEMPLATE)
+    result = fleetctl("start", "web@*", endpoint=serve(fake))
+    assert result.code == 0, result.err
+    assert sorted(result.out.splitlines()) == sorted(
+        f"Unit {n} launched on 0682a8f2.../192.168.50.14" for n in names)
+    singles = [r for r in fake.requests if r[0] == "GET" and r[1].startswith("/fleet/v1/units/")
+               or r[0] == "GET" and r[1] == "/fleet/v1/state" and "unitName" in r[2]]
+    assert singles == [], singles[:3]
 
 
 def test_start_instance_from_a_template_in_the_cluster(fleetctl, serve, workdir):

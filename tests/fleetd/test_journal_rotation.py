@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetd.runner.journal import read_journal, rotated, tail
-from fleetd.runner.procs import LogLimits, UnitLog
+from fleetd.runner.process.journal import read_journal, rotated, tail
+from fleetd.runner.process.procs import LogLimits, UnitLog
 from tests.support.etcd import wait_for
 
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from fleetd.runner.base import RunnerError, UnitStatus
 from fleetd.runner.process import ProcessRunner
-from fleetd.runner.settings import ConfigError, parse_service_config, parse_timespan
-from fleetd.runner.specifiers import (
+from fleetd.runner.process.settings import ConfigError, parse_service_config, parse_timespan
+from fleetd.runner.process.specifiers import (
     ExpansionError,
     SpecifierContext,
     expand_specifiers,
@@ -240,6 +240,46 @@ def test_simple_service_runs_until_stopped_and_stop_kills_everything_it_spawned(
         [pid for pid in pids if alive(pid)]
     assert "Stopped Web server." in journal_text(runner, "web.service")
     assert (runner.state_dir / "units" / "web.service").is_file()
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat[stat.rfind(b")") + 2:].split()[1])
+
+
+def test_units_run_as_children_of_one_supervisor_not_one_interpreter_each(runner):
+    names = [f"many@{i}.service" for i in range(12)]
+    for name in names:
+        runner.load(name, unit("[Service]\nExecStart=/bin/sleep 300\n"))
+        runner.start(name)
+    for name in names:
+        wait_state(runner, name, "active", "running")
+    supervisor = runner.host.supervisor_pid()
+    assert supervisor is not None and alive(supervisor)
+    mains = [runner.main_pid(name) for name in names]
+    assert all(parent_of(pid) == supervisor for pid in mains)
+    assert all(os.getpgid(pid) == pid for pid in mains)  # each its own process group
+    below_us = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if alive(pid) and parent_of(pid) == os.getpid()]
+    assert below_us.count(supervisor) == 1
+    assert comms(below_us).count("python3") + comms(below_us).count("python") <= 1, \
+        comms(below_us)
+
+
+def test_a_stop_among_many_units_stops_only_its_own_group(runner):
+    names = [f"pair@{i}.service" for i in range(6)]
+    for name in names:
+        runner.load(name, unit("[Service]\nExecStart=/bin/sh -c 'sleep 300 & sleep 300'\n"))
+        runner.start(name)
+    for name in names:
+        wait_state(runner, name, "active", "running")
+    assert wait_for(lambda: all(len(runner.processes(n)) >= 2 for n in names))
+    victim = runner.processes(names[0])
+    runner.stop(names[0])
+    wait_state(runner, names[0], "inactive", "dead")
+    assert wait_for(lambda: not any(alive(pid) for pid in victim), 5)
+    assert all(state(runner, n).sub == "running" for n in names[1:])
+    assert all(len(runner.processes(n)) >= 2 for n in names[1:])
 
 
 def test_slow_start_pre_is_reported_as_activating_start_pre(runner, tmp_path):

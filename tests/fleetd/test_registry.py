@@ -377,3 +377,24 @@ def test_cancelling_watches_of_a_closed_stream_never_blocks(registry):
         assert any(e.key == prefix + "after" for e in live.get(timeout=5))
     finally:
         cancel()
+
+
+def test_reads_of_named_jobs_touch_only_their_span(registry):
+    unit = parse_unit_file(UNIT)
+    for i in range(1, 61):
+        registry.create_job(f"job@{i}.service", unit,
+                            JobState.LAUNCHED if i % 2 else JobState.INACTIVE)
+    registry.create_job("everywhere.service",
+                        parse_unit_file(UNIT + "[X-Fleet]\nGlobal=true\n"), JobState.LAUNCHED)
+    heads = registry.job_heads()
+    assert len(heads) == 61 and heads["everywhere.service"][1] is JobState.LAUNCHED
+    before = registry.etcd.keys_read
+    some = registry.job_heads(["job@3.service", "job@30.service"])
+    assert set(some) == {"job@3.service", "job@30.service"}
+    assert some["job@30.service"] == heads["job@30.service"]
+    # job@3 … job@30 in key order: job@3, job@30 (and nothing between them)
+    assert registry.etcd.keys_read - before == 2
+    assert registry.job_heads(["nowhere.service"]) == {}
+    records = registry.jobs_of(["job@5.service", "everywhere.service"])
+    assert set(records) == {"job@5.service", "everywhere.service"}
+    assert records["everywhere.service"].job.is_global

@@ -19,7 +19,7 @@ from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import wait_for
 from tests.support.fleet import FleetHarness
 
-UNITS = 250
+UNITS = 1000
 UNIT = "[Service]\nExecStart=/bin/sleep infinity\n"
 
 
@@ -55,7 +55,7 @@ def test_hundreds_of_units_at_once_never_cost_the_machine_its_lease(etcd_server,
         finally:
             cancel()
         assert deleted == [], f"the machine key disappeared while its units started: {deleted}"
-        assert took > 3 * harness.ttl, \
+        assert took > harness.ttl, \
             f"{UNITS} units started in {took:.1f}s: too few to keep the agent busy for a TTL"
         assert "machine lease gone" not in fleetd.log()
     finally:

@@ -251,7 +251,8 @@ def test_unschedulable_and_failed_units_are_named_with_the_reason(cluster):
          "metadata": {"disk": "nvme"}}])
     result = cluster.provision("apply", str(nowhere), "--prune", "--timeout", "60")
     assert result.returncode == 1
-    assert "cannot be scheduled: nvme.service:" in result.stderr
+    assert "1 unit cannot be scheduled: " in result.stderr
+    assert "(nvme.service)" in result.stderr
     assert "disk=nvme" in result.stderr
 
     broken = cluster.declare("broken", [

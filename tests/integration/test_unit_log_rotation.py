@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from fleetd.runner.journal import rotated
-from fleetd.runner.procs import LogLimits
+from fleetd.runner.process.journal import rotated
+from fleetd.runner.process.procs import LogLimits
 from tests.support.etcd import wait_for
 from tests.support.fleet import REPO, FleetHarness
 

@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from fleetd.runner.journal import tail
-from fleetd.runner.procs import LogLimits, UnitLog
+from fleetd.runner.process.journal import tail
+from fleetd.runner.process.procs import LogLimits, UnitLog
 from provision.errors import UserError
 from provision.files import disk_error, write_atomic
 from provision.providers.local.health import causes, excerpt

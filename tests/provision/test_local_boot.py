@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from fleetd.config import SETTINGS
-from fleetd.runner.settings import parse_service_config
-from fleetd.runner.specifiers import SpecifierContext, expand_variables
+from fleetd.runner.process.settings import parse_service_config
+from fleetd.runner.process.specifiers import SpecifierContext, expand_variables
 from fleetd.unit.names import parse_unit_name
 from fleetd.unit.unitfile import parse_unit_file
 from provision.errors import UserError

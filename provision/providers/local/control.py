@@ -111,7 +111,7 @@ def stop_supervisor(state_dir: Path, timeout: float = 60.0, launched: bool = Fal
 
     True when a supervisor was running; `launched`: one may be starting right now.
     Afterwards no process of the cluster is
-    left: the runner's guards die with the supervisor, and `sweep` kills anything
+    left: the runner's process supervisor dies with it, and `sweep` kills anything
     that still names the cluster's node directories.
     """
     if launched and not running(state_dir):

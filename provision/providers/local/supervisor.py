@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fleetd.runner.process import ProcessRunner
-from fleetd.runner.procs import LogLimits
+from fleetd.runner.process.procs import LogLimits
 from fleetd.unit.unitfile import parse_unit_file
 from fleetd.wakeup import SignalSafeEvent
 from provision.files import cause, write_atomic

@@ -13,7 +13,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-from fleetd.runner.specifiers import (
+from fleetd.runner.process.specifiers import (
     ExpansionError,
     SpecifierContext,
     expand_specifiers,

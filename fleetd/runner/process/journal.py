@@ -18,7 +18,7 @@ from datetime import datetime
 from io import BufferedReader
 from pathlib import Path
 
-from fleetd.runner.state import Unit
+from fleetd.runner.process.state import Unit
 
 POLL_INTERVAL = 0.1
 _CHUNK = 65536

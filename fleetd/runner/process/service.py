@@ -7,8 +7,8 @@ start request until it is inactive (or failed) again, restarts included:
       → active/running (or active/exited) → deactivating/stop → stop-sigterm
       → stop-sigkill → stop-post → inactive/dead | failed/failed | activating/auto-restart
 
-The worker blocks on the condition; process exits, stop requests and
-shutdown notify it. It never raises: anything unexpected is written to the
+The worker blocks on its unit's condition (`Unit.changed`); process exits, stop
+requests and shutdown notify it. It never raises: anything unexpected is written to the
 unit's journal and the unit fails.
 """
 
@@ -20,14 +20,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from fleetd.runner.procs import ExitInfo, Proc, SpawnRequest, signal_name
-from fleetd.runner.settings import ExecCommand, ServiceConfig
-from fleetd.runner.specifiers import expand_variables
-from fleetd.runner.state import Owner, StartError, Unit
+from fleetd.runner.process.procs import ExitInfo, Proc, SpawnRequest, signal_name
+from fleetd.runner.process.settings import ExecCommand, ServiceConfig
+from fleetd.runner.process.specifiers import expand_variables
+from fleetd.runner.process.state import Owner, StartError, Unit
 
 _LOG = logging.getLogger(__name__)
 KILL_WAIT = 10.0  # how long to wait for SIGKILLed processes to vanish before giving up
 ABORT_KILL_WAIT = 3.0
+# A wait re-checks its condition this often even unnotified (every change notifies the
+# unit's condition; this is a safety net, kept long so 1,000 idle units cost no CPU).
+IDLE_RECHECK_S = 30.0
 
 
 class ServiceWorker:
@@ -211,7 +214,7 @@ class ServiceWorker:
             if outcome != "ok":
                 return self._interrupted(outcome, "start", proc)
             return self._account_main(config, False)
-        # simple: started once the command runs (the guard reports its pid after exec)
+        # simple: started once the command runs (the supervisor reports its pid once spawned)
         outcome = self._wait(lambda: proc.main_pid is not None or proc.exit is not None,
                              deadline)
         if outcome != "ok":
@@ -331,7 +334,7 @@ class ServiceWorker:
             return None
         try:
             proc = self.owner.host.spawn(SpawnRequest(executable, tuple(argv), env, cwd,
-                                                      unit.log))
+                                                      unit.log, unit.changed))
         except OSError as err:
             unit.say(f"{unit.full}: Failed to spawn {command.setting} task {argv[0]}: {err}")
             return None
@@ -401,7 +404,7 @@ class ServiceWorker:
                       interruptible=False, abortable=False) == "ok":
             return
         for proc in unit.live_procs():
-            host.kill_guard(proc)
+            host.kill_again(proc)
         if self._wait(lambda: not unit.live_procs(), time.monotonic() + ABORT_KILL_WAIT,
                       interruptible=False, abortable=False) != "ok":
             unit.say(f"{unit.full}: Processes still around after SIGKILL. Ignoring.")
@@ -436,13 +439,13 @@ class ServiceWorker:
                     return "abort"
                 if interruptible and self.unit.stop_requested:
                     return "stop"
-                timeout = 1.0
+                timeout = IDLE_RECHECK_S
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return "timeout"
                     timeout = min(timeout, remaining)
-                self.cond.wait(timeout)
+                self.unit.changed.wait(timeout)
 
 
 def _deadline(seconds: float | None) -> float | None:

@@ -14,9 +14,9 @@ import pwd
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from fleetd.runner.settings import ServiceConfig
-from fleetd.runner.specifiers import SpecifierContext, parse_environment_file
-from fleetd.runner.state import StartError
+from fleetd.runner.process.settings import ServiceConfig
+from fleetd.runner.process.specifiers import SpecifierContext, parse_environment_file
+from fleetd.runner.process.state import StartError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")

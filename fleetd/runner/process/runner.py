@@ -9,10 +9,11 @@ per active unit runs its state machine (service.py), one notifier delivers
 state changes to subscribers in order. All unit state sits under one condition
 lock; nothing blocks on a process while holding it.
 
-Orphan safety: every command runs under a guard (guard.py) that leads the
-command's own session and process group, is a child subreaper for everything
-the command spawns, and SIGKILLs all of it when fleetd dies (parent-death
-signal), so a SIGKILLed fleetd never leaves units running on a node.
+Orphan safety: one supervisor process per runner (supervisor.py) starts every
+command in its own session and process group, is the child subreaper for
+everything the commands spawn, and SIGKILLs all of it when fleetd dies
+(parent-death signal), so a SIGKILLed fleetd never leaves units running on a
+node; no process per unit besides the unit's own.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fleetd.runner.base import RunnerError, StateListener, UnitStatus
-from fleetd.runner.environment import NodeEnvironment
-from fleetd.runner.guard import descendants
-from fleetd.runner.journal import JournalLines, status_lines, tail
-from fleetd.runner.procs import LogLimits, ProcessHost, UnitLog
-from fleetd.runner.service import ServiceWorker
-from fleetd.runner.settings import ConfigError, ServiceConfig, parse_service_config
-from fleetd.runner.state import Unit, dependents, ordered_after, reaches
+from fleetd.runner.process.environment import NodeEnvironment
+from fleetd.runner.process.journal import JournalLines, status_lines, tail
+from fleetd.runner.process.procs import LogLimits, ProcessHost, UnitLog
+from fleetd.runner.process.service import ServiceWorker
+from fleetd.runner.process.settings import ConfigError, ServiceConfig, parse_service_config
+from fleetd.runner.process.state import Unit, UnitGraph
+from fleetd.runner.process.supervisor import below, process_table
 from fleetd.unit.names import UnitNameError, parse_unit_name
 from fleetd.unit.unitfile import UnitFile, serialize
 
@@ -68,12 +69,16 @@ class ProcessRunner:
             raise RunnerError(f"cannot create the runner state directory {self.state_dir}: "
                               f"{err.strerror or err}") from None
         self._node = NodeEnvironment(machine_id, hostname, env, root_dir)
-        self.cond = threading.Condition(threading.RLock())
+        # One lock for all unit state; each unit's worker waits on its own condition of it
+        # (`Unit.changed`), so an event wakes one worker, not all of them.
+        self._lock = threading.RLock()
+        self.cond = threading.Condition(self._lock)
         self.aborting = False
         self._closing = False
         self._closed = threading.Event()
         self._followers: weakref.WeakSet[threading.Event] = weakref.WeakSet()  # journals read
         self._units: dict[str, Unit] = {}
+        self._graph = UnitGraph()
         self._listeners: list[StateListener] = []
         self._workers: set[threading.Thread] = set()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -103,10 +108,12 @@ class ProcessRunner:
             record = self._units.get(parsed.full)
             if record is None:
                 record = Unit(parsed, path, UnitLog(self._logs_dir / f"{parsed.full}.log",
-                                                    self.hostname, self.log_limits))
+                                                    self.hostname, self.log_limits),
+                              self._lock)
                 self._units[parsed.full] = record
             changed = record.content != unit
             record.content, record.config, record.load_error = unit, config, error
+            self._graph.update(parsed.full, config)
             record.unload_pending = False
             if changed:
                 for warning in (config.warnings if config else ()):
@@ -185,6 +192,8 @@ class ProcessRunner:
                              timeout)
                 self.aborting = True
                 self.cond.notify_all()
+                for unit in self._units.values():
+                    unit.changed.notify_all()
                 self.cond.wait_for(lambda: not self._workers, 30.0)
             workers = list(self._workers)
         for thread in workers:
@@ -217,12 +226,14 @@ class ProcessRunner:
             return main.main_pid
 
     def processes(self, name: str) -> list[int]:
-        """Every live process the unit's commands started (their guards excluded)."""
+        """Every live process the unit's commands started (one scan of /proc)."""
         with self.cond:
             unit = self._units.get(name)
             procs = unit.live_procs() if unit is not None else []
-            roots = [proc.pgid for proc in procs]
-        return sorted({pid for root in roots for pid in descendants(root)})
+            groups = {proc.pgid for proc in procs if proc.pgid}
+        table = process_table()
+        members = {pid for pid, (_, pgid, _) in table.items() if pgid in groups}
+        return sorted(members | below(members, table))
 
     # -- what the unit workers call (under self.cond) ---------------------------------------
 
@@ -243,10 +254,8 @@ class ProcessRunner:
         # start queued (a restart, or new content being started) and the bound unit is
         # already active; one still starting sees the outcome in start_dependencies.
         if ended and not unit.start_pending and unit.job != "start":
-            for other in list(self._units.values()):
-                config = other.config
-                if (other is not unit and config is not None and unit.full in config.binds_to
-                        and other.worker is not None and not other.stop_requested
+            for other in self._graph.bound_to(unit, self._units):
+                if (other.worker is not None and not other.stop_requested
                         and other.active == "active"):
                     other.say(f"{other.full}: Bound to unit {unit.full}, but unit isn't "
                               "active.")
@@ -272,8 +281,8 @@ class ProcessRunner:
                 except RunnerError as err:
                     unit.say(f"{unit.full}: cannot start {dep}: {err}")
             waits = []
-            for other in ordered_after(unit, self._units):
-                if reaches(other, unit, self._units):
+            for other in self._graph.ordered_after(unit, self._units):
+                if self._graph.reaches(other, unit, self._units):
                     unit.say(f"{unit.full}: Found ordering cycle with {other.full}; not waiting "
                              "for it.")
                 else:
@@ -295,9 +304,8 @@ class ProcessRunner:
     def wait_stop_order(self, unit: Unit) -> None:
         """Stop in reverse order: wait while units ordered after `unit` are stopping."""
         with self.cond:
-            later = [other for other in self._units.values()
-                     if other is not unit and unit in ordered_after(other, self._units)
-                     and not reaches(unit, other, self._units)]
+            later = [other for other in self._graph.ordered_before(unit, self._units)
+                     if not self._graph.reaches(unit, other, self._units)]
             while not self.aborting and any(other.job == "stop" for other in later):
                 self.cond.wait(1.0)
 
@@ -337,6 +345,7 @@ class ProcessRunner:
                 unit.start_pending = True
             elif unit.sub == "auto-restart":
                 unit.restart_now = True
+            unit.changed.notify_all()
             self.cond.notify_all()
             return
         unit.job = "start"
@@ -367,8 +376,9 @@ class ProcessRunner:
             if not unit.stop_requested:
                 unit.stop_requested = True
                 unit.job = "stop"
+            unit.changed.notify_all()
             self.cond.notify_all()
-        for other in dependents(unit, self._units):
+        for other in self._graph.dependents(unit, self._units):
             self._stop_locked(other, seen)
 
     def _emit(self, unit: Unit) -> None:
@@ -380,6 +390,7 @@ class ProcessRunner:
     def _forget_locked(self, unit: Unit) -> None:
         if self._units.get(unit.full) is unit:
             del self._units[unit.full]
+            self._graph.update(unit.full, None)
         try:
             unit.path.unlink()
         except OSError:

@@ -1,33 +1,36 @@
-"""Child processes of the process runner: spawning through the guard, I/O, exits, logs.
+"""Child processes of the process runner: spawning through the supervisor, I/O, exits, logs.
 
-One long-lived thread (the host loop) forks every guard (see guard.py) and
-then watches all of them with one selector: it timestamps their output into the
-unit's log and reads their status pipe ("pid", "exit", EOF = nothing left).
-Forking from this one thread matters: the kernel's parent-death signal fires
-when the *thread* that forked a child ends, so no short-lived thread may fork.
+One long-lived thread (the host loop) starts the node's supervisor (see
+supervisor.py), a single process that forks, signals and reaps every command, and
+then watches with one selector the supervisor's reports ("pid", "exit", "done" =
+nothing of the command left) and every command's output, which it timestamps into the
+unit's log. Starting the supervisor from this one thread matters: the kernel's
+parent-death signal fires when the *thread* that forked a child ends.
 State lives in `Proc` objects and changes only under the runner's condition
 lock, which is notified on every change, so unit workers simply wait on it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from fleetd.runner.guard import kill_tree
-
-GUARD = str(Path(__file__).with_name("guard.py"))
+SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
 _LOG = logging.getLogger(__name__)
 _READ_SIZE = 65536
 _MAX_PARTIAL = 8192
@@ -144,21 +147,23 @@ def _size_of(path: Path) -> int:
 
 @dataclass(eq=False)
 class Proc:
-    """One command of a unit, as seen through its guard."""
+    """One command of a unit, as the supervisor reports it."""
 
     argv: tuple[str, ...]
     log: UnitLog
-    guard: subprocess.Popen | None = None
-    pgid: int = 0
+    id: int = 0  # the supervisor's name for it
+    pgid: int = 0  # its own process group: the command's pid, once known
     main_pid: int | None = None
     exit: ExitInfo | None = None  # of the command itself (None while it runs)
     exec_error: str | None = None
-    done: bool = False  # the guard is reaped: nothing of this command is left
+    done: bool = False  # nothing of this command is left
     notes: list[str] = field(default_factory=list)
+    output: _OutputReader | None = None
+    changed: threading.Condition | None = None
 
     @property
     def pid(self) -> int:
-        """The command's pid once known, else its guard's."""
+        """The command's pid once known, else 0."""
         return self.main_pid or self.pgid
 
     @property
@@ -173,10 +178,11 @@ class SpawnRequest:
     env: Mapping[str, str]
     cwd: str
     log: UnitLog
+    changed: threading.Condition | None = None  # notified when the Proc changes
 
 
 class ProcessHost:
-    """Owns the host loop thread; every method is safe to call from any thread."""
+    """Owns the host loop thread and the supervisor; every method is safe from any thread."""
 
     def __init__(self, cond: threading.Condition,
                  on_change: Callable[[], None] | None = None) -> None:
@@ -188,17 +194,23 @@ class ProcessHost:
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._live: set[Proc] = set()
+        self._live: dict[int, Proc] = {}
+        self._next_id = 0
         self._closing = False
         self._closed = False
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._supervisor: subprocess.Popen | None = None
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fleetd-process-host",
                                         daemon=True)
         self._thread.start()
+        self._started.wait(30)
 
     # -- called from unit workers ---------------------------------------------------------
 
     def spawn(self, request: SpawnRequest) -> Proc:
-        """Start a command through a guard; raises OSError if that is impossible."""
+        """Start a command through the supervisor; raises OSError if that is impossible."""
         future: Future = Future()
         with self._cond:
             if self._closing:
@@ -208,36 +220,149 @@ class ProcessHost:
         return future.result()
 
     def kill(self, proc: Proc, sig: int) -> None:
-        """Signal everything the command left: its process group and every descendant.
-
-        SIGKILL spares the guard (every process of the group descends from it), so
-        the guard can still reap what it killed and report; `kill_guard` is for
-        when even that does not end it.
-        """
+        """Signal the command's process group and whatever of it left the group."""
         with self._cond:
-            if proc.done or not proc.pgid:
-                return  # never signal a process group whose leader is already reaped
-            kill_tree(proc.pgid, None if sig == signal.SIGKILL else proc.pgid, sig)
+            if proc.done:
+                return
+        self._send([{"op": "kill", "id": proc.id, "sig": int(sig)}])
 
-    def kill_guard(self, proc: Proc) -> None:
-        with self._cond:
-            if not proc.done and proc.pgid:
-                kill_tree(proc.pgid, proc.pgid, signal.SIGKILL)
+    def kill_again(self, proc: Proc) -> None:
+        """SIGKILL again (the supervisor looks again for processes that left the group)."""
+        self.kill(proc, signal.SIGKILL)
 
     def close(self) -> None:
-        """Kill whatever still runs, reap it and end the host loop thread."""
+        """Kill whatever still runs, reap it, end the supervisor and the host loop thread."""
         with self._cond:
             if self._closed:
                 return
             self._closing = True
-            for proc in list(self._live):
-                kill_tree(proc.pgid, proc.pgid, signal.SIGKILL)
+        self._send([{"op": "shutdown"}])
         self._wake()
         self._thread.join(timeout=30)
         with self._cond:
             self._closed = True
             if not self._thread.is_alive():
                 os.close(self._wake_w)
+
+    def supervisor_pid(self) -> int | None:
+        return self._supervisor.pid if self._supervisor is not None else None
+
+    # -- the supervisor -------------------------------------------------------------------
+
+    def _start_supervisor(self) -> None:
+        """Fork the supervisor; from the host loop thread only (see the module's note)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._supervisor = subprocess.Popen(
+                [sys.executable, "-I", "-S", SUPERVISOR, str(os.getpid()), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        self._sock = mine
+        self._selector.register(mine, selectors.EVENT_READ, self._on_reports)
+
+    def _send(self, messages: list[dict], fds: Sequence[int] = ()) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        data = json.dumps(messages).encode()
+        with self._send_lock:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError("the process supervisor does not read its "
+                                      "requests") from None
+                    if threading.current_thread() is self._thread:
+                        self._on_reports()  # it may be waiting for us to read its reports
+                    select.select([], [sock], [], 0.05)  # until there is room again
+                except OSError:
+                    if fds:
+                        raise
+                    return  # the supervisor is gone; _on_reports handles that
+
+    def _on_reports(self) -> None:
+        assert self._sock is not None
+        batches = []
+        while True:
+            try:
+                data = self._sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._supervisor_gone()
+                return
+            batches.append(data)
+        with self._cond:
+            for data in batches:
+                try:
+                    reports = json.loads(data)
+                except ValueError:
+                    _LOG.error("unreadable report from the process supervisor: %r", data[:200])
+                    continue
+                for report in reports:
+                    self._apply(report)
+            self._changed()
+
+    def _apply(self, report: dict) -> None:
+        proc = self._live.get(report.get("id", -1))
+        if proc is None:
+            if "note" in report:
+                _LOG.warning("process supervisor: %s", report["note"])
+            return
+        (proc.changed or self._cond).notify_all()
+        if "pid" in report:
+            proc.main_pid = proc.pgid = int(report["pid"])
+            if proc.output is not None:
+                proc.output.release()
+        elif "exec_error" in report:
+            proc.exec_error = str(report["exec_error"])
+            proc.exit = ExitInfo(code=203)
+        elif "exit" in report:
+            if proc.exit is None:
+                proc.exit = ExitInfo(code=int(report["exit"]))
+        elif "signal" in report:
+            proc.exit = ExitInfo(signal=int(report["signal"]))
+        elif report.get("done"):
+            self._finished(proc)
+
+    def _finished(self, proc: Proc, lost: bool = False) -> None:
+        """Called with the condition held: nothing of `proc` is left (or nobody knows)."""
+        proc.done = True
+        (proc.changed or self._cond).notify_all()
+        self._live.pop(proc.id, None)
+        if proc.exit is None:
+            proc.exit = ExitInfo(signal=signal.SIGKILL) if lost else ExitInfo(code=1)
+        if proc.output is not None:
+            proc.output.release()
+
+    def _supervisor_gone(self) -> None:
+        """The supervisor died (or ended): kill what we know of, forget every command."""
+        assert self._sock is not None
+        self._selector.unregister(self._sock)
+        self._sock.close()
+        self._sock = None
+        code = self._supervisor.wait() if self._supervisor is not None else None
+        with self._cond:
+            if not self._closing:
+                _LOG.error("the process supervisor ended (%s); its commands are killed", code)
+            for proc in list(self._live.values()):
+                if proc.pgid:
+                    try:
+                        os.killpg(proc.pgid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                self._finished(proc, lost=True)
+            self._changed()
 
     # -- the host loop --------------------------------------------------------------------
 
@@ -252,6 +377,10 @@ class ProcessHost:
 
     def _loop(self) -> None:
         try:
+            try:
+                self._start_supervisor()
+            finally:
+                self._started.set()
             while True:
                 for key, _ in self._selector.select():
                     if key.data is None:
@@ -260,18 +389,26 @@ class ProcessHost:
                         key.data()
                 self._serve_requests()
                 with self._cond:
-                    if self._closing and not self._live:
+                    if self._closing and (not self._live or self._sock is None):
                         break
-        except Exception:  # never raise from the background; kill, reap, report, clean up
+        except Exception:  # never raise from the background; kill, report, clean up
             _LOG.exception("process host loop failed")
-            with self._cond:
-                for proc in list(self._live):
-                    kill_tree(proc.pgid, proc.pgid, signal.SIGKILL)
-                    self._reaped(proc)
+            if self._sock is not None:
+                self._supervisor_gone()
         finally:
             with self._cond:
                 self._closing = True
             self._fail_pending()
+            if self._sock is not None:
+                self._selector.unregister(self._sock)
+                self._sock.close()  # the supervisor sees EOF, kills what is left and exits
+                self._sock = None
+            if self._supervisor is not None:
+                try:
+                    self._supervisor.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self._supervisor.kill()
+                    self._supervisor.wait()
             for key in list(self._selector.get_map().values()):
                 self._selector.unregister(key.fileobj)
                 os.close(key.fd)
@@ -300,7 +437,7 @@ class ProcessHost:
                 return
             with self._cond:
                 closing = self._closing
-            if closing:
+            if closing or self._sock is None:
                 future.set_exception(OSError("the process runner is shutting down"))
                 continue
             try:
@@ -310,34 +447,30 @@ class ProcessHost:
 
     def _launch(self, request: SpawnRequest) -> Proc:
         out_r, out_w = os.pipe()
-        status_r, status_w = os.pipe()
-        command = [sys.executable, "-I", "-S", GUARD, str(status_w), str(os.getpid()),
-                   request.executable, *request.argv]
+        with self._cond:
+            self._next_id += 1
+            proc = Proc(argv=request.argv, log=request.log, id=self._next_id,
+                        changed=request.changed)
+            self._live[proc.id] = proc
         try:
-            guard = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out_w,
-                                     stderr=out_w, pass_fds=(status_w,), cwd=request.cwd,
-                                     env=dict(request.env), start_new_session=True)
+            self._send([{"op": "spawn", "id": proc.id, "exe": request.executable,
+                         "argv": list(request.argv), "env": dict(request.env),
+                         "cwd": request.cwd}], [out_w])
         except BaseException:
+            with self._cond:
+                self._live.pop(proc.id, None)
             os.close(out_r)
-            os.close(status_r)
             raise
         finally:
             os.close(out_w)
-            os.close(status_w)
-        proc = Proc(argv=request.argv, log=request.log, guard=guard, pgid=guard.pid)
-        for fd in (out_r, status_r):
-            os.set_blocking(fd, False)
-        output = _OutputReader(self, proc, out_r)
-        self._selector.register(out_r, selectors.EVENT_READ, output)
-        self._selector.register(status_r, selectors.EVENT_READ,
-                                _StatusReader(self, proc, status_r, output))
-        with self._cond:
-            self._live.add(proc)
+        os.set_blocking(out_r, False)
+        proc.output = _OutputReader(self, proc, out_r)
+        self._selector.register(out_r, selectors.EVENT_READ, proc.output)
         return proc
 
     def _changed(self) -> None:
-        """Called with the condition held after any Proc changed."""
-        self._cond.notify_all()
+        """Called with the condition held after Procs changed (each Proc's own `changed`
+        condition is notified as it changes; without one, the host's condition is)."""
         if self._on_change is not None:
             self._on_change()
 
@@ -345,77 +478,11 @@ class ProcessHost:
         self._selector.unregister(fd)
         os.close(fd)
 
-    def _reaped(self, proc: Proc) -> None:
-        assert proc.guard is not None
-        with self._cond:
-            if proc.done:
-                return
-            try:
-                code = proc.guard.wait(timeout=10)  # the status pipe hit EOF: it is exiting
-            except subprocess.TimeoutExpired:  # cannot happen short of a kernel hang
-                _LOG.error("guard %s closed its status pipe but did not exit", proc.pgid)
-                code = -signal.SIGKILL
-            proc.done = True
-            self._live.discard(proc)
-            if proc.exit is None:  # the guard died before it could report (SIGKILL)
-                if proc.exec_error is not None or code == 203:
-                    proc.exit = ExitInfo(code=203)
-                elif code < 0:
-                    proc.exit = ExitInfo(signal=-code)
-                else:
-                    proc.exit = ExitInfo(code=code)
-            self._changed()
-
-
-class _StatusReader:
-    def __init__(self, host: ProcessHost, proc: Proc, fd: int, output: _OutputReader) -> None:
-        self.host, self.proc, self.fd, self.output = host, proc, fd, output
-        self.buffer = b""
-
-    def __call__(self) -> None:
-        try:
-            data = os.read(self.fd, _READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.buffer += data
-            *lines, self.buffer = self.buffer.split(b"\n")
-            with self.host._cond:
-                for line in lines:
-                    self._apply(line.decode("utf-8", "replace"))
-                self.host._changed()
-            if self.proc.main_pid is not None or self.proc.exit is not None:
-                self.output.release()
-            return
-        self.host._release(self.fd)
-        self.host._reaped(self.proc)
-        self.output.release()
-
-    def _apply(self, line: str) -> None:
-        word, _, rest = line.partition(" ")
-        proc = self.proc
-        try:
-            if word == "pid":
-                proc.main_pid = int(rest)
-            elif word == "exit":
-                proc.exit = ExitInfo(code=int(rest))
-            elif word == "signal":
-                proc.exit = ExitInfo(signal=int(rest))
-            elif word == "exec-error":
-                proc.exec_error = rest
-                proc.exit = ExitInfo(code=203)
-            else:
-                proc.notes.append(rest or word)
-        except ValueError:
-            proc.notes.append(line)
-
 
 class _OutputReader:
     """Timestamps a command's output into its unit's log.
 
-    Output that comes before the guard has reported the command's pid is held
+    Output that comes before the supervisor has reported the command's pid is held
     back (a little) so that every line is attributed to the right pid.
     """
 
