@@ -71,7 +71,10 @@ def test_each_instance_gets_a_marked_unit_and_a_sidekick_bound_to_it(tmp_path):
     exec_start = values[("Service", "ExecStart")]
     assert "fleetd announce --unit web@1.service --key /services/web/1 --port 8080" in exec_start
     assert "--check http" in exec_start and "--ttl 10" in exec_start
-    assert "http://127.88.0.1:2379,http://127.88.0.2:2379,http://127.88.0.3:2379" in exec_start
+    # TLS by default: the members over https, with the node's fleetd client certificate.
+    assert ("https://127.88.0.1:2379,https://127.88.0.2:2379,https://127.88.0.3:2379"
+            in exec_start)
+    assert "--etcd-cafile" in exec_start and "--etcd-certfile" in exec_start
     assert side1.parent == "web@1.service"
     assert parse_fleet_options(side, side1.name).machine_of == ("web@1.service",)
 
