@@ -43,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetd.runner.base import RunnerError, UnitStatus  # noqa: E402
-from fleetd.runner.systemd import SystemdRunner  # noqa: E402
-from fleetd.unit.unitfile import parse_unit_file  # noqa: E402
-from tests.support.systemd_container import (  # noqa: E402
+from fleetd.runner.base import RunnerError, UnitStatus
+from fleetd.runner.systemd import SystemdRunner
+from fleetd.unit.unitfile import parse_unit_file
+from tests.support.systemd_container import (
     SystemdContainer,
     new_container_name,
     start_systemd_container,

@@ -135,7 +135,7 @@ def node_file(config: Config, path: str) -> str:
     return str(Path(config.root_dir) / path.lstrip("/"))
 
 
-def etcd_tls(config: Config):  # noqa: ANN201 - EtcdTLS | None (etcd3 imported lazily)
+def etcd_tls(config: Config):  # EtcdTLS | None (etcd3 imported lazily)
     """The certificates fleetd shows etcd, or None for plain http."""
     if not config.etcd_cafile:
         return None

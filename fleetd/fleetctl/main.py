@@ -279,7 +279,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("provision-fleetd")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
+    except Exception:  # not installed: running from a checkout
         return "0.0.0+unknown"
 
 

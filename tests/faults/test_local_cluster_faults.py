@@ -350,7 +350,7 @@ def etcd_leader_node(cluster: LocalCluster) -> tuple[str, bool]:
     for node, spec in cluster.nodes.items():
         url = f"{spec['etcd_url']}/v2/stats/self"
         try:
-            with urllib.request.urlopen(url, timeout=1,  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1,  # loopback
                                         context=cluster.env.ssl_context(cluster.name)) as answer:
                 if json.load(answer).get("state") == "StateLeader":
                     return node, True

@@ -48,7 +48,7 @@ GLOBAL = "mon.service"
 MOVABLE = WEBS + SIDES + BATCH
 
 
-def units(run_dir) -> dict[str, str]:  # noqa: ANN001 - a Path
+def units(run_dir) -> dict[str, str]:  # a Path
     sleeper = sleeper_text(run_dir)
     web = sleeper + "\n[X-Fleet]\nConflicts=web@*.service\n"
     side = sleeper.replace("[Service]", "BindsTo=web@%i.service\nAfter=web@%i.service\n\n"
