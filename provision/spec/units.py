@@ -139,7 +139,7 @@ def _fleet_options_valid(unit: UnitFile, spec: dict, name: UnitName,
     except UnitFileError as err:
         # A YAML constraint (conflicts, machine_of, ...) holding a newline or another
         # control character cannot become a unit-file line: a positioned problem, not
-        # a traceback (bad-input suite, issue 8).
+        # a traceback (a user's typo must end as one line, exit 2).
         error(f"`{where}` ({name.full}): {err.message}")
         return False
     first_name = UnitName(name.prefix, instances[0], name.suffix) if instances else name
@@ -159,7 +159,7 @@ def _sidekick(side: dict, where: str, error: Error) -> Sidekick | None:
     for key in ("path", "key"):
         # Both land inside the generated sidekick's Description= and ExecStart=
         # lines; a newline would end the line and smuggle in settings of its own
-        # (e.g. ExecStartPre=), so control characters are refused (issue 8).
+        # (e.g. ExecStartPre=), so control characters are refused.
         bad = _control_char(side.get(key))
         if bad is not None:
             error(f"`{where}.sidekick.{key}` holds control character U+{ord(bad):04X}; "

@@ -1,4 +1,4 @@
-"""Fault suite (issue 8): a network partition of one node.
+"""Fault suite: a network partition of one node.
 
 Three etcd members (Debian's etcd 3.4.23) and two fleetds run on the host's loopback; the
 third fleetd runs in its own network namespace, joined to the host by a veth pair, and
