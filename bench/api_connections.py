@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetd.api.server import raise_open_files_limit  # noqa: E402
-from tests.support.api_storm import (  # noqa: E402
+from fleetd.api.server import raise_open_files_limit
+from tests.support.api_storm import (
     IdleStorm,
     MachineKeyWatch,
     Prober,
@@ -38,8 +38,8 @@ from tests.support.api_storm import (  # noqa: E402
     process_threads,
     summary,
 )
-from tests.support.etcd import EtcdServer  # noqa: E402
-from tests.support.fleet import FleetHarness  # noqa: E402
+from tests.support.etcd import EtcdServer
+from tests.support.fleet import FleetHarness
 
 TTL = 5
 

@@ -36,11 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.cli.root import main as provision_main  # noqa: E402
-from provision.image.build import CACHE_ENV, ensure_image, image_problem  # noqa: E402
-from tests.support.etcd import wait_for  # noqa: E402
-from tests.support.machine import booted  # noqa: E402
-from tests.support.systemd_container import systemd_container_problem  # noqa: E402
+from provision.cli.root import main as provision_main
+from provision.image.build import CACHE_ENV, ensure_image, image_problem
+from tests.support.etcd import wait_for
+from tests.support.machine import booted
+from tests.support.systemd_container import systemd_container_problem
 
 IP = "172.17.8.101"
 CLUSTER = """\
@@ -69,7 +69,7 @@ def du_mb(path: Path) -> float:
     return int(out.split()[0]) / 1024
 
 
-def boot(image, work: Path) -> tuple[float, float]:  # noqa: ANN001 - Image
+def boot(image, work: Path) -> tuple[float, float]:  # Image
     (work / "cluster.yaml").write_text(CLUSTER)
     assert provision_main(["render", str(work / "cluster.yaml"), "-o", str(work / "out")]) == 0
     upper = work / "machine" / "upper"

@@ -27,10 +27,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.cli.root import main as provision_main  # noqa: E402
-from provision.pki import for_cluster  # noqa: E402
-from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config  # noqa: E402
-from provision.spec.build import load_cluster  # noqa: E402
+from provision.cli.root import main as provision_main
+from provision.pki import for_cluster
+from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
+from provision.spec.build import load_cluster
 
 
 def cluster_yaml(nodes: int, tls: bool = True) -> str:

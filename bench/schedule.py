@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetd.engine.engine import Engine  # noqa: E402
-from fleetd.machine import Machine  # noqa: E402
-from fleetd.registry.etcd import Etcd  # noqa: E402
-from fleetd.registry.registry import MAX_TXN_OPS, Registry, encode  # noqa: E402
-from fleetd.unit.unitfile import content_hash, parse_unit_file, serialize  # noqa: E402
-from tests.support.etcd import EtcdServer  # noqa: E402
+from fleetd.engine.engine import Engine
+from fleetd.machine import Machine
+from fleetd.registry.etcd import Etcd
+from fleetd.registry.registry import MAX_TXN_OPS, Registry, encode
+from fleetd.unit.unitfile import content_hash, parse_unit_file, serialize
+from tests.support.etcd import EtcdServer
 
 UNIT = "[Service]\nExecStart=/bin/sleep 1000\n"
 
@@ -46,7 +46,7 @@ def bulk(etcd: Etcd, pairs: list[tuple[str, bytes | str]], lease: int | None = N
     return time.perf_counter() - start
 
 
-def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001 - a callable
+def wait_until(condition, timeout: float, what: str) -> None:  # a callable
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -27,10 +27,10 @@ from types import MappingProxyType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetd.engine.scheduler import ClusterView, schedule  # noqa: E402
-from fleetd.job import Job, JobState  # noqa: E402
-from fleetd.machine import Machine  # noqa: E402
-from fleetd.unit.xfleet import FleetOptions, FrozenMetadata  # noqa: E402
+from fleetd.engine.scheduler import ClusterView, schedule
+from fleetd.job import Job, JobState
+from fleetd.machine import Machine
+from fleetd.unit.xfleet import FleetOptions, FrozenMetadata
 
 REGIONS = ("us-east", "us-west", "eu", "ap")
 

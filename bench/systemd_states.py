@@ -40,13 +40,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetd.runner.base import RunnerError, UnitStatus  # noqa: E402
-from fleetd.runner.systemd import SystemdRunner  # noqa: E402
-from fleetd.unit.unitfile import parse_unit_file  # noqa: E402
-from tests.support.systemd_container import (  # noqa: E402
+from fleetd.runner.base import RunnerError, UnitStatus
+from fleetd.runner.systemd import SystemdRunner
+from fleetd.unit.unitfile import parse_unit_file
+from tests.support.systemd_container import (
     SystemdContainer,
     new_container_name,
     start_systemd_container,
@@ -106,6 +107,59 @@ def wait_quiet(last_change: list[float], deadline: float) -> None:
         time.sleep(0.1)
 
 
+def compare_reads(runner: SystemdRunner, names: list[str], repeat: int,
+                  glib: Any) -> dict[str, float]:  # glib: gi.repository.GLib
+    """The median wall time of each way of reading every unit's state, `repeat` rounds."""
+    units = len(names)
+    bus, manager = runner.bus, runner.manager
+    if str(manager.LoadUnit(names[0])) != unit_path(names[0]):
+        raise SystemExit(f"object path of {names[0]}: systemd says "
+                         f"{manager.LoadUnit(names[0])}, unit_path says {unit_path(names[0])}")
+
+    def batched() -> States:
+        return {n: (s.active, s.sub) for n, s in runner.units().items()}
+
+    def per_unit() -> States:
+        found = {}
+        for name in names:
+            obj = bus.get(SYSTEMD, manager.LoadUnit(name))
+            found[name] = (obj.ActiveState, obj.SubState)
+        return found
+
+    def getall() -> States:
+        found = {}
+        args = glib.Variant("(s)", (UNIT_IFACE,))
+        reply = glib.VariantType.new("(a{sv})")
+        for name in names:
+            props, = bus.con.call_sync(SYSTEMD, unit_path(name),
+                                       "org.freedesktop.DBus.Properties", "GetAll",
+                                       args, reply, 0, -1, None).unpack()
+            found[name] = (props["ActiveState"], props["SubState"])
+        return found
+
+    reads = {"batched": batched, "per-unit": per_unit, "getall": getall}
+    walls: dict[str, list[float]] = {k: [] for k in reads}
+    cpus: dict[str, list[float]] = {k: [] for k in reads}
+    for _ in range(repeat):
+        for what, read in reads.items():
+            wall, cpu, states = timed(read)
+            check(what, names, states)
+            walls[what].append(wall)
+            cpus[what].append(cpu)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    labels = {
+        "batched": "batched read (runner.units(): 1 ListUnitsByNames)",
+        "per-unit": "per-unit read (LoadUnit + bus.get + 2 Get: 4 calls/unit)",
+        "getall": "per-unit GetAll (go-systemd GetUnitProperties: 1 call/unit)",
+    }
+    for what, label in labels.items():
+        print(f"{label}: wall {med[what]:.4f}s cpu {med_cpu[what]:.4f}s "
+              f"({med[what] / units * 1e6:.0f} us/unit wall; median of {repeat}: "
+              + " ".join(f"{w:.4f}" for w in walls[what]) + ")", flush=True)
+    return med
+
+
 def bench(container: SystemdContainer, units: int, repeat: int, timeout: float) -> None:
     version = container.run("systemctl", "--version").stdout.splitlines()[0]
     print(f"container {container.name}: {version} ({container.boot_state})", flush=True)
@@ -148,52 +202,7 @@ def bench(container: SystemdContainer, units: int, repeat: int, timeout: float) 
               flush=True)
         wait_quiet(last_change, min(deadline, time.monotonic() + 60))
 
-        bus, manager = runner.bus, runner.manager
-        if str(manager.LoadUnit(names[0])) != unit_path(names[0]):
-            raise SystemExit(f"object path of {names[0]}: systemd says "
-                             f"{manager.LoadUnit(names[0])}, unit_path says {unit_path(names[0])}")
-
-        def batched() -> States:
-            return {n: (s.active, s.sub) for n, s in runner.units().items()}
-
-        def per_unit() -> States:
-            found = {}
-            for name in names:
-                obj = bus.get(SYSTEMD, manager.LoadUnit(name))
-                found[name] = (obj.ActiveState, obj.SubState)
-            return found
-
-        def getall() -> States:
-            found = {}
-            args = GLib.Variant("(s)", (UNIT_IFACE,))
-            reply = GLib.VariantType.new("(a{sv})")
-            for name in names:
-                props, = bus.con.call_sync(SYSTEMD, unit_path(name),
-                                           "org.freedesktop.DBus.Properties", "GetAll",
-                                           args, reply, 0, -1, None).unpack()
-                found[name] = (props["ActiveState"], props["SubState"])
-            return found
-
-        reads = {"batched": batched, "per-unit": per_unit, "getall": getall}
-        walls: dict[str, list[float]] = {k: [] for k in reads}
-        cpus: dict[str, list[float]] = {k: [] for k in reads}
-        for _ in range(repeat):
-            for what, read in reads.items():
-                wall, cpu, states = timed(read)
-                check(what, names, states)
-                walls[what].append(wall)
-                cpus[what].append(cpu)
-        med = {k: statistics.median(v) for k, v in walls.items()}
-        med_cpu = {k: statistics.median(v) for k, v in cpus.items()}
-        labels = {
-            "batched": "batched read (runner.units(): 1 ListUnitsByNames)",
-            "per-unit": "per-unit read (LoadUnit + bus.get + 2 Get: 4 calls/unit)",
-            "getall": "per-unit GetAll (go-systemd GetUnitProperties: 1 call/unit)",
-        }
-        for what, label in labels.items():
-            print(f"{label}: wall {med[what]:.4f}s cpu {med_cpu[what]:.4f}s "
-                  f"({med[what] / units * 1e6:.0f} us/unit wall; median of {repeat}: "
-                  + " ".join(f"{w:.4f}" for w in walls[what]) + ")", flush=True)
+        med = compare_reads(runner, names, repeat, GLib)
 
         wall2, cpu2 = time.perf_counter(), time.process_time()
         while loaded:

@@ -37,18 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from provision.box.build import add_box, ensure_box  # noqa: E402
-from provision.box.payload import CACHE_ENV as PAYLOAD_CACHE_ENV  # noqa: E402
-from provision.box.payload import prepare_machines  # noqa: E402
-from provision.cli.root import main as provision_main  # noqa: E402
-from provision.image.build import CACHE_ENV  # noqa: E402
-from tests.support.etcd import wait_for  # noqa: E402
-from tests.support.vagrant_lxc import lxc_cluster, vagrant_lxc_problem  # noqa: E402
+from provision.box.build import add_box, ensure_box
+from provision.box.payload import CACHE_ENV as PAYLOAD_CACHE_ENV
+from provision.box.payload import prepare_machines
+from provision.cli.root import main as provision_main
+from provision.image.build import CACHE_ENV
+from tests.support.etcd import wait_for
+from tests.support.vagrant_lxc import lxc_cluster, vagrant_lxc_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def timed(call):  # noqa: ANN001, ANN201
+def timed(call):
     started = time.monotonic()
     value = call()
     return value, time.monotonic() - started

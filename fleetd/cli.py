@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     done = SignalSafeEvent()  # set by signal handlers: a threading.Event can deadlock there
 
-    def on_signal(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def on_signal(signum, frame) -> None:  # signal handler signature
         done.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fleetd import argtypes
 from fleetd.machine import parse_metadata
@@ -135,7 +136,7 @@ def node_file(config: Config, path: str) -> str:
     return str(Path(config.root_dir) / path.lstrip("/"))
 
 
-def etcd_tls(config: Config):  # noqa: ANN201 - EtcdTLS | None (etcd3 imported lazily)
+def etcd_tls(config: Config):  # EtcdTLS | None (etcd3 imported lazily)
     """The certificates fleetd shows etcd, or None for plain http."""
     if not config.etcd_cafile:
         return None
@@ -170,43 +171,66 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-def _convert(name: str, raw: str):
-    if name == "etcd_servers":
-        servers = tuple(s.strip() for s in raw.split(",") if s.strip())
-        if not servers:
-            raise ValueError("no etcd server given")
-        for server in servers:
-            if not re.match(r"^https?://[^\s/]+/?$", server):
-                raise ValueError(f"{server!r} is not an http(s)://host:port URL")
-        return servers
-    if name == "etcd_key_prefix":
-        if not raw.startswith("/"):
-            raise ValueError("must start with /")
-        return raw if raw.endswith("/") else raw + "/"
-    if name in ("agent_ttl",):
-        value = argtypes.positive_duration(raw)
-        if value < 1:
-            raise ValueError("must be at least 1s")
-        return value
-    if name in ("etcd_request_timeout", "engine_reconcile_interval"):
-        return argtypes.positive_duration(raw)
-    if name == "metadata":
-        return parse_metadata(raw)
-    if name in ("disable_engine", "api_allow_remote"):
-        return _bool(raw)
-    if name == "api_address":
-        if raw.strip():
-            parse_listen_address(raw)
-        return raw.strip()
-    if name in ("state_dir", "root_dir", "api_socket", "units_directory", "journal_root"):
-        return Path(raw).expanduser()
-    if name == "runner":
-        if raw not in ("process", "systemd", "auto"):
-            raise ValueError(f"unknown runner {raw!r}; use systemd, process or auto")
-        return raw
-    if name == "verbosity":
-        return argtypes.non_negative_int(raw)
+def _etcd_servers(raw: str) -> tuple[str, ...]:
+    servers = tuple(s.strip() for s in raw.split(",") if s.strip())
+    if not servers:
+        raise ValueError("no etcd server given")
+    for server in servers:
+        if not re.match(r"^https?://[^\s/]+/?$", server):
+            raise ValueError(f"{server!r} is not an http(s)://host:port URL")
+    return servers
+
+
+def _key_prefix(raw: str) -> str:
+    if not raw.startswith("/"):
+        raise ValueError("must start with /")
+    return raw if raw.endswith("/") else raw + "/"
+
+
+def _agent_ttl(raw: str) -> float:
+    value = argtypes.positive_duration(raw)
+    if value < 1:
+        raise ValueError("must be at least 1s")
+    return value
+
+
+def _api_address(raw: str) -> str:
+    if raw.strip():
+        parse_listen_address(raw)
+    return raw.strip()
+
+
+def _runner(raw: str) -> str:
+    if raw not in ("process", "systemd", "auto"):
+        raise ValueError(f"unknown runner {raw!r}; use systemd, process or auto")
     return raw
+
+
+def _path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+# A setting's text -> its value (ValueError says what is wrong); a setting not listed is text.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "etcd_servers": _etcd_servers,
+    "etcd_key_prefix": _key_prefix,
+    "agent_ttl": _agent_ttl,
+    "etcd_request_timeout": argtypes.positive_duration,
+    "engine_reconcile_interval": argtypes.positive_duration,
+    "metadata": parse_metadata,
+    "disable_engine": _bool,
+    "api_allow_remote": _bool,
+    "api_address": _api_address,
+    "state_dir": _path, "root_dir": _path, "api_socket": _path, "units_directory": _path,
+    "journal_root": _path,
+    "runner": _runner,
+    "verbosity": argtypes.non_negative_int,
+}
+
+
+def _convert(name: str, raw: str) -> Any:
+    convert = _CONVERTERS.get(name)
+    return raw if convert is None else convert(raw)
 
 
 def read_config_file(path: Path) -> dict[str, tuple[str, str]]:

@@ -1,7 +1,8 @@
-"""A unit's state as systemd reports it: the record runners report and the registry stores.
+"""A unit's state as systemd reports it, and the record of it that agents write and the
+registry stores.
 
 Beside `job.py` and `machine.py` so that the registry, the agent's pure reconcile and
-provision's pure convergence check can name it without importing a runner.
+provision's pure convergence check can name them without importing a runner or etcd.
 """
 
 from __future__ import annotations
@@ -20,3 +21,14 @@ class UnitStatus:
     @property
     def is_active(self) -> bool:
         return self.active in ("active", "activating", "reloading")
+
+
+@dataclass(frozen=True)
+class UnitStateRecord:
+    """What one machine's agent last reported of one unit (the registry stores these)."""
+
+    name: str
+    machine: str
+    hash: str
+    status: UnitStatus
+    launched: bool = False  # the agent started it (and has not stopped it), whatever systemd says

@@ -89,7 +89,7 @@ def node_file(kind: str, key: bool = False) -> str:
     return f"{NODE_DIR}/{kind}{'-key' if key else ''}.pem"
 
 
-def _sans(cluster: Cluster, node) -> tuple[tuple[str, ...], tuple[str, ...]]:  # noqa: ANN001
+def _sans(cluster: Cluster, node) -> tuple[tuple[str, ...], tuple[str, ...]]:
     ips = [str(node.ip), "127.0.0.1"]
     names = [node.name, "localhost"]
     disc = cluster.etcd.discovery
@@ -123,7 +123,7 @@ def cert_specs(cluster: Cluster) -> list[CertSpec]:
 class ClusterPKI:
     """The cluster's CA and certificates as kept in `directory`."""
 
-    def __init__(self, directory: Path, ca_cert: x509.Certificate, ca_key,  # noqa: ANN001
+    def __init__(self, directory: Path, ca_cert: x509.Certificate, ca_key,
                  issued: dict[str, Issued]) -> None:
         self.directory = directory
         self.ca_cert = ca_cert
@@ -144,7 +144,7 @@ def client_files(directory: Path, name: str = ADMIN_NAME) -> ClientFiles:
                        str(directory / f"{name}-key.pem"))
 
 
-def admin_tls(directory: Path):  # noqa: ANN201 - fleetd.registry.etcd.EtcdTLS
+def admin_tls(directory: Path):  # fleetd.registry.etcd.EtcdTLS
     """The admin certificate as the etcd client takes it."""
     from fleetd.registry.etcd import EtcdTLS
 
@@ -153,7 +153,7 @@ def admin_tls(directory: Path):  # noqa: ANN201 - fleetd.registry.etcd.EtcdTLS
 
 
 def cluster_client_tls(cluster: Cluster, state_root: str | Path | None = None
-                       ):  # noqa: ANN205 - EtcdTLS | None
+                       ):  # EtcdTLS | None
     """The admin certificate `provision` talks to the cluster's etcd with (None without TLS);
     RegistryUnavailable when the cluster has none here."""
     if not cluster.tls:
@@ -225,7 +225,7 @@ def new_ca(cluster_name: str, now: datetime.datetime | None = None
     return cert, key
 
 
-def issue(spec: CertSpec, ca_cert: x509.Certificate, ca_key,  # noqa: ANN001
+def issue(spec: CertSpec, ca_cert: x509.Certificate, ca_key,
           now: datetime.datetime | None = None,
           validity: datetime.timedelta = CERT_VALIDITY) -> Issued:
     now = now or _now()
@@ -329,7 +329,7 @@ def _secure_dir(directory: Path) -> None:
     os.chmod(directory, 0o700)
 
 
-def load_ca(directory: Path):  # noqa: ANN201 - (certificate, key) | None
+def load_ca(directory: Path):  # (certificate, key) | None
     found = _read(directory, CA_NAME)
     if found is None:
         return None

@@ -259,7 +259,7 @@ class _Converter:
         except (ValueError, TypeError, AttributeError, OverflowError):
             # An explicit tag on a scalar that does not fit it (`!!int x`, `!!timestamp
             # nope`) makes PyYAML's constructors fail with plain Python errors, which
-            # escaped as tracebacks (bad-input suite, issue 8).
+            # would escape as tracebacks instead of one positioned line.
             self._problem(node, f"bad value: {node.value!r} is not a valid {node.tag}; "
                                 "remove the tag or fix the value")
             return None
@@ -296,7 +296,7 @@ class _Converter:
 
         Merges are charged to the alias budget and a mapping merging itself is refused:
         `a: &a {<<: *a}` recursed until RecursionError and nested `<<: [*x, *x, ...]`
-        expanded exponentially without touching the budget (bad-input suite, issue 8).
+        expanded exponentially without touching the budget.
         """
         if not self._spend(node, 1 + len(node.value)):
             return []

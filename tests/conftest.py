@@ -72,13 +72,13 @@ def _state_root(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PROVISION_STATE", str(tmp_path_factory.mktemp("state")))
 
 
-def cluster_pki(cluster):  # noqa: ANN001, ANN201 - Cluster -> ClusterPKI | None
+def cluster_pki(cluster):  # Cluster -> ClusterPKI | None
     """The certificates `provision render` used (or would use) for this cluster."""
     from provision.pki import for_cluster
 
     return for_cluster(cluster)
 
 
-def node_tls(cluster, node):  # noqa: ANN001, ANN201 - (Cluster, Node) -> NodeTLS | None
+def node_tls(cluster, node):  # (Cluster, Node) -> NodeTLS | None
     pki = cluster_pki(cluster)
     return pki.node(node.name) if pki is not None else None

@@ -19,7 +19,7 @@ from typing import TypeVar
 from fleetd.api.errors import ApiError
 from fleetd.job import Job
 from fleetd.machine import Machine
-from fleetd.registry.registry import UnitStateRecord
+from fleetd.status import UnitStateRecord
 from fleetd.unit.unitfile import UnitFile
 
 T = TypeVar("T")

@@ -52,7 +52,7 @@ def answer(call: Callable[[], Response]) -> Response:
         log.warning("API request failed, etcd unavailable: %s", err)
         return error(503, "fleet registry (etcd) unavailable; nothing was changed, retry when "
                           f"etcd is reachable: {err}")
-    except Exception:  # noqa: BLE001 - one bad request must not take the server down
+    except Exception:  # one bad request must not take the server down
         log.exception("API request failed")
         return error(500, "internal error in fleetd; see its log")
 

@@ -272,7 +272,7 @@ def _pump(lines: Iterator[str], out: queue.Queue, cancelled: threading.Event) ->
                     continue
             if cancelled.is_set():
                 return
-    except Exception:  # noqa: BLE001 - the stream just ends; the log says why
+    except Exception:  # the stream just ends; the log says why
         log.exception("journal stream failed")
     finally:
         _close(lines)
@@ -312,7 +312,7 @@ class _Channel(HTTPChannel):
 
     error_task_class = _ErrorTask
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - waitress's
+    def __init__(self, *args, **kwargs) -> None:  # waitress's arguments, passed on
         self.heard = False  # any byte received yet
         self.reading: object | None = None  # the parser of the request being received
         self.head_since = 0.0
@@ -522,7 +522,7 @@ class ApiServer:
             self._close_listeners()
             raise
 
-    def _serve_on(self, kind: type, sock: socket.socket):  # noqa: ANN205 - a waitress server
+    def _serve_on(self, kind: type, sock: socket.socket):  # a waitress server
         adjustments = Adjustments(
             sockets=[sock], threads=self.limits.workers,
             connection_limit=self.limits.connections + self._overhead,
@@ -578,7 +578,7 @@ class ApiServer:
                 wasyncore.loop(timeout=1.0, map=self.map, use_poll=True, count=1)
                 for server in servers:
                     server.reap()
-        except Exception:  # noqa: BLE001 - the API stops; the agent and engine go on
+        except Exception:  # the API stops; the agent and engine go on
             log.exception("fleet API I/O loop failed; the API is down")
         finally:
             self._close_listeners()

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fleetd.registry.etcd import Etcd, RegistryUnavailable  # noqa: F401 - raised through
+from fleetd.registry.etcd import Etcd, RegistryUnavailable
 
 log = logging.getLogger("fleetd.engine")
 

@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NoReturn, TextIO
 
 from fleetd.argtypes import (
@@ -38,8 +39,6 @@ DEFAULT_SOCKET = "/var/run/fleet.sock"
 # Well above fleetd's etcd request timeout (3 s by default): when etcd stalls, fleetd's
 # 503 naming etcd must reach the user on a loaded machine, not a timeout of our own.
 DEFAULT_REQUEST_TIMEOUT = 10.0
-COMMANDS = ("list-machines", "list-unit-files", "list-units", "submit", "load", "start", "stop",
-            "unload", "destroy", "cat", "status", "journal", "ssh", "version")
 TUNNEL_REQUEST_TIMEOUT = 30.0  # ssh's connection and login come first
 
 
@@ -152,58 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
-
-    p = command("list-machines", "Enumerate the current hosts in the cluster")
-    _list_options(p, "machine,ip,metadata")
-    p = command("list-unit-files", "List the units that exist in the cluster")
-    _list_options(p, "unit,hash,dstate,state,target,global,desc")
-    p = command("list-units", "List the current state of units in the cluster")
-    _list_options(p, "unit,machine,ip,active,sub,load,hash")
-
-    p = command("submit", "Upload one or more units to the cluster without starting them")
-    p.add_argument("units", nargs="+", metavar="UNIT")
-    p.add_argument("--replace", action="store_true",
-                   help="replace units that exist with different content")
-    for name, help_text, what in (
-            ("load", "Schedule one or more units in the cluster, first submitting them if "
-                     "necessary", "loaded"),
-            ("start", "Start one or more units in the cluster, first submitting and loading "
-                      "them if necessary", "launched")):
-        p = command(name, help_text)
-        p.add_argument("units", nargs="+", metavar="UNIT")
-        p.add_argument("--replace", action="store_true",
-                       help="replace units that exist with different content")
-        _block_options(p, what)
-    p = command("stop", "Stop one or more units in the cluster (they stay loaded)")
-    p.add_argument("units", nargs="+", metavar="UNIT")
-    _block_options(p, "stopped")
-    p = command("unload", "Unschedule one or more units in the cluster")
-    p.add_argument("units", nargs="+", metavar="UNIT")
-    _block_options(p, "inactive")
-    p = command("destroy", "Destroy one or more units in the cluster")
-    p.add_argument("units", nargs="+", metavar="UNIT")
-
-    p = command("cat", "Print the unit file of a submitted unit")
-    p.add_argument("unit", metavar="UNIT")
-    p = command("status", "Print the systemd status of one or more units")
-    p.add_argument("units", nargs="+", metavar="UNIT")
-    p = command("journal", "Print the journal of a unit")
-    p.add_argument("unit", metavar="UNIT")
-    p.add_argument("--lines", "-n", type=non_negative_int, default=10, metavar="N",
-                   help="number of recent lines to print (default 10)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p = command("ssh", "Open a shell, or run COMMAND, on a machine of the cluster or on "
-                       "the machine running a unit")
-    p.add_argument("-A", "--forward-agent", action="store_true",
-                   help="forward the local ssh-agent to the machine")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--machine", metavar="ID", help="the machine with this ID (prefix)")
-    which.add_argument("--unit", metavar="UNIT", help="the machine running this unit")
-    p.add_argument("words", nargs=argparse.REMAINDER, metavar="MACHINE|UNIT [COMMAND]")
-    command("version", "Print the version and exit")
+    for name, command in TABLE.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.help,
+                                         parents=[common]))
     return parser
 
 
@@ -279,48 +229,157 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("provision-fleetd")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
+    except Exception:  # not installed: running from a checkout
         return "0.0.0+unknown"
 
 
+# -- the commands: argument setup and handler of each, then the table --------------------
+
+def _units(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("units", nargs="+", metavar="UNIT")
+
+
+def _one_unit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("unit", metavar="UNIT")
+
+
+def _replace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replace", action="store_true",
+                        help="replace units that exist with different content")
+
+
+def _list_arguments(fields: str) -> Callable[[argparse.ArgumentParser], None]:
+    return lambda parser: _list_options(parser, fields)
+
+
+def _blocking_units(what: str, replace: bool = False) -> Callable[[argparse.ArgumentParser],
+                                                                  None]:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        _units(parser)
+        if replace:
+            _replace_option(parser)
+        _block_options(parser, what)
+    return arguments
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    _units(parser)
+    _replace_option(parser)
+
+
+def _journal_arguments(parser: argparse.ArgumentParser) -> None:
+    _one_unit(parser)
+    parser.add_argument("--lines", "-n", type=non_negative_int, default=10, metavar="N",
+                        help="number of recent lines to print (default 10)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+
+
+def _ssh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-A", "--forward-agent", action="store_true",
+                        help="forward the local ssh-agent to the machine")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--machine", metavar="ID", help="the machine with this ID (prefix)")
+    which.add_argument("--unit", metavar="UNIT", help="the machine running this unit")
+    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="MACHINE|UNIT [COMMAND]")
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _list(build: Callable[[Session, str | None], object]) -> Handler:
+    def handler(args: argparse.Namespace, session: Session) -> None:
+        session.out.write(render(build(session, args.fields), args.output, full=args.full,
+                                 legend=not args.no_legend))
+    return handler
+
+
+def _cat(args: argparse.Namespace, session: Session) -> None:
+    session.out.write(inspect.cat(session, args.unit))
+
+
+def _status(args: argparse.Namespace, session: Session) -> None:
+    for i, text in enumerate(inspect.status(session, args.units)):
+        session.out.write(("\n" if i else "") + text)
+
+
+def _journal(args: argparse.Namespace, session: Session) -> None:
+    try:
+        for chunk in inspect.journal(session, args.unit, args.lines, args.follow):
+            session.out.write(chunk)
+            session.out.flush()
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
+
+
+def _version_command(args: argparse.Namespace, session: Session) -> None:
+    raise AssertionError("run() answers `version` before connecting")  # pragma: no cover
+
+
+# A handler acts on the cluster through the session and returns an exit code, or None
+# for success once its output is flushed.
+Handler = Callable[[argparse.Namespace, Session], "int | None"]
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]  # the command's own arguments
+    handler: Handler
+
+
+# Every fleetctl command: its name (the order of `--help`), what it says, its arguments and
+# what it does. A new command is one entry here.
+TABLE: dict[str, Command] = {
+    "list-machines": Command(
+        "Enumerate the current hosts in the cluster",
+        _list_arguments("machine,ip,metadata"), _list(lists.list_machines)),
+    "list-unit-files": Command(
+        "List the units that exist in the cluster",
+        _list_arguments("unit,hash,dstate,state,target,global,desc"),
+        _list(lists.list_unit_files)),
+    "list-units": Command(
+        "List the current state of units in the cluster",
+        _list_arguments("unit,machine,ip,active,sub,load,hash"), _list(lists.list_units)),
+    "submit": Command(
+        "Upload one or more units to the cluster without starting them", _submit_arguments,
+        lambda args, session: lifecycle.submit(session, args.units, replace=args.replace)),
+    "load": Command(
+        "Schedule one or more units in the cluster, first submitting them if necessary",
+        _blocking_units("loaded", replace=True),
+        lambda args, session: lifecycle.load(session, args.units, _policy(args),
+                                             replace=args.replace)),
+    "start": Command(
+        "Start one or more units in the cluster, first submitting and loading them if "
+        "necessary", _blocking_units("launched", replace=True),
+        lambda args, session: lifecycle.start(session, args.units, _policy(args),
+                                              replace=args.replace)),
+    "stop": Command(
+        "Stop one or more units in the cluster (they stay loaded)", _blocking_units("stopped"),
+        lambda args, session: lifecycle.stop(session, args.units, _policy(args))),
+    "unload": Command(
+        "Unschedule one or more units in the cluster", _blocking_units("inactive"),
+        lambda args, session: lifecycle.unload(session, args.units, _policy(args))),
+    "destroy": Command(
+        "Destroy one or more units in the cluster", _units,
+        lambda args, session: lifecycle.destroy(session, args.units)),
+    "cat": Command("Print the unit file of a submitted unit", _one_unit, _cat),
+    "status": Command("Print the systemd status of one or more units", _units, _status),
+    "journal": Command("Print the journal of a unit", _journal_arguments, _journal),
+    "ssh": Command(
+        "Open a shell, or run COMMAND, on a machine of the cluster or on the machine running "
+        "a unit", _ssh_arguments, lambda args, session: _ssh(args, session)),
+    "version": Command("Print the version and exit", _no_arguments, _version_command),
+}
+COMMANDS = tuple(TABLE)
+
+
 def _dispatch(args: argparse.Namespace, session: Session) -> int:
-    out = session.out
-    command = args.command
-    if command in ("list-machines", "list-unit-files", "list-units"):
-        build = {"list-machines": lists.list_machines, "list-unit-files": lists.list_unit_files,
-                 "list-units": lists.list_units}[command]
-        table = build(session, args.fields)
-        out.write(render(table, args.output, full=args.full, legend=not args.no_legend))
-    elif command == "submit":
-        lifecycle.submit(session, args.units, replace=args.replace)
-    elif command == "load":
-        lifecycle.load(session, args.units, _policy(args), replace=args.replace)
-    elif command == "start":
-        lifecycle.start(session, args.units, _policy(args), replace=args.replace)
-    elif command == "stop":
-        lifecycle.stop(session, args.units, _policy(args))
-    elif command == "unload":
-        lifecycle.unload(session, args.units, _policy(args))
-    elif command == "destroy":
-        lifecycle.destroy(session, args.units)
-    elif command == "cat":
-        out.write(inspect.cat(session, args.unit))
-    elif command == "status":
-        for i, text in enumerate(inspect.status(session, args.units)):
-            out.write(("\n" if i else "") + text)
-    elif command == "ssh":
-        return _ssh(args, session)
-    elif command == "journal":
-        try:
-            for chunk in inspect.journal(session, args.unit, args.lines, args.follow):
-                out.write(chunk)
-                out.flush()
-        except KeyboardInterrupt:
-            if not args.follow:
-                raise
-    else:  # pragma: no cover - argparse only accepts the commands above
-        raise UsageError(f"unknown command {command!r}")
-    out.flush()
+    code = TABLE[args.command].handler(args, session)
+    if code is not None:
+        return code
+    session.out.flush()
     return EXIT_OK
 
 

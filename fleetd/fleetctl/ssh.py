@@ -157,25 +157,13 @@ def resolve_target(lookup: str, machines: Iterable[MachineRef], unit_machine: st
     ID, '' when not scheduled; `unit_found`: the unit exists). `only` is "machine" or
     "unit" (--machine/--unit) to skip the other lookup. Ambiguity is an error."""
     machines = list(machines)
-    by_id = {m.id: m for m in machines}
     matched = [m for m in machines if m.id.startswith(lookup)] if lookup else []
     machine_error = None
     if len(matched) > 1:
         machine_error = f"more than one machine ID starts with {lookup!r}"
     elif not matched:
         machine_error = "no machine with that ID"
-    unit_error = None
-    unit_address = ""
-    if not unit_found:
-        unit_error = "no such unit"
-    elif unit_global:
-        unit_error = "global units are not supported (they run on every machine)"
-    elif not unit_machine:
-        unit_error = "the unit is not scheduled on any machine"
-    elif unit_machine not in by_id or not by_id[unit_machine].address:
-        unit_error = f"machine {unit_machine[:8]}... running it has no known address"
-    else:
-        unit_address = by_id[unit_machine].address
+    unit_address, unit_error = _unit_address(machines, unit_machine, unit_found, unit_global)
     if only == "machine":
         if machine_error:
             raise FleetctlError(f"Unable to proceed: {machine_error}: {lookup}")
@@ -196,6 +184,21 @@ def resolve_target(lookup: str, machines: Iterable[MachineRef], unit_machine: st
     if len(matched) > 1:
         raise FleetctlError(f"Unable to proceed: {machine_error}")
     raise FleetctlError(f"Unable to proceed: could not find a machine or unit {lookup!r}")
+
+
+def _unit_address(machines: list[MachineRef], unit_machine: str | None, unit_found: bool,
+                  unit_global: bool) -> tuple[str, str | None]:
+    """The address of the machine running the unit, or why there is none."""
+    by_id = {m.id: m for m in machines}
+    if not unit_found:
+        return "", "no such unit"
+    if unit_global:
+        return "", "global units are not supported (they run on every machine)"
+    if not unit_machine:
+        return "", "the unit is not scheduled on any machine"
+    if unit_machine not in by_id or not by_id[unit_machine].address:
+        return "", f"machine {unit_machine[:8]}... running it has no known address"
+    return by_id[unit_machine].address, None
 
 
 def via_tunnel(options: SshOptions, machine_address: str) -> SshOptions:

@@ -66,7 +66,7 @@ class ApplyLockStore:
         """Compares that hold only while the lock is still the one with this token."""
         return [self.etcd.ops.create(self.key) == token]
 
-    def progress(self, info: Mapping[str, Any], lease: int) -> Any:  # noqa: ANN401 - etcd op
+    def progress(self, info: Mapping[str, Any], lease: int) -> Any:  # etcd op
         """The op, for the holder's write transactions, that records how far it got."""
         return self.etcd.ops.put(self.key, _encode(info), lease=lease)
 

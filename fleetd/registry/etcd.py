@@ -366,7 +366,7 @@ class Etcd:
                 if watcher._callbacks.get(watch_id) is deliver:
                     del watcher._callbacks[watch_id]
                     watcher._request_queue.put_nowait(request)
-            except Exception:  # noqa: BLE001 - queue full (stream closed) or already gone
+            except Exception:  # queue full (stream closed) or already gone
                 pass
             finally:
                 watcher._lock.release()

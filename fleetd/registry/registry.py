@@ -15,7 +15,7 @@ from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import KV, Etcd, prefix_end
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
-from fleetd.status import UnitStatus
+from fleetd.status import UnitStateRecord, UnitStatus
 from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
 from fleetd.unit.xfleet import parse_fleet_options
 
@@ -62,15 +62,6 @@ class Beat:
     seq: int = 0        # counts the agent's heartbeats under that lease
     sent: float = 0.0   # the writer's monotonic clock when it sent it (meaningful to itself)
     leaving: bool = False  # the machine stopped its units and leaves the cluster
-
-
-@dataclass(frozen=True)
-class UnitStateRecord:
-    name: str
-    machine: str
-    hash: str
-    status: UnitStatus
-    launched: bool = False  # the agent started it (and has not stopped it), whatever systemd says
 
 
 def encode(value: dict) -> bytes:

@@ -63,7 +63,7 @@ def system_bus_present(address: str | None = None) -> bool:
     return False
 
 
-def connect_systemd(address: str | None = None):  # noqa: ANN201 - pydbus proxies
+def connect_systemd(address: str | None = None):  # pydbus proxies
     """(bus, systemd's manager object) on the system bus at `address` (default: this
     host's); RunnerError saying what is missing or what failed."""
     try:
@@ -75,7 +75,7 @@ def connect_systemd(address: str | None = None):  # noqa: ANN201 - pydbus proxie
     try:
         bus = connect(address)
         return bus, bus.get(SYSTEMD, SYSTEMD_PATH)
-    except Exception as err:  # noqa: BLE001 - GLib.Error and friends: say what failed
+    except Exception as err:  # GLib.Error and friends: say what failed
         raise RunnerError(f"cannot reach systemd on the system bus ({address}): "
                           f"{dbus_message(err)}") from None
 
@@ -117,7 +117,7 @@ class SystemdRunner:
         self.bus, self.manager = connect_systemd(self.bus_address)
         try:
             self.manager.Subscribe()
-        except Exception as err:  # noqa: BLE001 - GLib.Error and friends: say what failed
+        except Exception as err:  # GLib.Error and friends: say what failed
             raise RunnerError(f"cannot reach systemd on the system bus "
                               f"({self.bus_address}): {dbus_message(err)}") from None
         self._lock = threading.Lock()
@@ -167,7 +167,7 @@ class SystemdRunner:
             return
         try:
             self.manager.StopUnit(name, "replace")
-        except Exception as err:  # noqa: BLE001 - GLib.Error: only "not loaded" is fine
+        except Exception as err:  # GLib.Error: only "not loaded" is fine
             if "NoSuchUnit" not in str(err) and "not loaded" not in str(err):
                 # Forgetting a unit systemd refused to stop would leave it running here
                 # while the engine starts it elsewhere.
@@ -175,7 +175,7 @@ class SystemdRunner:
                                   f"{dbus_message(err)}") from None
         try:
             self.manager.DisableUnitFiles([name], True)
-        except Exception as err:  # noqa: BLE001 - not linked: nothing to unlink
+        except Exception as err:  # not linked: nothing to unlink
             log.debug("unlink %s: %s", name, dbus_message(err))
         (self.units_dir / name).unlink(missing_ok=True)
         with self._lock:
@@ -218,7 +218,7 @@ class SystemdRunner:
                     "org.freedesktop.systemd1.Service"].MainPID
                 if pid:
                     lines.append(f" Main PID: {pid}")
-        except Exception as err:  # noqa: BLE001 - report, do not raise, for status
+        except Exception as err:  # report, do not raise, for status
             raise RunnerError(f"cannot read {name} from systemd: {dbus_message(err)}") from None
         return "\n".join(lines) + "\n"
 
@@ -245,7 +245,7 @@ class SystemdRunner:
         self._closing.set()
         try:
             self._subscription.unsubscribe()
-        except Exception:  # noqa: BLE001 - the connection may be gone already
+        except Exception:  # the connection may be gone already
             pass
         self._loop.quit()
         self._loop_thread.join(5)
@@ -269,7 +269,7 @@ class SystemdRunner:
     def _track(self, name: str) -> None:
         try:
             path = self.manager.LoadUnit(name)
-        except Exception as err:  # noqa: BLE001 - states still come from the full reads
+        except Exception as err:  # states still come from the full reads
             log.debug("LoadUnit %s: %s", name, dbus_message(err))
             return
         with self._lock:
@@ -320,7 +320,7 @@ class SystemdRunner:
             for listener in listeners:
                 listener(name, status)
 
-    def _on_properties_changed(self, sender, path, iface, signal, params) -> None:  # noqa: ANN001
+    def _on_properties_changed(self, sender, path, iface, signal, params) -> None:
         interface = params[0] if params else ""
         if interface != UNIT_IFACE:
             return
@@ -339,7 +339,7 @@ class SystemdRunner:
     def _call(self, what: str, method: Callable, *args: object):
         try:
             return method(*args)
-        except Exception as err:  # noqa: BLE001 - GLib.Error: turn into a clear RunnerError
+        except Exception as err:  # GLib.Error: turn into a clear RunnerError
             raise RunnerError(f"systemd could not {what}: {dbus_message(err)}") from None
 
 

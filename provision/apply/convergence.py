@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from fleetd.job import JobState
-from fleetd.registry.registry import UnitStateRecord
+from fleetd.status import UnitStateRecord
 from provision.apply.desired import DesiredUnit
 
 WAITING = "waiting"       # not there yet

@@ -7,8 +7,8 @@ text is the unit file with the YAML constraints merged into `[X-Fleet]` and a
 `[X-Provision]` section naming the cluster: that mark is how `apply --prune` knows which
 units it may destroy, and it travels with the unit, so nothing else has to be kept in
 step with the registry. A set with `sidekick:` also gets, per instance, an announcer unit
-(`web-announce@1.service` for `web@1.service`) in the seeds' shape: `BindsTo=` and
-`After=` its parent, `MachineOf=` its parent, running `fleetd announce`. The sidekick
+(`web-announce@1.service` for `web@1.service`) shaped like fleet's documented sidekicks:
+`BindsTo=` and `After=` its parent, `MachineOf=` its parent, running `fleetd announce`. The sidekick
 names its parent's content hash, so a replaced parent replaces its sidekick in the same
 step: the runner's BindsTo= stops the sidekick with the old parent, and the new sidekick
 starts after the new parent.

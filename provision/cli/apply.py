@@ -27,13 +27,13 @@ from provision.errors import EXIT_FAILED, OperationFailed, UserError
 NETNS_ENV = "PROVISION_NETNS"
 
 
-def _console():  # noqa: ANN202 - rich.console.Console, imported lazily
+def _console():  # rich.console.Console, imported lazily
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
 
 
-def _load(path: str):  # noqa: ANN202 - provision.spec.model.Cluster
+def _load(path: str):  # provision.spec.model.Cluster
     from provision.spec.build import load_cluster
 
     cluster, warnings = load_cluster(path)
@@ -42,7 +42,7 @@ def _load(path: str):  # noqa: ANN202 - provision.spec.model.Cluster
     return cluster
 
 
-def _namespace_of(cluster, provider: str | None = None) -> str | None:  # noqa: ANN001
+def _namespace_of(cluster, provider: str | None = None) -> str | None:
     """The network namespace the cluster's nodes are reachable in, unless we are in it."""
     from provision.providers import get_provider
 
@@ -106,7 +106,7 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stdout_console():  # noqa: ANN202
+def _stdout_console():
     from rich.console import Console
 
     return Console(highlight=False)
@@ -123,8 +123,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return run_apply(cluster, prune=args.prune, timeout=args.timeout, no_wait=args.no_wait)
 
 
-def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,  # noqa: ANN001
-              no_wait: bool = False, console=None) -> int:  # noqa: ANN001 - rich Console
+def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,
+              no_wait: bool = False, console=None) -> int:  # rich Console
     """Take the cluster's apply lock, plan, write and wait; 0 once converged
     (OperationFailed otherwise, UserError when the lock is held and `no_wait`)."""
     from provision.apply import report as plan_output
@@ -162,7 +162,7 @@ def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,  # noqa: 
     return 0
 
 
-def _down_probe(cluster):  # noqa: ANN001, ANN202 - Cluster -> Callable[[], bool]
+def _down_probe(cluster):  # Cluster -> Callable[[], bool]
     """Whether the cluster is known to be down (the provider's probe; some never know)."""
     from provision.providers import get_provider
 
@@ -170,14 +170,14 @@ def _down_probe(cluster):  # noqa: ANN001, ANN202 - Cluster -> Callable[[], bool
 
 
 @contextlib.contextmanager
-def _terminate_releases():  # noqa: ANN202
+def _terminate_releases():
     """SIGTERM ends the apply like Ctrl-C, so its lock is released at once (not when its
     lease lapses)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def interrupt(signum, frame) -> None:  # signal handler signature
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -188,7 +188,7 @@ def _terminate_releases():  # noqa: ANN202
 
 
 @contextlib.contextmanager
-def _progress_bar(console):  # noqa: ANN001, ANN202 - rich Console; yields two callables
+def _progress_bar(console):  # rich Console; yields two callables
     """On a terminal a live bar of converged units; otherwise plain lines."""
     def report(text: str) -> None:
         console.print(f"  {text}", style="dim", markup=False, soft_wrap=True)

@@ -83,7 +83,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_model(target):  # noqa: ANN001, ANN202 - Target -> Cluster
+def _cluster_model(target):  # Target -> Cluster
     from provision.spec.build import load_cluster
 
     if target.yaml is not None:
@@ -95,7 +95,7 @@ def _cluster_model(target):  # noqa: ANN001, ANN202 - Target -> Cluster
     return load_cluster(manifest["source"])[0]
 
 
-def _render_again(cluster, made) -> str | None:  # noqa: ANN001 - Cluster, ClusterPKI
+def _render_again(cluster, made) -> str | None:  # Cluster, ClusterPKI
     """Write the cluster's user-data again with the new certificates where it was rendered:
     the local provider's state, else out/<cluster> (Vagrant). Which one, or None."""
     from provision.files import cluster_state_dir

@@ -74,7 +74,7 @@ def _count(problems: Sequence[Problem]) -> str:
     return ", ".join(parts)
 
 
-def _summary(cluster) -> str:  # noqa: ANN001 - Cluster; imported lazily
+def _summary(cluster) -> str:  # Cluster; imported lazily
     members = len(cluster.members)
     others = len(cluster.nodes) - members
     units = sum(len(u.unit_names) for u in cluster.units)

@@ -33,7 +33,7 @@ def one_pass(lock: Path = LOCK) -> Iterator[None]:
         yield
 
 
-def _systemd(bus_address: str | None):  # noqa: ANN202 - pydbus proxy
+def _systemd(bus_address: str | None):  # pydbus proxy
     from fleetd.runner.systemd import connect_systemd
 
     try:
@@ -42,7 +42,7 @@ def _systemd(bus_address: str | None):  # noqa: ANN202 - pydbus proxy
         raise ApplyFailed(str(err)) from None
 
 
-def plan_for(config: MachineConfig, bus_address: str | None = None):  # noqa: ANN201
+def plan_for(config: MachineConfig, bus_address: str | None = None):
     """(plan, systemd manager or None) for this machine as it is now."""
     accounts = read_accounts()
     manager = _systemd(bus_address) if config.units else None
@@ -50,7 +50,7 @@ def plan_for(config: MachineConfig, bus_address: str | None = None):  # noqa: AN
     enabled = [u.name for u in config.units if u.enable]
     try:
         state = read_state(paths_to_read(config, accounts), accounts, manager, names, enabled)
-    except Exception as err:  # noqa: BLE001 - GLib.Error from systemd: one line
+    except Exception as err:  # GLib.Error from systemd: one line
         from fleetd.runner.systemd import dbus_message
 
         raise ApplyFailed(f"cannot read the units' states from systemd: "

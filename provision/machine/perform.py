@@ -167,7 +167,7 @@ class Performer:
     """Runs actions in order; `manager` is systemd's manager object (None when the plan
     has no unit actions)."""
 
-    def __init__(self, manager, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    def __init__(self, manager, say: Callable[[str], None]) -> None:
         self.manager = manager
         self.say = say
 
@@ -224,5 +224,5 @@ class Performer:
     def _call(self, what: str, method: Callable, *args: object) -> object:
         try:
             return method(*args)
-        except Exception as err:  # noqa: BLE001 - GLib.Error: one line saying what systemd said
+        except Exception as err:  # GLib.Error: one line saying what systemd said
             raise ApplyFailed(f"systemd refused to {what}: {dbus_message(err)}") from None

@@ -205,6 +205,14 @@ def plan(config: MachineConfig, state: MachineState) -> Plan:
                 changed_units.add(unit)
     if problems:
         raise UserError(problems)
+    unit_actions = _unit_actions(config, state, changed_units)
+    return Plan(tuple(actions + unit_actions), tuple(dict.fromkeys(notes)))
+
+
+def _unit_actions(config: MachineConfig, state: MachineState,
+                  changed_units: set[str]) -> list[Action]:
+    """Unit files, enabling, the pass's one Reload, then the units' commands; a unit whose
+    files changed (`changed_units`, completed here) is re-enabled and restarted."""
     unit_actions: list[Action] = []
     for unit in config.units:
         changed, more = _unit_files(unit, state)
@@ -226,7 +234,7 @@ def plan(config: MachineConfig, state: MachineState) -> Plan:
                              unit.name in changed_units)
         if run is not None:
             unit_actions.append(UnitCommand(unit.name, *run))
-    return Plan(tuple(actions + unit_actions), tuple(dict.fromkeys(notes)))
+    return unit_actions
 
 
 def _users(config: MachineConfig, state: MachineState, problems: list[Problem]

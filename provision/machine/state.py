@@ -93,7 +93,8 @@ def read_files(paths: Iterable[str]) -> dict[str, FileState]:
     return found
 
 
-def read_units(manager, names: list[str], enabled: list[str]) -> dict[str, UnitState]:  # noqa: ANN001 - pydbus proxy
+def read_units(manager, names: list[str],  # manager: systemd's pydbus proxy
+               enabled: list[str]) -> dict[str, UnitState]:
     """ActiveState of every unit in `names` (one ListUnitsByNames call) and the unit file
     state of those in `enabled`."""
     if not names:
@@ -105,13 +106,13 @@ def read_units(manager, names: list[str], enabled: list[str]) -> dict[str, UnitS
         if name in enabled:
             try:
                 file_state = str(manager.GetUnitFileState(name))
-            except Exception:  # noqa: BLE001 - no unit file yet: nothing enabled
+            except Exception:  # no unit file yet: nothing enabled
                 file_state = ""
         states[name] = UnitState(active.get(name, "inactive"), file_state)
     return states
 
 
-def read_state(paths: Iterable[str], accounts: dict[str, Account], manager,  # noqa: ANN001
+def read_state(paths: Iterable[str], accounts: dict[str, Account], manager,
                unit_names: list[str], enabled: list[str]) -> MachineState:
     return MachineState(hostname=socket.gethostname(), files=read_files(paths),
                         accounts=accounts, groups=read_groups(),

@@ -38,7 +38,7 @@ class ClusterAccess:
         return f"{'https' if self.tls else 'http'}://{ip}:{self.client_port}"
 
 
-def _registry(access: ClusterAccess):  # noqa: ANN202 - fleetd Registry, imported lazily
+def _registry(access: ClusterAccess):  # fleetd Registry, imported lazily
     from fleetd.registry.etcd import Etcd
     from fleetd.registry.registry import Registry
 
@@ -51,7 +51,7 @@ def _machines_by_ip(access: ClusterAccess) -> dict[str, str] | None:
     registry = _registry(access)
     try:
         _, machines = registry.machines()
-    except Exception:  # noqa: BLE001 - not reachable (yet)
+    except Exception:  # not reachable (yet)
         return None
     finally:
         registry.etcd.close()
@@ -123,7 +123,7 @@ def _states(access: ClusterAccess) -> list:
     registry = _registry(access)
     try:
         return list(registry.states())
-    except Exception:  # noqa: BLE001 - etcd not reachable: no states to show
+    except Exception:  # etcd not reachable: no states to show
         return []
     finally:
         registry.etcd.close()

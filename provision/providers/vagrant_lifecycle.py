@@ -31,7 +31,7 @@ KNOWN_HOSTS = "known_hosts"
 READY_TIMEOUT_S = 300.0
 
 
-def driver():  # noqa: ANN201 - VagrantProvider, imported lazily
+def driver():  # VagrantProvider, imported lazily
     """The Vagrant driver (tests replace it with one over a fake `vagrant`)."""
     from provision.providers.vagrant import VagrantProvider
 
@@ -46,7 +46,7 @@ def _print_progress(node: str, phase: str, detail: str) -> None:
     _say(format_progress(node, phase, detail))
 
 
-def access_of(cluster) -> ClusterAccess:  # noqa: ANN001 - provision.spec.model.Cluster
+def access_of(cluster) -> ClusterAccess:  # provision.spec.model.Cluster
     from provision.apply.desired import etcd_endpoints, fleet_prefix
     from provision.pki import cluster_client_tls
 
@@ -64,7 +64,7 @@ def _access(yaml: str | None) -> ClusterAccess | None:
     return access_of(load(yaml, lambda line: None))
 
 
-def write_access_files(provider, manifest: Path) -> None:  # noqa: ANN001 - VagrantProvider
+def write_access_files(provider, manifest: Path) -> None:  # VagrantProvider
     """ssh-config (Vagrant's, each host also under its address) and known_hosts (the
     machines' host keys, read over that SSH, as Vagrant trusts them) beside the manifest."""
     from provision.providers.vagrant import read_manifest

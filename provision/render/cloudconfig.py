@@ -2,7 +2,8 @@
 
 `node_cloud_config` is pure: cluster model + resolved discovery in, a plain
 dict out, exactly what the rendered `user-data-N` must parse back to. Key
-names follow the seeds' CoreOS style (dashes under etcd2 and fleet).
+names follow CoreOS cloud-config's style (dashes under etcd2 and fleet), as
+coreos-cloudinit reads them.
 """
 
 from __future__ import annotations

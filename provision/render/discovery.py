@@ -34,7 +34,7 @@ Fetch = Callable[[str, float], str]
 
 def http_get(url: str, timeout: float) -> str:
     request = urllib.request.Request(url, headers={"User-Agent": "provision"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.read(4096).decode("utf-8", errors="replace")
 
 

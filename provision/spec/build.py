@@ -256,42 +256,72 @@ class _Builder:
         spec = self.data.get("etcd", {})
         disc = spec.get("discovery", {"mode": "static"})
         mode = DiscoveryMode(disc["mode"])
+        discovery_node = self._check_discovery(disc, mode, names)
+        members = self._etcd_members(spec, names, discovery_node)
+        client_port, peer_port = spec.get("client_port", 2379), spec.get("peer_port", 2380)
+        if client_port == peer_port:
+            self.error(("etcd", "peer_port" if "peer_port" in spec else "client_port"),
+                       f"`etcd.client_port` and `etcd.peer_port` must differ (both {peer_port})")
+        discovery = Discovery(
+            mode=mode, url=disc.get("url"),
+            service=disc.get("service", Discovery.service).rstrip("/"),
+            node=discovery_node, domain=(disc.get("domain") or "").rstrip(".") or None,
+            dns_server=disc.get("dns_server"),
+            cluster_token=disc.get("cluster_token", f"{self.data['name']}-etcd"),
+        )
+        return EtcdSpec(members=tuple(members), discovery=discovery, client_port=client_port,
+                        peer_port=peer_port, settings=tuple(spec.get("settings", {}).items()))
+
+    def _check_discovery(self, disc: dict, mode: DiscoveryMode, names: list[str]) -> str | None:
+        """Report the discovery section's problems; the discovery etcd's node if it is valid."""
         base = ("etcd", "discovery")
         for key in disc:
             if key in _MODE_KEYS and mode not in _MODE_KEYS[key]:
                 modes = " or ".join(sorted(m.value for m in _MODE_KEYS[key]))
                 self.error(base + (key,), f"`etcd.discovery.{key}` applies only to {modes} "
                                           f"discovery, not {mode.value}; remove it", key=True)
-        known = set(names)
         discovery_node = disc.get("node")
         if mode is DiscoveryMode.CUSTOM:
-            if discovery_node is None:
-                self.error(base, "custom discovery needs `etcd.discovery.node`: the node that "
-                                 "runs the standalone discovery etcd (e.g. core-01)")
-            elif discovery_node not in known:
-                self.error(base + ("node",), f"`etcd.discovery.node`: no node is named "
-                                             f"`{discovery_node}`"
-                                             f"{did_you_mean(discovery_node, names)}")
-                discovery_node = None
+            discovery_node = self._check_custom_discovery(discovery_node, names)
         if mode is DiscoveryMode.DNS_SRV:
-            domain = disc.get("domain")
-            if not domain:
-                self.error(base, "dns-srv discovery needs `etcd.discovery.domain`: the DNS "
-                                 "domain holding the _etcd-server._tcp SRV records")
-            elif not _DOMAIN.match(domain):
-                self.error(base + ("domain",), f"`etcd.discovery.domain`: {domain!r} is not a "
-                                               "DNS domain name")
-            if "dns_server" in disc:
-                try:
-                    ipaddress.ip_address(disc["dns_server"])
-                except ValueError:
-                    self.error(base + ("dns_server",), "`etcd.discovery.dns_server` must be "
-                                                      "the IP address of the DNS server")
+            self._check_dns_srv_discovery(disc)
         for key in ("url", "service"):
             if key in disc and not _URL.match(disc[key]):
                 self.error(base + (key,), f"`etcd.discovery.{key}` must be an http(s) URL, "
                                           f"got {disc[key]!r}")
+        return discovery_node
 
+    def _check_custom_discovery(self, discovery_node: str | None,
+                                names: list[str]) -> str | None:
+        base = ("etcd", "discovery")
+        if discovery_node is None:
+            self.error(base, "custom discovery needs `etcd.discovery.node`: the node that "
+                             "runs the standalone discovery etcd (e.g. core-01)")
+        elif discovery_node not in names:
+            self.error(base + ("node",), f"`etcd.discovery.node`: no node is named "
+                                         f"`{discovery_node}`"
+                                         f"{did_you_mean(discovery_node, names)}")
+            return None
+        return discovery_node
+
+    def _check_dns_srv_discovery(self, disc: dict) -> None:
+        base = ("etcd", "discovery")
+        domain = disc.get("domain")
+        if not domain:
+            self.error(base, "dns-srv discovery needs `etcd.discovery.domain`: the DNS "
+                             "domain holding the _etcd-server._tcp SRV records")
+        elif not _DOMAIN.match(domain):
+            self.error(base + ("domain",), f"`etcd.discovery.domain`: {domain!r} is not a "
+                                           "DNS domain name")
+        if "dns_server" in disc:
+            try:
+                ipaddress.ip_address(disc["dns_server"])
+            except ValueError:
+                self.error(base + ("dns_server",), "`etcd.discovery.dns_server` must be "
+                                                  "the IP address of the DNS server")
+
+    def _etcd_members(self, spec: dict, names: list[str],
+                      discovery_node: str | None) -> list[str]:
         members_spec = spec.get("members", "all")
         if members_spec == "all":
             members = [n for n in names if n != discovery_node]
@@ -299,7 +329,7 @@ class _Builder:
             members = []
             for i, name in enumerate(members_spec):
                 path = ("etcd", "members", i)
-                if name not in known:
+                if name not in names:
                     self.error(path, f"`etcd.members`: `{name}` is not a node of this cluster"
                                      f"{did_you_mean(name, names)}")
                 elif name == discovery_node:
@@ -315,19 +345,7 @@ class _Builder:
             self.warn(("etcd", "members") if "members" in spec else ("etcd",),
                       f"{len(members)} etcd members tolerate no more failures than "
                       f"{len(members) - 1}; an odd number is recommended")
-        client_port, peer_port = spec.get("client_port", 2379), spec.get("peer_port", 2380)
-        if client_port == peer_port:
-            self.error(("etcd", "peer_port" if "peer_port" in spec else "client_port"),
-                       f"`etcd.client_port` and `etcd.peer_port` must differ (both {peer_port})")
-        discovery = Discovery(
-            mode=mode, url=disc.get("url"),
-            service=disc.get("service", Discovery.service).rstrip("/"),
-            node=discovery_node, domain=(disc.get("domain") or "").rstrip(".") or None,
-            dns_server=disc.get("dns_server"),
-            cluster_token=disc.get("cluster_token", f"{self.data['name']}-etcd"),
-        )
-        return EtcdSpec(members=tuple(members), discovery=discovery, client_port=client_port,
-                        peer_port=peer_port, settings=tuple(spec.get("settings", {}).items()))
+        return members
 
     # -- sections ------------------------------------------------------------------------------
 

@@ -212,5 +212,6 @@ class Cluster:
 
 
 def dashed(key: str) -> str:
-    """A passed-through key as the template writes it (the seeds' dashed style)."""
+    """A passed-through key as the template writes it, in CoreOS cloud-config's dashed
+    style (`peer_heartbeat_interval` -> `peer-heartbeat-interval`)."""
     return key.replace("_", "-")

@@ -75,38 +75,41 @@ def _to_problems(doc: MarkedDocument, error: jsonschema.ValidationError) -> list
         return [doc.problem(path + (bad,), f"`{where}`: key `{bad}`: {message}", key=True)]
     if custom:
         return [doc.problem(path, f"`{where}` {custom} (got {_show(error.instance)})")]
-    if kind == "type":
-        wanted = error.validator_value
-        wanted = [wanted] if isinstance(wanted, str) else wanted
-        names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
-        return [doc.problem(path, f"`{where}` must be {names}, not {value_kind(error.instance)} "
-                                  f"({_show(error.instance)})")]
-    if kind == "enum":
-        options = [str(o) for o in error.validator_value]
-        hint = did_you_mean(str(error.instance), options)
-        return [doc.problem(path, f"`{where}` must be one of {', '.join(options)}; "
-                                  f"got {_show(error.instance)}{hint}")]
-    if kind == "const":
-        return [doc.problem(path, f"`{where}` must be {_show(error.validator_value)}")]
-    if kind in ("minimum", "exclusiveMinimum"):
-        word = "at least" if kind == "minimum" else "more than"
-        return [doc.problem(path, f"`{where}` must be {word} {error.validator_value}; "
-                                  f"got {_show(error.instance)}")]
-    if kind in ("maximum", "exclusiveMaximum"):
-        return [doc.problem(path, f"`{where}` must be at most {error.validator_value}; "
-                                  f"got {_show(error.instance)}")]
-    if kind == "minItems":
-        return [doc.problem(path, f"`{where}` must list at least {error.validator_value} "
-                                  "item(s)")]
-    if kind == "minLength":
-        return [doc.problem(path, f"`{where}` must not be empty")]
-    if kind == "pattern":
-        return [doc.problem(path, f"`{where}` has an invalid format: {_show(error.instance)} "
-                                  f"does not match {error.validator_value}")]
+    message = _value_message(kind, error)
+    if message is not None:
+        return [doc.problem(path, f"`{where}` {message}")]
     if kind in ("anyOf", "oneOf") and error.context:
         best = jsonschema.exceptions.best_match(error.context)
         return _to_problems(doc, best)
     return [doc.problem(path, f"`{where}`: {error.message}")]
+
+
+def _value_message(kind: str, error: jsonschema.ValidationError) -> str | None:
+    """What is wrong with a value, after its key's name; None for a kind not worded here."""
+    if kind == "type":
+        wanted = error.validator_value
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        names = " or ".join(_TYPE_NAMES.get(w, w) for w in wanted)
+        return f"must be {names}, not {value_kind(error.instance)} ({_show(error.instance)})"
+    if kind == "enum":
+        options = [str(o) for o in error.validator_value]
+        hint = did_you_mean(str(error.instance), options)
+        return f"must be one of {', '.join(options)}; got {_show(error.instance)}{hint}"
+    if kind == "const":
+        return f"must be {_show(error.validator_value)}"
+    if kind in ("minimum", "exclusiveMinimum"):
+        word = "at least" if kind == "minimum" else "more than"
+        return f"must be {word} {error.validator_value}; got {_show(error.instance)}"
+    if kind in ("maximum", "exclusiveMaximum"):
+        return f"must be at most {error.validator_value}; got {_show(error.instance)}"
+    if kind == "minItems":
+        return f"must list at least {error.validator_value} item(s)"
+    if kind == "minLength":
+        return "must not be empty"
+    if kind == "pattern":
+        return (f"has an invalid format: {_show(error.instance)} does not match "
+                f"{error.validator_value}")
+    return None
 
 
 def _known_list(known: list[str]) -> str:

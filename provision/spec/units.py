@@ -38,36 +38,19 @@ def build_unit_sets(doc: MarkedDocument, base_dir: Path, read_text: ReadText,
     return tuple(sets)
 
 
+Error = Callable[..., None]
+
+
 def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
                read_text: ReadText, problems: list[Problem]) -> UnitSet | None:
     def error(message: str, sub: tuple = (), key: bool = False) -> None:
         problems.append(doc.problem(path + sub, message, key=key))
 
     where = f"units[{path[1]}]"
-    if "file" in spec and "content" in spec:
-        error(f"`{where}` gives both `file` and `content`; keep one")
+    read = _read_unit(doc, path, spec, base_dir, read_text, error)
+    if read is None:
         return None
-    if "file" not in spec and "content" not in spec:
-        error(f"`{where}` needs `file` (a unit file path) or `content` (the unit inline)")
-        return None
-
-    if "file" in spec:
-        file_path = base_dir / spec["file"]
-        source = str(file_path)
-        try:
-            content = read_text(file_path)
-        except FileNotFoundError:
-            error(f"`{where}.file`: unit file {spec['file']!r} not found (looked for "
-                  f"{file_path}); paths are relative to the cluster file", ("file",))
-            return None
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            error(f"`{where}.file`: cannot read {spec['file']!r}: {err}", ("file",))
-            return None
-        line_offset = 0
-        default_name = Path(spec["file"]).name
-    else:
-        content, source, default_name = spec["content"], doc.file, None
-        line_offset = doc.where(path + ("content",))[0] or 0
+    content, source, default_name, line_offset = read
 
     name_text = spec.get("name", default_name)
     if name_text is None:
@@ -90,47 +73,16 @@ def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
     if instances is None:
         return None
     is_global = bool(spec.get("global", False))
-    if is_global:
-        for key in ("machine_of", "conflicts", "machine_id"):
-            if key in spec:
-                error(f"`{where}`: `global: true` cannot be combined with `{key}`; global "
-                      "units run on every machine that matches `metadata`", (key,), key=True)
-                return None
-
-    try:
-        merged = _merge_constraints(unit, spec)
-    except UnitFileError as err:
-        # A YAML constraint (conflicts, machine_of, ...) holding a newline or another
-        # control character cannot become a unit-file line: a positioned problem, not
-        # a traceback (bad-input suite, issue 8).
-        error(f"`{where}` ({name.full}): {err.message}")
+    if is_global and not _global_allowed(spec, where, error):
         return None
-    first_name = UnitName(name.prefix, instances[0], name.suffix) if instances else name
-    try:
-        parse_fleet_options(merged, first_name.full)
-    except FleetOptionsError as err:
-        error(f"`{where}` ({name.full}): {err}")
+    if not _fleet_options_valid(unit, spec, name, instances, where, error):
         return None
 
     sidekick = None
     if "sidekick" in spec:
-        side = spec["sidekick"]
-        if "port" not in side:
-            error(f"`{where}.sidekick` needs a `port` to health-check and announce "
-                  "(e.g. port: 8080)", ("sidekick",))
+        sidekick = _sidekick(spec["sidekick"], where, error)
+        if sidekick is None:
             return None
-        for key in ("path", "key"):
-            # Both land inside the generated sidekick's Description= and ExecStart=
-            # lines; a newline would end the line and smuggle in settings of its own
-            # (e.g. ExecStartPre=), so control characters are refused (issue 8).
-            bad = _control_char(side.get(key))
-            if bad is not None:
-                error(f"`{where}.sidekick.{key}` holds control character U+{ord(bad):04X}; "
-                      "remove it", ("sidekick", key))
-                return None
-        sidekick = Sidekick(port=side["port"], check=side.get("check", "tcp"),
-                            path=side.get("path", "/"), ttl=side.get("ttl", 30),
-                            interval=side.get("interval"), key=side.get("key"))
 
     metadata = tuple(
         (k, tuple(str(x) for x in (v if isinstance(v, list) else [v])))
@@ -143,6 +95,79 @@ def _build_one(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
         machine_id=spec.get("machine_id"), metadata=metadata, sidekick=sidekick,
         max_unavailable=spec.get("max_unavailable", 1),
     )
+
+
+def _read_unit(doc: MarkedDocument, path: tuple, spec: dict, base_dir: Path,
+               read_text: ReadText, error: Error) -> tuple[str, str, str | None, int] | None:
+    """The unit's text, where it comes from, the name its file gives it and the line its
+    text starts on in that source; None (reported) when there is none to read."""
+    where = f"units[{path[1]}]"
+    if "file" in spec and "content" in spec:
+        error(f"`{where}` gives both `file` and `content`; keep one")
+        return None
+    if "file" not in spec and "content" not in spec:
+        error(f"`{where}` needs `file` (a unit file path) or `content` (the unit inline)")
+        return None
+    if "content" in spec:
+        return spec["content"], doc.file, None, doc.where(path + ("content",))[0] or 0
+    file_path = base_dir / spec["file"]
+    try:
+        content = read_text(file_path)
+    except FileNotFoundError:
+        error(f"`{where}.file`: unit file {spec['file']!r} not found (looked for "
+              f"{file_path}); paths are relative to the cluster file", ("file",))
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        error(f"`{where}.file`: cannot read {spec['file']!r}: {err}", ("file",))
+        return None
+    return content, str(file_path), Path(spec["file"]).name, 0
+
+
+def _global_allowed(spec: dict, where: str, error: Error) -> bool:
+    for key in ("machine_of", "conflicts", "machine_id"):
+        if key in spec:
+            error(f"`{where}`: `global: true` cannot be combined with `{key}`; global "
+                  "units run on every machine that matches `metadata`", (key,), key=True)
+            return False
+    return True
+
+
+def _fleet_options_valid(unit: UnitFile, spec: dict, name: UnitName,
+                         instances: tuple[str, ...], where: str, error: Error) -> bool:
+    try:
+        merged = _merge_constraints(unit, spec)
+    except UnitFileError as err:
+        # A YAML constraint (conflicts, machine_of, ...) holding a newline or another
+        # control character cannot become a unit-file line: a positioned problem, not
+        # a traceback (a user's typo must end as one line, exit 2).
+        error(f"`{where}` ({name.full}): {err.message}")
+        return False
+    first_name = UnitName(name.prefix, instances[0], name.suffix) if instances else name
+    try:
+        parse_fleet_options(merged, first_name.full)
+    except FleetOptionsError as err:
+        error(f"`{where}` ({name.full}): {err}")
+        return False
+    return True
+
+
+def _sidekick(side: dict, where: str, error: Error) -> Sidekick | None:
+    if "port" not in side:
+        error(f"`{where}.sidekick` needs a `port` to health-check and announce "
+              "(e.g. port: 8080)", ("sidekick",))
+        return None
+    for key in ("path", "key"):
+        # Both land inside the generated sidekick's Description= and ExecStart=
+        # lines; a newline would end the line and smuggle in settings of its own
+        # (e.g. ExecStartPre=), so control characters are refused.
+        bad = _control_char(side.get(key))
+        if bad is not None:
+            error(f"`{where}.sidekick.{key}` holds control character U+{ord(bad):04X}; "
+                  "remove it", ("sidekick", key))
+            return None
+    return Sidekick(port=side["port"], check=side.get("check", "tcp"),
+                    path=side.get("path", "/"), ttl=side.get("ttl", 30),
+                    interval=side.get("interval"), key=side.get("key"))
 
 
 def _instances(spec: dict, name: UnitName, where: str, error: Callable) -> tuple[str, ...] | None:

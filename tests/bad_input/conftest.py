@@ -18,6 +18,6 @@ def _bound_and_count(request):
         yield
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest hook
+def pytest_terminal_summary(terminalreporter) -> None:  # pytest hook
     if TALLY["cases"]:
         terminalreporter.write_line(f"BAD-INPUT-CASES {TALLY['cases']}")

@@ -34,7 +34,7 @@ def bounded(seconds: float) -> Iterator[None]:
     (a spinning hang), or ten times that of wall time (a hang that waits). CPU time, not
     wall time, is the bound that matters: on a busy machine a correct refusal can wait
     for the CPU far longer than it computes."""
-    def expired(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
+    def expired(signum, frame):  # signal handler signature
         raise CaseTimeout(f"no answer within {seconds} s of CPU: a hang on bad input")
 
     timers = ((signal.SIGPROF, signal.ITIMER_PROF, seconds),

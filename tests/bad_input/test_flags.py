@@ -30,7 +30,7 @@ NON_NEGATIVE_INT = ["-1", "nan", "inf", "1.5", "", "ten"]
 POSITIVE_INT = [*NON_NEGATIVE_INT, "0"]
 
 
-def _in_process(main, argv: list[str]) -> Outcome:  # noqa: ANN001 - a console entry point
+def _in_process(main, argv: list[str]) -> Outcome:  # a console entry point
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

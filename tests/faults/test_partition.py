@@ -1,4 +1,4 @@
-"""Fault suite (issue 8): a network partition of one node.
+"""Fault suite: a network partition of one node.
 
 Three etcd members (Debian's etcd 3.4.23) and two fleetds run on the host's loopback; the
 third fleetd runs in its own network namespace, joined to the host by a veth pair, and
@@ -48,7 +48,7 @@ GLOBAL = "mon.service"
 MOVABLE = WEBS + SIDES + BATCH
 
 
-def units(run_dir) -> dict[str, str]:  # noqa: ANN001 - a Path
+def units(run_dir) -> dict[str, str]:  # a Path
     sleeper = sleeper_text(run_dir)
     web = sleeper + "\n[X-Fleet]\nConflicts=web@*.service\n"
     side = sleeper.replace("[Service]", "BindsTo=web@%i.service\nAfter=web@%i.service\n\n"

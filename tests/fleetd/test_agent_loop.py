@@ -28,17 +28,17 @@ class FlakyRunner:
         self.failures = failures
         self.subscriptions = 0
 
-    def units(self):  # noqa: ANN201 - the Runner interface
+    def units(self):  # the Runner interface
         if self.failures > 0:
             self.failures -= 1
             raise RunnerError("systemd could not read unit states: re-executing")
         return self.inner.units()
 
-    def subscribe(self, listener) -> None:  # noqa: ANN001
+    def subscribe(self, listener) -> None:
         self.subscriptions += 1
         self.inner.subscribe(listener)
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - everything else as is
+    def __getattr__(self, name: str):  # everything else as is
         return getattr(self.inner, name)
 
 

@@ -33,7 +33,7 @@ class Service:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self.send_response(owner.status)
                 self.end_headers()
 

@@ -100,7 +100,7 @@ def serve():
     made: list[tuple[ApiServer, Etcd]] = []
     base = Path(tempfile.mkdtemp(prefix="flim-"))
 
-    def start(runner=None, tcp: bool = False, **limits) -> ApiServer:  # noqa: ANN001
+    def start(runner=None, tcp: bool = False, **limits) -> ApiServer:
         dead = Etcd([f"http://127.0.0.1:{free_port()}"], timeout=0.3)
         server = ApiServer(Api(Registry(dead, "/dead/"), runner, "m"),
                            base / f"api{len(made)}.sock",

@@ -171,7 +171,7 @@ class FakeFleet:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
+    def log_message(self, format, *args):  # BaseHTTPRequestHandler's signature
         pass
 
     def _serve(self, method: str) -> None:
@@ -203,18 +203,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):  # http.server's naming
         self._serve("GET")
 
-    def do_PUT(self):  # noqa: N802
+    def do_PUT(self):
         self._serve("PUT")
 
-    def do_DELETE(self):  # noqa: N802
+    def do_DELETE(self):
         self._serve("DELETE")
 
 
 class _QuietAboutGoneClients:
-    def handle_error(self, request, client_address):  # noqa: ANN001 - socketserver's hook
+    def handle_error(self, request, client_address):  # socketserver's hook
         # A client that gave up (the request-timeout tests) is expected, not a failure.
         if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
             super().handle_error(request, client_address)

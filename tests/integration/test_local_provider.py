@@ -40,8 +40,8 @@ def rows(env: Env, name: str) -> dict[str, dict]:
     return {row["name"]: row for row in provider.status(name, state_root=env.state_root)}
 
 
-def etcd_members(url: str, context=None) -> int:  # noqa: ANN001 - ssl.SSLContext
-    with urllib.request.urlopen(f"{url}/v2/members", timeout=3,  # noqa: S310
+def etcd_members(url: str, context=None) -> int:  # ssl.SSLContext
+    with urllib.request.urlopen(f"{url}/v2/members", timeout=3,
                                 context=context) as response:
         return len(json.load(response)["members"])
 
@@ -113,7 +113,7 @@ def test_proxy_node_units_and_flannel_config(env):
         assert row["units"] == {"flanneld.service": "active/exited",
                                 "hello.service": "active/running"}
         with urllib.request.urlopen(f"https://{row['ip']}:2379/v2/keys/coreos.com/network/"
-                                    "config", timeout=3,  # noqa: S310
+                                    "config", timeout=3,
                                     context=env.ssl_context(name)) as response:
             value = json.load(response)["node"]["value"]
         assert json.loads(value) == {"Network": "10.1.0.0/16"}
@@ -133,7 +133,7 @@ def test_custom_discovery_cluster_comes_up(env):
     assert etcd_members(f"https://{nodes['core-02']['ip']}:2379", env.ssl_context(name)) == 3
     manifest = json.loads((env.state_dir(name) / "rendered" / "manifest.json").read_text())
     with urllib.request.urlopen(manifest["etcd"]["discovery"]["size_key_url"],
-                                timeout=3) as response:  # noqa: S310
+                                timeout=3) as response:
         assert json.load(response)["node"]["value"] == "3"
     provider.down(name, purge=True, state_root=env.state_root)
     assert survivors(env.state_dir(name)) == []
@@ -146,7 +146,7 @@ def test_token_discovery_against_a_local_discovery_service(env):
         assert env.up(path) == 0
         record = json.loads((env.state_dir(name) / "rendered" / "discovery.json").read_text())
         assert record["url"].startswith(f"{service.etcd_url}/v2/keys/discovery/")
-        with urllib.request.urlopen(record["url"], timeout=3) as response:  # noqa: S310
+        with urllib.request.urlopen(record["url"], timeout=3) as response:
             registered = [n for n in json.load(response)["node"].get("nodes", [])
                           if not n["key"].endswith("_config")]
         assert len(registered) == 3

@@ -104,7 +104,7 @@ def machine(machine_image):  # noqa: F811 - the fixture imported above
         yield made
 
 
-def snapshot(machine) -> dict:  # noqa: ANN001 - Machine
+def snapshot(machine) -> dict:  # Machine
     return {"jobs": machine.jobs(), "reloads": machine.reloads(),
             "pids": {u: machine.unit(u, "MainPID") for u in RUNNING},
             "once": machine.unit("applier-once.service", "ActiveEnterTimestampMonotonic"),

@@ -62,7 +62,7 @@ TLS_FLAGS = {"3": ["--cacert", "/etc/ssl/etcd/ca.pem", "--cert", "/etc/ssl/etcd/
                    "--key-file", "/etc/ssl/etcd/fleetd-key.pem"]}
 
 
-def etcdctl(machine, *args: str, api: str = "3"):  # noqa: ANN001 - Machine
+def etcdctl(machine, *args: str, api: str = "3"):  # Machine
     return machine.run("env", f"ETCDCTL_API={api}", "etcdctl", *TLS_FLAGS[api],
                        "--endpoints", f"https://{IP}:2379", *args, check=False)
 

@@ -34,7 +34,7 @@ class Seen:
     def __init__(self) -> None:
         self.events: dict[str, list[tuple[str, str]]] = {}
 
-    def __call__(self, name: str, status) -> None:  # noqa: ANN001 - UnitStatus
+    def __call__(self, name: str, status) -> None:  # UnitStatus
         self.events.setdefault(name, []).append((status.active, status.sub))
 
     def saw(self, name: str, active: str, sub: str) -> bool:
@@ -91,7 +91,7 @@ def test_start_and_stop_reach_systemds_states_through_its_signals(runner, seen,
 
 
 def state_after_unload(runner: SystemdRunner, name: str) -> str:
-    return runner._read([name])[name].load  # noqa: SLF001 - what systemd says of it now
+    return runner._read([name])[name].load  # what systemd says of it now
 
 
 def test_slow_start_pre_shows_activating_start_pre_and_failure_shows_failed(runner, seen):
@@ -115,15 +115,15 @@ def test_slow_start_pre_shows_activating_start_pre_and_failure_shows_failed(runn
 class CountingManager:
     """systemd's manager object as the runner sees it, counting `Reload` calls."""
 
-    def __init__(self, inner) -> None:  # noqa: ANN001 - a pydbus proxy
+    def __init__(self, inner) -> None:  # a pydbus proxy
         self.inner = inner
         self.reloads = 0
 
-    def Reload(self) -> None:  # noqa: N802 - systemd's method name
+    def Reload(self) -> None:  # systemd's method name
         self.reloads += 1
         self.inner.Reload()
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - every other method as is
+    def __getattr__(self, name: str):  # every other method as is
         return getattr(self.inner, name)
 
 
@@ -188,7 +188,7 @@ def cluster(etcd_server, tmp_path):
     harness.close()
 
 
-def start_systemd_fleetd(cluster: FleetHarness, container, name: str = "sd"):  # noqa: ANN001
+def start_systemd_fleetd(cluster: FleetHarness, container, name: str = "sd"):
     return cluster.start(name, metadata="runner=systemd",
                          runner=("--runner", "systemd",
                                  "--units-directory", str(container.units_dir),
@@ -264,7 +264,7 @@ def test_fleetctl_lifecycle_on_a_systemd_machine_and_adoption_after_restart(
     assert rows(fleetctl(cluster, "list-unit-files").stdout) == []
 
 
-def main_pid(container, name: str) -> int:  # noqa: ANN001
+def main_pid(container, name: str) -> int:
     shown = container.run("systemctl", "show", "--property", "MainPID", "--value", name)
     return int(shown.stdout.strip() or 0)
 

@@ -86,11 +86,11 @@ def cluster():
         made.teardown()
 
 
-def nodes(cluster) -> list[dict]:  # noqa: ANN001 - LxcCluster
+def nodes(cluster) -> list[dict]:  # LxcCluster
     return json.loads(cluster.manifest.read_text())["nodes"]
 
 
-def fleetctl_env(cluster) -> dict[str, str]:  # noqa: ANN001
+def fleetctl_env(cluster) -> dict[str, str]:
     """This process's environment plus what `provision env` exports."""
     done = cluster.provision("env", str(cluster.source))
     assert done.returncode == 0, done.stderr
@@ -101,12 +101,12 @@ def fleetctl_env(cluster) -> dict[str, str]:  # noqa: ANN001
     return env
 
 
-def fleetctl(cluster, *argv: str, env: dict[str, str] | None = None):  # noqa: ANN001, ANN201
+def fleetctl(cluster, *argv: str, env: dict[str, str] | None = None):
     return cluster.in_netns(shutil.which("fleetctl") or "fleetctl", *argv,
                             env=env or fleetctl_env(cluster), timeout=180)
 
 
-def units_by_ip(cluster, env: dict[str, str]) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+def units_by_ip(cluster, env: dict[str, str]) -> dict[str, tuple[str, str]]:
     """{unit: (machine ip, active)} as the host's fleetctl sees it through the tunnel."""
     done = fleetctl(cluster, "list-units", "--no-legend", "--fields", "unit,machine,active",
                     env=env)
@@ -115,7 +115,7 @@ def units_by_ip(cluster, env: dict[str, str]) -> dict[str, tuple[str, str]]:  # 
     return {r[0]: (r[1].partition("/")[2], r[2]) for r in rows if len(r) == 3}
 
 
-def main_pids(cluster, node: str) -> str:  # noqa: ANN001
+def main_pids(cluster, node: str) -> str:
     return cluster.ssh(node, "systemctl show --property MainPID --value etcd2.service "
                              "fleet.service").stdout.split()
 

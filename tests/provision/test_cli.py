@@ -91,7 +91,7 @@ def test_an_unreachable_etcd_no_command_foresaw_is_still_one_line(monkeypatch, c
     from provision.cli import apply as apply_cli
     from provision.cli.root import main
 
-    def unforeseen(args) -> int:  # noqa: ANN001
+    def unforeseen(args) -> int:
         raise RegistryUnavailable("etcd unreachable: UNAVAILABLE: connection refused")
 
     monkeypatch.setattr(apply_cli, "cmd_plan", unforeseen)

@@ -24,7 +24,7 @@ H = "#cloud-config\n"
 E, W, I = "error", "warning", "info"  # noqa: E741 - report.go's three levels
 
 
-def row(id: str, text: str, cloudinit: list[tuple], ours: list[tuple] | None = None):  # noqa: A002
+def row(id: str, text: str, cloudinit: list[tuple], ours: list[tuple] | None = None):
     return pytest.param(text, cloudinit, ours or [], id=id)
 
 

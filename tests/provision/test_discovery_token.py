@@ -22,7 +22,7 @@ class FakeDiscoveryService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server names the method
                 service.requests.append(self.path)
                 service.counter += 1
                 body = service.body if service.body is not None else \

@@ -29,7 +29,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, message: str = "
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception as err:  # noqa: BLE001 - keep polling; report the last one
+        except Exception as err:  # keep polling; report the last one
             last_error = err
             value = None
         if value:
@@ -54,7 +54,7 @@ class EtcdServer:
 
     def start(self) -> EtcdServer:
         peer = f"http://{self.host}:{self.peer_port}"
-        self.log = open(self.data_dir / "etcd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.data_dir / "etcd.log", "wb")  # closed in stop()
         self.process = subprocess.Popen(
             [self.binary, "--name", "test", "--data-dir", str(self.data_dir / "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,

@@ -107,20 +107,34 @@ def main(state_dir: str) -> int:
             return failure["exit_code"]
     unknown = [t for t in targets if t not in machines]
     if unknown:
-        message = (f"The machine with the name '{unknown[0]}' was not found configured for\n"
-                   "this Vagrant environment.")
-        if machine_readable:
-            print(f"{int(time.time())},,error-exit,Vagrant::Errors::MachineNotFound,"
-                  + message.replace("\n", "\\n").replace(",", "%!(VAGRANT_COMMA)"))
-        else:
-            print(message, file=sys.stderr)
-        return 1
+        return _machine_not_found(unknown[0], machine_readable)
 
     states = _read_json(state / "machines.json", {})
     chosen = targets or machines
     if command == "status":
         _print_status(chosen, states)
         return 0
+    failed = _change_states(command, argv, chosen, states)
+    if failed is not None:
+        return failed
+    _write_json(state / "machines.json", states)
+    return 0
+
+
+def _machine_not_found(name: str, machine_readable: bool) -> int:
+    message = (f"The machine with the name '{name}' was not found configured for\n"
+               "this Vagrant environment.")
+    if machine_readable:
+        print(f"{int(time.time())},,error-exit,Vagrant::Errors::MachineNotFound,"
+              + message.replace("\n", "\\n").replace(",", "%!(VAGRANT_COMMA)"))
+    else:
+        print(message, file=sys.stderr)
+    return 1
+
+
+def _change_states(command: str, argv: list[str], chosen: list[str],
+                   states: dict[str, str]) -> int | None:
+    """What `up`, `halt` and `destroy` do to the machines' states; an exit code on failure."""
     if command == "up":
         for name in chosen:
             print(f"Bringing machine '{name}' up with '{PROVIDER}' provider...")
@@ -143,8 +157,7 @@ def main(state_dir: str) -> int:
     else:
         print(f"fake vagrant: `{command}` is not faked", file=sys.stderr)
         return 1
-    _write_json(state / "machines.json", states)
-    return 0
+    return None
 
 
 def _manifest_machines() -> list[str] | None:

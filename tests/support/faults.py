@@ -113,7 +113,7 @@ class Sampler:
         while not self.stopping.wait(self.interval):
             try:
                 view = self.read()
-            except Exception as err:  # noqa: BLE001 - a sampler must not die silently
+            except Exception as err:  # a sampler must not die silently
                 self.errors.append(repr(err))
                 continue
             at = time.monotonic()

@@ -68,7 +68,7 @@ class Env:
     def state_dir(self, name: str) -> Path:
         return provider.cluster_state_dir(name, self.state_root)
 
-    def tls(self, name: str):  # noqa: ANN201 - EtcdTLS
+    def tls(self, name: str):  # EtcdTLS
         """The cluster's admin certificate, for talking to its etcd from a test."""
         from provision.pki import PKI_DIR, admin_tls
 

@@ -95,12 +95,12 @@ class Machine:
     def stat(self, path: str, fmt: str = "%a %U:%G") -> str:
         return self.out("stat", "--format", fmt, path)
 
-    def mtimes(self, paths) -> dict[str, str]:  # noqa: ANN001 - iterable of paths
+    def mtimes(self, paths) -> dict[str, str]:  # iterable of paths
         return {p: self.stat(p, "%y") for p in paths}
 
 
 @contextmanager
-def booted(image, upper: Path | None = None, timeout: float = 120) -> Iterator[Machine]:  # noqa: ANN001
+def booted(image, upper: Path | None = None, timeout: float = 120) -> Iterator[Machine]:
     """A machine booted from `image` (writes to a tmpfs, or to `upper`), stopped after."""
     name = new_container_name()
     units_dir = Path(tempfile.mkdtemp(prefix=f"{name}-units-"))

@@ -58,7 +58,7 @@ def _last_lines(handle: BufferedReader, count: int) -> tuple[list[str], int]:
 
 def _open(path: Path) -> BufferedReader | None:
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(path, "rb")  # the caller closes it
     except OSError:
         return None
 

@@ -124,7 +124,7 @@ class UnitGraph:
             self._config[name] = config
             self._edges(name, config, _add)
 
-    def _edges(self, name: str, config: ServiceConfig, change) -> None:  # noqa: ANN001
+    def _edges(self, name: str, config: ServiceConfig, change) -> None:
         for target in {*config.after, *config.requires, *config.binds_to}:
             change(self._started_after, target, name)
         for target in config.before:

@@ -37,7 +37,7 @@ def put_key(key_url: str, value: str, timeout: float = REQUEST_TIMEOUT_S) -> Non
     body = urllib.parse.urlencode({"value": value}).encode()
     request = urllib.request.Request(key_url, data=body, method="PUT", headers={
         "Content-Type": "application/x-www-form-urlencoded", "User-Agent": "provision"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         response.read()
 
 
@@ -95,7 +95,7 @@ class LocalDiscoveryService:
 
     def start(self, timeout: float = 20.0) -> LocalDiscoveryService:
         peer = f"http://{self.host}:{self.peer_port}"
-        log = open(self.data_dir / "etcd.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.data_dir / "etcd.log", "ab")  # owned by the child
         try:
             self.process = subprocess.Popen(
                 [self.etcd_bin, "--name", "discovery", "--data-dir", str(self.data_dir / "data"),
@@ -127,7 +127,7 @@ class LocalDiscoveryService:
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server names the method
                 parts = urllib.parse.urlsplit(self.path)
                 query = urllib.parse.parse_qs(parts.query)
                 if parts.path.rstrip("/") != "/new":
@@ -151,7 +151,7 @@ class LocalDiscoveryService:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass
 
         return Handler

@@ -50,7 +50,7 @@ def etcd_healthy(url: str, timeout: float = PROBE_TIMEOUT_S,
     try:
         client.get("/provision/health")
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+    except Exception:  # any failure means "not healthy yet"
         return False
     finally:
         client.close()
@@ -71,7 +71,7 @@ class MachineProbe:
             if self._etcd is None:
                 self._etcd = Etcd(self.endpoints, timeout=PROBE_TIMEOUT_S, tls=self.tls)
             _, kvs = self._etcd.snapshot(self.keys.of(Kind.MACHINE))
-        except Exception:  # noqa: BLE001 - not reachable yet
+        except Exception:  # not reachable yet
             self.close()
             return None
         found = set()
@@ -85,7 +85,7 @@ class MachineProbe:
         if self._etcd is not None:
             try:
                 self._etcd.close()
-            except Exception:  # noqa: BLE001 - closing a broken client
+            except Exception:  # closing a broken client
                 pass
             self._etcd = None
 

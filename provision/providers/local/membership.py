@@ -70,7 +70,7 @@ def replace_member(endpoints: list[str], name: str, peer_url: str,
         for endpoint in endpoints:
             try:
                 return _replace_through(endpoint, name, peer_url, names_by_peer, removed, tls)
-            except Exception as err:  # noqa: BLE001 - next member, or one line for the user
+            except Exception as err:  # next member, or one line for the user
                 errors.append(f"{endpoint}: {_reason(err)}")
         if time.monotonic() > deadline:
             raise MembershipError("; ".join(errors))
@@ -93,7 +93,7 @@ def _replace_through(endpoint: str, name: str, peer_url: str, names_by_peer: dic
         client.close()
 
 
-def _replace(client, members: list, name: str, peer_url: str,  # noqa: ANN001 - etcd3 types
+def _replace(client, members: list, name: str, peer_url: str,  # etcd3 types
              names_by_peer: dict[str, str], removed: list[str]) -> Replaced:
     old = next((m for m in members if m.name == name or peer_url in m.peer_urls), None)
     if old is not None:

@@ -34,7 +34,7 @@ def read_manifest(rendered: Path) -> dict:
                                  f"cannot read the rendered manifest: {err}")]) from None
 
 
-def etcd_tls(state_dir: Path, manifest: dict):  # noqa: ANN201 - EtcdTLS | None
+def etcd_tls(state_dir: Path, manifest: dict):  # EtcdTLS | None
     """The admin certificate for talking to the cluster's etcd, None if it runs plain http."""
     if not manifest.get("tls"):
         return None
@@ -122,7 +122,7 @@ class Shared:
 
 
 def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
-            shared: Shared = Shared(),  # noqa: B008 - frozen value
+            shared: Shared = Shared(),  # frozen: one shared default is safe
             binaries: EtcdBinaries | None = None) -> dict[str, str]:
     """Node directories, files and plan.json; node name -> machine id."""
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -155,7 +155,7 @@ def _stop(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> boo
     return was_running
 
 
-def _uninterrupted(cleanup) -> None:  # noqa: ANN001 - a callable
+def _uninterrupted(cleanup) -> None:  # a callable
     """Run a cleanup that a second Ctrl-C must not cut short."""
     if threading.current_thread() is not threading.main_thread():
         cleanup()
@@ -179,7 +179,7 @@ def _boot(state_dir: Path, manifest: dict, waiter: Waiter, deadline: float) -> N
     waiter.wait(names, generation, deadline)
 
 
-def _check_local_network(cluster) -> None:  # noqa: ANN001 - a provision.spec.model.Cluster
+def _check_local_network(cluster) -> None:  # a provision.spec.model.Cluster
     loopback = ipaddress.ip_network("127.0.0.0/8")
     if not cluster.network.subnet_of(loopback):
         raise UserError([Problem(cluster.source, None, None,
@@ -566,7 +566,7 @@ class LocalProvider:
         state_dir = cluster_state_dir(cluster_name, self.state_root)
         return nodes.netns(state_dir) if state_dir.is_dir() else None
 
-    def known_down(self, cluster_name: str):  # noqa: ANN201 - Callable[[], bool]
+    def known_down(self, cluster_name: str):  # Callable[[], bool]
         """Down once the supervisor (which owns every node process) is gone."""
         state_dir = cluster_state_dir(cluster_name, self.state_root)
         return lambda: state_dir.is_dir() and not control.running(state_dir)

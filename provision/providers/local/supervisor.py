@@ -51,7 +51,7 @@ SHARED_READY_S = 15.0
 class Node:
     """The processes of one node: a process runner loaded with the node's units."""
 
-    def __init__(self, spec: dict, on_change) -> None:  # noqa: ANN001 - a callable
+    def __init__(self, spec: dict, on_change) -> None:  # a callable
         self.spec = spec
         self.name = spec["name"]
         self.on_change = on_change
@@ -122,7 +122,7 @@ class Node:
         if self.runner is None or not url:
             return False
         try:
-            with urllib.request.urlopen(f"{url}/v2/stats/self", timeout=1) as answer:  # noqa: S310
+            with urllib.request.urlopen(f"{url}/v2/stats/self", timeout=1) as answer:
                 return json.load(answer).get("state") == "StateLeader"
         except (OSError, ValueError):
             return False
@@ -201,7 +201,7 @@ class Supervisor:
         for job in jobs:
             job.result()
 
-    def _guarded(self, action, name: str) -> None:  # noqa: ANN001 - a bound method
+    def _guarded(self, action, name: str) -> None:  # a bound method
         try:
             action()
         except Exception as err:  # one node's trouble must not take the others down

@@ -167,7 +167,7 @@ class Cluster:
                                         machine.upper, NETNS_DIR / self.record.namespace))
         return machine
 
-    def prober(self):  # noqa: ANN201 - NamespaceProber
+    def prober(self):  # NamespaceProber
         from provision.providers.local.control import python_path
         from provision.providers.local.health import NamespaceProber
 
@@ -253,7 +253,7 @@ def _client_url(cluster: Cluster, node: NodeRecord) -> str:
     return f"{scheme}://{node.ip}:{cluster.record.client_port}"
 
 
-def _admin_tls(record: ClusterRecord):  # noqa: ANN202 - EtcdTLS | None
+def _admin_tls(record: ClusterRecord):  # EtcdTLS | None
     if not record.tls:
         return None
     from provision.pki import admin_tls, pki_dir
@@ -283,7 +283,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+    def interrupt(signum, frame) -> None:  # signal handler signature
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -527,7 +527,7 @@ class NspawnProvider:
         return lambda: not any(m.running() for _n, m in cluster.machines())
 
 
-def _record(model, image: tuple[str, str], state_dir: Path) -> ClusterRecord:  # noqa: ANN001
+def _record(model, image: tuple[str, str], state_dir: Path) -> ClusterRecord:
     from provision.render.cloudconfig import member_client_urls
 
     taken = {str(n.ip) for n in model.nodes}
