@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Lower layers never import higher ones; packages in the same layer never import each other.
 LAYERS = [
     {"errors"},
-    {"files", "yamlmarks", "yamltext"},
+    {"files", "signals", "yamlmarks", "yamltext"},
     {"userdata", "image"},          # what a user-data means; the machine image
     {"spec"},                       # the cluster file -> typed model
     {"pki"},                        # the cluster's CA and certificates

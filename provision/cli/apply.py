@@ -15,14 +15,13 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 from fleetd.argtypes import positive_duration
 from provision.errors import EXIT_FAILED, OperationFailed, UserError
+from provision.signals import sigterm_interrupts
 
 NETNS_ENV = "PROVISION_NETNS"
 
@@ -139,7 +138,7 @@ def run_apply(cluster, *, prune: bool = False, timeout: float = 120.0,
         console.print(f"{cluster.name}: {text}", markup=False, highlight=False,
                       soft_wrap=True)
 
-    with _terminate_releases():
+    with sigterm_interrupts():  # the lock is released at once, not when its lease lapses
         session = apply.open_session(cluster, prune=prune, lock=True, wait=not no_wait,
                                      deadline=deadline, report=say, gone=gone)
         try:
@@ -167,24 +166,6 @@ def _down_probe(cluster):  # Cluster -> Callable[[], bool]
     from provision.providers import get_provider
 
     return get_provider(cluster.provider).known_down(cluster.name)
-
-
-@contextlib.contextmanager
-def _terminate_releases():
-    """SIGTERM ends the apply like Ctrl-C, so its lock is released at once (not when its
-    lease lapses)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame) -> None:  # signal handler signature
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -18,8 +18,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from provision.providers.local.progress import Progress
 from provision.providers.local.units import ETCD_UNIT, UnitPlan, system_unit
 from provision.providers.local.waiter import Waiter, lost_members, prober_for
 from provision.render import discovery as render_discovery
+from provision.signals import uninterrupted
 from provision.spec.model import DiscoveryMode
 
 DEFAULT_TIMEOUT = 120.0
@@ -112,7 +111,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
             finally:
                 waiter.close()
     except BaseException:  # a failed node, a timeout or Ctrl-C: leave nothing running
-        _uninterrupted(lambda: _stop(state_dir, launched=launched))
+        uninterrupted(lambda: _stop(state_dir, launched=launched))
         raise
     console.print(f"{cluster.name} is up: {len(boots)} nodes healthy "
                   f"(`provision env {cluster.name}` for fleetctl/etcdctl)",
@@ -153,18 +152,6 @@ def _stop(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> boo
     if netns:
         dns.delete(netns)
     return was_running
-
-
-def _uninterrupted(cleanup) -> None:  # a callable
-    """Run a cleanup that a second Ctrl-C must not cut short."""
-    if threading.current_thread() is not threading.main_thread():
-        cleanup()
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        cleanup()
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _boot(state_dir: Path, manifest: dict, waiter: Waiter, deadline: float) -> None:
@@ -353,7 +340,7 @@ def node_reset(cluster: str | Path, node: str, *, state_root: str | Path | None 
                 waiter.close()
     except BaseException:
         if launched:  # leave nothing running that this command started
-            _uninterrupted(lambda: _stop(state_dir, launched=True))
+            uninterrupted(lambda: _stop(state_dir, launched=True))
         raise
     removed = f"member {replaced.removed} removed, " if replaced.removed else ""
     return (f"{node}: reset: {removed}re-added as member {replaced.added} with an empty data "

@@ -21,14 +21,11 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from provision.files import write_atomic
 from provision.providers import ClusterRef, StatusReport, format_progress
 from provision.providers.nspawn import layout
 from provision.providers.nspawn.machines import Machine, cgroup_hierarchies, write_files
+from provision.signals import sigterm_interrupts, uninterrupted
 
 STATE_SUBDIR = ".nspawn"  # a cluster name (a DNS label) never starts with a dot
 RENDERED = "rendered"
@@ -276,34 +274,6 @@ def _host_keys(upper: Path) -> None:
                    stdin=subprocess.DEVNULL, timeout=120, check=False)
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM ends `up` like Ctrl-C does, so what it booted is powered off."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame) -> None:  # signal handler signature
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _uninterrupted(cleanup: Callable[[], object]) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        cleanup()
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        cleanup()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 class NspawnProvider:
     name = "nspawn"
     default_network = ("172.17.8.0/24", 101)
@@ -359,7 +329,7 @@ class NspawnProvider:
         self.say(f"{model.name}: {len(record.nodes)} machines on {record.network} in network "
                  f"namespace {record.namespace} (image {record.image}, state in {state_dir})")
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 cluster.boot_and_wait(todo, deadline, self.say)
                 if running:
                     cluster.wait_healthy(record.nodes, deadline, self.say)
@@ -368,7 +338,7 @@ class NspawnProvider:
                 cluster.stop_all(todo)
                 if created and not any(m.running() for _n, m in cluster.machines()):
                     bridge.delete()
-            _uninterrupted(cleanup)
+            uninterrupted(cleanup)
             raise
         self.say(f"{model.name} is up: {len(record.nodes)} machines healthy "
                  f"(`provision env {model.name}` for fleetctl/etcdctl)")
@@ -491,7 +461,7 @@ class NspawnProvider:
         try:
             cluster.boot_and_wait([record], deadline, self.say)
         except BaseException:
-            _uninterrupted(lambda: machine.stop())
+            uninterrupted(lambda: machine.stop())
             raise
         return f"{node}: running"
 
