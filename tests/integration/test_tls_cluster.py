@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 # certificate), then over TLS with a CA and client certificate of its own making.
 HOSTILE = textwrap.dedent("""
     import json, sys, tempfile
-    sys.path.insert(0, {repo!r})
+    sys.path[:0] = [{repo!r}, sys.argv[4]]
     from fleetd.job import JobState
     from fleetd.registry.etcd import Etcd, EtcdTLS
     from fleetd.registry.registry import Registry
@@ -75,19 +77,47 @@ HOSTILE = textwrap.dedent("""
 """)
 
 
+def _libraries_for_anyone() -> str:
+    """A copy of the client libraries the hostile script imports, readable by uid 65534:
+    this interpreter's own may live where that user cannot go (e.g. under /root)."""
+    import fleetd.registry.registry  # noqa: F401 - load what the script will need
+    import provision.pki  # noqa: F401
+
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    tops = {Path(f).relative_to(site).parts[0] for m in list(sys.modules.values())
+            if (f := getattr(m, "__file__", None)) and f.startswith(site + os.sep)}
+    copy = Path(tempfile.mkdtemp(prefix="hostile-libs-"))
+    copy.chmod(0o755)
+    for top in tops - {"_distutils_hack"}:
+        if top.startswith("__editable__"):
+            continue
+        source = Path(site) / top
+        if source.is_dir():
+            shutil.copytree(source, copy / top)
+        else:
+            shutil.copy2(source, copy / top)
+    for path in copy.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(copy)
+
+
 def _hostile(endpoints: list[str], marker: Path, pki_dir: Path) -> dict[str, str]:
     script = HOSTILE.format(repo=str(REPO))
-    result = subprocess.run([*SETPRIV, sys.executable, "-c", script, ",".join(endpoints),
-                             str(marker), str(pki_dir)],
-                            capture_output=True, text=True, timeout=120, cwd="/",
-                            env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"})
+    libraries = _libraries_for_anyone()
+    try:
+        result = subprocess.run([*SETPRIV, sys.executable, "-c", script, ",".join(endpoints),
+                                 str(marker), str(pki_dir), libraries],
+                                capture_output=True, text=True, timeout=120, cwd="/",
+                                env={"PATH": os.environ["PATH"], "HOME": "/nonexistent"})
+    finally:
+        shutil.rmtree(libraries, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def _admin_etcdctl(env, name: str, *args: str) -> subprocess.CompletedProcess:
     """etcdctl as the README's tour runs it: after `eval "$(provision env NAME)"`."""
-    shell = (f'eval "$({sys.executable} -m provision.cli.root env {name})" && '
+    shell = (f'eval "$({sys.executable} -m provision.cli env {name})" && '
              f'etcdctl --command-timeout=5s {" ".join(args)}')
     return subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PROVISION_STATE": str(env.state_root)})
