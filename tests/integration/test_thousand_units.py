@@ -137,7 +137,7 @@ def test_a_thousand_units_converge_with_a_5s_ttl_never_twice_never_losing_a_mach
     assert up.returncode == 0, up.stderr
     exports = provision(env, "env", name).stdout
     endpoints = exports.split("ETCDCTL_ENDPOINTS=", 1)[1].split()[0].split(",")
-    etcd = Etcd(endpoints, timeout=5)
+    etcd = Etcd(endpoints, timeout=5, tls=env.tls(name))
     registry = Registry(etcd)
     watcher = Watcher(etcd, registry)
     try:
