@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from provision.cli.root import main as provision_main
+from provision.pki import admin_tls, pki_dir
 from tests.conftest import CLUSTERS, REPO
 from tests.support.etcd import wait_for
 from tests.support.vagrant_lxc import lxc_cluster, vagrant_lxc_problem
@@ -59,6 +60,9 @@ def cluster():
 
     place = Path(tempfile.mkdtemp(prefix="pt-vagrant-lxc-"))
     name = f"vt{os.getpid() % 100000}"  # LXC container names are host-wide
+    # One state root (the cluster's CA and admin certificate) for the render here and
+    # every `provision` the test runs.
+    state_root = os.environ.setdefault("PROVISION_STATE", str(place / "state"))
     source = place / f"{name}.yaml"
     source.write_text((CLUSTERS / "vagrant-lxc.yaml").read_text()
                       .replace("\nname: lxc\n", f"\nname: {name}\n"))
@@ -73,6 +77,8 @@ def cluster():
     payload = prepare_machines(manifest)
     made = lxc_cluster(place, manifest, REPO / "Vagrantfile", f"pt-{name}", home)
     made.payload_key = payload.key
+    made.env["PROVISION_STATE"] = state_root
+    made.tls = admin_tls(pki_dir(name, state_root))
     made.source = source
     try:
         started = time.monotonic()
@@ -120,15 +126,22 @@ def main_pids(cluster, node: str) -> str:
                              "fleet.service").stdout.split()
 
 
+def _etcd(cluster, *, without: str | None = None) -> list[str]:
+    """etcdctl's endpoints (https: TLS by default) and the cluster's admin certificate."""
+    endpoints = ",".join(f"https://{n['ip']}:2379" for n in nodes(cluster) if n["ip"] != without)
+    tls = cluster.tls
+    return ["--endpoints", endpoints, f"--cacert={tls.ca_file}", f"--cert={tls.cert_file}",
+            f"--key={tls.key_file}"]
+
+
 def test_each_machines_etcd_is_debians_and_healthy(cluster):
-    endpoints = ",".join(f"http://{n['ip']}:2379" for n in nodes(cluster))
     health = wait_for(lambda: (out := cluster.in_netns(
-        _etcdctl(), "--endpoints", endpoints, "endpoint", "health")).returncode == 0 and out,
+        _etcdctl(), *_etcd(cluster), "endpoint", "health")).returncode == 0 and out,
         90, interval=1, message="every etcd member healthy")
     assert health.stdout.count("is healthy") + health.stderr.count("is healthy") == 3
-    members = cluster.in_netns(_etcdctl(), "--endpoints", endpoints, "member", "list").stdout
+    members = cluster.in_netns(_etcdctl(), *_etcd(cluster), "member", "list").stdout
     for node in nodes(cluster):
-        assert f"{node['name']}, http://{node['ip']}:2380, http://{node['ip']}:2379" in members
+        assert f"{node['name']}, https://{node['ip']}:2380, https://{node['ip']}:2379" in members
         exe = cluster.ssh(node["name"], "sudo readlink /proc/$(systemctl show --property "
                                         "MainPID --value etcd2.service)/exe").stdout.strip()
         assert exe == "/usr/bin/etcd"
@@ -185,9 +198,8 @@ def test_up_returned_once_ready_with_the_declared_units_applied(cluster):
     active = {r.split()[0] for r in rows if r.strip() and r.split()[1] == "active"}
     assert {"web@1.service", "web@2.service", "web-announce@1.service",
             "web-announce@2.service"} <= active
-    endpoints = ",".join(f"http://{n['ip']}:2379" for n in nodes(cluster))
     announced = wait_for(lambda: (out := cluster.in_netns(
-        _etcdctl(), "--endpoints", endpoints, "get", "--prefix", "/services/web/",
+        _etcdctl(), *_etcd(cluster), "get", "--prefix", "/services/web/",
         "--keys-only")).stdout.split() == ["/services/web/1", "/services/web/2"] and out,
         60, interval=1, message="both web instances announced")
     assert announced.returncode == 0
@@ -255,10 +267,8 @@ def test_node_stop_moves_web1_and_its_key_and_node_start_brings_the_machine_back
     moved = wait_for(lambda: (u := units_by_ip(cluster, env).get("web@1.service"))
                      and u[0] != ip and u[1] == "active" and u, 120, interval=2,
                      message="web@1 active on another machine")
-    endpoints = ",".join(f"http://{n['ip']}:2379" for n in nodes(cluster) if n["ip"] != ip)
-
     def announced_at() -> str | None:
-        return cluster.in_netns(_etcdctl(), "--endpoints", endpoints, "get",
+        return cluster.in_netns(_etcdctl(), *_etcd(cluster, without=ip), "get",
                                 "/services/web/1", "--print-value-only").stdout.strip() or None
 
     value = json.loads(wait_for(announced_at, 60, interval=1, message="web/1 announced"))

@@ -53,6 +53,7 @@ class LxcCluster:
     containers: list[str]
     ssh_config: Path | None = None
     payload_key: str = ""
+    tls: object = None  # EtcdTLS: the admin certificate
     logs: list[str] = field(default_factory=list)
 
     def vagrant(self, *args: str, timeout: float = VAGRANT_TIMEOUT,
