@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import shlex
 import subprocess
@@ -157,9 +158,8 @@ class VagrantLifecycle:
         access = _access(ref.yaml)
         if access is not None:
             mine = tuple(n for n in access.nodes if n[0] == node)
-            wait_ready(ClusterAccess(access.etcd_endpoints, access.fleet_prefix,
-                                     access.client_port, mine),
-                       max(timeout, READY_TIMEOUT_S), _print_progress)
+            wait_ready(dataclasses.replace(access, nodes=mine), max(timeout, READY_TIMEOUT_S),
+                       _print_progress)
         return f"{node}: running"
 
     def env(self, ref: ClusterRef) -> str:

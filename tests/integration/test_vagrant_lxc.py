@@ -273,9 +273,13 @@ def test_node_stop_moves_web1_and_its_key_and_node_start_brings_the_machine_back
 
     value = json.loads(wait_for(announced_at, 60, interval=1, message="web/1 announced"))
     assert value["unit"] == "web@1.service"
-    machines = fleetctl(cluster, "list-machines", "--no-legend", "-l", env=env).stdout
-    moved_machine = next(line.split()[0] for line in machines.splitlines()
-                         if line.split()[1] == moved[0])
+    def machine_at(ip: str) -> str | None:
+        listed = fleetctl(cluster, "list-machines", "--no-legend", "-l", env=env).stdout
+        return next((row[0] for row in map(str.split, listed.splitlines())
+                     if len(row) > 1 and row[1] == ip), None)
+
+    moved_machine = wait_for(lambda: machine_at(moved[0]), 60, interval=2,
+                             message=f"the machine at {moved[0]} listed")
     wait_for(lambda: json.loads(announced_at() or "{}").get("machine") == moved_machine,
              60, interval=1, message="web/1 announced by its new machine")
     status = json.loads(cluster.provision("status", str(cluster.source), "--output",
