@@ -37,21 +37,28 @@ def _modules(top: str) -> dict[str, Path]:
     return found
 
 
+def _imported(node: ast.AST, package: str) -> set[str]:
+    """What an import statement names (a `from X import y` names X and X.y); else nothing."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")
+        base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+    return {base} | {f"{base}.{alias.name}" for alias in node.names}
+
+
+def _package_of(path: Path, module: str) -> str:
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
 @functools.cache
 def _imports(path: Path, module: str) -> set[str]:
-    names = set()
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+    package = _package_of(path, module)
+    return set().union(*(_imported(node, package)
+                         for node in ast.walk(ast.parse(path.read_text()))))
 
 
 def _graph(top: str) -> dict[str, set[str]]:
@@ -140,22 +147,15 @@ def test_no_import_cycles_between_modules():
 @functools.cache
 def _imports_on_load(path: Path, module: str) -> set[str]:
     """The imports that run when the module is imported (function bodies skipped)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = _package_of(path, module)
     names: set[str] = set()
     pending = list(ast.parse(path.read_text()).body)
     while pending:
         node = pending.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             continue
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]
-                                + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= _imported(node, package)
         else:
             pending.extend(ast.iter_child_nodes(node))
     return names
