@@ -9,7 +9,9 @@ it for that command).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fleetd.fleetctl.errors import FleetctlError, UnitConflict, UnitNotFound, UsageError
@@ -35,6 +37,7 @@ REPLACEABLE_IN = {
     "start": ("inactive", "loaded", "launched"),
 }
 VERB_PAST = {"load": "loaded", "start": "started"}
+PUTS_AT_ONCE = 8  # the API's worker threads (fleetd's Limits.workers)
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,9 @@ def _set_and_wait(session: Session, units: Sequence[Unit], target: str, command:
     ones (policy None: --no-block); units already there are left alone, silently, as in
     fleet. Returns the names waited for (or triggered, with --no-block)."""
     waiting = []
-    for unit in units:
-        if unit.desired_state == target:
-            continue
-        session.client.put_unit(unit.name, target)
+    changing = [unit for unit in units if unit.desired_state != target]
+    put_desired_states(session, [unit.name for unit in changing], target)
+    for unit in changing:
         if unit.is_global:
             session.say(f"Triggered global unit {unit.name} {command}")
         elif policy is None:
@@ -148,6 +150,34 @@ def _set_and_wait(session: Session, units: Sequence[Unit], target: str, command:
         if target == "launched":
             wait_for_active(session, waiting, policy)
     return waiting
+
+
+def put_desired_states(session: Session, names: Sequence[str], target: str) -> None:
+    """Set the desired state of each unit, up to PUTS_AT_ONCE requests in flight (the
+    server answers them in parallel, and etcd commits concurrent writes together). After
+    a failure no further request is sent; the first failure in `names` order is raised
+    once those in flight have answered."""
+    if len(names) <= 1:
+        for name in names:
+            session.client.put_unit(name, target)
+        return
+    failed = threading.Event()
+
+    def put(name: str) -> bool:
+        if failed.is_set():
+            return False
+        try:
+            session.client.put_unit(name, target)
+        except BaseException:
+            failed.set()
+            raise
+        return True
+
+    with ThreadPoolExecutor(max_workers=min(PUTS_AT_ONCE, len(names)),
+                            thread_name_prefix="fleetctl-put") as pool:
+        results = [pool.submit(put, name) for name in names]
+    for result in results:
+        result.result()  # the first failure, in order
 
 
 def load(session: Session, args: Sequence[str], policy: WaitPolicy | None,
