@@ -105,6 +105,29 @@ def unit_path(name: str, *rest: str) -> str:
     return "/".join((f"{API_PREFIX}/units/{quote(name, safe='@:')}",) + rest)
 
 
+class _Listing(Mapping[str, Unit]):
+    """Units by name, read from the API's JSON on first access (then kept)."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self._raw = raw
+        self._read: dict[str, Unit] = {}
+
+    def __getitem__(self, name: str) -> Unit:
+        unit = self._read.get(name)
+        if unit is None:
+            unit = self._read[name] = Unit.from_json(self._raw[name])
+        return unit
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+
 class Client:
     """The fleet API at one endpoint; `timeout` bounds every single request (seconds)."""
 
@@ -285,6 +308,17 @@ class Client:
 
     def units(self) -> list[Unit]:
         return [Unit.from_json(item) for item in self.paged(f"{API_PREFIX}/units", "units")]
+
+    def units_by_name(self) -> Mapping[str, Unit]:
+        """Every unit by name, each read from its JSON when first looked up: a command
+        that acts on a few units of a large cluster reads no more of the listing."""
+        raw: dict[str, Any] = {}
+        for item in self.paged(f"{API_PREFIX}/units", "units"):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                Unit.from_json(item)  # says what is wrong with it
+            raw[name] = item
+        return _Listing(raw)
 
     def unit(self, name: str) -> Unit | None:
         path = unit_path(name)

@@ -10,7 +10,7 @@ it for that command).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,15 +48,15 @@ class Submission:
     existing: Unit | None = None
 
 
-def _listed(session: Session, args: Sequence[str]) -> dict[str, Unit] | None:
+def _listed(session: Session, args: Sequence[str]) -> Mapping[str, Unit] | None:
     """Every unit, when a glob needs the listing (it then answers for each target too)."""
     if not any(is_glob(arg) for arg in args):
         return None
-    return {unit.name: unit for unit in session.client.units()}
+    return session.client.units_by_name()
 
 
 def _plan_one(session: Session, target: Target, command: str, replace: bool,
-              listed: dict[str, Unit] | None = None) -> Submission:
+              listed: Mapping[str, Unit] | None = None) -> Submission:
     def lookup(name: str) -> Unit | None:
         return listed.get(name) if listed is not None else session.client.unit(name)
 
@@ -199,7 +199,7 @@ def find_existing(session: Session, args: Sequence[str], templates: bool = False
     for arg in args:  # bad names are usage errors, before anything is asked
         if not is_glob(arg):
             unit_name_of(arg)
-    everything = {unit.name: unit for unit in session.client.units()}
+    everything = session.client.units_by_name()
     try:
         targets = expand(args, everything, files=False, templates=templates)
     except FleetctlError as err:  # an unmatched glob: nothing of it is in the registry

@@ -100,14 +100,14 @@ class _Poll:
         delay = self.policy.first_delay
         while self.pending:
             self.rounds += 1
-            listed: dict[str, Unit] | None = None
+            listed: Mapping[str, Unit] | None = None
             self.round_states = None
             for name in list(self.pending):
                 try:
                     if listed is None and len(self.pending) > LIST_FROM:
                         # Many units: every page of the listing costs less than one
                         # request per unit.
-                        listed = {u.name: u for u in self.session.client.units()}
+                        listed = self.session.client.units_by_name()
                     unit = listed.get(name) if listed is not None else \
                         self.session.client.unit(name)
                     if unit is None:

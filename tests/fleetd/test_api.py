@@ -959,7 +959,7 @@ def test_setting_a_desired_state_costs_two_requests_whatever_the_number_of_units
         try:
             api = Api(registry, runner=None, machine_id="m0")
             registry.get_job("job@1.service")  # the unit body, read once per fleetd
-            keys, requests, reply = keys_read_by(registry, lambda: api.put_unit(
+            keys, requests, reply = keys_read_by(registry, lambda api=api: api.put_unit(
                 "job@7.service", b'{"desiredState": "loaded"}', {}))
             assert reply.status == 204 and (keys, requests) == (1, 2), (units, keys, requests)
             assert registry.get_job("job@7.service").job.desired is JobState.LOADED

@@ -24,7 +24,7 @@ import pytest
 
 from fleetd.fleetctl.client import Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
-from fleetd.fleetctl.main import resolve_endpoint, run
+from fleetd.fleetctl.main import build_parser, parse_arguments, resolve_endpoint, run
 from fleetd.fleetctl.model import Machine
 from fleetd.fleetctl.tables import Column, Table, layout, render_json, render_table
 from fleetd.fleetctl.targets import expand, match_units, unit_name_of
@@ -1099,3 +1099,25 @@ def test_start_of_many_units_sends_their_puts_side_by_side(fleetctl, serve, work
     assert sorted(puts) == sorted(f"/fleet/v1/units/{n}" for n in names)
     assert all(fake.units[n]["desiredState"] == "launched" for n in names)
     assert fake.connections <= 1 + 8, fake.connections
+
+
+@pytest.mark.parametrize("argv", [
+    ["list-unit-files", "--no-legend", "--fields", "unit,hash"],
+    ["--endpoint", "http://127.0.0.1:1", "list-units", "-l", "--output", "json"],
+    ["start", "--no-block", "web@*", "list-units"],  # a unit named like a command
+    ["--tunnel", "start", "list-machines"],  # a global option's value named like one
+    ["stop", "--block-attempts", "3", "--request-timeout", "2", "a", "b"],
+    ["journal", "-f", "--lines", "5", "web@1"],
+])
+def test_a_command_line_parses_alike_with_its_command_parser_alone(argv):
+    assert parse_arguments(argv) == build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["list-units", "--nope"], ["start"], ["lsit-units"],
+                                  ["start", "--block-attempts", "-1", "x"]])
+def test_a_bad_command_line_fails_alike_with_its_command_parser_alone(argv):
+    with pytest.raises(UsageError) as alone:
+        parse_arguments(argv)
+    with pytest.raises(UsageError) as whole:
+        build_parser().parse_args(argv)
+    assert (alone.value.message, alone.value.usage) == (whole.value.message, whole.value.usage)
