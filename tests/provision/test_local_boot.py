@@ -150,6 +150,22 @@ def test_etcd2_section_becomes_etcd_35_flags(role, etcd2, expected, absent):
     assert boot.etcd_url == f"http://{IP}:2379"
 
 
+@pytest.mark.parametrize("url", [
+    "http://127.9.0.1:2379/v2/keys/discovery/4d2d00d76f3b473fa5d670ade0a40212",
+    "https://discovery.example/with%percent/and$dollar",
+], ids=["token", "specials"])
+def test_the_discovery_url_reaches_etcd_through_its_environment_not_its_command_line(url):
+    """`ps` shows every local user a command line; the environment is etcd's own."""
+    boot = plan(user_data({"name": "core-02", "discovery": url}))
+    assert flags(boot.etcd_argv)["discovery"] == url  # the plan itself still knows it
+    unit = parse_unit_file(unit_texts(boot)["etcd2.service"])
+    config = parse_service_config(unit, parse_unit_name("etcd2.service"),
+                                  SpecifierContext(machine_id="m", hostname="h"))
+    words = expand_variables(config.exec_start[0].words, {})
+    assert not [w for w in words if url in w or w.startswith("--discovery")]
+    assert dict(config.environment)["ETCD_DISCOVERY"] == url
+
+
 def test_dropped_and_replaced_etcd_settings_are_noted():
     boot = plan(user_data({"name": "core-02", "data-dir": "/var/lib/etcd2", "bogus-key": 1}))
     assert "etcd2 `data-dir` is replaced by the node directory" in boot.notes

@@ -394,7 +394,7 @@ def _replace_member(state_dir: Path, boot: NodeBoot, boots: list[NodeBoot],
             for unit in spec.get("units") or []:
                 if unit.get("name") == ETCD_UNIT:
                     unit["text"] = system_unit(f"etcd of {boot.name}", argv)
-    state.write_json(state_dir / state.PLAN, plan)
+    state.write_plan(state_dir, plan)
     return replaced
 
 
