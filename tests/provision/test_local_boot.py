@@ -403,6 +403,28 @@ def test_every_example_plans_from_its_rendered_user_data(example, roles, tmp_pat
             assert "--enable-v2=true" in boot.etcd_argv
 
 
+def test_etcd_drop_ins_in_write_files_set_flags_the_etcd2_section_cannot_name(tmp_path):
+    """The rendered revocation list reaches a member's etcd (under the node root); a proxy's
+    gateway, which passes TLS through, does not take it."""
+    manifest, files = rendered("large.yaml", tmp_path)
+    by_role = {}
+    for spec in manifest["nodes"]:
+        boot = plan_node(files[spec["user_data"]], source=spec["user_data"], node=spec,
+                         manifest=manifest, dirs=dirs(spec["name"]), tools=TOOLS,
+                         fleet_settings=FLEET)
+        by_role.setdefault(boot.role, boot)
+    member = flags(by_role["etcd-member"].etcd_argv)
+    crl = str(dirs(by_role["etcd-member"].name).root / "etc/ssl/etcd/crl.pem")
+    assert member["client-crl-file"] == member["peer-crl-file"] == crl
+    assert "crl" not in " ".join(by_role["etcd-proxy"].etcd_argv)
+    drop_in = {"path": "/etc/systemd/system/etcd2.service.d/40-more.conf",
+               "content": '[Service]\nEnvironment="ETCD_SNAPSHOT_COUNT=500" ETCD_BOGUS=1\n'
+                          "Environment=OTHER=2\n"}
+    got = flags(plan(user_data({"name": "core-02", "snapshot-count": 100},
+                               write_files=[drop_in])).etcd_argv)
+    assert got["snapshot-count"] == "500" and "bogus" not in got
+
+
 @pytest.mark.parametrize(("text", "version", "warns"), [
     ("etcd Version: 3.5.1\nGit SHA: e8732fb5f\n", (3, 5, 1), True),
     ("etcd Version: 3.5.5\n", (3, 5, 5), True),
