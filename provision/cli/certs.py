@@ -2,9 +2,11 @@
 
 `show` lists every certificate kept for a cluster (the CA, the admin certificate, each
 node's etcd server, peer and fleetd certificates) with its expiry. `rotate` issues new
-node and client certificates from the same CA, renders the cluster again (so a node that
+node and client certificates from the same CA, revokes the ones they replace (a CA-signed
+revocation list every etcd member checks), renders the cluster again (so a node that
 boots later boots with them) and, for a running local cluster, rolls them onto the nodes
-one at a time (provision/providers/local/rotate.py): no process restarts.
+one at a time (provision/providers/local/rotate.py): no unit restarts, and afterwards the
+old certificates are refused.
 """
 
 from __future__ import annotations
@@ -62,25 +64,45 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         raise UserError(f"cluster {cluster.name} renders with `tls: false`: it has no "
                         "certificates to rotate")
     started = time.monotonic()
-    made = pki.ensure(pki.pki_dir(cluster.name), cluster, rotate=True)
-    rendered = _render_again(cluster, made)
+    directory = pki.pki_dir(cluster.name)
+    made = pki.ensure(directory, cluster, rotate=True)
     rolled: list[str] = []
-    if rendered == "local":
-        from provision.files import cluster_state_dir
-        from provision.providers.local import control
+    state_dir = _running_local(cluster)
+    if state_dir is not None:
         from provision.providers.local.rotate import roll
 
-        state_dir = cluster_state_dir(cluster.name)
-        if control.running(state_dir):
-            expected = {n.name: made.issued[f"{n.name}-server"].serial for n in cluster.nodes}
-            rolled = roll(state_dir, made.client_files(), expected, timeout=args.timeout,
-                          report=lambda line: print(line, file=sys.stderr, flush=True))
+        # The nodes get their new certificates first; the retired ones are revoked only
+        # once every node has moved (else a node still on its old certificate is refused).
+        _render_again(cluster, made)
+
+        def publish() -> None:
+            pki.publish_crl(directory)
+            _render_again(cluster, made)
+
+        expected = {n.name: made.issued[f"{n.name}-server"].serial for n in cluster.nodes}
+        rolled = roll(state_dir, made.client_files(), expected, publish=publish,
+                      timeout=args.timeout,
+                      report=lambda line: print(line, file=sys.stderr, flush=True))
+    else:
+        pki.publish_crl(directory)
+        _render_again(cluster, made)
     count = len(made.issued)
     where = (f"rolled onto {len(rolled)} running nodes one at a time" if rolled else
              "in the rendered user-data (nodes take them when they next apply it)")
     print(f"{cluster.name}: {count} certificates issued anew from the same CA, {where} "
           f"({time.monotonic() - started:.2f}s)")
     return 0
+
+
+def _running_local(cluster) -> Path | None:  # Cluster
+    """The state directory of the cluster when it runs here under the local provider."""
+    from provision.files import cluster_state_dir
+    from provision.providers.local import control, state
+
+    state_dir = cluster_state_dir(cluster.name)
+    if (state_dir / state.RENDERED).is_dir() and control.running(state_dir):
+        return state_dir
+    return None
 
 
 def _cluster_model(target):  # Target -> Cluster
