@@ -57,6 +57,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     from provision import pki
+    from provision.providers import CertRollout
+    from provision.render.output import default_output_dir
+    from provision.render.pipeline import MANIFEST
 
     target = resolve(args.cluster, None)
     cluster = _cluster_model(target)
@@ -64,45 +67,21 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         raise UserError(f"cluster {cluster.name} renders with `tls: false`: it has no "
                         "certificates to rotate")
     started = time.monotonic()
-    directory = pki.pki_dir(cluster.name)
-    made = pki.ensure(directory, cluster, rotate=True)
-    rolled: list[str] = []
-    state_dir = _running_local(cluster)
-    if state_dir is not None:
-        from provision.providers.local.rotate import roll
-
-        # The nodes get their new certificates first; the retired ones are revoked only
-        # once every node has moved (else a node still on its old certificate is refused).
-        _render_again(cluster, made)
-
-        def publish() -> None:
-            pki.publish_crl(directory)
-            _render_again(cluster, made)
-
-        expected = {n.name: made.issued[f"{n.name}-server"].serial for n in cluster.nodes}
-        rolled = roll(state_dir, made.client_files(), expected, publish=publish,
-                      timeout=args.timeout,
-                      report=lambda line: print(line, file=sys.stderr, flush=True))
-    else:
-        pki.publish_crl(directory)
-        _render_again(cluster, made)
+    made = pki.ensure(pki.pki_dir(cluster.name), cluster, rotate=True)
+    rollout = CertRollout(made, lambda directory: _render_into(cluster, made, directory),
+                          lambda line: print(line, file=sys.stderr, flush=True))
+    rolled = target.driver().rotate(target.ref, rollout, timeout=args.timeout)
+    # `provision render`'s output too, where there is one.
+    out = default_output_dir(cluster.name)
+    if (out / MANIFEST).is_file():
+        rollout.render_at_rest(out)
+    rollout.publish()
     count = len(made.issued)
-    where = (f"rolled onto {len(rolled)} running nodes one at a time" if rolled else
+    where = (f"rolled onto {rolled} running nodes one at a time" if rolled else
              "in the rendered user-data (nodes take them when they next apply it)")
-    print(f"{cluster.name}: {count} certificates issued anew from the same CA, {where} "
-          f"({time.monotonic() - started:.2f}s)")
+    print(f"{cluster.name}: {count} certificates issued anew from the same CA, {where}; the "
+          f"ones they replace are revoked ({time.monotonic() - started:.2f}s)")
     return 0
-
-
-def _running_local(cluster) -> Path | None:  # Cluster
-    """The state directory of the cluster when it runs here under the local provider."""
-    from provision.files import cluster_state_dir
-    from provision.providers.local import control, state
-
-    state_dir = cluster_state_dir(cluster.name)
-    if (state_dir / state.RENDERED).is_dir() and control.running(state_dir):
-        return state_dir
-    return None
 
 
 def _cluster_model(target):  # Target -> Cluster
@@ -117,23 +96,15 @@ def _cluster_model(target):  # Target -> Cluster
     return load_cluster(manifest["source"])[0]
 
 
-def _render_again(cluster, made) -> str | None:  # Cluster, ClusterPKI
-    """Write the cluster's user-data again with the new certificates where it was rendered:
-    the local provider's state, else out/<cluster> (Vagrant). Which one, or None."""
-    from provision.files import cluster_state_dir
-    from provision.providers.local import state
+def _render_into(cluster, made, directory: Path) -> None:  # Cluster, ClusterPKI
+    """Write the cluster's user-data into a rendered directory again, with the PKI as it
+    is now (the new certificates; the revocation list once published)."""
     from provision.render import discovery
-    from provision.render.output import default_output_dir, write_rendered
-    from provision.render.pipeline import MANIFEST, render_cluster
+    from provision.render.output import write_rendered
+    from provision.render.pipeline import render_cluster
 
-    local = cluster_state_dir(cluster.name) / state.RENDERED
-    candidates = [(local, "local"), (default_output_dir(cluster.name), "out")]
-    for directory, kind in candidates:
-        if (directory / MANIFEST).is_file():
-            resolved, record = discovery.resolve(cluster, directory)
-            write_rendered(directory, render_cluster(cluster, resolved, pki=made), record)
-            return kind
-    return None
+    resolved, record = discovery.resolve(cluster, directory)
+    write_rendered(directory, render_cluster(cluster, resolved, pki=made), record)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

@@ -50,14 +50,15 @@ def served_serial(url: str, files: ClientFiles, timeout: float = 2.0) -> int | N
     return x509.load_der_x509_certificate(der).serial_number if der else None
 
 
-def roll(state_dir: Path, files: ClientFiles, expected: dict[str, int], *,
-         publish: Callable[[], None] = lambda: None, timeout: float = 30.0,
-         report: Callable[[str], None] = lambda _: None) -> list[str]:
+def roll(state_dir: Path, files: ClientFiles, expected: dict[str, int],
+         plan: Callable[[], list[NodeBoot]], *, publish: Callable[[], None] = lambda: None,
+         timeout: float = 30.0, report: Callable[[str], None] = lambda _: None) -> list[str]:
     """Write each node's certificate files from the (re-rendered) user-data in its node
     root, one node at a time, waiting until its etcd serves the serial `expected[node]`;
     then `publish` the revocation list, copy it to every node and restart each member's
-    etcd in turn (see the module). Returns the nodes rolled."""
-    boots = _boots(state_dir)
+    etcd in turn (see the module). `plan`: the nodes' boot plans from the user-data as it
+    is rendered now. Returns the nodes rolled."""
+    boots = plan()
     netns = nodes.netns(state_dir)
     rolled = []
     for boot in boots:
@@ -71,7 +72,7 @@ def roll(state_dir: Path, files: ClientFiles, expected: dict[str, int], *,
         rolled.append(boot.name)
         report(f"{boot.name}: new certificates in place")
     publish()
-    boots = _boots(state_dir)  # the user-data rendered again: with the published list
+    boots = plan()  # the user-data rendered again: with the published list
     for boot in boots:
         for item in boot.files:
             if item.path == CRL_PATH:
@@ -112,12 +113,6 @@ def _restart_members(state_dir: Path, members: list[NodeBoot], timeout: float,
             report(f"{boot.name}: etcd restarted, serving")
     finally:
         prober.close()
-
-
-def _boots(state_dir: Path) -> list[NodeBoot]:
-    from provision.providers.local.provider import _plan_boots
-
-    return _plan_boots(state_dir)[0]
 
 
 def _wait_serving(boot: NodeBoot, files: ClientFiles, serial: int, timeout: float) -> None:
