@@ -118,6 +118,9 @@ def test_no_process_line_or_readable_file_shows_the_token_or_a_key(env, mode):
         assert "/v2/keys/discovery/" in url
         secrets = _secrets(state_dir, url)
         assert len(secrets) > 10  # the CA's, the admin's and three per node
+        # What `provision` itself prints names neither.
+        shown = rendered.stdout + rendered.stderr
+        assert [n for n, secret in secrets.items() if secret in shown] == []
         out = env.base / "out"
         assert (out / name / "user-data-2").is_file()
         for directory in (env.base, env.state_root, state_dir, out, out / name):
