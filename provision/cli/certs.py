@@ -89,6 +89,18 @@ def _cluster_model(target):  # Target -> Cluster
 
     if target.yaml is not None:
         return load_cluster(target.yaml)[0]
+    if target.provider == "nspawn":
+        import json
+
+        from provision.providers.nspawn.provider import RENDERED, state_dir_of
+        from provision.render.pipeline import MANIFEST
+
+        path = state_dir_of(target.name) / RENDERED / MANIFEST
+        try:
+            return load_cluster(json.loads(path.read_text())["source"])[0]
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"{path}: cannot read the nspawn cluster {target.name}'s "
+                            "manifest; name its YAML file instead") from None
     from provision.providers.local import nodes, state
     from provision.providers.local.provider import locate
 
