@@ -10,6 +10,12 @@ web units are active and announced in etcd. Then `provision down --purge`. The b
 measured in the same run, is three bare etcd processes forming the same static
 cluster (no fleetd, no supervisor), timed to all three answering a read.
 Last line: `up_s=… baseline_s=… ratio=… down_s=…` (best of the rounds). Goal: up_s < 10.
+
+`--compare-tls`: the price of TLS instead. Each round brings the example up twice, as it
+is (mutual TLS, the default) and with `tls: false`, and on each times `provision up` and
+then `provision apply` of 20 more units (until they are active). Last line:
+`up_tls_s=… up_plain_s=… up_ratio=… apply_tls_s=… apply_plain_s=… apply_ratio=…` (best of
+the rounds).
 """
 
 from __future__ import annotations
@@ -84,14 +90,60 @@ def bare_etcd(network: str, work: Path) -> float:
                 proc.wait()
 
 
+APPLY_UNITS = 20
+
+
+def tls_price(data: dict, work: Path, repeat: int) -> None:
+    """`provision up` and `apply`, with TLS and without, alternating within each round."""
+    times: dict[tuple[str, bool], list[float]] = {}
+    for round_no in range(1, repeat + 1):
+        for tls in (True, False):
+            copy = {**data, "tls": tls, "name": f"{data['name']}-{'tls' if tls else 'plain'}"}
+            cluster = work / f"{copy['name']}.yaml"
+            cluster.write_text(yaml.safe_dump(copy, sort_keys=False))
+            more = {**copy, "units": list(copy.get("units") or []) + [
+                {"name": "bench@.service", "instances": APPLY_UNITS,
+                 "content": "[Service]\nExecStart=/bin/sleep infinity\n"}]}
+            bigger = work / f"{copy['name']}-more.yaml"
+            bigger.write_text(yaml.safe_dump(more, sort_keys=False))
+            state_root = work / "state"
+            start = time.perf_counter()
+            up = provision(["up", str(cluster)], state_root)
+            up_s = time.perf_counter() - start
+            start = time.perf_counter()
+            applied = provision(["apply", str(bigger)], state_root) if up.returncode == 0 \
+                else up
+            apply_s = time.perf_counter() - start
+            provision(["down", copy["name"], "--purge"], state_root)
+            if applied.returncode != 0:
+                raise SystemExit(f"up/apply failed ({applied.returncode}):\n{applied.stderr}")
+            times.setdefault(("up", tls), []).append(up_s)
+            times.setdefault(("apply", tls), []).append(apply_s)
+            print(f"round {round_no} {'tls' if tls else 'plain'}: up {up_s:.2f}s, "
+                  f"apply of {APPLY_UNITS} units {apply_s:.2f}s", flush=True)
+    best = {key: min(values) for key, values in times.items()}
+    print(" ".join(f"{step}_tls_s={best[(step, True)]:.2f} "
+                   f"{step}_plain_s={best[(step, False)]:.2f} "
+                   f"{step}_ratio={best[(step, True)] / best[(step, False)]:.2f}"
+                   for step in ("up", "apply")))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--network", default="127.77.0.0/24",
                         help="network of the cluster copy (default: the example's own)")
+    parser.add_argument("--compare-tls", action="store_true",
+                        help="time up and apply with TLS (the default) and with tls: false")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pvb", dir="/tmp"))
     try:
+        if args.compare_tls:
+            shutil.copytree(REPO / "clusters" / "units", work / "units")
+            data = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
+            data["network"]["cidr"] = args.network
+            tls_price(data, work, args.repeat)
+            return 0
         shutil.copytree(REPO / "clusters" / "units", work / "units")
         data = yaml.safe_load((REPO / "clusters" / "local.yaml").read_text())
         data["network"]["cidr"] = args.network

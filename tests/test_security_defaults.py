@@ -135,7 +135,8 @@ def test_hostile_values_reach_the_cloud_config_exactly(tmp_path):
     data = yaml.safe_load((tmp_path / "out" / "user-data-1").read_text())
     assert data["coreos"]["etcd2"]["initial-cluster-token"] == HOSTILE
     assert data["coreos"]["fleet"]["metadata"] == f"region={HOSTILE_NO_SPACE}"
-    [written] = [f for f in data["write_files"] if not f["path"].startswith("/etc/ssl/etcd/")]
+    [written] = [f for f in data["write_files"] if not f["path"].startswith(
+        ("/etc/ssl/etcd/", "/etc/systemd/system/etcd2.service.d/"))]
     assert written["path"] == "/etc/" + HOSTILE
     assert written["content"] == HOSTILE + "\n" + HOSTILE + "\n"
 

@@ -5,7 +5,9 @@ from `fleetd.registry.keys` and plain values; nothing above imports etcd3.
 
 from __future__ import annotations
 
+import os
 import queue
+import ssl
 import threading
 import time
 import types
@@ -29,6 +31,7 @@ if not hasattr(etcd3.watch, "six"):
 
 PAGE_SIZE = 1000  # keys per range request: stays far below gRPC's 4 MB message cap
 RETRY_ENDPOINT_AFTER_S = 0.5
+TLS_CHECK_S = 1.0  # how often the certificate files are looked at for a replacement
 MIN_ATTEMPT_S = 0.05  # the shortest attempt a retry gets, however close the deadline
 TXN_READS = 128  # reads per read-only transaction: etcd's default --max-txn-ops
 
@@ -78,6 +81,22 @@ class EtcdTLS:
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(_read(self.ca_file), _read(self.key_file),
                                             _read(self.cert_file))
+
+    def stamp(self) -> tuple:
+        """What changes when any of the files is replaced (OSError when one is missing)."""
+        return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in
+                     (os.stat(p) for p in (self.ca_file, self.cert_file, self.key_file)))
+
+    def complete(self) -> bool:
+        """Whether the certificate and key on disk belong together (not halfway through a
+        replacement: the certificate written, its key not yet)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+            context.load_verify_locations(self.ca_file)
+        except (OSError, ssl.SSLError, ValueError):
+            return False
+        return True
 
 
 def _read(path: str) -> bytes:
@@ -139,6 +158,11 @@ class Etcd:
         if tls is None and any(str(u).strip().startswith("https://") for u in urls):
             raise ValueError("https etcd endpoints need a CA file, a certificate and a key "
                              "(etcd_cafile, etcd_certfile, etcd_keyfile)")
+        self._tls = tls
+        self._tls_stamp = tls.stamp() if tls is not None else None
+        self._tls_checked = time.monotonic()
+        self._tls_lock = threading.Lock()
+        self.tls_reloads = 0  # certificate files taken up again (tests read it)
         creds = tls.credentials() if tls is not None else None
         endpoints = [Endpoint(host, port, secure=creds is not None, creds=creds,
                               time_retry=RETRY_ENDPOINT_AFTER_S)
@@ -157,6 +181,39 @@ class Etcd:
     def close(self) -> None:
         self.client.close()
 
+    def _follow_tls_files(self) -> None:
+        """Take up replaced certificate files (`provision certs rotate` rolls new ones into
+        place while we run): at most every TLS_CHECK_S, and only once the certificate and
+        key match. New connections to every endpoint then show the new certificate and the
+        old ones are closed, so none lives on with a retired certificate (etcd refuses
+        those once their serials are in its revocation list). Watches end as on a failover
+        and are made again by their owners."""
+        tls = self._tls
+        if tls is None or time.monotonic() - self._tls_checked < TLS_CHECK_S:
+            return
+        if not self._tls_lock.acquire(blocking=False):
+            return  # another thread is looking
+        try:
+            self._tls_checked = time.monotonic()
+            try:
+                stamp = tls.stamp()
+            except OSError:
+                return
+            if stamp == self._tls_stamp or not tls.complete():
+                return
+            creds = tls.credentials()
+            with self._lock:
+                for endpoint in self.client.endpoints.values():
+                    old = endpoint.channel
+                    endpoint.credentials = creds
+                    endpoint.channel = endpoint._mkchannel(None)
+                    old.close()
+                self.client._clear_old_stubs()
+            self._tls_stamp = stamp
+            self.tls_reloads += 1
+        finally:
+            self._tls_lock.release()
+
     def _call(self, action: Callable, deadline_s: float | None = None, *,
               budgeted: bool = False):
         """Run `action` until it succeeds or the deadline (the client timeout unless given)
@@ -167,6 +224,7 @@ class Etcd:
         deadline = time.monotonic() + (self.timeout if deadline_s is None else deadline_s)
         delay = 0.05
         while True:
+            self._follow_tls_files()
             self.requests += 1
             try:
                 if budgeted:
@@ -369,6 +427,7 @@ class Etcd:
                                 0 if isinstance(e, etcd3.events.DeleteEvent) else e.lease)
                           for e in response.events])
 
+        self._follow_tls_files()
         self.requests += 1
         key = etcd3.utils.to_bytes(prefix)
         try:

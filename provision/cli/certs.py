@@ -2,9 +2,11 @@
 
 `show` lists every certificate kept for a cluster (the CA, the admin certificate, each
 node's etcd server, peer and fleetd certificates) with its expiry. `rotate` issues new
-node and client certificates from the same CA, renders the cluster again (so a node that
+node and client certificates from the same CA, revokes the ones they replace (a CA-signed
+revocation list every etcd member checks), renders the cluster again (so a node that
 boots later boots with them) and, for a running local cluster, rolls them onto the nodes
-one at a time (provision/providers/local/rotate.py): no process restarts.
+one at a time (provision/providers/local/rotate.py): no unit restarts, and afterwards the
+old certificates are refused.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     from provision import pki
+    from provision.providers import CertRollout
+    from provision.render.manifest import MANIFEST
+    from provision.render.output import default_output_dir
 
     target = resolve(args.cluster, None)
     cluster = _cluster_model(target)
@@ -63,23 +68,19 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                         "certificates to rotate")
     started = time.monotonic()
     made = pki.ensure(pki.pki_dir(cluster.name), cluster, rotate=True)
-    rendered = _render_again(cluster, made)
-    rolled: list[str] = []
-    if rendered == "local":
-        from provision.files import cluster_state_dir
-        from provision.providers.local import control
-        from provision.providers.local.rotate import roll
-
-        state_dir = cluster_state_dir(cluster.name)
-        if control.running(state_dir):
-            expected = {n.name: made.issued[f"{n.name}-server"].serial for n in cluster.nodes}
-            rolled = roll(state_dir, made.client_files(), expected, timeout=args.timeout,
-                          report=lambda line: print(line, file=sys.stderr, flush=True))
+    rollout = CertRollout(made, lambda directory: _render_into(cluster, made, directory),
+                          lambda line: print(line, file=sys.stderr, flush=True))
+    rolled = target.driver().rotate(target.ref, rollout, timeout=args.timeout)
+    # `provision render`'s output too, where there is one.
+    out = default_output_dir(cluster.name)
+    if (out / MANIFEST).is_file():
+        rollout.render_at_rest(out)
+    rollout.publish()
     count = len(made.issued)
-    where = (f"rolled onto {len(rolled)} running nodes one at a time" if rolled else
+    where = (f"rolled onto {rolled} running nodes one at a time" if rolled else
              "in the rendered user-data (nodes take them when they next apply it)")
-    print(f"{cluster.name}: {count} certificates issued anew from the same CA, {where} "
-          f"({time.monotonic() - started:.2f}s)")
+    print(f"{cluster.name}: {count} certificates issued anew from the same CA, {where}; the "
+          f"ones they replace are revoked ({time.monotonic() - started:.2f}s)")
     return 0
 
 
@@ -88,6 +89,11 @@ def _cluster_model(target):  # Target -> Cluster
 
     if target.yaml is not None:
         return load_cluster(target.yaml)[0]
+    if target.provider == "nspawn":
+        from provision.providers.nspawn.provider import RENDERED, state_dir_of
+        from provision.render.manifest import Manifest
+
+        return load_cluster(Manifest.from_file(state_dir_of(target.name) / RENDERED).source)[0]
     from provision.providers.local import nodes, state
     from provision.providers.local.provider import locate
 
@@ -95,24 +101,15 @@ def _cluster_model(target):  # Target -> Cluster
     return load_cluster(manifest.source)[0]
 
 
-def _render_again(cluster, made) -> str | None:  # Cluster, ClusterPKI
-    """Write the cluster's user-data again with the new certificates where it was rendered:
-    the local provider's state, else out/<cluster> (Vagrant). Which one, or None."""
-    from provision.files import cluster_state_dir
-    from provision.providers.local import state
+def _render_into(cluster, made, directory: Path) -> None:  # Cluster, ClusterPKI
+    """Write the cluster's user-data into a rendered directory again, with the PKI as it
+    is now (the new certificates; the revocation list once published)."""
     from provision.render import discovery
-    from provision.render.manifest import MANIFEST
-    from provision.render.output import default_output_dir, write_rendered
+    from provision.render.output import write_rendered
     from provision.render.pipeline import render_cluster
 
-    local = cluster_state_dir(cluster.name) / state.RENDERED
-    candidates = [(local, "local"), (default_output_dir(cluster.name), "out")]
-    for directory, kind in candidates:
-        if (directory / MANIFEST).is_file():
-            resolved, record = discovery.resolve(cluster, directory)
-            write_rendered(directory, render_cluster(cluster, resolved, pki=made), record)
-            return kind
-    return None
+    resolved, record = discovery.resolve(cluster, directory)
+    write_rendered(directory, render_cluster(cluster, resolved, pki=made), record)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

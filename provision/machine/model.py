@@ -65,6 +65,7 @@ class UnitFileSpec:
 
     path: str
     content: str
+    mode: int = 0o644  # 0600 for a drop-in carrying a secret
 
 
 @dataclass(frozen=True)

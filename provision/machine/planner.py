@@ -53,7 +53,6 @@ ENABLED = frozenset({"enabled", "static", "indirect", "generated", "alias", "tra
 ENABLED_RUNTIME = ENABLED | {"enabled-runtime"}
 KEYS_BEGIN = "# provision cloudinit: keys from the user-data (this block is rewritten on apply)"
 KEYS_END = "# provision cloudinit: end of keys from the user-data"
-UNIT_FILE_MODE = 0o644
 SSH_DIR_MODE = 0o700
 KEYS_MODE = 0o600
 SUDOERS_MODE = 0o440
@@ -324,13 +323,13 @@ def _unit_files(unit: UnitSpec, state: MachineState) -> tuple[bool, list[Action]
     for file in unit.files:
         if unit.mask and file.path == unit.mask_path:
             continue  # the mask takes the fragment's place, as coreos-cloudinit's did
-        spec = FileSpec(file.path, file.content.encode(), UNIT_FILE_MODE, None, unit.name)
+        spec = FileSpec(file.path, file.content.encode(), file.mode, None, unit.name)
         current = state.files.get(file.path)
         if current is None or current.kind != "file" or current.content != spec.content:
-            actions.append(WriteFile(file.path, spec.content, UNIT_FILE_MODE, None,
+            actions.append(WriteFile(file.path, spec.content, file.mode, None,
                                      current is None))
             changed = True
-        elif not _attributes_match(current, UNIT_FILE_MODE, (0, 0)):
-            actions.append(SetAttributes(file.path, UNIT_FILE_MODE, None))
+        elif not _attributes_match(current, file.mode, (0, 0)):
+            actions.append(SetAttributes(file.path, file.mode, None))
     return changed, actions
 

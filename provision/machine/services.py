@@ -43,6 +43,10 @@ FLEET_STATE_DIR = "/var/lib/fleet"
 FLEET_API_SOCKET = "/var/run/fleet.sock"
 # coreos-cloudinit's names where they are not simply the key upper-cased.
 FLANNEL_NAMES = {"interface": "IFACE"}
+# Variables whose values are secrets (a token discovery URL lets anyone join the cluster):
+# a drop-in carrying one is root's alone.
+SECRET_VARIABLES = frozenset({"ETCD_DISCOVERY"})
+SECRET_DROP_IN_MODE = 0o600
 NO_FLANNELD = ("flanneld is not installed on this machine: flanneld.service only stores the "
                "network config in etcd (its drop-ins' ExecStartPre lines), retrying until "
                "etcd answers")
@@ -166,8 +170,11 @@ def service_files(coreos: Mapping, unit_names: set[str], facts: Facts, notes: li
             continue
         files = [UnitFileSpec(f"{RUNTIME_UNIT_DIR}/{unit}", stock(facts))]
         if isinstance(section, Mapping) and section:
+            values = variables(section)
             files.append(UnitFileSpec(f"{RUNTIME_UNIT_DIR}/{unit}.d/{CLOUDINIT_DROP_IN}",
-                                      drop_in(variables(section))))
+                                      drop_in(values),
+                                      SECRET_DROP_IN_MODE if SECRET_VARIABLES & set(values)
+                                      else 0o644))
         found[unit] = files
     if ETCD_UNIT in found and not facts.etcd:
         notes.append(f"{ETCD_UNIT}: no etcd on this machine (/usr/bin/etcd: Debian's "

@@ -95,6 +95,31 @@ class StatusReport:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class CertRollout:
+    """What `provision certs rotate` hands a provider: the cluster's new certificates are
+    issued from its CA (`provision.pki.ensure(rotate=True)`); the revocation list of the
+    ones they replace is not published yet: `publish` once every node has its new ones."""
+
+    pki: object  # provision.pki.ClusterPKI
+    render: Callable[[Path], None]  # the user-data into a rendered directory, PKI as it is now
+    report: Callable[[str], None] = lambda _line: None
+    published: bool = False
+
+    def publish(self) -> None:
+        """Sign and keep the revocation list (once): renders from now on carry it."""
+        if not self.published:
+            from provision.pki import publish_crl
+
+            publish_crl(self.pki.directory)  # type: ignore[attr-defined]
+            self.published = True
+
+    def render_at_rest(self, directory: Path) -> None:
+        """A cluster that does not run: its user-data with both at once."""
+        self.publish()
+        self.render(directory)
+
+
 class ClusterProvider(Protocol):
     """One provider, as the CLI drives it. Every method raises UserError / OperationFailed."""
 
@@ -129,6 +154,12 @@ class ClusterProvider(Protocol):
 
     def known_down(self, cluster_name: str) -> Callable[[], bool]:
         """A probe that says True once the cluster is known to be down (apply stops waiting)."""
+
+    def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
+        """`provision certs rotate`: roll the new certificates onto the running nodes one at a
+        time, publish the revocation list once every node has them, and end the connections
+        made with the old ones, restarting no unit; the number of nodes rolled. None when
+        the cluster does not run here (its rendered user-data, if kept, is rendered again)."""
 
 
 def provider_names() -> tuple[str, ...]:

@@ -196,6 +196,12 @@ class VagrantLifecycle:
     def known_down(self, cluster_name: str) -> Callable[[], bool]:
         return lambda: False  # Vagrant cannot tell cheaply
 
+    def rotate(self, ref: ClusterRef, rollout, *, timeout: float) -> int | None:  # CertRollout
+        """Not rolled onto running machines yet: `certs rotate` renders out/ again (new
+        certificates and the revocation list at once); a machine takes them when its
+        user-data is applied again (`vagrant provision`, or its next boot)."""
+        return None
+
     @staticmethod
     def _manifest(ref: ClusterRef) -> Path:
         from provision.render.manifest import MANIFEST

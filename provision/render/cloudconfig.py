@@ -67,8 +67,27 @@ def client_tls_settings() -> dict:
             "etcd-keyfile": node_file("fleetd", key=True)}
 
 
-def tls_write_files(tls: NodeTLS) -> list[WriteFile]:
+# coreos-cloudinit's etcd2 section has no key for a revocation list: a drop-in of etcd's
+# own variables names it, as CoreOS users set etcd flags cloudinit did not know.
+CRL_DROP_IN = "/etc/systemd/system/etcd2.service.d/30-crl.conf"
+
+
+def crl_drop_in() -> str:
+    crl = node_file("crl")
+    return (f"[Service]\nEnvironment=ETCD_CLIENT_CRL_FILE={crl}\n"
+            f"Environment=ETCD_PEER_CRL_FILE={crl}\n")
+
+
+def tls_write_files(tls: NodeTLS, etcd_member: bool = True) -> list[WriteFile]:
+    """The node's certificates and keys; with the revocation list, which an etcd member
+    (not a proxy, not the plain discovery etcd) checks every client and peer against."""
     files = [WriteFile(node_file(CA_NAME), tls.ca_pem, permissions="0644", owner="root")]
+    if tls.crl_pem:
+        files.append(WriteFile(node_file("crl"), tls.crl_pem, permissions="0644",
+                               owner="root"))
+        if etcd_member:
+            files.append(WriteFile(CRL_DROP_IN, crl_drop_in(), permissions="0644",
+                                   owner="root"))
     for kind, issued, owner in (("server", tls.server, ETCD_FILE_OWNER),
                                 ("peer", tls.peer, ETCD_FILE_OWNER),
                                 ("fleetd", tls.fleetd, "root")):
@@ -221,7 +240,7 @@ def node_write_files(cluster: Cluster, node: Node, tls: NodeTLS | None = None
                      ) -> list[WriteFile]:
     files = mode_of(cluster).write_files(cluster)
     if tls is not None:
-        files += tls_write_files(tls)
+        files += tls_write_files(tls, node.etcd_role is EtcdRole.MEMBER)
     return files + list(node.write_files)
 
 

@@ -634,3 +634,77 @@ def test_sigkill_apply_at_random_points_leaves_old_or_new_never_a_mix(cluster, l
     assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
     assert mixes == [], mixes[:5]
     assert doubles == [], f"units ran twice: {doubles[:3]}"
+
+
+def _refused_everywhere(files, urls: list[str]) -> bool:  # (ClientFiles, endpoints)
+    """Whether every member turns a new connection with these certificate files away."""
+    from fleetd.registry.etcd import EtcdTLS, RegistryUnavailable
+
+    for url in urls:
+        etcd = Etcd([url], timeout=2, tls=EtcdTLS(files.ca_file, files.cert_file,
+                                                  files.key_file))
+        try:
+            etcd.get("/probe")
+            return False
+        except RegistryUnavailable:
+            pass
+        finally:
+            etcd.close()
+    return True
+
+
+def test_certs_rotate_while_an_apply_runs_restarts_moves_and_doubles_nothing(cluster,
+                                                                             load_mode):
+    """`provision certs rotate` on the running cluster while `provision apply` adds units:
+    every unit keeps its process (same pid on the same machine), the sampler sees nothing
+    run twice, the apply converges, and afterwards the old certificates are refused."""
+    import shutil
+
+    from provision import pki
+
+    before = cluster.wait_healthy()
+    directory = cluster.state_dir / "pki"
+    old = cluster.env.base / f"old-certs-{load_mode}"
+    old.mkdir()
+    for name in ("ca.pem", "admin.pem", "admin-key.pem"):
+        shutil.copy2(directory / name, old / name)
+    node_dir = cluster.state_dir / state.NODES / "core-02" / "root" / "etc" / "ssl" / "etcd"
+    for name in ("fleetd.pem", "fleetd-key.pem"):
+        shutil.copy2(node_dir / name, old / name)
+    urls = [f"https://{spec['ip']}:2379" for spec in cluster.nodes.values()]
+    assert not _refused_everywhere(pki.client_files(old), urls)
+    extra = cluster.declare("rotate", [{"name": "extra@.service",
+                                        "content": sleeper_text(cluster.run_dir),
+                                        "instances": 3}])
+    start_at = time.monotonic()
+    applying = subprocess.Popen([sys.executable, "-m", "provision.cli", "apply", str(extra),
+                                 "--timeout", "90"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                                cwd=cluster.env.base, env=cluster.environ())
+    try:
+        rotated = cluster.provision("certs", "rotate", cluster.name, "--timeout", "60",
+                                    timeout=300)
+    finally:
+        output, _ = applying.communicate(timeout=150)
+    rotate_s = time.monotonic() - start_at
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert applying.returncode == 0, output
+    doubles = cluster.doubles_since(start_at)
+    after = cluster.wait_healthy()
+    moved = {u: (before[u], after.get(u)) for u in [*MOVABLE, GLOBAL] if after.get(u) != before[u]}
+    extras = wait_for(lambda: (v := cluster.view()) and all(
+        len(v.get(f"extra@{i}.service", {})) == 1 for i in (1, 2, 3)) and v, 60,
+        message="the applied extra@ units run, once each")
+    # Old certificates (the admin's, a node's fleetd's) are refused by every member.
+    refused = {"admin": _refused_everywhere(pki.client_files(old), urls),
+               "fleetd": _refused_everywhere(pki.ClientFiles(str(old / "ca.pem"),
+                                                             str(old / "fleetd.pem"),
+                                                             str(old / "fleetd-key.pem")), urls)}
+    cluster.figure("certs_rotate", load_mode, rotate_with_apply_s=round(rotate_s, 2),
+                   units_moved_or_restarted=len(moved), double_running=len(doubles))
+    cleanup = cluster.provision("apply", str(cluster.path), "--prune", "--timeout", "60")
+    assert cleanup.returncode == 0, cleanup.stdout + cleanup.stderr
+    assert doubles == [], f"units ran twice: {doubles[:3]}"
+    assert moved == {}, moved
+    assert all(len(extras[f"extra@{i}.service"]) == 1 for i in (1, 2, 3))
+    assert refused == {"admin": True, "fleetd": True}

@@ -169,7 +169,33 @@ def test_the_same_attack_on_a_tls_false_cluster_runs_as_root(env):
     assert marker.read_text().strip() == "0"  # root
 
 
+def _copy_client(files, directory: Path):  # ClientFiles -> EtcdTLS
+    from fleetd.registry.etcd import EtcdTLS
+
+    directory.mkdir()
+    for source in (files.ca_file, files.cert_file, files.key_file):
+        shutil.copy2(source, directory / Path(source).name)
+    return EtcdTLS(*(str(directory / Path(f).name)
+                     for f in (files.ca_file, files.cert_file, files.key_file)))
+
+
+def _admin_works(tls, url: str) -> bool:
+    from fleetd.registry.etcd import Etcd, RegistryUnavailable
+
+    etcd = Etcd([url], timeout=2, tls=tls)
+    try:
+        etcd.get("/probe")
+        return True
+    except RegistryUnavailable:
+        return False
+    finally:
+        etcd.close()
+
+
 def test_rotate_rolls_new_certificates_onto_a_running_cluster_without_a_restart(env):
+    """New certificates everywhere, the old ones refused afterwards; no unit restarts and
+    fleetd keeps working: only each member's etcd is restarted (one at a time), to end the
+    connections made with the old certificates."""
     from fleetd.registry.etcd import Etcd
     from fleetd.registry.registry import Registry
     from provision import pki
@@ -185,6 +211,8 @@ def test_rotate_rolls_new_certificates_onto_a_running_cluster_without_a_restart(
     pids = {row["name"]: row["pids"] for row in rows}
     directory = env.state_dir(name) / "pki"
     files = pki.client_files(directory)
+    old_admin = _copy_client(files, env.base / "old-admin")
+    assert _admin_works(old_admin, urls[0])
     before = {row["name"]: served_serial(f"https://{row['ip']}:2379", files) for row in rows}
     etcd = Etcd(urls, timeout=3, tls=env.tls(name))
     try:
@@ -195,25 +223,51 @@ def test_rotate_rolls_new_certificates_onto_a_running_cluster_without_a_restart(
 
         rotated = subprocess.run(
             [sys.executable, "-m", "provision.cli", "certs", "rotate", name],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=180,
             env={**os.environ, "PROVISION_STATE": str(env.state_root)})
         assert rotated.returncode == 0, rotated.stderr
         assert "rolled onto 3 running nodes one at a time" in rotated.stdout
-        assert [line.split(":")[0] for line in rotated.stderr.splitlines()] == [
-            "core-01", "core-02", "core-03"]
+        assert rotated.stderr.splitlines() == [
+            "core-01: new certificates in place", "core-02: new certificates in place",
+            "core-03: new certificates in place", "revocation list published to 3 nodes",
+            "core-01: etcd restarted, serving", "core-02: etcd restarted, serving",
+            "core-03: etcd restarted, serving"]
 
         issued = {i.name: i.serial for i in pki.inventory(directory)}
-        for row in rows:  # each etcd serves its new certificate, in place without a restart
+        for row in rows:  # each etcd serves its new certificate
             served = served_serial(f"https://{row['ip']}:2379", pki.client_files(directory))
             assert served == issued[f"{row['name']}-server"] != before[row["name"]]
+        # The old admin certificate is refused by every member; the new one works.
+        assert [_admin_works(old_admin, url) for url in urls] == [False] * 3
+        assert all(_admin_works(env.tls(name), url) for url in urls)
+        retired = pki.revoked_serials((directory / "crl.pem").read_text())
+        assert before["core-02"] in retired
         after_rows = provider.status(name, state_root=env.state_root)
-        assert {row["name"]: row["pids"] for row in after_rows} == pids
+        for row in after_rows:  # only etcd was restarted
+            now = dict(row["pids"])
+            assert now.pop("etcd2.service") != pids[row["name"]]["etcd2.service"]
+            assert now == {u: p for u, p in pids[row["name"]].items() if u != "etcd2.service"}
         assert all(r["etcd"] == "healthy" and r["fleet"] == "registered" for r in after_rows)
         # The units stayed where they were, each on one machine: nothing restarted or moved.
         assert sorted((s.name, s.machine) for s in registry.states()
                       if s.status.active == "active") == units
     finally:
         etcd.close()
+    # fleetd works on with its new certificate: a new unit is scheduled and runs.
+    started = subprocess.run(
+        ["bash", "-c", f'eval "$({sys.executable} -m provision.cli env {name})" && '
+         f"{sys.executable} -m fleetd.fleetctl.main start --no-block web@3.service"],
+        capture_output=True, text=True, timeout=60, cwd=env.base / "units",
+        env={**os.environ, "PROVISION_STATE": str(env.state_root)})
+    assert started.returncode == 0, started.stderr
+    etcd = Etcd(urls, timeout=3, tls=env.tls(name))
+    try:
+        wait_for(lambda: any(s.name == "web@3.service" and s.status.active == "active"
+                             for s in Registry(etcd).states()), 60,
+                 message="web@3.service active")
+    finally:
+        etcd.close()
     # A node started afterwards boots from the re-rendered user-data: the new certificates.
     node_cert = env.state_dir(name) / "nodes" / "core-02" / "root" / "etc" / "ssl" / "etcd"
     assert (node_cert / "server.pem").read_text() == (directory / "core-02-server.pem").read_text()
+    assert (node_cert / "crl.pem").read_text() == (directory / "crl.pem").read_text()

@@ -166,6 +166,22 @@ def test_etcd2_section_becomes_etcd_35_flags(role, etcd2, expected, absent):
     assert boot.etcd_url == f"http://{IP}:2379"
 
 
+@pytest.mark.parametrize("url", [
+    "http://127.9.0.1:2379/v2/keys/discovery/4d2d00d76f3b473fa5d670ade0a40212",
+    "https://discovery.example/with%percent/and$dollar",
+], ids=["token", "specials"])
+def test_the_discovery_url_reaches_etcd_through_its_environment_not_its_command_line(url):
+    """`ps` shows every local user a command line; the environment is etcd's own."""
+    boot = plan(user_data({"name": "core-02", "discovery": url}))
+    assert flags(boot.etcd_argv)["discovery"] == url  # the plan itself still knows it
+    unit = parse_unit_file(unit_texts(boot)["etcd2.service"])
+    config = parse_service_config(unit, parse_unit_name("etcd2.service"),
+                                  SpecifierContext(machine_id="m", hostname="h"))
+    words = expand_variables(config.exec_start[0].words, {})
+    assert not [w for w in words if url in w or w.startswith("--discovery")]
+    assert dict(config.environment)["ETCD_DISCOVERY"] == url
+
+
 def test_dropped_and_replaced_etcd_settings_are_noted():
     boot = plan(user_data({"name": "core-02", "data-dir": "/var/lib/etcd2", "bogus-key": 1}))
     assert "etcd2 `data-dir` is replaced by the node directory" in boot.notes
@@ -401,6 +417,28 @@ def test_every_example_plans_from_its_rendered_user_data(example, roles, tmp_pat
         assert boot.started_units[:2] == ("etcd2.service", "fleet.service")
         if boot.role != "etcd-proxy":
             assert "--enable-v2=true" in boot.etcd_argv
+
+
+def test_etcd_drop_ins_in_write_files_set_flags_the_etcd2_section_cannot_name(tmp_path):
+    """The rendered revocation list reaches a member's etcd (under the node root); a proxy's
+    gateway, which passes TLS through, does not take it."""
+    manifest, files = rendered("large.yaml", tmp_path)
+    by_role = {}
+    for spec in manifest["nodes"]:
+        boot = plan_node(files[spec["user_data"]], source=spec["user_data"], node=spec,
+                         manifest=manifest, dirs=dirs(spec["name"]), tools=TOOLS,
+                         fleet_settings=FLEET)
+        by_role.setdefault(boot.role, boot)
+    member = flags(by_role["etcd-member"].etcd_argv)
+    crl = str(dirs(by_role["etcd-member"].name).root / "etc/ssl/etcd/crl.pem")
+    assert member["client-crl-file"] == member["peer-crl-file"] == crl
+    assert "crl" not in " ".join(by_role["etcd-proxy"].etcd_argv)
+    drop_in = {"path": "/etc/systemd/system/etcd2.service.d/40-more.conf",
+               "content": '[Service]\nEnvironment="ETCD_SNAPSHOT_COUNT=500" ETCD_BOGUS=1\n'
+                          "Environment=OTHER=2\n"}
+    got = flags(plan(user_data({"name": "core-02", "snapshot-count": 100},
+                               write_files=[drop_in])).etcd_argv)
+    assert got["snapshot-count"] == "500" and "bogus" not in got
 
 
 @pytest.mark.parametrize(("text", "version", "warns"), [

@@ -374,6 +374,29 @@ def test_services_get_a_stock_unit_and_a_cloudinit_drop_in():
     assert NO_FLANNELD in got.notes
 
 
+def test_an_etcd2_drop_in_carrying_the_discovery_url_is_roots_alone():
+    """The token URL lets anyone join the cluster: the drop-in holding it is written 0600
+    (and chmodded back if someone widened it); one without it stays 0644 like the rest."""
+    token = "https://discovery.etcd.io/3d9d0e8e4f3b4c7a9c1b2e5f6a7b8c9d"
+    secret = config(f"coreos:\n  etcd2:\n    name: core-01\n    discovery: {token}\n")
+    drop_in = "/run/systemd/system/etcd2.service.d/20-cloudinit.conf"
+    files = {f.path: f for u in secret.units for f in u.files}
+    assert f'Environment="ETCD_DISCOVERY={token}"' in files[drop_in].content
+    assert files[drop_in].mode == 0o600
+    assert files["/run/systemd/system/etcd2.service"].mode == 0o644
+    writes = {a.path: a.mode for a in plan(secret, STATE).actions if isinstance(a, WriteFile)}
+    assert writes[drop_in] == 0o600
+    assert writes["/run/systemd/system/etcd2.service"] == 0o644
+    widened = dict(applied_state(secret).files)
+    widened[drop_in] = FileState("file", widened[drop_in].content, 0o100644, 0, 0)
+    assert plan(secret, MachineState(files=widened, accounts=STATE.accounts,
+                                     groups=STATE.groups, units=applied_state(secret).units,
+                                     hostname=applied_state(secret).hostname)
+                ).actions == (SetAttributes(drop_in, 0o600, None),)
+    plain = config("coreos:\n  etcd2:\n    name: core-01\n")
+    assert {f.path: f.mode for u in plain.units for f in u.files}[drop_in] == 0o644
+
+
 def test_flanneld_runs_where_the_machine_has_it():
     facts = Facts(etcd="/usr/bin/etcd", etcd_user=None, flanneld="/opt/bin/flanneld")
     got = config(RENDERED, facts=facts)

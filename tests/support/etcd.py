@@ -40,26 +40,51 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, message: str = "
 
 
 class EtcdServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    """`tls=True`: mutual TLS on the client port, with a CA, server and client certificate
+    of its own (`self.tls`: the client's files, as fleetd's etcd client takes them)."""
+
+    def __init__(self, host: str = "127.0.0.1", tls: bool = False) -> None:
         self.host = host
         self.client_port = free_port(host)
         self.peer_port = free_port(host)
         self.data_dir = Path(tempfile.mkdtemp(prefix="test-etcd-"))
         self.binary = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "etcd"
         self.process: subprocess.Popen | None = None
+        self.tls = self._certificates() if tls else None
+
+    def _certificates(self):  # fleetd.registry.etcd.EtcdTLS
+        from cryptography.hazmat.primitives import serialization
+
+        from fleetd.registry.etcd import EtcdTLS
+        from provision.pki import CertSpec, issue, new_ca
+
+        ca, key = new_ca("test-etcd")
+        (self.data_dir / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        for name, spec in (("server", CertSpec("server", "etcd", (self.host,), ("localhost",),
+                                                 server=True)),
+                           ("client", CertSpec("client", "client"))):
+            made = issue(spec, ca, key)
+            (self.data_dir / f"{name}.pem").write_text(made.cert_pem)
+            (self.data_dir / f"{name}-key.pem").write_text(made.key_pem)
+        return EtcdTLS(*(str(self.data_dir / f) for f in ("ca.pem", "client.pem",
+                                                          "client-key.pem")))
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     def start(self) -> EtcdServer:
         peer = f"http://{self.host}:{self.peer_port}"
         self.log = open(self.data_dir / "etcd.log", "wb")  # closed in stop()
+        tls = [] if self.tls is None else [
+            f"--cert-file={self.data_dir / 'server.pem'}",
+            f"--key-file={self.data_dir / 'server-key.pem'}",
+            f"--trusted-ca-file={self.tls.ca_file}", "--client-cert-auth"]
         self.process = subprocess.Popen(
             [self.binary, "--name", "test", "--data-dir", str(self.data_dir / "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}", "--log-level", "error"],
+             "--initial-cluster", f"test={peer}", "--log-level", "error", *tls],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_for(self.healthy, 20, interval=0.1, message="etcd ready")
@@ -72,7 +97,10 @@ class EtcdServer:
         import etcd3
 
         # A fresh client per probe: etcd3 marks a refused endpoint failed for minutes.
-        client = etcd3.client(host=self.host, port=self.client_port, timeout=1)
+        files = {} if self.tls is None else {"ca_cert": self.tls.ca_file,
+                                             "cert_cert": self.tls.cert_file,
+                                             "cert_key": self.tls.key_file}
+        client = etcd3.client(host=self.host, port=self.client_port, timeout=1, **files)
         try:
             client.get("/ready")
             return True

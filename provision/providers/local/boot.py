@@ -74,6 +74,7 @@ OWN_PATHS = ("data-dir", "wal-dir")
 NODE_FILE_FLAGS = ("cert-file", "key-file", "trusted-ca-file", "client-crl-file",
                    "peer-cert-file", "peer-key-file", "peer-trusted-ca-file", "peer-crl-file")
 GATEWAY_RETRY = "1s"
+ETCD_DROP_IN_DIR = "/etc/systemd/system/etcd2.service.d"
 
 
 @dataclass(frozen=True)
@@ -176,14 +177,15 @@ def plan_node(user_data: str, *, source: str, node: ManifestNode, manifest: Mani
         raise _error(source, "no `coreos.etcd2` section: the node cannot start etcd")
     role = node.etcd_role
     etcd = manifest.etcd
+    files = tuple(_write_file(entry, i, problems) for i, entry in
+                  enumerate(config.get("write_files") or []))
+    etcd2 = {**etcd2, **etcd_drop_in_settings([f for f in files if f is not None])}
     etcd_argv, etcd_url = etcd_command(etcd2, ip=ip, role=role, data_dir=dirs.etcd,
                                        tools=tools, etcd=etcd, notes=notes, root=dirs.root)
     fleet = coreos.get("fleet") if isinstance(coreos.get("fleet"), dict) else {}
     fleet_argv, servers, prefix = fleetd_command(fleet, dirs=dirs, tools=tools,
                                                  settings=fleet_settings,
                                                  api_socket_flag=api_socket_flag, notes=notes)
-    files = tuple(_write_file(entry, i, problems) for i, entry in
-                  enumerate(config.get("write_files") or []))
     units = node_units(coreos.get("units") or [], etcd_argv=etcd_argv, fleetd_argv=fleet_argv,
                        tools=tools, node_name=node.name, notes=notes, problems=problems)
     if problems:
@@ -290,6 +292,29 @@ def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools:
     argv = [tools.etcd] + [f"--{key}={value}" for key, value in flags.items()]
     client = _client_url(flags["advertise-client-urls"], flags["listen-client-urls"], ip)
     return tuple(argv), client
+
+
+def etcd_drop_in_settings(files: list[FileWrite]) -> dict[str, str]:
+    """etcd2 settings from `ETCD_*` variables in etcd2.service drop-ins the user-data writes
+    (how a CoreOS user set flags coreos-cloudinit has no key for: the revocation list), in
+    the order systemd reads them; later ones win, and over the etcd2 section."""
+    from fleetd.runner.process.specifiers import parse_environment_words
+    from fleetd.unit.unitfile import UnitFileError, parse_unit_file
+
+    settings: dict[str, str] = {}
+    for item in sorted(files, key=lambda f: posixpath.basename(f.path)):
+        if posixpath.dirname(item.path) != ETCD_DROP_IN_DIR or not item.path.endswith(".conf"):
+            continue
+        try:
+            values = parse_unit_file(item.content.decode()).get("Service", "Environment")
+        except (UnitFileError, UnicodeDecodeError):
+            continue
+        for value in values:
+            for name, text in parse_environment_words(value)[0]:
+                key = name[len("ETCD_"):].lower().replace("_", "-")
+                if name.startswith("ETCD_") and key in ETCD_FLAGS:
+                    settings[key] = text
+    return settings
 
 
 def _client_url(advertised: str, listened: str, ip: str) -> str:

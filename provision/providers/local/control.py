@@ -74,14 +74,32 @@ def set_desired(state_dir: Path, changes: dict[str, str]) -> int:
     nodes = dict(current.get("nodes") or {})
     nodes.update(changes)
     generation = int(current.get("generation") or 0) + 1
-    state.write_json(state_dir / state.DESIRED, {"generation": generation, "nodes": nodes})
+    state.write_json(state_dir / state.DESIRED, {**current, "generation": generation,
+                                                 "nodes": nodes})
+    _wake(state_dir)
+    return generation
+
+
+def restart_etcd(state_dir: Path, node: str) -> tuple[int, int]:
+    """Ask the supervisor to restart one node's etcd (its other units keep running);
+    (the new generation, the node's restart count to wait for in status.json)."""
+    current = state.read_json(state_dir / state.DESIRED) or {}
+    restarts = dict(current.get("etcd_restarts") or {})
+    restarts[node] = int(restarts.get(node) or 0) + 1
+    generation = int(current.get("generation") or 0) + 1
+    state.write_json(state_dir / state.DESIRED, {**current, "generation": generation,
+                                                 "etcd_restarts": restarts})
+    _wake(state_dir)
+    return generation, restarts[node]
+
+
+def _wake(state_dir: Path) -> None:
     pid = state.supervisor_pid(state_dir)
     if pid is not None and state.is_our_supervisor(pid, state_dir):
         try:
             os.kill(pid, signal.SIGHUP)
         except ProcessLookupError:
             pass
-    return generation
 
 
 def read_status(state_dir: Path, generation: int = 0) -> dict | None:

@@ -99,6 +99,9 @@ def prepare_node(boot: NodeBoot) -> str:
     dirs = boot.dirs
     for path in (dirs.root / "etc", dirs.system, dirs.fleet):
         path.mkdir(parents=True, exist_ok=True)
+    # The node's unit files and their logs carry etcd's configuration (etcd logs its
+    # discovery URL at start): its owner's alone.
+    os.chmod(dirs.system, 0o700)
     mid = machine_id(dirs)
     write_atomic(dirs.root / "etc" / "machine-id", mid + "\n")
     write_atomic(dirs.root / "etc" / "hostname", boot.hostname + "\n")
@@ -137,7 +140,7 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
         "etcd_url": b.etcd_url,
         "units": [{"name": u.name, "text": u.text, "start": u.start} for u in b.units],
     } for b in boots]}
-    state.write_json(state_dir / state.PLAN, plan)
+    state.write_plan(state_dir, plan)
     return ids
 
 

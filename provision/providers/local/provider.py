@@ -25,7 +25,7 @@ from rich.console import Console
 
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import cluster_state_dir, disk_error, is_disk_error
-from provision.providers import ClusterRef, StatusReport
+from provision.providers import CertRollout, ClusterRef, StatusReport
 from provision.providers.local import control, dns, nodes, state
 from provision.providers.local.boot import NodeBoot
 from provision.providers.local.discovery import write_size
@@ -392,7 +392,7 @@ def _replace_member(state_dir: Path, boot: NodeBoot, boots: list[NodeBoot],
             for unit in spec.get("units") or []:
                 if unit.get("name") == ETCD_UNIT:
                     unit["text"] = system_unit(f"etcd of {boot.name}", argv)
-    state.write_json(state_dir / state.PLAN, plan)
+    state.write_plan(state_dir, plan)
     return replaced
 
 
@@ -555,3 +555,31 @@ class LocalProvider:
         """Down once the supervisor (which owns every node process) is gone."""
         state_dir = cluster_state_dir(cluster_name, self.state_root)
         return lambda: state_dir.is_dir() and not control.running(state_dir)
+
+    def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
+        """See provision/providers/local/rotate.py: certificates node by node, then the
+        revocation list, then each member's etcd restarted alone."""
+        from provision.providers.local.rotate import roll
+
+        state_dir = cluster_state_dir(ref.name, self.state_root)
+        rendered = state_dir / state.RENDERED
+        if not (rendered / "manifest.json").is_file():
+            return None
+        if not control.running(state_dir):
+            rollout.render_at_rest(rendered)
+            return None
+        # The nodes get their new certificates first; the retired ones are revoked only once
+        # every node has moved (else a node still on its old certificate is refused).
+        rollout.render(rendered)
+
+        def publish() -> None:
+            rollout.publish()
+            rollout.render(rendered)
+
+        made = rollout.pki
+        expected = {name[:-len("-server")]: issued.serial
+                    for name, issued in made.issued.items()  # type: ignore[attr-defined]
+                    if name.endswith("-server")}
+        return len(roll(state_dir, made.client_files(),  # type: ignore[attr-defined]
+                        expected, lambda: _plan_boots(state_dir)[0], publish=publish,
+                        timeout=timeout, report=rollout.report))

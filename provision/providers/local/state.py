@@ -40,9 +40,14 @@ SHARED = "shared"
 SUPERVISOR_MODULE = "provision.providers.local.supervisor"
 
 
-def write_json(path: Path, data: object) -> None:
+def write_json(path: Path, data: object, mode: int | None = None) -> None:
     """Replace a state file whole; an OSError names it and leaves no staged file behind."""
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode)
+
+
+def write_plan(state_dir: Path, plan: dict) -> None:
+    """plan.json, its owner's alone: the etcd units' text carries the discovery URL."""
+    write_json(state_dir / PLAN, plan, 0o600)
 
 
 def read_json(path: Path) -> dict | None:

@@ -58,6 +58,7 @@ class Node:
         self.runner: ProcessRunner | None = None
         self.error: str | None = None  # why the last start failed
         self.error_generation = -1  # a failed start is retried on a new desired state only
+        self.etcd_restarts = 0  # restart requests of its etcd carried out (see Supervisor)
         self.lock = threading.Lock()
 
     @property
@@ -116,6 +117,22 @@ class Node:
                 return
             time.sleep(0.05)
 
+    def restart_etcd(self, timeout: float = NODE_STOP_TIMEOUT_S) -> None:
+        """Stop the node's etcd alone and start it again (its other units keep running):
+        every connection to it ends, and the new ones meet its files as they are now."""
+        runner = self.runner
+        if runner is None:
+            return
+        runner.stop(ETCD_UNIT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            unit = runner.units().get(ETCD_UNIT)
+            if unit is None or unit.active in ("inactive", "failed"):
+                break
+            time.sleep(0.05)
+        runner.start(ETCD_UNIT)
+        log.info("node %s: etcd restarted", self.name)
+
     def leads_etcd(self) -> bool:
         """True when this node's etcd is the raft leader (asked over the v2 stats API)."""
         url = self.spec.get("etcd_url")
@@ -135,7 +152,8 @@ class Node:
                 units[name] = {"active": unit.active, "sub": unit.sub,
                                "pid": runner.main_pid(name)}
         return {"state": "running" if runner is not None else "stopped",
-                "machine_id": self.spec["machine_id"], "error": self.error, "units": units}
+                "machine_id": self.spec["machine_id"], "error": self.error, "units": units,
+                "etcd_restarts": self.etcd_restarts}
 
 
 class Supervisor:
@@ -157,6 +175,7 @@ class Supervisor:
                            self.wake.set)
         self.wait_tcp = list(plan.get("wait_tcp") or [])
         self.generation = 0  # of the desired state last applied
+        self.etcd_restarts: dict[str, int] = {}  # node -> etcd restarts asked for so far
         self.pool = ThreadPoolExecutor(max_workers=max(4, len(self.nodes)),
                                        thread_name_prefix="node")
         self.writes_problem: dict | None = None  # status.json cannot be written: why, since
@@ -172,11 +191,20 @@ class Supervisor:
         generation = data.get("generation")
         self.generation = generation if isinstance(generation, int) else 0
         wanted = data.get("nodes") or {}
+        self.etcd_restarts = {name: int(count) for name, count in
+                              (data.get("etcd_restarts") or {}).items()
+                              if name in self.nodes and isinstance(count, int)}
         return {name: wanted.get(name, "stopped") for name in self.nodes}
 
     def reconcile(self) -> None:
         desired = self.desired()
         jobs = []
+        for name, count in self.etcd_restarts.items():
+            node = self.nodes[name]
+            if count > node.etcd_restarts:
+                node.etcd_restarts = count
+                if node.running and desired[name] == "running":
+                    jobs.append(self.pool.submit(self._guarded, node.restart_etcd, name))
         plan: dict | None = None
         for name, node in self.nodes.items():
             retry = node.error is None or node.error_generation != self.generation
@@ -263,6 +291,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda *_: self.wake.set())
         if self.shared.spec["units"]:
             self._guarded(self._start_shared, "shared")
+        self.desired()  # restarts asked of an earlier supervisor are not carried out again
+        for name, count in self.etcd_restarts.items():
+            self.nodes[name].etcd_restarts = count
         self.write_status()
         log.info("supervisor of %s ready (pid %s)", self.cluster, os.getpid())
         while not self.stopping.is_set():

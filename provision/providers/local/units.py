@@ -20,6 +20,10 @@ FLANNEL_NOTE = ("flanneld cannot run on a local node (it needs root and a VXLAN/
                 "etcd")
 START_COMMANDS = ("start", "restart", "reload-or-restart")
 HOST_ETCDCTL = ("/usr/bin/etcdctl", "/bin/etcdctl", "etcdctl")
+# etcd flags whose values are secrets (a token discovery URL lets anyone join the cluster):
+# handed to etcd in its environment, which only its owner can read (/proc/PID/environ is
+# 0400), never on its command line, which every local user can (`ps`).
+SECRET_ETCD_FLAGS = {"--discovery=": "ETCD_DISCOVERY"}
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,32 @@ class UnitPlan:
     start: bool
 
 
+def environment_line(name: str, value: str) -> str:
+    """`Environment="NAME=value"`, quoted and escaped so the unit hands over exactly `value`
+    (no `$` expansion there, unlike Exec lines)."""
+    escaped = (value.replace("%", "%%").replace("\\", "\\\\").replace('"', '\\"')
+               .replace("\n", "\\n"))
+    return f'Environment="{name}={escaped}"'
+
+
+def secrets_apart(argv: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the command line without secret flags, `Environment=` lines carrying them)."""
+    kept: list[str] = []
+    environment: list[str] = []
+    for arg in argv:
+        flag = next((f for f in SECRET_ETCD_FLAGS if arg.startswith(f)), None)
+        if flag is None:
+            kept.append(arg)
+        else:
+            environment.append(environment_line(SECRET_ETCD_FLAGS[flag], arg[len(flag):]))
+    return tuple(kept), tuple(environment)
+
+
 def system_unit(description: str, argv: tuple[str, ...], *, after: str = "",
                 stop_timeout: int = 20, extra: tuple[str, ...] = ()) -> str:
+    """A unit running `argv`; secret flags go into its environment (`secrets_apart`)."""
+    argv, secrets = secrets_apart(argv)
+    extra = (*secrets, *extra)
     lines = ["[Unit]", f"Description={description}"]
     if after:
         lines.append(f"After={after}")

@@ -32,7 +32,7 @@ from pathlib import Path
 from provision.box.netns import NETNS_DIR, BridgeNetwork
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import write_atomic
-from provision.providers import ClusterRef, StatusReport, format_progress
+from provision.providers import CertRollout, ClusterRef, StatusReport, format_progress
 from provision.providers.nspawn import layout
 from provision.providers.nspawn.machines import Machine, cgroup_hierarchies, write_files
 from provision.signals import sigterm_interrupts, uninterrupted
@@ -164,6 +164,39 @@ class Cluster:
         machine.boot(layout.nspawn_argv(self.spec(node), Path(self.record.rootfs),
                                         machine.upper, NETNS_DIR / self.record.namespace))
         return machine
+
+    def reapply(self, node: NodeRecord, timeout: float) -> None:
+        """The node's user-data as rendered now, applied in the running machine by the same
+        applier as at boot: it changes only what differs and restarts only the units whose
+        files changed (a certificate is no unit's file, so nothing restarts)."""
+        from provision.machine.seed import USER_DATA
+
+        machine = self.machine(node.name)
+        user_data = (self.state_dir / RENDERED / _user_data_name(self, node)).read_text()
+        # Through the machine's own mounts, not its overlay's upper directory (written
+        # behind a mounted overlay's back, a change may not show).
+        staged = f"{USER_DATA}.new"
+        copied = subprocess.run(
+            machine.enter("sh", "-c", f"umask 077 && cat > {staged} && mv {staged} {USER_DATA}"),
+            input=user_data, capture_output=True, text=True, timeout=timeout, check=False)
+        applied = copied if copied.returncode else machine.run(
+            "/usr/local/bin/provision", "cloudinit", "--from-file", USER_DATA, timeout=timeout)
+        if applied.returncode != 0:
+            raise OperationFailed(f"{node.name}: applying its new user-data failed: "
+                                  f"{(applied.stderr or applied.stdout).strip()[-500:]}")
+
+    def restart_member(self, node: NodeRecord, prober, deadline: float) -> None:
+        """Restart the node's etcd alone, until it serves again (a linearizable read)."""
+        result = self.machine(node.name).run("systemctl", "restart", "etcd2.service",
+                                             timeout=max(1.0, deadline - time.monotonic()))
+        if result.returncode != 0:
+            raise OperationFailed(f"{node.name}: cannot restart etcd2.service: "
+                                  f"{result.stderr.strip()[-300:]}")
+        while prober.etcd([_client_url(self, node)]) != [True]:
+            if time.monotonic() > deadline:
+                raise OperationFailed(f"{node.name}: its etcd did not serve again after its "
+                                      "restart (`journalctl -u etcd2` in the machine)")
+            time.sleep(POLL_S)
 
     def prober(self):  # NamespaceProber
         from provision.providers.local.control import python_path
@@ -465,6 +498,40 @@ class NspawnProvider:
             uninterrupted(lambda: machine.stop())
             raise
         return f"{node}: running"
+
+    def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
+        """Each running machine applies its re-rendered user-data, one at a time (new
+        certificate files: etcd reads them at every handshake, fleetd follows them); then
+        the revocation list the same way; then each member's etcd2.service restarts alone,
+        the next once it serves again, ending every connection made with an old one."""
+        if not self.knows(ref.name):
+            return None
+        if problem := requirements_problem():
+            raise UserError(problem)
+        cluster = self._open(ref.name)
+        rendered = cluster.state_dir / RENDERED
+        running = [n for n in cluster.record.nodes if cluster.machine(n.name).running()]
+        if not running:
+            rollout.render_at_rest(rendered)
+            return None
+        rollout.render(rendered)
+        for node in running:
+            cluster.reapply(node, timeout)
+            rollout.report(f"{node.name}: new certificates in place")
+        rollout.publish()
+        rollout.render(rendered)
+        for node in running:
+            cluster.reapply(node, timeout)
+        rollout.report(f"revocation list published to {len(running)} nodes")
+        members = [n for n in running if n.name in set(cluster.record.members)]
+        prober = cluster.prober()
+        try:
+            for node in members:
+                cluster.restart_member(node, prober, time.monotonic() + timeout)
+                rollout.report(f"{node.name}: etcd restarted, serving")
+        finally:
+            prober.close()
+        return len(running)
 
     def env(self, ref: ClusterRef) -> str:
         cluster = self._open(ref.name)
