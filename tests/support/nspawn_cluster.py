@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from provision.providers.nspawn import layout
-from provision.providers.nspawn.machines import Machine, cgroup_hierarchies
+from provision.providers.nspawn.machines import PROPAGATE_DIR, Machine, cgroup_hierarchies
 from provision.providers.nspawn.provider import requirements_problem, state_dir_of
 from tests.support.localenv import REPO
 
@@ -104,6 +104,7 @@ class NspawnCluster:
             found.append(f"netns {self.namespace}")
         for hierarchy in cgroup_hierarchies():
             found += [str(p) for p in hierarchy.glob(f"{layout.MACHINE_PREFIX}{self.name}-*")]
+        found += [str(p) for p in PROPAGATE_DIR.glob(f"{layout.MACHINE_PREFIX}{self.name}-*")]
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
