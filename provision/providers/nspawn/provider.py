@@ -271,7 +271,7 @@ class Cluster:
         self.wait_healthy(nodes, deadline, say)
 
     def stop_all(self, nodes: list[NodeRecord] | None = None, timeout: float = 30) -> int:
-        """Power off the nodes' machines at once; how many were running.
+        """Power off the nodes' machines (at once, in the end); how many were running.
 
         When etcd members stop together their leader needs care: a stopping leader hands
         its leadership to its best-connected peer and waits for that peer to take it, up
