@@ -253,6 +253,7 @@ HTTP_CLIENTS_ELSEWHERE = {
     "provision.render.discovery": "the public etcd discovery service's token request",
     "provision.providers.local.discovery": "a discovery etcd's v2 keys for a token cluster",
     "provision.providers.local.supervisor": "a node etcd's /v2/stats/self, whether it is up",
+    "provision.providers.nspawn.leader": "each etcd member's /v3/maintenance/status: leader?",
 }
 
 

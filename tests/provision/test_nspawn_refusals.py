@@ -88,3 +88,42 @@ def test_provider_flag_on_a_loopback_cluster_is_refused(tmp_path):
                {**os.environ, "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
     assert_refused(done, "nspawn machines need a private network such as 172.17.8.0/24")
     assert not (tmp_path / "state" / ".nspawn").exists()
+
+
+def _dns_srv_cluster(tmp_path: Path, dns_server: str) -> Path:
+    import yaml
+
+    data = yaml.safe_load((CLUSTERS / "nspawn.yaml").read_text())
+    data["etcd"]["discovery"] = {"mode": "dns-srv", "domain": "nspawn.test",
+                                 "dns_server": dns_server}
+    path = tmp_path / "dns.yaml"
+    path.write_text(yaml.safe_dump(data))
+    shutil.copytree(CLUSTERS / "units", tmp_path / "units")
+    return path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, only a missing tool refuses")
+def test_dns_srv_without_dnsmasq(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("ip", "nsenter", "systemd-nspawn"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = run([sys.executable, "-m", "provision.cli", "up",
+                str(_dns_srv_cluster(tmp_path, "172.17.8.53"))],
+               {"PATH": str(bin_dir), "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("no systemd-nspawn: that is what would be refused")
+    assert_refused(done, "dns-srv discovery on nspawn machines needs dnsmasq on the host")
+    assert not (tmp_path / "state" / ".nspawn").exists()  # nothing started
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, only a bad address refuses")
+def test_dns_srv_server_on_a_nodes_address(tmp_path):
+    done = run([sys.executable, "-m", "provision.cli", "up",
+                str(_dns_srv_cluster(tmp_path, "172.17.8.102"))],
+               {**os.environ, "PROVISION_STATE": str(tmp_path / "state")}, tmp_path)
+    if requirements_problem := _can_build():
+        pytest.skip(requirements_problem)
+    assert_refused(done, "etcd.discovery.dns_server 172.17.8.102 must be a free address")
+    assert not (tmp_path / "state" / ".nspawn").exists()  # nothing started

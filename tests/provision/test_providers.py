@@ -132,6 +132,25 @@ def test_first_boot_and_every_boot_files():
     assert every["/var/lib/provision/user-data"] == (b"#cloud-config\n", 0o600)
     assert b"COREOS_PRIVATE_IPV4=172.17.8.102" in every["/etc/environment"][0]
     assert every["/etc/hostname"][0] == b"core-02\n"
+    assert "/etc/resolv.conf" not in every  # the image's: names no server
+
+
+def test_a_dns_srv_machine_resolves_through_the_clusters_dns_server():
+    every = layout.every_boot_files(SPEC, "#cloud-config\n", "172.17.8.53")
+    assert every["/etc/resolv.conf"] == (b"nameserver 172.17.8.53\n", 0o644)
+
+
+def test_nspawn_dns_server_must_be_a_free_address_of_the_network():
+    from provision.providers.nspawn.nameserver import address_problem
+
+    net = ipaddress.IPv4Network("172.17.8.0/24")
+    nodes = {"172.17.8.101", "172.17.8.102"}
+    assert address_problem(net, nodes, "172.17.8.1", None) is None
+    assert address_problem(net, nodes, "172.17.8.1", "172.17.8.53") is None
+    for bad in ("10.0.0.53", "172.17.8.101", "172.17.8.1", "172.17.8.255"):
+        problem = address_problem(net, nodes, "172.17.8.1", bad)
+        assert problem and problem.startswith(f"etcd.discovery.dns_server {bad} must be a "
+                                              "free address of network.cidr 172.17.8.0/24")
 
 
 def test_nspawn_argv():

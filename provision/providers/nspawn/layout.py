@@ -111,9 +111,15 @@ def first_boot_files(spec: MachineSpec, peers: list[tuple[str, str]]
     }
 
 
-def every_boot_files(spec: MachineSpec, user_data: str) -> dict[str, tuple[bytes, int]]:
-    """Files written before every boot: the user-data the boot unit applies, its addresses."""
-    return seed_files(user_data, spec.ip, hostname=spec.node)
+def every_boot_files(spec: MachineSpec, user_data: str, nameserver: str | None = None
+                     ) -> dict[str, tuple[bytes, int]]:
+    """Files written before every boot: the user-data the boot unit applies, its addresses,
+    and, for a dns-srv cluster, the resolver naming the cluster's DNS server (the image's
+    names none; a user-data that writes /etc/resolv.conf names the same one)."""
+    files = seed_files(user_data, spec.ip, hostname=spec.node)
+    if nameserver is not None:
+        files["/etc/resolv.conf"] = (f"nameserver {nameserver}\n".encode(), 0o644)
+    return files
 
 
 def nspawn_argv(spec: MachineSpec, rootfs: Path, upper: Path, netns_path: Path) -> list[str]:

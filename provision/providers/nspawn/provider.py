@@ -33,9 +33,12 @@ from provision.box.netns import NETNS_DIR, BridgeNetwork
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import write_atomic
 from provision.providers import CertRollout, ClusterRef, StatusReport, format_progress
-from provision.providers.nspawn import layout
+from provision.providers.nspawn import layout, nameserver
 from provision.providers.nspawn.machines import Machine, cgroup_hierarchies, write_files
+from provision.providers.nspawn.nameserver import NameServer
+from provision.render.manifest import Manifest
 from provision.signals import sigterm_interrupts, uninterrupted
+from provision.spec.discovery import boot_needs, mode_of
 
 STATE_SUBDIR = ".nspawn"  # a cluster name (a DNS label) never starts with a dot
 RENDERED = "rendered"
@@ -96,6 +99,7 @@ class ClusterRecord:
     fleet_prefix: str
     nodes: list[NodeRecord]
     tls: bool = False  # etcd speaks https and wants the cluster's client certificates
+    dns: str = ""      # dns-srv: the address its dnsmasq serves the SRV records on (w/ prefix)
 
     def to_json(self) -> str:
         data = dict(self.__dict__)
@@ -156,7 +160,8 @@ class Cluster:
             write_files(upper, layout.first_boot_files(spec, peers))
             _host_keys(upper)
         user_data = (self.state_dir / RENDERED / _user_data_name(self, node)).read_text()
-        write_files(upper, layout.every_boot_files(spec, user_data))
+        dns = str(ipaddress.IPv4Interface(self.record.dns).ip) if self.record.dns else None
+        write_files(upper, layout.every_boot_files(spec, user_data, dns))
 
     def boot(self, node: NodeRecord) -> Machine:
         machine = self.machine(node.name)
@@ -197,6 +202,39 @@ class Cluster:
                 raise OperationFailed(f"{node.name}: its etcd did not serve again after its "
                                       "restart (`journalctl -u etcd2` in the machine)")
             time.sleep(POLL_S)
+
+    def nameserver(self) -> NameServer | None:
+        """dns-srv: the dnsmasq serving the rendered zone inside the namespace."""
+        if not self.record.dns:
+            return None
+        from provision.providers.local import dns
+
+        needs = boot_needs(Manifest.from_file(self.state_dir / RENDERED).etcd.discovery)
+        assert needs.dns is not None, "a cluster with a DNS server serves dns-srv discovery"
+        zone = (self.state_dir / RENDERED / needs.dns.zone_file).read_text()
+        return NameServer(self.record.namespace, layout.BRIDGE, self.record.dns,
+                          self.state_dir, needs.dns.domain, dns.zone_records(zone))
+
+    def start_network(self, deadline: float) -> tuple[bool, bool]:
+        """The namespace with its bridge, and a dns-srv cluster's DNS server: (whether the
+        namespace, whether the DNS server was started now)."""
+        bridge = self.bridge()
+        created = not bridge.exists()
+        if created:
+            bridge.create()
+        server = self.nameserver()
+        try:
+            started = server.start(deadline) if server is not None else False
+        except BaseException:
+            if created:
+                bridge.delete()
+            raise
+        return created, started
+
+    def stop_network(self) -> None:
+        if (server := self.nameserver()) is not None:
+            server.stop()
+        self.bridge().delete()
 
     def prober(self):  # NamespaceProber
         from provision.providers.local.control import python_path
@@ -267,10 +305,50 @@ class Cluster:
         self.wait_healthy(nodes, deadline, say)
 
     def stop_all(self, nodes: list[NodeRecord] | None = None, timeout: float = 30) -> int:
-        """Power off the nodes' machines at once; how many were running."""
+        """Power off the nodes' machines (at once, in the end); how many were running.
+
+        When etcd members stop together their leader needs care: a stopping leader hands
+        its leadership to its best-connected peer and waits for that peer to take it, up
+        to etcd's request timeout (7 s). A peer that is stopping at the same moment never
+        takes it, and the whole power-off would wait the timeout out. So, when the
+        leader stops with other members: first fleet everywhere (fleetd stops its units,
+        whose sidekicks and fleetd itself still write to etcd, which still has quorum),
+        then the other members' etcd, then every machine: the leader, with no live peer
+        left, stops at once."""
         nodes = self.record.nodes if nodes is None else nodes
+        running = [n for n in nodes if self.machine(n.name).running()]
+        members = [n for n in running if n.name in self.record.members]
+        if len(members) >= 2:
+            with ThreadPoolExecutor(max_workers=len(running) + 1) as pool:
+                found = pool.submit(self._leader)
+                list(pool.map(lambda n: self._stop_service(n, "fleet.service", timeout),
+                              running))
+                leader = found.result()
+                if leader in {n.name for n in members}:
+                    list(pool.map(lambda n: self._stop_service(n, "etcd2.service", timeout),
+                                  [n for n in members if n.name != leader]))
         with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
             return sum(pool.map(lambda n: self.machine(n.name).stop(timeout), nodes))
+
+    def _leader(self) -> str | None:
+        from provision.providers.nspawn.leader import leader, tls_context
+
+        tls = _admin_tls(self.record)
+        try:
+            context = (tls_context(tls.ca_file, tls.cert_file, tls.key_file)
+                       if tls is not None else None)
+        except OSError:  # the cluster's certificates are gone: stop in any order
+            return None
+        members = {n.name: _client_url(self, n) for n in self.record.nodes
+                   if n.name in self.record.members}
+        return leader(NETNS_DIR / self.record.namespace, members, context)
+
+    def _stop_service(self, node: NodeRecord, unit: str, timeout: float) -> None:
+        """`systemctl stop unit` in the node's machine; power-off stops what this did not."""
+        try:
+            self.machine(node.name).run("systemctl", "stop", unit, timeout=timeout)
+        except (subprocess.TimeoutExpired, OperationFailed):
+            pass
 
 
 def _missing(node: str, etcd_ok: set[str], fleet_ok: set[str]) -> str:
@@ -340,6 +418,9 @@ class NspawnProvider:
         model = load(yaml)
         if problem := self.network_problem(model.network):  # `--provider nspawn` on another's YAML
             raise UserError([Problem(model.source, None, None, problem)])
+        dns_srv = mode_of(model).serves_dns
+        if dns_srv and (problem := nameserver.requirements_problem() or _dns_problem(model)):
+            raise UserError([Problem(model.source, None, None, problem)])
         state_dir = state_dir_of(model.name, self.state_root)
         existing = self._open(model.name) if (state_dir / CLUSTER_FILE).is_file() else None
         running = [n.name for n, m in existing.machines() if m.running()] if existing else []
@@ -355,10 +436,7 @@ class NspawnProvider:
         record = _record(model, image, state_dir)
         write_atomic(state_dir / CLUSTER_FILE, record.to_json())
         cluster = Cluster(state_dir, record)
-        bridge = cluster.bridge()
-        created = not bridge.exists()
-        if created:
-            bridge.create()
+        created, dns_started = cluster.start_network(deadline)
         todo = [n for n in record.nodes if n.name not in running]
         self.say(f"{model.name}: {len(record.nodes)} machines on {record.network} in network "
                  f"namespace {record.namespace} (image {record.image}, state in {state_dir})")
@@ -370,8 +448,11 @@ class NspawnProvider:
         except BaseException:
             def cleanup() -> None:
                 cluster.stop_all(todo)
-                if created and not any(m.running() for _n, m in cluster.machines()):
-                    bridge.delete()
+                if not any(m.running() for _n, m in cluster.machines()):
+                    if dns_started and (server := cluster.nameserver()) is not None:
+                        server.stop()
+                    if created:
+                        cluster.bridge().delete()
             uninterrupted(cleanup)
             raise
         self.say(f"{model.name} is up: {len(record.nodes)} machines healthy "
@@ -423,7 +504,7 @@ class NspawnProvider:
             raise UserError(problem)
         cluster = self._open(ref.name)
         stopped = cluster.stop_all(timeout=timeout)
-        cluster.bridge().delete()
+        cluster.stop_network()
         message = (f"{ref.name}: {stopped} machine{'s' if stopped != 1 else ''} powered off"
                    if stopped else f"{ref.name}: was not running")
         if purge:
@@ -492,6 +573,7 @@ class NspawnProvider:
             raise OperationFailed(f"{ref.name} is down (no network namespace "
                                   f"{cluster.record.namespace}); `provision up` it first")
         deadline = time.monotonic() + timeout
+        cluster.start_network(deadline)  # a DNS server that died comes back
         try:
             cluster.boot_and_wait([record], deadline, self.say)
         except BaseException:
@@ -565,11 +647,22 @@ class NspawnProvider:
         return lambda: not any(m.running() for _n, m in cluster.machines())
 
 
+def _dns_problem(model) -> str | None:
+    node_ips = {str(n.ip) for n in model.nodes}
+    bridge = layout.gateway(model.network, node_ips)
+    return nameserver.address_problem(model.network, node_ips, str(bridge.ip),
+                                      model.etcd.discovery.dns_server)
+
+
 def _record(model, image: tuple[str, str], state_dir: Path) -> ClusterRecord:
     from provision.render.cloudconfig import member_client_urls
 
     taken = {str(n.ip) for n in model.nodes}
     bridge = layout.gateway(model.network, taken)
+    dns = ""
+    if mode_of(model).serves_dns:
+        address = nameserver.address(Manifest.from_file(state_dir / RENDERED), str(bridge.ip))
+        dns = f"{address}/{model.network.prefixlen}"
     prefix = model.fleet.etcd_key_prefix
     return ClusterRecord(
         name=model.name, namespace=layout.namespace(model.name), network=str(model.network),
@@ -580,7 +673,7 @@ def _record(model, image: tuple[str, str], state_dir: Path) -> ClusterRecord:
         fleet_prefix=prefix or DEFAULT_PREFIX,
         nodes=[NodeRecord(n.name, str(n.ip), layout.machine_name(model.name, n.name),
                           layout.fleet_machine_id(model.name, n.name)) for n in model.nodes],
-        tls=model.tls)
+        tls=model.tls, dns=dns)
 
 
 def release_image_key(key: str, holder: str) -> None:
