@@ -398,11 +398,14 @@ class Engine:
                                     assignments=cache.assignments))
         self.passes += 1
         ops = self.registry.etcd.ops
-        writes: dict[str, object] = {}  # by key: etcd refuses one key twice in a transaction
+        # By key (etcd refuses one key twice in a transaction). Every removal commits
+        # before any write: a moving unit's old assignment goes before its new one lands.
+        removals: dict[str, object] = {}
+        writes: dict[str, object] = {}
         moved = set()
         for decision in plan.unschedule:
             key = self.keys.assignment(decision.machine, decision.unit)
-            writes[key] = ops.delete(key)
+            removals[key] = ops.delete(key)
             log.info("unschedule %s from %s: %s", decision.unit, decision.machine[:8],
                      decision.reason)
             cache.assignments.pop(decision.unit, None)
@@ -411,6 +414,7 @@ class Engine:
         for decision in plan.place:
             job = cache.jobs[decision.unit]
             key = self.keys.assignment(decision.machine, decision.unit)
+            removals.pop(key, None)
             writes[key] = ops.put(key, self.registry.assignment_value(job))
             cache.assignments[decision.unit] = decision.machine
             cache.assigned_value[decision.unit] = (job.hash, job.desired.value)
@@ -422,7 +426,7 @@ class Engine:
             if cache.pending.get(unit) != reason:
                 log.warning("unit %s cannot be scheduled: %s", unit, reason)
         cache.pending = dict(plan.pending)
-        if not writes:
+        if not writes and not removals:
             self.fences.clear()  # nothing moved: nothing for a fence to guard
             cache.settled = view
             return
@@ -432,7 +436,8 @@ class Engine:
             compare, success = self.registry.fence_ops(machine, lease)
             guard += compare
             first += success
-        failed = self.registry.commit_batches(guard, writes.values(), first=first)
+        failed = self.registry.commit_batches(guard, removals.values(), first=first,
+                                              then=writes.values())
         if failed:
             raise StalePlan(f"{failed} plan batch(es) refused (leadership lost, or a fenced "
                             "machine registered again?)")
