@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provision.spec.model import Cluster, DiscoveryMode, EtcdRole
+from provision.spec.discovery import mode_of
+from provision.spec.model import Cluster, EtcdRole
 
 PKI_DIR = "pki"
 CA_NAME = "ca"
@@ -92,9 +93,7 @@ def node_file(kind: str, key: bool = False) -> str:
 def _sans(cluster: Cluster, node) -> tuple[tuple[str, ...], tuple[str, ...]]:
     ips = [str(node.ip), "127.0.0.1"]
     names = [node.name, "localhost"]
-    disc = cluster.etcd.discovery
-    if disc.mode is DiscoveryMode.DNS_SRV and disc.domain:
-        names.append(f"{node.name}.{disc.domain}")
+    names += mode_of(cluster).dns_names(cluster, node)
     if node.etcd_role is EtcdRole.MEMBER:
         # A proxy node runs an etcd gateway, which passes TLS through to a member: the
         # member answers for the proxy's address too.

@@ -16,7 +16,7 @@ from fleetd.api import encode, schema
 from fleetd.api.errors import ApiError
 from fleetd.job import JobState
 from fleetd.registry.etcd import RegistryUnavailable
-from fleetd.registry.registry import Conflict, NotFound, Registry, UnitStateRecord
+from fleetd.registry.registry import Conflict, NotFound, Registry
 from fleetd.runner.base import Runner, RunnerError
 from fleetd.unit.names import is_template_name
 from fleetd.unit.unitfile import UnitFileError, content_hash
@@ -86,22 +86,16 @@ class Api:
             if len(parts) != 1:
                 raise ApiError(400, encode.BAD_TOKEN)
             after = parts[0]
-        revision, page, more = self.registry.jobs_page(after, self.page_size)
-        if not page:
-            return Response(200, encode.page_body("units", [], None))
-        names = [record.job.name for record in page]
-        _, where = self.registry.machines_of(names, revision)
-        states: dict[str, list[UnitStateRecord]] = {}
-        for state in self.registry.states_of_names(names, revision):
-            states.setdefault(state.name, []).append(state)
+        page = self.registry.units_page(after, self.page_size)
         entities = []
-        for record in page:
+        for record in page.jobs:
             unit = self.registry.unit(record.job.hash)
             if unit is None:  # destroyed and its body collected between two reads
                 continue
-            entities.append(encode.unit_json(record.job, unit, where.get(record.job.name, ""),
-                                             states.get(record.job.name, [])))
-        next_token = encode.encode_token("units", (names[-1],)) if more else None
+            entities.append(encode.unit_json(record.job, unit, page.where.get(record.job.name, ""),
+                                             page.states.get(record.job.name, [])))
+        next_token = (encode.encode_token("units", (page.jobs[-1].job.name,))
+                      if page.more and page.jobs else None)
         return Response(200, encode.page_body("units", entities, next_token))
 
     def list_states(self, query: schema.Query) -> Response:
@@ -127,16 +121,10 @@ class Api:
     # -- one unit ----------------------------------------------------------------------------
     def get_unit(self, name: str) -> Response:
         name = schema.unit_name(name)
-        record = self.registry.get_job(name)
+        record, machine, states = self.registry.unit_view(name)
         unit = self.registry.unit(record.job.hash) if record is not None else None
         if record is None or unit is None:
             raise ApiError(404, f"Unit {name} does not exist.")
-        states = self.registry.states_of(name)
-        # Usually a machine that reports the unit holds its assignment: one read.
-        machine = next((s.machine for s in states
-                        if self.registry.is_assigned(name, s.machine)), None)
-        if machine is None:
-            machine = self.registry.machines_of([name])[1].get(name, "")
         return Response(200, encode.unit_json(record.job, unit, machine, states))
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
@@ -170,7 +158,7 @@ class Api:
             return Response(201)
         if request.desired is None:
             raise ApiError(409, f"must provide DesiredState to update existing unit {name}")
-        self.registry.set_desired(name, request.desired)
+        self.registry.set_desired(name, request.desired, seen=existing)
         return Response(204)
 
     def get_state(self, name: str, query: schema.Query) -> Response:

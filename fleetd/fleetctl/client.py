@@ -1,10 +1,12 @@
 """HTTP client of the fleet API v1, over a unix socket or TCP.
 
-One request per connection keeps the client stateless and simple; the API is
-small and fleetctl makes few calls. Errors come back typed: a 404 on a unit is
-`None`/`False` from the method (the caller knows what that means), a 409 on PUT
-is `UnitConflict`, any other error status is `ApiError`, and a socket that is
-missing, refuses or times out is `ConnectError` naming the endpoint.
+A connection is kept open for the next request of the same thread (a listing's
+pages, the PUTs of `start 'web@*'`): each request on a fresh one cost a connect and
+a server-side accept. A kept connection the server closed meanwhile is reopened once
+for a request it never received; a DELETE is never sent twice. Errors come back
+typed: a 404 on a unit is `None`/`False` from the method (the caller knows what that
+means), a 409 on PUT is `UnitConflict`, any other error status is `ApiError`, and a
+socket that is missing, refuses or times out is `ConnectError` naming the endpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import codecs
 import http.client
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,18 +78,54 @@ class _UnixConnection(http.client.HTTPConnection):
         self._socket_path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        # A unix socket whose listen backlog is full refuses at once (EAGAIN) where TCP
+        # would wait: a busy server, not a missing one; try again until the timeout.
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else 5.0)
+        delay = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self._socket_path)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 def unit_path(name: str, *rest: str) -> str:
     return "/".join((f"{API_PREFIX}/units/{quote(name, safe='@:')}",) + rest)
+
+
+class _Listing(Mapping[str, Unit]):
+    """Units by name, read from the API's JSON on first access (then kept)."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self._raw = raw
+        self._read: dict[str, Unit] = {}
+
+    def __getitem__(self, name: str) -> Unit:
+        unit = self._read.get(name)
+        if unit is None:
+            unit = self._read[name] = Unit.from_json(self._raw[name])
+        return unit
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
 
 
 class Client:
@@ -97,6 +137,9 @@ class Client:
         self.endpoint = endpoint
         self.timeout = timeout
         self.tunnel = tunnel
+        self._kept = threading.local()  # .conn: this thread's open connection, if any
+        self._every_kept: set[http.client.HTTPConnection] = set()  # of all threads
+        self._lock = threading.Lock()
 
     # -- transport -------------------------------------------------------------------
 
@@ -113,14 +156,62 @@ class Client:
             return http.client.HTTPSConnection(self.endpoint.address, timeout=self.timeout)
         return http.client.HTTPConnection(self.endpoint.address, timeout=self.timeout)
 
+    def close(self) -> None:
+        """Close every kept connection (of every thread that used this client)."""
+        self._kept.conn = None
+        with self._lock:
+            kept, self._every_kept = self._every_kept, set()
+        for conn in kept:
+            conn.close()
+
+    def _keep(self, conn: http.client.HTTPConnection | None) -> None:
+        """Make `conn` this thread's kept connection (None: it has none); the one it
+        replaces is closed."""
+        old = getattr(self._kept, "conn", None)
+        self._kept.conn = conn
+        with self._lock:
+            if old is not None:
+                self._every_kept.discard(old)
+            if conn is not None:
+                self._every_kept.add(conn)
+        if old is not None and old is not conn:
+            old.close()
+
     def _open(self, method: str, path: str, query: Mapping[str, str] | None = None,
-              body: Any = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+              body: Any = None, keep: bool = False
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send one request; `keep`: on this thread's kept connection when there is one
+        (the caller hands it back with `_release`)."""
         target = path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
+        kept = getattr(self._kept, "conn", None) if keep else None
+        if kept is not None:
+            self._kept.conn = None
+            with self._lock:
+                self._every_kept.discard(kept)
+            try:
+                kept.request(method, target, body=data, headers=headers)
+                return kept, kept.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # closed by the server while idle, before it read this request (it
+                # answers every request it reads): send it again on a new connection
+                kept.close()
+                if method == "DELETE":
+                    raise ConnectError(f"fleet at {self.endpoint} closed the connection "
+                                       f"during DELETE {path}; check whether it was "
+                                       "deleted") from None
+            except TimeoutError:
+                kept.close()
+                raise ConnectError(f"fleet at {self.endpoint} did not answer {method} "
+                                   f"{path} within {self.timeout:g}s (--request-timeout)"
+                                   ) from None
+            except (OSError, http.client.HTTPException) as err:
+                kept.close()
+                raise ConnectError(self._unreachable(err)) from None
         conn = self._connection()
         try:
             conn.request(method, target, body=data, headers=headers)
@@ -146,16 +237,22 @@ class Client:
 
     def _call(self, method: str, path: str, query: Mapping[str, str] | None = None,
               body: Any = None) -> tuple[int, bytes]:
-        conn, response = self._open(method, path, query, body)
+        keep = self.tunnel is None  # through ssh, each connection is its own relay
+        conn, response = self._open(method, path, query, body, keep=keep)
+        done = False
         try:
             data = response.read()
+            done = True
         except TimeoutError:
             raise ConnectError(f"fleet at {self.endpoint} stopped answering {method} {path} "
                                f"(--request-timeout {self.timeout:g}s)") from None
         except (OSError, http.client.HTTPException) as err:
             raise ConnectError(self._unreachable(err)) from None
         finally:
-            conn.close()
+            if keep and done and not response.will_close:
+                self._keep(conn)
+            else:
+                conn.close()
         return response.status, data
 
     def _json(self, path: str, status: int, data: bytes) -> Any:
@@ -211,6 +308,17 @@ class Client:
 
     def units(self) -> list[Unit]:
         return [Unit.from_json(item) for item in self.paged(f"{API_PREFIX}/units", "units")]
+
+    def units_by_name(self) -> Mapping[str, Unit]:
+        """Every unit by name, each read from its JSON when first looked up: a command
+        that acts on a few units of a large cluster reads no more of the listing."""
+        raw: dict[str, Any] = {}
+        for item in self.paged(f"{API_PREFIX}/units", "units"):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str):
+                Unit.from_json(item)  # says what is wrong with it
+            raw[name] = item
+        return _Listing(raw)
 
     def unit(self, name: str) -> Unit | None:
         path = unit_path(name)

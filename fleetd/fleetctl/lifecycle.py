@@ -9,7 +9,9 @@ it for that command).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fleetd.fleetctl.errors import FleetctlError, UnitConflict, UnitNotFound, UsageError
@@ -35,6 +37,7 @@ REPLACEABLE_IN = {
     "start": ("inactive", "loaded", "launched"),
 }
 VERB_PAST = {"load": "loaded", "start": "started"}
+PUTS_AT_ONCE = 8  # the API's worker threads (fleetd's Limits.workers)
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,15 @@ class Submission:
     existing: Unit | None = None
 
 
-def _listed(session: Session, args: Sequence[str]) -> dict[str, Unit] | None:
+def _listed(session: Session, args: Sequence[str]) -> Mapping[str, Unit] | None:
     """Every unit, when a glob needs the listing (it then answers for each target too)."""
     if not any(is_glob(arg) for arg in args):
         return None
-    return {unit.name: unit for unit in session.client.units()}
+    return session.client.units_by_name()
 
 
 def _plan_one(session: Session, target: Target, command: str, replace: bool,
-              listed: dict[str, Unit] | None = None) -> Submission:
+              listed: Mapping[str, Unit] | None = None) -> Submission:
     def lookup(name: str) -> Unit | None:
         return listed.get(name) if listed is not None else session.client.unit(name)
 
@@ -133,10 +136,9 @@ def _set_and_wait(session: Session, units: Sequence[Unit], target: str, command:
     ones (policy None: --no-block); units already there are left alone, silently, as in
     fleet. Returns the names waited for (or triggered, with --no-block)."""
     waiting = []
-    for unit in units:
-        if unit.desired_state == target:
-            continue
-        session.client.put_unit(unit.name, target)
+    changing = [unit for unit in units if unit.desired_state != target]
+    put_desired_states(session, [unit.name for unit in changing], target)
+    for unit in changing:
         if unit.is_global:
             session.say(f"Triggered global unit {unit.name} {command}")
         elif policy is None:
@@ -148,6 +150,34 @@ def _set_and_wait(session: Session, units: Sequence[Unit], target: str, command:
         if target == "launched":
             wait_for_active(session, waiting, policy)
     return waiting
+
+
+def put_desired_states(session: Session, names: Sequence[str], target: str) -> None:
+    """Set the desired state of each unit, up to PUTS_AT_ONCE requests in flight (the
+    server answers them in parallel, and etcd commits concurrent writes together). After
+    a failure no further request is sent; the first failure in `names` order is raised
+    once those in flight have answered."""
+    if len(names) <= 1:
+        for name in names:
+            session.client.put_unit(name, target)
+        return
+    failed = threading.Event()
+
+    def put(name: str) -> bool:
+        if failed.is_set():
+            return False
+        try:
+            session.client.put_unit(name, target)
+        except BaseException:
+            failed.set()
+            raise
+        return True
+
+    with ThreadPoolExecutor(max_workers=min(PUTS_AT_ONCE, len(names)),
+                            thread_name_prefix="fleetctl-put") as pool:
+        results = [pool.submit(put, name) for name in names]
+    for result in results:
+        result.result()  # the first failure, in order
 
 
 def load(session: Session, args: Sequence[str], policy: WaitPolicy | None,
@@ -169,7 +199,7 @@ def find_existing(session: Session, args: Sequence[str], templates: bool = False
     for arg in args:  # bad names are usage errors, before anything is asked
         if not is_glob(arg):
             unit_name_of(arg)
-    everything = {unit.name: unit for unit in session.client.units()}
+    everything = session.client.units_by_name()
     try:
         targets = expand(args, everything, files=False, templates=templates)
     except FleetctlError as err:  # an unmatched glob: nothing of it is in the registry

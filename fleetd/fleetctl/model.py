@@ -11,6 +11,11 @@ from fleetd.fleetctl.errors import FleetctlError
 from fleetd.unit.unitfile import UnitFile, UnitFileError, UnitOption, content_hash
 from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
 
+# A listing holds many units of one content (a template's instances): each distinct option
+# is checked once, each distinct content hashed once, per fleetctl run.
+_OPTIONS: dict[tuple[str, str, str], UnitOption] = {}
+_HASHES: dict[tuple[UnitOption, ...], str] = {}
+
 
 def malformed(what: str, problem: str) -> FleetctlError:
     return FleetctlError(f"fleet API returned a malformed answer for {what}: {problem}")
@@ -75,11 +80,16 @@ class Unit:
         options = []
         for item in raw:
             item = _object(item, f"an option of unit {name}")
-            try:
-                options.append(UnitOption(_text(item, "section", name), _text(item, "name", name),
-                                          _text(item, "value", name)))
-            except UnitFileError as err:
-                raise malformed(f"unit {name}", str(err)) from None
+            triple = (_text(item, "section", name), _text(item, "name", name),
+                      _text(item, "value", name))
+            option = _OPTIONS.get(triple)
+            if option is None:
+                try:
+                    option = UnitOption(*triple)
+                except UnitFileError as err:
+                    raise malformed(f"unit {name}", str(err)) from None
+                _OPTIONS[triple] = option
+            options.append(option)
         return cls(name=name, options=tuple(options),
                    desired_state=_text(data, "desiredState", name),
                    current_state=_text(data, "currentState", name),
@@ -91,10 +101,15 @@ class Unit:
 
     @cached_property
     def hash(self) -> str:
-        return content_hash(self.unit_file)
+        digest = _HASHES.get(self.options)
+        if digest is None:
+            digest = _HASHES[self.options] = content_hash(self.unit_file)
+        return digest
 
     @cached_property
     def is_global(self) -> bool:
+        if not any(option.section == "X-Fleet" for option in self.options):
+            return False  # nothing says so (and nothing to check)
         try:
             return parse_fleet_options(self.unit_file, self.name).global_
         except FleetOptionsError:

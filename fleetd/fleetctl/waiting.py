@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fleetd.fleetctl.errors import (
     ApiError,
@@ -28,9 +29,11 @@ from fleetd.fleetctl.errors import (
     Unschedulable,
     WaitTimeout,
 )
-from fleetd.fleetctl.explain import Verdict, explain
 from fleetd.fleetctl.model import Unit, UnitState
 from fleetd.fleetctl.session import Session
+
+if TYPE_CHECKING:
+    from fleetd.fleetctl.explain import Verdict
 
 DEFAULT_TIMEOUT = 120.0
 UNSCHEDULABLE_GRACE_S = 5.0  # the scheduler must say "no machine" this long before we do
@@ -97,14 +100,14 @@ class _Poll:
         delay = self.policy.first_delay
         while self.pending:
             self.rounds += 1
-            listed: dict[str, Unit] | None = None
+            listed: Mapping[str, Unit] | None = None
             self.round_states = None
             for name in list(self.pending):
                 try:
                     if listed is None and len(self.pending) > LIST_FROM:
                         # Many units: every page of the listing costs less than one
                         # request per unit.
-                        listed = {u.name: u for u in self.session.client.units()}
+                        listed = self.session.client.units_by_name()
                     unit = listed.get(name) if listed is not None else \
                         self.session.client.unit(name)
                     if unit is None:
@@ -197,6 +200,8 @@ def wait_for_active(session: Session, names: Sequence[str], policy: WaitPolicy) 
 def _verdicts(session: Session, names: Sequence[str]) -> Mapping[str, Verdict]:
     if not names:
         return {}
+    from fleetd.fleetctl.explain import explain  # the scheduler: only for units left unplaced
+
     try:
         return explain(session.client.units(), session.machines(refresh=True).values(), names)
     except FleetctlError:

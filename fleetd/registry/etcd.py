@@ -30,6 +30,7 @@ if not hasattr(etcd3.watch, "six"):
 PAGE_SIZE = 1000  # keys per range request: stays far below gRPC's 4 MB message cap
 RETRY_ENDPOINT_AFTER_S = 0.5
 MIN_ATTEMPT_S = 0.05  # the shortest attempt a retry gets, however close the deadline
+TXN_READS = 128  # reads per read-only transaction: etcd's default --max-txn-ops
 
 
 class RegistryUnavailable(Exception):
@@ -241,6 +242,37 @@ class Etcd:
         self.keys_read += len(kvs)
         return (revision if revision is not None else response.header.revision, kvs,
                 bool(response.more))
+
+    def ranges(self, specs: Sequence[tuple[str | bytes, str | bytes | None, int]],
+               revision: int | None = None) -> tuple[int, list[tuple[list[KV], bool]]]:
+        """Several reads at ONE revision in one round trip (a read-only transaction; one per
+        `TXN_READS` of them): each spec is (start, end, limit), end None for the single key
+        `start`, limit 0 for no limit. Returns (revision, [(kvs, more) per spec])."""
+        found: list[tuple[list[KV], bool]] = []
+        if not specs:
+            return (revision if revision is not None else self.revision()), found
+        for first in range(0, len(specs), TXN_READS):
+            chunk = specs[first:first + TXN_READS]
+            requests = []
+            for start, end, limit in chunk:
+                request = etcd3.etcdrpc.RangeRequest(key=etcd3.utils.to_bytes(start),
+                                                     limit=limit, revision=revision or 0)
+                if end is not None:
+                    request.range_end = etcd3.utils.to_bytes(end)
+                requests.append(etcd3.etcdrpc.RequestOp(request_range=request))
+            response = self._call(lambda budget, r=requests, c=self.client: c.kvstub.Txn(
+                etcd3.etcdrpc.TxnRequest(success=r), budget,
+                credentials=c.call_credentials, metadata=c.metadata), budgeted=True)
+            if revision is None:
+                revision = response.header.revision
+            for item in response.responses:
+                result = item.response_range
+                kvs = [KV(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision,
+                          kv.lease) for kv in result.kvs]
+                self.keys_read += len(kvs)
+                found.append((kvs, bool(result.more)))
+        assert revision is not None
+        return revision, found
 
     def revision(self) -> int:
         """The store's current revision (a count-only read; no data moves)."""

@@ -18,11 +18,12 @@ from fleetd.registry.etcd import KV, Etcd, prefix_end
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
 from fleetd.status import UnitStateRecord, UnitStatus
 from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
-from fleetd.unit.xfleet import parse_fleet_options
+from fleetd.unit.xfleet import FleetOptions, parse_fleet_options
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 COMMIT_IN_FLIGHT = 4  # transactions of one plan's unordered puts sent at once
 ASSIGNMENT_VALUES_KEPT = 4096  # encoded (hash, desired) assignment values remembered
+OPTIONS_CACHED = 100_000  # parsed [X-Fleet] options kept (by content hash and unit name)
 BEATS_PER_TTL = 10  # heartbeats an agent writes per agent TTL
 
 
@@ -89,12 +90,26 @@ class JobWrite:
     was_global: bool = False      # where the job is now (when expect_revision != 0)
 
 
+@dataclass(frozen=True)
+class UnitsPage:
+    """One page of units as the API lists them, read at one revision."""
+
+    revision: int
+    jobs: list[JobRecord]
+    where: dict[str, str]                       # name → machine it is assigned to
+    states: dict[str, list[UnitStateRecord]]    # name → what machines report for it
+    more: bool                                  # more jobs follow the last of this page
+
+
 class Registry:
     def __init__(self, etcd: Etcd, prefix: str = DEFAULT_PREFIX) -> None:
         self.etcd = etcd
         self.keys = Keys(prefix)
         self._units: dict[str, UnitFile] = {}  # by hash; content never changes for a hash
         self._assignment_values: dict[tuple[str, str], bytes] = {}
+        # [X-Fleet] options by (hash, name): pure in both, and parsing them per job made a
+        # listing's page cost more than its reads
+        self._options: dict[tuple[str, str], FleetOptions] = {}
 
     # -- unit bodies ---------------------------------------------------------------------------
     def unit(self, content_hash_: str) -> UnitFile | None:
@@ -113,20 +128,28 @@ class Registry:
         parsed = self.keys.parse(kv.key)
         if parsed is None or parsed.kind not in (Kind.JOB, Kind.GLOBAL):
             return None
+        return self._job_record(parsed.name, kv)
+
+    def _job_record(self, name: str, kv: KV) -> JobRecord | None:
         data = decode(kv.value)
-        unit = self.unit(data["hash"])
-        options = parse_fleet_options(unit, parsed.name) if unit is not None else None
+        digest = data["hash"]
+        options = self._options.get((digest, name))
         if options is None:
-            return None
-        return JobRecord(Job(parsed.name, data["hash"], JobState(data["desired"]), options),
+            unit = self.unit(digest)
+            if unit is None:
+                return None
+            options = parse_fleet_options(unit, name)
+            if len(self._options) >= OPTIONS_CACHED:
+                self._options.clear()
+            self._options[(digest, name)] = options
+        return JobRecord(Job(name, digest, JobState(data["desired"]), options),
                          kv.mod_revision)
 
     def get_job(self, name: str) -> JobRecord | None:
-        for key in (self.keys.job(name), self.keys.global_job(name)):
-            kv = self.etcd.get(key)
-            if kv is not None:
-                return self.job_from_kv(kv)
-        return None
+        """One round trip: its key under job/ and global/ read together."""
+        _, found = self.etcd.ranges([(self.keys.job(name), None, 0),
+                                     (self.keys.global_job(name), None, 0)])
+        return next((self.job_from_kv(kvs[0]) for kvs, _ in found if kvs), None)
 
     def jobs(self) -> tuple[int, dict[str, JobRecord]]:
         revision, kvs = self.etcd.snapshot(self.keys.of(Kind.JOB))
@@ -140,19 +163,71 @@ class Registry:
 
     def jobs_page(self, after: str | None, limit: int) -> tuple[int, list[JobRecord], bool]:
         """Up to `limit` jobs (fleet's and global ones) named after `after`, in name order,
-        and whether more follow: two ranged reads of at most limit + 1 keys each, whatever
-        the number of jobs."""
-        revision: int | None = None
-        found: list[KV] = []
+        and whether more follow: one read of at most limit + 1 keys per job prefix,
+        whatever the number of jobs."""
+        revision, records, more, _ = self._jobs_page(after, limit)
+        return revision, records, more
+
+    def _jobs_page(self, after: str | None, limit: int, also: Sequence = ()
+                   ) -> tuple[int, list[JobRecord], bool, list[tuple[list[KV], bool]]]:
+        """jobs_page, with the reads `also` done in the same round trip."""
+        specs: list = []
         for kind in (Kind.JOB, Kind.GLOBAL):
             prefix = self.keys.of(kind)
             start = prefix + after + "\0" if after is not None else prefix
-            revision, kvs, _ = self.etcd.range(start, prefix_end(prefix), limit + 1, revision)
-            found += kvs
-        found.sort(key=lambda kv: kv.key.split("/")[-1])
-        records = [r for r in map(self.job_from_kv, found[:limit]) if r is not None]
-        assert revision is not None
-        return revision, records, len(found) > limit
+            specs.append((start, prefix_end(prefix), limit + 1))
+        revision, results = self.etcd.ranges(specs + list(also))
+        named = []
+        for kind, (kvs, _) in zip((Kind.JOB, Kind.GLOBAL), results[:2], strict=True):
+            cut = len(self.keys.of(kind))
+            named += [(kv.key[cut:], kv) for kv in kvs]
+        named.sort(key=lambda pair: pair[0])
+        records = [r for r in (self._job_record(name, kv) for name, kv in named[:limit])
+                   if r is not None]
+        return revision, records, len(named) > limit, results[2:]
+
+    def units_page(self, after: str | None, limit: int) -> UnitsPage:
+        """One page of the unit listing at one revision: the jobs after `after`, where each
+        is assigned and what the machines report for it. Two round trips in the usual case
+        (every machine holding assignments registered), whatever the number of units: the
+        jobs with the registered machines, then their states and their assignments on
+        those machines with a probe of each gap between them for any other machine."""
+        machines = self.keys.of(Kind.MACHINE)
+        revision, records, more, (registered, ) = self._jobs_page(
+            after, limit, also=[(machines, prefix_end(machines), 0)])
+        names = [record.job.name for record in records]
+        if not names:
+            return UnitsPage(revision, [], {}, {}, more)
+        hints = [kv.key[len(machines):] for kv in registered[0]]
+        starts = [self.keys.states_of(name) for name in names]
+        state_span = (min(starts), max(prefix_end(s) for s in starts), 0)
+        where, (state_kvs, ) = self._assigned(names, revision, hints, also=[state_span])
+        wanted = set(names)
+        states: dict[str, list[UnitStateRecord]] = {}
+        for state in self._state_records(state_kvs[0]):
+            if state.name in wanted:
+                states.setdefault(state.name, []).append(state)
+        return UnitsPage(revision, records, where, states, more)
+
+    def unit_view(self, name: str) -> tuple[JobRecord | None, str, list[UnitStateRecord]]:
+        """One unit as the API shows it: its job, the machine it is assigned to ("" if
+        none) and its states. Two round trips while registered machines and those that
+        report it hold its assignment (the usual case): its job, states and the registered
+        machines, then its assignment key on each of those, with a probe of each gap
+        between them for any other machine holding assignments."""
+        machines = self.keys.of(Kind.MACHINE)
+        revision, (job, global_job, state_kvs, registered) = self.etcd.ranges([
+            (self.keys.job(name), None, 0), (self.keys.global_job(name), None, 0),
+            (self.keys.states_of(name), prefix_end(self.keys.states_of(name)), 0),
+            (machines, prefix_end(machines), 0)])
+        kv = (job[0] or global_job[0] or [None])[0]
+        record = self.job_from_kv(kv) if kv is not None else None
+        if record is None:
+            return None, "", []
+        states = [s for s in self._state_records(state_kvs[0]) if s.name == name]
+        hints = [s.machine for s in states] + [kv.key[len(machines):] for kv in registered[0]]
+        where, _ = self._assigned([name], revision, hints)
+        return record, where.get(name, ""), states
 
     def job_heads(self, names: Sequence[str] | None = None
                   ) -> dict[str, tuple[str, JobState]]:
@@ -231,9 +306,12 @@ class Registry:
         assert record is not None
         return record
 
-    def set_desired(self, name: str, desired: JobState) -> JobRecord:
+    def set_desired(self, name: str, desired: JobState,
+                    seen: JobRecord | None = None) -> JobRecord:
+        """`seen`: the job as the caller just read it (spares reading it again; a change
+        since then fails the compare and it is read anew)."""
         for _ in range(10):
-            record = self.get_job(name)
+            record, seen = seen or self.get_job(name), None
             if record is None:
                 raise NotFound(f"Unit {name} does not exist.")
             if record.job.desired is desired:
@@ -390,28 +468,68 @@ class Registry:
 
     def machines_of(self, names: Sequence[str], revision: int | None = None
                     ) -> tuple[int, dict[str, str]]:
-        """Where each of `names` is assigned (name → machine; unassigned ones left out).
-        Per machine that holds assignments (found by skipping from one machine's keys to
-        the next: one read of one key each), one ranged read spanning just these names."""
+        """Where each of `names` is assigned (name → machine; unassigned ones left out):
+        per machine that holds assignments one read spanning just these names (see
+        `_assigned`; without hints, one round trip per such machine finds them)."""
+        if revision is None:
+            revision = self.etcd.revision()
+        where, _ = self._assigned(names, revision, ())
+        return revision, where
+
+    def _assigned(self, names: Sequence[str], revision: int, hints: Iterable[str],
+                  also: Sequence = ()) -> tuple[dict[str, str], list[tuple[list[KV], bool]]]:
+        """Where `names` are assigned at `revision`, and the reads `also` done in the first
+        round trip. Assignments live under their machine (assign/<machine>/<name>), so
+        each round reads, in one transaction, the span of these names under every machine
+        named so far (`hints` first: machines likely to hold them) and probes each gap
+        between those machines for the first key of any other machine; a probe that finds
+        one names a machine for the next round. With every holder among the hints: one
+        round trip."""
         wanted = set(names)
         where: dict[str, str] = {}
         prefix = self.keys.of(Kind.ASSIGN)
-        end = prefix_end(prefix)
-        start: str | bytes = prefix
-        while True:
-            revision, first, _ = self.etcd.range(start, end, 1, revision)
-            parsed = self.keys.parse(first[0].key) if first else None
-            if parsed is None or parsed.kind is not Kind.ASSIGN:
-                assert revision is not None
-                return revision, where
-            machine = parsed.machine
-            if wanted:
+        if not wanted:
+            return where, self.etcd.ranges(also, revision)[1]
+        # In key order (a machine id's order may differ from its keys': "a-b/" < "a/")
+        known = sorted({m for m in hints if m and "/" not in m}, key=self.keys.assignments_of)
+        to_read = list(known)
+        bounds: list[str | bytes] = [prefix]
+        for machine in known:
+            bounds += [self.keys.assignments_of(machine),
+                       prefix_end(self.keys.assignments_of(machine))]
+        bounds.append(prefix_end(prefix))
+        gaps = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
+        extra: list[tuple[list[KV], bool]] = []
+        first_round = True
+        while to_read or gaps:
+            spans = []
+            for machine in to_read:
                 keys = [self.keys.assignment(machine, name) for name in wanted]
-                _, kvs, _ = self.etcd.range(min(keys), max(keys) + "\0", 0, revision)
-                for assignment in map(self.assignment_from_kv, kvs):
-                    if assignment is not None and assignment.name in wanted:
-                        where.setdefault(assignment.name, assignment.machine)
-            start = prefix_end(self.keys.assignments_of(machine))
+                spans.append((min(keys), max(keys) + "\0", 0))
+            specs = spans + [(s, e, 1) for s, e in gaps] + (list(also) if first_round else [])
+            _, results = self.etcd.ranges(specs, revision)
+            span_results = results[:len(spans)]
+            gap_results = results[len(span_results):len(span_results) + len(gaps)]
+            if first_round:
+                extra = results[len(span_results) + len(gaps):]
+                first_round = False
+            for machine, (kvs, _) in zip(to_read, span_results, strict=True):
+                cut = len(self.keys.assignments_of(machine))
+                for kv in kvs:  # the key says it all: assign/<machine>/<name>
+                    if kv.key[cut:] in wanted:
+                        where.setdefault(kv.key[cut:], machine)
+            to_read, next_gaps = [], []
+            for (_, end), (kvs, _) in zip(gaps, gap_results, strict=True):
+                if not kvs:
+                    continue
+                parsed = self.keys.parse(kvs[0].key)
+                if parsed is None or parsed.kind is not Kind.ASSIGN:
+                    next_gaps.append((kvs[0].key + "\0", end))  # not ours: step over it
+                    continue
+                to_read.append(parsed.machine)
+                next_gaps.append((prefix_end(self.keys.assignments_of(parsed.machine)), end))
+            gaps = next_gaps
+        return where, extra
 
     def is_assigned(self, name: str, machine: str) -> bool:
         return self.etcd.get(self.keys.assignment(machine, name)) is not None
@@ -491,12 +609,16 @@ class Registry:
 
     def _state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
         found = []
-        for kv in kvs:
-            parsed = self.keys.parse(kv.key)
-            if parsed is None or parsed.kind is not Kind.STATE:
+        prefix = self.keys.of(Kind.STATE)
+        cut = len(prefix)
+        for kv in kvs:  # state/<name>/<machine>, as Keys.parse reads it (cheaper: pages)
+            if not kv.key.startswith(prefix):
+                continue
+            name, _, machine = kv.key[cut:].partition("/")
+            if not name or not machine or "/" in machine:
                 continue
             data = decode(kv.value)
-            found.append(UnitStateRecord(parsed.name, parsed.machine, data.get("hash", ""),
+            found.append(UnitStateRecord(name, machine, data.get("hash", ""),
                                          UnitStatus(data.get("load", "not-found"),
                                                     data.get("active", "inactive"),
                                                     data.get("sub", "dead")),

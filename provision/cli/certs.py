@@ -92,7 +92,7 @@ def _cluster_model(target):  # Target -> Cluster
     from provision.providers.local.provider import locate
 
     manifest = nodes.read_manifest(locate(target.name) / state.RENDERED)
-    return load_cluster(manifest["source"])[0]
+    return load_cluster(manifest.source)[0]
 
 
 def _render_again(cluster, made) -> str | None:  # Cluster, ClusterPKI
@@ -101,8 +101,9 @@ def _render_again(cluster, made) -> str | None:  # Cluster, ClusterPKI
     from provision.files import cluster_state_dir
     from provision.providers.local import state
     from provision.render import discovery
+    from provision.render.manifest import MANIFEST
     from provision.render.output import default_output_dir, write_rendered
-    from provision.render.pipeline import MANIFEST, render_cluster
+    from provision.render.pipeline import render_cluster
 
     local = cluster_state_dir(cluster.name) / state.RENDERED
     candidates = [(local, "local"), (default_output_dir(cluster.name), "out")]

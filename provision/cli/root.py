@@ -79,7 +79,7 @@ def _summary(cluster) -> str:  # Cluster; imported lazily
     others = len(cluster.nodes) - members
     units = sum(len(u.unit_names) for u in cluster.units)
     return (f"{len(cluster.nodes)} nodes ({members} etcd members, {others} other), "
-            f"{cluster.etcd.discovery.mode.value} discovery, provider {cluster.provider}, "
+            f"{cluster.etcd.discovery.mode} discovery, provider {cluster.provider}, "
             f"{units} declared units")
 
 

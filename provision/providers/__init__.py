@@ -1,7 +1,7 @@
 """Providers bring a rendered cluster up, report on it and take it down.
 
 Every provider works from the same input: the files `provision.render.cluster` renders
-(`user-data-1 … user-data-N` and `manifest.json`, see `provision.render.pipeline.manifest`).
+(`user-data-1 … user-data-N` and `manifest.json`, read as `provision.render.manifest.Manifest`).
 `PROVIDERS` names them; each is one `ClusterProvider`:
 
 - `local` (`provision.providers.local`): each node is a set of processes on its own loopback IP.

@@ -27,7 +27,6 @@ installed (it warns on import otherwise).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,6 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
@@ -52,6 +50,7 @@ from provision.providers import (
     Progress,
     no_progress,
 )
+from provision.render.manifest import Manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_ENV = "PROVISION_MANIFEST"
@@ -63,51 +62,9 @@ UNKNOWN = "unknown"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-@dataclass(frozen=True)
-class Manifest:
-    path: Path                        # absolute
-    nodes: tuple[tuple[str, str], ...]  # (name, ip) in manifest order
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.nodes]
-
-
 def read_manifest(path: Path | str) -> Manifest:
-    """The node names and IPs of a rendered manifest (a file, or the directory holding it)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "manifest.json"
-    path = path.absolute()
-
-    def problem(message: str, line: int | None = None, col: int | None = None) -> UserError:
-        return UserError([Problem(str(path), line, col, message)])
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise problem("node manifest not found; run `provision render CLUSTER.yaml` "
-                      "first") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise problem(f"cannot read the node manifest: {err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise problem(f"not valid JSON ({err.msg}); render it again with "
-                      "`provision render CLUSTER.yaml`", err.lineno, err.colno) from None
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if not isinstance(nodes, list) or not nodes:
-        raise problem("not a node manifest (no `nodes`); render it again with "
-                      "`provision render CLUSTER.yaml`")
-    found = []
-    for i, node in enumerate(nodes):
-        name = node.get("name") if isinstance(node, dict) else None
-        ip = node.get("ip") if isinstance(node, dict) else None
-        if not (isinstance(name, str) and name and isinstance(ip, str) and ip):
-            raise problem(f"nodes[{i}] has no `name` or `ip`; render it again with "
-                          "`provision render CLUSTER.yaml`")
-        found.append((name, ip))
-    return Manifest(path, tuple(found))
+    """The rendered manifest (a file, or the directory holding it), checked."""
+    return Manifest.from_file(path)
 
 
 class VagrantProvider:
@@ -148,10 +105,11 @@ class VagrantProvider:
         found = session.run("vagrant status", session.vagrant.status)
         by_name = {s.name: s for s in found}
         result = []
-        for name, ip in manifest.nodes:
-            seen = by_name.get(name)
+        for node in manifest.nodes:
+            seen = by_name.get(node.name)
             state = seen.state if seen and seen.state else UNKNOWN
-            result.append(NodeStatus(name, ip, state, (seen.provider or "") if seen else ""))
+            result.append(NodeStatus(node.name, node.ip, state,
+                                     (seen.provider or "") if seen else ""))
         return result
 
     def down(self, manifest_path: Path | str, purge: bool = False,
@@ -193,8 +151,7 @@ class VagrantProvider:
         from provision.box.payload import prepare_machines
 
         manifest = read_manifest(manifest_path)
-        settings = json.loads(manifest.path.read_text(encoding="utf-8")).get("vagrant") or {}
-        if settings.get("provider") == "lxc":
+        if manifest.vagrant.provider == "lxc":
             add_box(ensure_box("lxc", say=say), env={**os.environ, **self.extra_env}, say=say)
         prepare_machines(manifest.path, say=say)
 

@@ -73,7 +73,7 @@ def write_access_files(provider, manifest: Path) -> None:  # VagrantProvider
     directory = read_manifest(manifest).path.parent
     write_atomic(directory / SSH_CONFIG, provider.ssh_config(manifest))
     lines = []
-    for name, ip in read_manifest(manifest).nodes:
+    for name, ip in ((n.name, n.ip) for n in read_manifest(manifest).nodes):
         done = subprocess.run(
             ["ssh", "-F", str(directory / SSH_CONFIG), name,
              "cat /etc/ssh/ssh_host_*_key.pub"],
@@ -105,7 +105,7 @@ class VagrantLifecycle:
 
     def up(self, yaml: str, *, timeout: float) -> None:
         from provision.render.cluster import render_to
-        from provision.render.pipeline import MANIFEST
+        from provision.render.manifest import MANIFEST
 
         rendered = render_to(yaml)
         cluster = rendered.cluster
@@ -176,7 +176,7 @@ class VagrantLifecycle:
                 exports["ETCDCTL_CACERT"] = access.tls.ca_file
                 exports["ETCDCTL_CERT"] = access.tls.cert_file
                 exports["ETCDCTL_KEY"] = access.tls.key_file
-        exports["FLEETCTL_TUNNEL"] = found.nodes[0][1]
+        exports["FLEETCTL_TUNNEL"] = found.nodes[0].ip
         config = directory / SSH_CONFIG
         if config.is_file():
             user = next((line.split()[1] for line in config.read_text().splitlines()
@@ -198,8 +198,8 @@ class VagrantLifecycle:
 
     @staticmethod
     def _manifest(ref: ClusterRef) -> Path:
+        from provision.render.manifest import MANIFEST
         from provision.render.output import default_output_dir
-        from provision.render.pipeline import MANIFEST
 
         manifest = default_output_dir(ref.name) / MANIFEST
         if not manifest.is_file():

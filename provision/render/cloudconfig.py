@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from provision.pki import CA_NAME, NodeTLS, node_file
+from provision.spec.discovery import Resolved, mode_of
 from provision.spec.model import (
     SUBSTITUTION_PRIVATE,
     SUBSTITUTION_PUBLIC,
     Cluster,
-    DiscoveryMode,
     EtcdRole,
     Node,
     NodeUnit,
@@ -25,14 +25,6 @@ from provision.spec.model import (
 from provision.userdata.substitution import pre_substitute
 
 NETWORK_DROP_IN = "50-network-config.conf"
-
-
-@dataclass(frozen=True)
-class ResolvedDiscovery:
-    """Discovery facts known only at render time (a requested or generated token URL)."""
-
-    url: str | None = None
-    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,10 +40,7 @@ def addresses(cluster: Cluster, node: Node) -> Addresses:
     `--substitute` replaces them afterwards, all at once, the way boot does.
     """
     private, public = SUBSTITUTION_PRIVATE, SUBSTITUTION_PUBLIC
-    domain = cluster.etcd.discovery.domain
-    peer_host = (f"{node.name}.{domain}" if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
-                 else private)
-    return Addresses(private, public, peer_host)
+    return Addresses(private, public, mode_of(cluster).peer_host(cluster, node) or private)
 
 
 def member_client_urls(cluster: Cluster) -> list[str]:
@@ -90,11 +79,9 @@ def tls_write_files(tls: NodeTLS) -> list[WriteFile]:
     return files
 
 
-def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
-                  addr: Addresses) -> dict:
+def etcd2_section(cluster: Cluster, node: Node, disc: Resolved, addr: Addresses) -> dict:
     etcd = cluster.etcd
     cp, pp = etcd.client_port, etcd.peer_port
-    mode = etcd.discovery.mode
     # The discovery etcd only bootstraps the members and holds nothing of fleet's; it
     # stays plain http because etcd's discovery client shows no certificate and trusts
     # only the system's CAs.
@@ -116,19 +103,7 @@ def etcd2_section(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
         section.update(etcd2_tls_settings())
 
     if node.etcd_role is not EtcdRole.DISCOVERY:
-        if mode is DiscoveryMode.STATIC:
-            if node.etcd_role is EtcdRole.MEMBER:
-                section["initial-cluster-token"] = etcd.discovery.cluster_token
-            section["initial-cluster"] = cluster.initial_cluster
-            if node.etcd_role is EtcdRole.MEMBER:
-                section["initial-cluster-state"] = "new"
-        elif mode is DiscoveryMode.DNS_SRV:
-            section["discovery-srv"] = etcd.discovery.domain
-            if node.etcd_role is EtcdRole.MEMBER:
-                section["initial-cluster-token"] = etcd.discovery.cluster_token
-                section["initial-cluster-state"] = "new"
-        else:
-            section["discovery"] = disc.url
+        section.update(mode_of(cluster).etcd2(cluster, node, disc))
     for key, value in etcd.settings + node.etcd2_settings:
         section[dashed(key)] = value
     return section
@@ -244,17 +219,13 @@ def _file_dict(wf: WriteFile) -> dict:
 
 def node_write_files(cluster: Cluster, node: Node, tls: NodeTLS | None = None
                      ) -> list[WriteFile]:
-    files: list[WriteFile] = []
-    disc = cluster.etcd.discovery
-    if disc.mode is DiscoveryMode.DNS_SRV and disc.dns_server:
-        files.append(WriteFile("/etc/resolv.conf", f"nameserver {disc.dns_server}\n",
-                               permissions="0644", owner="root"))
+    files = mode_of(cluster).write_files(cluster)
     if tls is not None:
         files += tls_write_files(tls)
     return files + list(node.write_files)
 
 
-def node_cloud_config(cluster: Cluster, node: Node, disc: ResolvedDiscovery,
+def node_cloud_config(cluster: Cluster, node: Node, disc: Resolved,
                       substitute: bool = False, tls: NodeTLS | None = None) -> dict:
     """`tls`: the node's certificates, required when the cluster uses TLS."""
     if cluster.tls and tls is None:

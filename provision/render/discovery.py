@@ -1,12 +1,10 @@
-"""Resolve the etcd discovery URL a render needs, and remember it.
+"""Rendering's network and cache edge for etcd discovery.
 
-- `token` without a URL in the YAML: ask `<service>/new?size=N` once; the
-  answer is cached in `discovery.json` beside the rendered output and reused on
-  re-render. Tokens are single-use: once the cluster that used one is torn
-  down (`mark_spent`), rendering refuses to reuse it unless told `new_token`.
-- `custom`: a UUID made here, cached the same way; a spent one is replaced
-  without asking, since making one costs nothing.
-- `static` and `dns-srv` need nothing.
+What a mode resolves is the mode's (`provision.spec.discovery`); this module hands it
+the cache (`discovery.json` beside the rendered output, so a token is requested once and
+reused on re-render), the token request to a discovery service (`<service>/new?size=N`)
+and a fresh id. `mark_spent` records that the cluster which used a cached token was torn
+down: tokens are single-use.
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ from pathlib import Path
 
 from provision.errors import Problem, UserError
 from provision.files import write_atomic
-from provision.render.cloudconfig import ResolvedDiscovery
-from provision.spec.model import Cluster, DiscoveryMode
+from provision.spec.discovery import ResolveContext, Resolved, mode_of
+from provision.spec.model import Cluster
 
 CACHE_FILE = "discovery.json"
 _TOKEN_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~%/-]*)?$")
@@ -58,43 +56,14 @@ def mark_spent(out_dir: Path) -> bool:
 
 
 def resolve(cluster: Cluster, out_dir: Path, *, new_token: bool = False,
-            fetch: Fetch = http_get) -> tuple[ResolvedDiscovery, dict | None]:
+            fetch: Fetch = http_get) -> tuple[Resolved, dict | None]:
     """The discovery facts for a render, and the cache record to store beside it."""
-    disc = cluster.etcd.discovery
-    size = len(cluster.members)
-    if disc.mode is DiscoveryMode.TOKEN and disc.url:
-        return ResolvedDiscovery(disc.url, size), None
-    if disc.mode not in (DiscoveryMode.TOKEN, DiscoveryMode.CUSTOM):
-        return ResolvedDiscovery(None, size), None
-
-    cached = read_cache(out_dir)
-    usable = (cached is not None and cached.get("cluster") == cluster.name
-              and cached.get("mode") == disc.mode.value and isinstance(cached.get("url"), str))
-    if disc.mode is DiscoveryMode.CUSTOM:
-        node = cluster.discovery_node
-        assert node is not None
-        base = f"http://{node.ip}:{cluster.etcd.client_port}/v2/keys/discovery/"
-        if usable and not new_token and cached.get("state") != "spent" \
-                and cached.get("size") == size and cached["url"].startswith(base):
-            return ResolvedDiscovery(cached["url"], size), cached
-        url = base + str(uuid.uuid4())
-        return ResolvedDiscovery(url, size), _record(cluster, url, size)
-
-    if usable and not new_token:
-        if cached.get("state") == "spent":
-            raise UserError([Problem(str(out_dir / CACHE_FILE), None, None,
-                                     f"discovery token {cached['url']} was used by a cluster "
-                                     "that has been torn down; tokens are single-use, so "
-                                     "re-run with --new-token to request a fresh one")])
-        if cached.get("size") != size:
-            raise UserError([Problem(str(out_dir / CACHE_FILE), None, None,
-                                     f"the cached discovery token was made for "
-                                     f"{cached.get('size')} etcd members, but the cluster now "
-                                     f"has {size}; re-run with --new-token")])
-        if cached.get("service") == disc.service:
-            return ResolvedDiscovery(cached["url"], size), cached
-    url = request_token(disc.service, size, cluster.source, fetch)
-    return ResolvedDiscovery(url, size), _record(cluster, url, size)
+    context = ResolveContext(
+        cached=read_cache(out_dir), cache_path=str(out_dir / CACHE_FILE), new_token=new_token,
+        request_token=lambda service, size: request_token(service, size, cluster.source,
+                                                          fetch),
+        new_id=lambda: str(uuid.uuid4()), now=_now())
+    return mode_of(cluster).resolve(cluster, context)
 
 
 def request_token(service: str, size: int, source: str, fetch: Fetch = http_get) -> str:
@@ -117,18 +86,6 @@ def request_token(service: str, size: int, source: str, fetch: Fetch = http_get)
                                                      f"{shown!r}, which is not a token URL; "
                                                      f"{advice}")])
     return token_url
-
-
-def _record(cluster: Cluster, url: str, size: int) -> dict:
-    return {
-        "cluster": cluster.name,
-        "mode": cluster.etcd.discovery.mode.value,
-        "service": cluster.etcd.discovery.service,
-        "url": url,
-        "size": size,
-        "state": "fresh",
-        "created_at": _now(),
-    }
 
 
 def _now() -> str:

@@ -21,7 +21,8 @@ from pathlib import Path
 from provision.errors import Problem, UserError
 from provision.files import disk_error, is_disk_error
 from provision.render.discovery import CACHE_FILE
-from provision.render.pipeline import GENERATOR, MANIFEST, RenderedFile
+from provision.render.manifest import GENERATOR, MANIFEST
+from provision.render.pipeline import RenderedFile
 
 
 def is_rendered_dir(path: Path) -> bool:

@@ -8,7 +8,6 @@ Jinja2 templates under `templates/`; values come from
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,20 +16,22 @@ from pathlib import Path
 import jinja2
 
 from provision.pki import ClusterPKI
-from provision.render.cloudconfig import (
-    ResolvedDiscovery,
-    member_client_urls,
-    node_cloud_config,
+from provision.render.cloudconfig import member_client_urls, node_cloud_config
+from provision.render.manifest import (
+    MANIFEST,
+    LxcSettings,
+    Manifest,
+    ManifestEtcd,
+    ManifestNode,
+    NodeVagrant,
+    VagrantCluster,
 )
-from provision.spec.model import Cluster, DiscoveryMode, EtcdRole
+from provision.spec.discovery import Resolved, mode_of
+from provision.spec.model import Cluster, EtcdRole
 from provision.yamltext import block, scalar
 
-MANIFEST = "manifest.json"
-ZONE_FILE = "etcd-srv.zone"
-MANIFEST_VERSION = 2
 # Beside the manifest: what every Vagrant machine installs (provision/box/payload.py).
 VAGRANT_PAYLOAD = "vagrant-payload.tar"
-GENERATOR = "provision"
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,11 @@ def node_roles(role: EtcdRole) -> list[str]:
     return [role.value, "fleet"]
 
 
-def render_cluster(cluster: Cluster, disc: ResolvedDiscovery, *, substitute: bool = False,
+def render_cluster(cluster: Cluster, disc: Resolved, *, substitute: bool = False,
                    pki: ClusterPKI | None = None) -> list[RenderedFile]:
-    """Every file of the rendered cluster: user-data-N, the manifest, the zone snippet.
-    `pki`: the cluster's certificates (`provision.pki.ensure`), needed with TLS."""
+    """Every file of the rendered cluster: user-data-N, the manifest, the discovery mode's
+    own (dns-srv: the zone snippet). `pki`: the cluster's certificates
+    (`provision.pki.ensure`), needed with TLS."""
     cloud_config = _template("cloud-config.yaml.j2")
     files = []
     for node in cluster.nodes:
@@ -79,74 +81,41 @@ def render_cluster(cluster: Cluster, disc: ResolvedDiscovery, *, substitute: boo
         config = node_cloud_config(cluster, node, disc, substitute, tls)
         text = cloud_config.render(cluster=cluster, node=node, config=config)
         files.append(RenderedFile(node.user_data_name, text, 0o600))
-    if cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV:
-        files.append(RenderedFile(ZONE_FILE, render_zone(cluster)))
+    files += [RenderedFile(name, text) for name, text in mode_of(cluster).rendered_files(
+        cluster, lambda template, context: _template(template).render(**context))]
     # 0600: a discovery token in it lets anyone join nodes to the cluster.
-    files.append(RenderedFile(MANIFEST, json.dumps(manifest(cluster, disc, substitute),
-                                                   indent=2) + "\n", 0o600))
+    files.append(RenderedFile(MANIFEST, manifest(cluster, disc, substitute).to_json(), 0o600))
     return files
 
 
-def render_zone(cluster: Cluster) -> str:
-    return _template("etcd-srv.zone.j2").render(
-        cluster=cluster, domain=cluster.etcd.discovery.domain, members=cluster.members,
-        ssl="-ssl" if cluster.tls else "",
-        peer_port=cluster.etcd.peer_port, client_port=cluster.etcd.client_port)
-
-
-def manifest(cluster: Cluster, disc: ResolvedDiscovery, substitute: bool) -> dict:
-    """What the Vagrantfile and the local provider need to know about each node."""
+def manifest(cluster: Cluster, disc: Resolved, substitute: bool) -> Manifest:
+    """What the Vagrantfile and the providers need to know about the cluster and each node."""
     etcd = cluster.etcd
-    discovery: dict = {"mode": etcd.discovery.mode.value, "size": len(cluster.members)}
-    if etcd.discovery.mode in (DiscoveryMode.TOKEN, DiscoveryMode.CUSTOM):
-        discovery["url"] = disc.url
-    if etcd.discovery.mode is DiscoveryMode.CUSTOM:
-        discovery["node"] = etcd.discovery.node
-        discovery["size_key_url"] = f"{disc.url}/_config/size"
-    if etcd.discovery.mode is DiscoveryMode.DNS_SRV:
-        discovery["domain"] = etcd.discovery.domain
-        discovery["dns_server"] = etcd.discovery.dns_server
-        discovery["zone_file"] = ZONE_FILE
-    return {
-        "generator": GENERATOR,
-        "version": MANIFEST_VERSION,
-        "cluster": cluster.name,
-        "source": str(Path(cluster.source).resolve()),
-        "provider": cluster.provider,
-        "network": str(cluster.network),
-        "substituted": substitute,
-        "tls": cluster.tls,
-        "etcd": {
-            "members": list(etcd.members),
-            "client_port": etcd.client_port,
-            "peer_port": etcd.peer_port,
-            "endpoints": member_client_urls(cluster),
-            "discovery": discovery,
-        },
-        "nodes": [
-            {
-                "index": node.index,
-                "name": node.name,
-                "hostname": node.name,
-                "ip": str(node.ip),
-                "roles": node_roles(node.etcd_role),
-                "user_data": node.user_data_name,
-                "metadata": dict(node.metadata),
-                "vagrant": {
-                    "box": node.vagrant.box,
-                    "box_url": node.vagrant.box_url,
-                    "box_version": node.vagrant.box_version,
-                    "cpus": node.vagrant.cpus,
-                    "memory": node.vagrant.memory,
-                    "gui": node.vagrant.gui,
-                    "lxc_container": lxc_container_name(cluster, node.name),
-                },
-            }
-            for node in cluster.nodes
-        ],
-        "units": [name for unit_set in cluster.units for name in unit_set.unit_names],
-        "vagrant": vagrant_settings(cluster),
-    }
+    return Manifest(
+        cluster=cluster.name,
+        source=str(Path(cluster.source).resolve()),
+        provider=cluster.provider,
+        network=str(cluster.network),
+        substituted=substitute,
+        tls=cluster.tls,
+        etcd=ManifestEtcd(
+            members=etcd.members, client_port=etcd.client_port, peer_port=etcd.peer_port,
+            endpoints=tuple(member_client_urls(cluster)),
+            discovery=mode_of(cluster).record(cluster, disc)),
+        nodes=tuple(
+            ManifestNode(
+                index=node.index, name=node.name, hostname=node.name, ip=str(node.ip),
+                roles=tuple(node_roles(node.etcd_role)), user_data=node.user_data_name,
+                metadata=node.metadata,
+                vagrant=NodeVagrant(
+                    box=node.vagrant.box, box_url=node.vagrant.box_url,
+                    box_version=node.vagrant.box_version, cpus=node.vagrant.cpus,
+                    memory=node.vagrant.memory, gui=node.vagrant.gui,
+                    lxc_container=lxc_container_name(cluster, node.name)))
+            for node in cluster.nodes),
+        units=tuple(name for unit_set in cluster.units for name in unit_set.unit_names),
+        vagrant=vagrant_settings(cluster),
+    )
 
 
 def lxc_container_name(cluster: Cluster, node: str) -> str:
@@ -154,7 +123,7 @@ def lxc_container_name(cluster: Cluster, node: str) -> str:
     return f"{cluster.name}-{node}"
 
 
-def vagrant_settings(cluster: Cluster) -> dict:
+def vagrant_settings(cluster: Cluster) -> VagrantCluster:
     """Cluster-wide settings of the Vagrantfile: the provider to put first, the payload's
     file (beside the manifest) and, for lxc, the bridge the machines' veths join, the
     prefix length of their addresses and the gateway (the network's first address, the
@@ -162,6 +131,5 @@ def vagrant_settings(cluster: Cluster) -> dict:
     network = cluster.network
     first = network.network_address + 1
     gateway = None if any(n.ip == first for n in cluster.nodes) else str(first)
-    return {"provider": cluster.vagrant.provider, "payload": VAGRANT_PAYLOAD,
-            "lxc": {"bridge": cluster.vagrant.bridge, "prefix_length": network.prefixlen,
-                    "gateway": gateway}}
+    return VagrantCluster(cluster.vagrant.provider, VAGRANT_PAYLOAD,
+                          LxcSettings(cluster.vagrant.bridge, network.prefixlen, gateway))

@@ -11,17 +11,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import posixpath
-import re
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 from provision.errors import Problem, UserError, did_you_mean
+from provision.spec.discovery import DEFAULT_MODE, MODES, DiscoveryMode, modes_reading
+from provision.spec.discovery.base import HTTP_URL
 from provision.spec.model import (
     LXC_BOX,
     Cluster,
     Discovery,
-    DiscoveryMode,
     DropIn,
     EtcdRole,
     EtcdSpec,
@@ -43,16 +43,6 @@ from provision.userdata.write_files import (
     on_read_only_usr,
 )
 from provision.yamlmarks import MarkedDocument, dotted, load_yaml_file
-
-_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-                     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$")
-_MODE_KEYS = {
-    "url": {DiscoveryMode.TOKEN}, "service": {DiscoveryMode.TOKEN},
-    "node": {DiscoveryMode.CUSTOM},
-    "domain": {DiscoveryMode.DNS_SRV}, "dns_server": {DiscoveryMode.DNS_SRV},
-    "cluster_token": {DiscoveryMode.STATIC, DiscoveryMode.DNS_SRV},
-}
 
 ReadText = Callable[[Path], str]
 
@@ -254,8 +244,8 @@ class _Builder:
 
     def _etcd(self, names: list[str]) -> EtcdSpec | None:
         spec = self.data.get("etcd", {})
-        disc = spec.get("discovery", {"mode": "static"})
-        mode = DiscoveryMode(disc["mode"])
+        disc = spec.get("discovery", {"mode": DEFAULT_MODE})
+        mode = MODES[disc["mode"]]
         discovery_node = self._check_discovery(disc, mode, names)
         members = self._etcd_members(spec, names, discovery_node)
         client_port, peer_port = spec.get("client_port", 2379), spec.get("peer_port", 2380)
@@ -263,7 +253,7 @@ class _Builder:
             self.error(("etcd", "peer_port" if "peer_port" in spec else "client_port"),
                        f"`etcd.client_port` and `etcd.peer_port` must differ (both {peer_port})")
         discovery = Discovery(
-            mode=mode, url=disc.get("url"),
+            mode=mode.name, url=disc.get("url"),
             service=disc.get("service", Discovery.service).rstrip("/"),
             node=discovery_node, domain=(disc.get("domain") or "").rstrip(".") or None,
             dns_server=disc.get("dns_server"),
@@ -274,51 +264,13 @@ class _Builder:
 
     def _check_discovery(self, disc: dict, mode: DiscoveryMode, names: list[str]) -> str | None:
         """Report the discovery section's problems; the discovery etcd's node if it is valid."""
-        base = ("etcd", "discovery")
         for key in disc:
-            if key in _MODE_KEYS and mode not in _MODE_KEYS[key]:
-                modes = " or ".join(sorted(m.value for m in _MODE_KEYS[key]))
-                self.error(base + (key,), f"`etcd.discovery.{key}` applies only to {modes} "
-                                          f"discovery, not {mode.value}; remove it", key=True)
-        discovery_node = disc.get("node")
-        if mode is DiscoveryMode.CUSTOM:
-            discovery_node = self._check_custom_discovery(discovery_node, names)
-        if mode is DiscoveryMode.DNS_SRV:
-            self._check_dns_srv_discovery(disc)
-        for key in ("url", "service"):
-            if key in disc and not _URL.match(disc[key]):
-                self.error(base + (key,), f"`etcd.discovery.{key}` must be an http(s) URL, "
-                                          f"got {disc[key]!r}")
-        return discovery_node
-
-    def _check_custom_discovery(self, discovery_node: str | None,
-                                names: list[str]) -> str | None:
-        base = ("etcd", "discovery")
-        if discovery_node is None:
-            self.error(base, "custom discovery needs `etcd.discovery.node`: the node that "
-                             "runs the standalone discovery etcd (e.g. core-01)")
-        elif discovery_node not in names:
-            self.error(base + ("node",), f"`etcd.discovery.node`: no node is named "
-                                         f"`{discovery_node}`"
-                                         f"{did_you_mean(discovery_node, names)}")
-            return None
-        return discovery_node
-
-    def _check_dns_srv_discovery(self, disc: dict) -> None:
-        base = ("etcd", "discovery")
-        domain = disc.get("domain")
-        if not domain:
-            self.error(base, "dns-srv discovery needs `etcd.discovery.domain`: the DNS "
-                             "domain holding the _etcd-server._tcp SRV records")
-        elif not _DOMAIN.match(domain):
-            self.error(base + ("domain",), f"`etcd.discovery.domain`: {domain!r} is not a "
-                                           "DNS domain name")
-        if "dns_server" in disc:
-            try:
-                ipaddress.ip_address(disc["dns_server"])
-            except ValueError:
-                self.error(base + ("dns_server",), "`etcd.discovery.dns_server` must be "
-                                                  "the IP address of the DNS server")
+            readers = modes_reading(key)
+            if key != "mode" and mode.name not in readers:
+                self.error(("etcd", "discovery", key),
+                           f"`etcd.discovery.{key}` applies only to {' or '.join(readers)} "
+                           f"discovery, not {mode.name}; remove it", key=True)
+        return mode.validate(disc, names, self.error)
 
     def _etcd_members(self, spec: dict, names: list[str],
                       discovery_node: str | None) -> list[str]:
@@ -353,7 +305,7 @@ class _Builder:
         spec = self.data.get("fleet", {})
         ttl = spec.get("agent_ttl")
         for i, url in enumerate(spec.get("etcd_servers", [])):
-            if not _URL.match(url):
+            if not HTTP_URL.match(url):
                 self.error(("fleet", "etcd_servers", i), f"`fleet.etcd_servers` entries must "
                                                          f"be http(s) URLs, got {url!r}")
         return FleetSpec(

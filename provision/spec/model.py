@@ -26,13 +26,6 @@ class EtcdRole(str, Enum):
     DISCOVERY = "etcd-discovery"
 
 
-class DiscoveryMode(str, Enum):
-    STATIC = "static"
-    TOKEN = "token"
-    CUSTOM = "custom"
-    DNS_SRV = "dns-srv"
-
-
 @dataclass(frozen=True)
 class WriteFile:
     path: str
@@ -103,7 +96,7 @@ class Node:
 
 @dataclass(frozen=True)
 class Discovery:
-    mode: DiscoveryMode
+    mode: str  # a name in provision.spec.discovery.MODES
     url: str | None = None  # token: given in YAML (else requested and cached)
     service: str = DEFAULT_DISCOVERY_SERVICE
     node: str | None = None  # custom: the node running the standalone discovery etcd

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from provision.errors import Problem, did_you_mean
+from provision.spec.discovery import MODES, schema_keys
 from provision.yamlmarks import MarkedDocument, dotted, value_kind
 
 _TYPE_NAMES = {
@@ -28,8 +29,12 @@ _TYPE_NAMES = {
 
 @lru_cache(maxsize=1)
 def cluster_schema() -> dict:
+    """The schema file, with the discovery section made from the discovery modes."""
     text = resources.files("provision.spec").joinpath("schemas/cluster.schema.json").read_text()
-    return json.loads(text)
+    schema = json.loads(text)
+    discovery = schema["properties"]["etcd"]["properties"]["discovery"]
+    discovery["properties"] = {"mode": {"enum": list(MODES)}, **schema_keys()}
+    return schema
 
 
 @lru_cache(maxsize=1)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from fleetd.api import Api, ApiError, ApiServer
 from fleetd.api.encode import decode_token, paginate
+from fleetd.api.handlers import answer
 from fleetd.config import Config, ConfigError, load_config
 from fleetd.daemon import Server
 from fleetd.job import JobState
@@ -813,15 +814,20 @@ def test_etcd_unreachable_is_503_and_close_ends_idle_connections():
 
 
 # -- what a read touches ---------------------------------------------------------------------------
-def stored_cluster(etcd_server, units: int, machines: int = 3) -> Registry:
+def stored_cluster(etcd_server, units: int, machines: int = 3,
+                   registered: int | None = None) -> Registry:
     """A registry holding `units` jobs, each assigned to one of `machines` machines and
-    reported by it, plus a second state per unit from another machine."""
+    reported by it, plus a second state per unit from another machine. The first
+    `registered` machines (all by default) have a machine key; the others hold
+    assignments without one, as a dead machine does until its units are moved."""
     registry = Registry(Etcd([etcd_server.url]), f"/reads-{uuid.uuid4().hex[:8]}/")
     keys, ops = registry.keys, registry.etcd.ops
     unit = parse_unit_file("[Service]\nExecStart=/bin/true\n")
     digest = content_hash(unit)
     state = encode({"hash": digest, "load": "loaded", "active": "active", "sub": "running"})
     writes = [ops.put(keys.unit(digest), serialize(unit))]
+    writes += [ops.put(keys.machine(f"m{i}"), encode({"id": f"m{i}"}))
+               for i in range(machines if registered is None else registered)]
     for i in range(units):
         name, machine = f"job@{i}.service", f"m{i % machines}"
         other = f"m{(i + 1) % machines}"
@@ -842,38 +848,75 @@ def keys_read_by(registry: Registry, call) -> tuple[int, int, object]:
             result)
 
 
-@pytest.mark.parametrize("units", [300, 900])
-def test_a_page_of_units_and_one_unit_read_only_their_own_keys(etcd_server, units):
-    registry = stored_cluster(etcd_server, units)
+def reads_of_listing_and_one_unit(etcd_server, units: int, **layout) -> dict:
+    """What a first page, a middle page, one unit and one unreported unit cost."""
+    registry = stored_cluster(etcd_server, units, **layout)
     try:
-        api = Api(registry, runner=None, machine_id="m0", page_size=100)
-        page_keys, page_requests, first = keys_read_by(registry, lambda: api.list_units({}))
-        assert first.status == 200 and len(first.body["units"]) == 100
-        # 101 + 1 jobs, per machine 1 skip key + ~100/3 assignments, 2 states per unit: the
-        # same for 300 or 900 units (the whole store holds 4 keys per unit).
-        assert page_keys <= 102 + 3 * (1 + 40) + 2 * 100 + 4, page_keys
-        # jobs and globals, per machine a skip + a range (and the last skip), the states,
-        # the unit body once
-        assert page_requests <= 2 + (2 * 3 + 1) + 1 + 1, page_requests
-        one_keys, one_requests, one = keys_read_by(
-            registry, lambda: api.get_unit("job@7.service"))
+        api = Api(registry, runner=None, machine_id="m0", page_size=50)
+        costs: dict = {}
+        keys, requests, first = keys_read_by(registry, lambda: api.list_units({}))
+        assert first.status == 200 and len(first.body["units"]) == 50
+        costs["first page"] = (keys, requests)
+        token = first.body["nextPageToken"]
+        keys, requests, second = keys_read_by(
+            registry, lambda: api.list_units({"nextPageToken": [token]}))
+        assert [u["name"] for u in second.body["units"]] == sorted(
+            f"job@{i}.service" for i in range(units))[50:100]
+        for unit in first.body["units"] + second.body["units"]:
+            i = int(unit["name"][4:].split(".")[0])
+            assert unit["machineID"] == f"m{i % 3}", unit
+            assert unit["currentState"] == "launched", unit
+        costs["next page"] = (keys, requests)
+        keys, requests, one = keys_read_by(registry, lambda: api.get_unit("job@7.service"))
         assert one.status == 200 and one.body["machineID"] == "m1"
         assert one.body["currentState"] == "launched"
-        # its job, its two states, the assignment of the first machine that reports it
-        assert one_keys <= 1 + 2 + 1, one_keys
-        assert one_requests <= 2 + 1 + 1, one_requests
-        registry.etcd.delete(registry.keys.state("job@7.service", "m1"))
-        registry.etcd.delete(registry.keys.state("job@7.service", "m2"))
-        one_keys, one_requests, one = keys_read_by(
-            registry, lambda: api.get_unit("job@7.service"))  # reported nowhere yet
-        assert one.status == 200 and one.body["machineID"] == "m1"
-        assert one_keys <= 1 + 3 + 1, one_keys  # its job, a key per machine, its assignment
-        assert one_requests <= 2 + 1 + (2 * 3 + 1), one_requests
-        state_keys, _, states = keys_read_by(
-            registry, lambda: api.list_states({}))
-        assert len(states.body["states"]) == 100 and state_keys <= 101
+        costs["one unit"] = (keys, requests)
+        registry.etcd.delete(registry.keys.state("job@8.service", "m2"))
+        registry.etcd.delete(registry.keys.state("job@8.service", "m0"))
+        keys, requests, one = keys_read_by(registry, lambda: api.get_unit("job@8.service"))
+        assert one.status == 200 and one.body["machineID"] == "m2"  # reported nowhere yet
+        assert one.body["currentState"] == "inactive"
+        costs["unreported unit"] = (keys, requests)
+        keys, requests, missing = keys_read_by(
+            registry, lambda: answer(lambda: api.get_unit("nope.service")))
+        assert missing.status == 404
+        costs["missing unit"] = (keys, requests)
+        keys, requests, states = keys_read_by(registry, lambda: api.list_states({}))
+        assert len(states.body["states"]) == 50
+        costs["state page"] = (keys, requests)
+        return costs
     finally:
         registry.etcd.close()
+
+
+def test_a_page_and_one_unit_cost_the_same_reads_for_100_or_1000_units(etcd_server):
+    small = reads_of_listing_and_one_unit(etcd_server, 100)
+    large = reads_of_listing_and_one_unit(etcd_server, 1000)
+    assert ({k: requests for k, (_, requests) in small.items()}
+            == {k: requests for k, (_, requests) in large.items()}), (small, large)
+    for costs in (small, large):
+        # A page: its jobs with the registered machines, then its states and its
+        # assignments on each machine (the gaps between machines probed): two round trips
+        # (and the unit body once, for the first), and only the keys of this page:
+        # 51 jobs, 3 machines, 2 states and 1 assignment per unit (a spanned key or two
+        # of the neighbours).
+        assert costs["first page"][1] == 2 + 1, costs
+        assert costs["next page"][1] == 2, costs
+        for page in ("first page", "next page"):
+            assert costs[page][0] <= 51 + 3 + 50 * 2 + 50 + 4, costs
+        # One unit: its job, its two states, the machines; then its assignment.
+        assert costs["one unit"] == (1 + 2 + 3 + 1, 2), costs
+        assert costs["unreported unit"] == (1 + 3 + 1, 2), costs
+        assert costs["missing unit"] == (3, 1), costs
+        assert costs["state page"][0] <= 51, costs
+
+
+def test_assignments_of_an_unregistered_machine_are_found(etcd_server):
+    """A machine that died holds its assignments until they move, without a machine key:
+    the probes between the registered machines find it (one more round trip)."""
+    costs = reads_of_listing_and_one_unit(etcd_server, 300, registered=2)
+    assert costs["next page"][1] == 3 and costs["unreported unit"][1] == 3, costs
+    # Its units on the page show where they are assigned, and as launched: checked inside.
 
 
 def test_pages_stay_consistent_while_units_come_and_go(etcd_server):
@@ -907,3 +950,18 @@ def test_pages_stay_consistent_while_units_come_and_go(etcd_server):
             assert by_name[f"job@{i}.service"]["currentState"] == "launched"
     finally:
         registry.etcd.close()
+
+
+def test_setting_a_desired_state_costs_two_requests_whatever_the_number_of_units(etcd_server):
+    """`fleetctl start` of many units is one PUT each: its job read once, then written."""
+    for units in (100, 1000):
+        registry = stored_cluster(etcd_server, units)
+        try:
+            api = Api(registry, runner=None, machine_id="m0")
+            registry.get_job("job@1.service")  # the unit body, read once per fleetd
+            keys, requests, reply = keys_read_by(registry, lambda api=api: api.put_unit(
+                "job@7.service", b'{"desiredState": "loaded"}', {}))
+            assert reply.status == 204 and (keys, requests) == (1, 2), (units, keys, requests)
+            assert registry.get_job("job@7.service").job.desired is JobState.LOADED
+        finally:
+            registry.etcd.close()

@@ -24,7 +24,7 @@ import pytest
 
 from fleetd.fleetctl.client import Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
-from fleetd.fleetctl.main import resolve_endpoint, run
+from fleetd.fleetctl.main import build_parser, parse_arguments, resolve_endpoint, run
 from fleetd.fleetctl.model import Machine
 from fleetd.fleetctl.tables import Column, Table, layout, render_json, render_table
 from fleetd.fleetctl.targets import expand, match_units, unit_name_of
@@ -62,6 +62,9 @@ class FakeFleet:
     place_on: str = M1
     fail_with: tuple[int, str] | None = None
     requests: list[tuple[str, str, dict, object]] = field(default_factory=list)
+    keep_alive: bool = False  # answer without "Connection: close"
+    drop_kept: bool = False  # ... yet close the connection after each answer, silently
+    connections: int = 0  # accepted so far
     countdown: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -174,6 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # BaseHTTPRequestHandler's signature
         pass
 
+    def setup(self):  # socketserver's hook: once per connection
+        super().setup()
+        with self.server.fake.lock:
+            self.server.fake.connections += 1
+
     def _serve(self, method: str) -> None:
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -199,9 +207,13 @@ class _Handler(BaseHTTPRequestHandler):
         if data:
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
+        fake = self.server.fake
+        if not fake.keep_alive:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+        if fake.drop_kept:
+            self.close_connection = True
 
     def do_GET(self):  # http.server's naming
         self._serve("GET")
@@ -1049,3 +1061,63 @@ def test_machine_records_parse_optional_fields():
     with pytest.raises(FleetctlError, match="'id' is missing"):
         Machine.from_json({"primaryIP": "1.2.3.4"})
 
+
+
+def test_a_listing_reads_its_pages_on_one_kept_connection(fleetctl, serve, workdir):
+    fake = FakeFleet(machines=two_machines(), page_size=3, keep_alive=True)
+    for i in range(10):
+        fake.add_unit(f"web@{i}.service", TEMPLATE)
+    result = fleetctl("list-unit-files", "--no-legend", endpoint=serve(fake))
+    assert result.code == 0, result.err
+    assert len(result.out.splitlines()) == 10
+    assert fake.paths("GET").count("/fleet/v1/units") == 4
+    assert fake.connections == 1, fake.connections  # 4 pages and the machines
+
+
+def test_a_kept_connection_the_server_closed_is_opened_again(fleetctl, serve, workdir):
+    fake = FakeFleet(machines=two_machines(), page_size=3, keep_alive=True, drop_kept=True)
+    for i in range(10):
+        fake.add_unit(f"web@{i}.service", TEMPLATE)
+    result = fleetctl("list-unit-files", "--no-legend", endpoint=serve(fake))
+    assert result.code == 0, result.err
+    assert len(result.out.splitlines()) == 10
+    assert fake.paths("GET").count("/fleet/v1/units") == 4  # none lost, none sent twice
+
+
+def test_start_of_many_units_sends_their_puts_side_by_side(fleetctl, serve, workdir):
+    """Each PUT is one unit's desired state; several are in flight at once, on kept
+    connections (one per sender), and every unit is started exactly once."""
+    fake = FakeFleet(machines=two_machines(), flip_after=1, page_size=50,
+                     listing_polls=True, keep_alive=True)
+    names = [f"web@{i}.service" for i in range(1, 41)]
+    for name in ["web@.service", *names]:
+        fake.add_unit(name, TEMPLATE)
+    result = fleetctl("start", "--no-block", "web@*", endpoint=serve(fake))
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [f"Triggered unit {n} start" for n in sorted(names)]
+    puts = fake.paths("PUT")
+    assert sorted(puts) == sorted(f"/fleet/v1/units/{n}" for n in names)
+    assert all(fake.units[n]["desiredState"] == "launched" for n in names)
+    assert fake.connections <= 1 + 8, fake.connections
+
+
+@pytest.mark.parametrize("argv", [
+    ["list-unit-files", "--no-legend", "--fields", "unit,hash"],
+    ["--endpoint", "http://127.0.0.1:1", "list-units", "-l", "--output", "json"],
+    ["start", "--no-block", "web@*", "list-units"],  # a unit named like a command
+    ["--tunnel", "start", "list-machines"],  # a global option's value named like one
+    ["stop", "--block-attempts", "3", "--request-timeout", "2", "a", "b"],
+    ["journal", "-f", "--lines", "5", "web@1"],
+])
+def test_a_command_line_parses_alike_with_its_command_parser_alone(argv):
+    assert parse_arguments(argv) == build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", [["list-units", "--nope"], ["start"], ["lsit-units"],
+                                  ["start", "--block-attempts", "-1", "x"]])
+def test_a_bad_command_line_fails_alike_with_its_command_parser_alone(argv):
+    with pytest.raises(UsageError) as alone:
+        parse_arguments(argv)
+    with pytest.raises(UsageError) as whole:
+        build_parser().parse_args(argv)
+    assert (alone.value.message, alone.value.usage) == (whole.value.message, whole.value.usage)

@@ -20,9 +20,18 @@ from provision.providers.local.boot import NodeDirs, narrow_urls, plan_node
 from provision.providers.local.etcdbin import parse_version, version_warning
 from provision.providers.local.units import FLANNEL_NOTE, Tools, exec_line
 from provision.render.discovery import resolve
+from provision.render.manifest import (
+    LxcSettings,
+    Manifest,
+    ManifestEtcd,
+    ManifestNode,
+    NodeVagrant,
+    VagrantCluster,
+)
 from provision.render.pipeline import manifest as render_manifest
 from provision.render.pipeline import render_cluster
 from provision.spec.build import load_cluster
+from provision.spec.discovery import DiscoveryRecord
 from tests.conftest import cluster_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,16 +39,23 @@ TOOLS = Tools(etcd="/opt/etcd/etcd", etcdctl="/opt/etcd/etcdctl", python="/usr/b
               pythonpath="/src")
 FLEET = frozenset(SETTINGS)
 IP = "127.9.0.2"
-MANIFEST = {"etcd": {"client_port": 2379, "peer_port": 2380,
-                     "endpoints": ["http://127.9.0.1:2379", "http://127.9.0.2:2379"]}}
+MANIFEST = Manifest(
+    cluster="c", source="/c.yaml", provider="local", network="127.9.0.0/24",
+    substituted=False, tls=False,
+    etcd=ManifestEtcd(members=("core-01", "core-02"), client_port=2379, peer_port=2380,
+                      endpoints=("http://127.9.0.1:2379", "http://127.9.0.2:2379"),
+                      discovery=DiscoveryRecord("static", 2)),
+    nodes=(), units=(), vagrant=VagrantCluster(None, "payload.tar", LxcSettings("br0", 24, None)))
 
 
 def dirs(name: str = "core-02") -> NodeDirs:
     return NodeDirs(Path("/state/c/nodes") / name)
 
 
-def node(role: str = "etcd-member", name: str = "core-02", ip: str = IP) -> dict:
-    return {"name": name, "ip": ip, "roles": [role, "fleet"]}
+def node(role: str = "etcd-member", name: str = "core-02", ip: str = IP) -> ManifestNode:
+    return ManifestNode(index=2, name=name, hostname=name, ip=ip, roles=(role, "fleet"),
+                        user_data="user-data-2", metadata=(),
+                        vagrant=NodeVagrant("box", None, None, 1, 1024, False, f"c-{name}"))
 
 
 def user_data(etcd2: dict | None = None, fleet: dict | None = None, units: list | None = None,
@@ -354,7 +370,7 @@ def test_exec_lines_round_trip_through_the_unit_reader(argv):
 
 # -- whole rendered clusters ----------------------------------------------------------------------
 
-def rendered(example: str, tmp_path: Path) -> tuple[dict, dict[str, str]]:
+def rendered(example: str, tmp_path: Path) -> tuple[Manifest, dict[str, str]]:
     cluster, _ = load_cluster(str(REPO / "clusters" / example))
     disc, _ = resolve(cluster, tmp_path, fetch=lambda url, timeout: "unused")
     files = {f.name: f.text for f in render_cluster(cluster, disc, pki=cluster_pki(cluster))}
@@ -370,18 +386,18 @@ def rendered(example: str, tmp_path: Path) -> tuple[dict, dict[str, str]]:
 ], ids=["local", "custom", "large-with-proxies", "vagrant-flannel", "dns-srv"])
 def test_every_example_plans_from_its_rendered_user_data(example, roles, tmp_path):
     manifest, files = rendered(example, tmp_path)
-    boots = [plan_node(files[n["user_data"]], source=n["user_data"], node=n, manifest=manifest,
-                       dirs=dirs(n["name"]), tools=TOOLS, fleet_settings=FLEET)
-             for n in manifest["nodes"]]
+    boots = [plan_node(files[n.user_data], source=n.user_data, node=n, manifest=manifest,
+                       dirs=dirs(n.name), tools=TOOLS, fleet_settings=FLEET)
+             for n in manifest.nodes]
     if roles is not None:
         counted: dict[str, int] = {}
         for boot in boots:
             counted[boot.role] = counted.get(boot.role, 0) + 1
         assert counted == roles
-    for boot, spec in zip(boots, manifest["nodes"], strict=True):
+    for boot, spec in zip(boots, manifest.nodes, strict=True):
         argv = " ".join(boot.etcd_argv)
         assert "0.0.0.0" not in argv and "$" not in argv
-        assert f"{spec['ip']}:{manifest['etcd']['client_port']}" in argv
+        assert f"{spec.ip}:{manifest.etcd.client_port}" in argv
         assert boot.started_units[:2] == ("etcd2.service", "fleet.service")
         if boot.role != "etcd-proxy":
             assert "--enable-v2=true" in boot.etcd_argv

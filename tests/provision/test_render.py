@@ -8,9 +8,10 @@ import stat
 import pytest
 import yaml
 
-from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
+from provision.render.cloudconfig import node_cloud_config
 from provision.render.pipeline import render_cluster
 from provision.spec.build import load_cluster
+from provision.spec.discovery import Resolved
 from tests.conftest import CLUSTERS, cluster_pki, node_tls
 
 EXAMPLES = sorted(p.name for p in CLUSTERS.glob("*.yaml"))
@@ -40,7 +41,7 @@ def test_example_renders_round_trips_and_validates(run_cli, tmp_path, name):
         text = path.read_text()
         assert text.startswith("#cloud-config\n")
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        expected = node_cloud_config(cluster, node, ResolvedDiscovery(url, len(cluster.members)),
+        expected = node_cloud_config(cluster, node, Resolved(url, len(cluster.members)),
                                      tls=node_tls(cluster, node))
         assert yaml.safe_load(text) == expected
     result = run_cli("validate", "--user-data", *(str(out / n.user_data_name)
@@ -187,7 +188,7 @@ def test_hostile_values_round_trip(cluster_file, tmp_path, value):
     path.write_text(_yaml.safe_dump(data))
     cluster, _ = load_cluster(path)
     (node,) = cluster.nodes
-    disc = ResolvedDiscovery(None, 1)
+    disc = Resolved(None, 1)
     (user_data,) = [f for f in render_cluster(cluster, disc, pki=cluster_pki(cluster))
                      if f.name == "user-data-1"]
     assert yaml.safe_load(user_data.text) == node_cloud_config(cluster, node, disc,

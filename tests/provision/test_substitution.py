@@ -13,9 +13,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provision.render.cloudconfig import ResolvedDiscovery, node_cloud_config
+from provision.render.cloudconfig import node_cloud_config
 from provision.render.pipeline import render_cluster
 from provision.spec.build import load_cluster
+from provision.spec.discovery import Resolved
 from provision.userdata import validate_user_data
 from provision.userdata.substitution import (
     PRIVATE_IPV4,
@@ -87,7 +88,7 @@ def test_substitute_keeps_escaped_variables_in_the_model(cluster_file):
         "    content: \"[Service]\\nExecStart=/bin/echo \\\\$public_ipv4 $public_ipv4\\n\"\n")
     cluster, _ = load_cluster(path)
     (node,) = cluster.nodes
-    config = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1), substitute=True,
+    config = node_cloud_config(cluster, node, Resolved(None, 1), substitute=True,
                                tls=node_tls(cluster, node))
     ip = str(node.ip)
     assert config["write_files"][-1]["content"] == f"ip {ip}, literal \\$private_ipv4"
@@ -106,7 +107,7 @@ def _booted(text: str, ip: str) -> object:
 
 
 def _rendered(cluster, substitute: bool) -> dict[str, str]:
-    disc = ResolvedDiscovery("https://discovery.example/t", len(cluster.members))
+    disc = Resolved("https://discovery.example/t", len(cluster.members))
     return {f.name: f.text for f in render_cluster(cluster, disc, substitute=substitute,
                                                       pki=cluster_pki(cluster))
             if f.name.startswith("user-data-")}
@@ -125,7 +126,7 @@ def test_a_node_boots_the_same_with_or_without_substitute(cluster_file, value):
     booted = _booted(plain["user-data-1"], ip)
     assert _booted(substituted["user-data-1"], ip) == booted
     # and what boots is the model with coreos-cloudinit's substitution applied to each value
-    model = node_cloud_config(cluster, node, ResolvedDiscovery(None, 1),
+    model = node_cloud_config(cluster, node, Resolved(None, 1),
                               tls=node_tls(cluster, node))
     at_boot = {PRIVATE_IPV4: ip, PUBLIC_IPV4: ip}
     files = {f["path"]: f["content"] for f in booted["write_files"]}

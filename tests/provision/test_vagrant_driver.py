@@ -256,7 +256,7 @@ def test_a_checkout_without_vagrantfile_is_a_user_error(tmp_path, fake, manifest
 def test_read_manifest_keeps_names_and_ips_in_order(manifest):
     read = read_manifest(manifest.parent)
     assert read.path == manifest
-    assert read.nodes == tuple(zip(NODES, IPS, strict=True))
+    assert [(n.name, n.ip) for n in read.nodes] == list(zip(NODES, IPS, strict=True))
     assert json.loads(manifest.read_text())["cluster"] == "vagrant"
 
 

@@ -32,6 +32,7 @@ from provision.providers.local.units import (
     UnitPlan,
     node_units,
 )
+from provision.render.manifest import Manifest, ManifestEtcd, ManifestNode
 from provision.userdata.services import (
     ETCD_RENAMED,
     decode_content,
@@ -156,13 +157,13 @@ def substitute(text: str, ip: str) -> str:
                                   PRIVATE_IPV6: "", PUBLIC_IPV6: ""})
 
 
-def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
+def plan_node(user_data: str, *, source: str, node: ManifestNode, manifest: Manifest,
               dirs: NodeDirs, tools: Tools, fleet_settings: frozenset[str],
               api_socket_flag: bool = False) -> NodeBoot:
     """The boot plan of one node; UserError (naming `source`) when it cannot boot locally."""
     problems: list[str] = []
     notes: list[str] = []
-    ip = str(node["ip"])
+    ip = node.ip
     try:
         config = yaml.safe_load(substitute(user_data, ip))
     except yaml.YAMLError as err:
@@ -173,8 +174,8 @@ def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
     etcd2 = coreos.get("etcd2")
     if not isinstance(etcd2, dict):
         raise _error(source, "no `coreos.etcd2` section: the node cannot start etcd")
-    role = _role(node)
-    etcd = manifest["etcd"]
+    role = node.etcd_role
+    etcd = manifest.etcd
     etcd_argv, etcd_url = etcd_command(etcd2, ip=ip, role=role, data_dir=dirs.etcd,
                                        tools=tools, etcd=etcd, notes=notes, root=dirs.root)
     fleet = coreos.get("fleet") if isinstance(coreos.get("fleet"), dict) else {}
@@ -184,7 +185,7 @@ def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
     files = tuple(_write_file(entry, i, problems) for i, entry in
                   enumerate(config.get("write_files") or []))
     units = node_units(coreos.get("units") or [], etcd_argv=etcd_argv, fleetd_argv=fleet_argv,
-                       tools=tools, node_name=str(node["name"]), notes=notes, problems=problems)
+                       tools=tools, node_name=node.name, notes=notes, problems=problems)
     if problems:
         raise UserError([Problem(source, None, None, p) for p in problems])
     flannel = coreos.get("flannel") if isinstance(coreos.get("flannel"), dict) else {}
@@ -198,17 +199,12 @@ def plan_node(user_data: str, *, source: str, node: Mapping, manifest: Mapping,
                                        ("ETCDCTL_CERT_FILE", "etcd-certfile"),
                                        ("ETCDCTL_KEY_FILE", "etcd-keyfile")))
     return NodeBoot(
-        name=str(node["name"]), hostname=str(config.get("hostname") or node["name"]), ip=ip,
+        name=node.name, hostname=str(config.get("hostname") or node.name), ip=ip,
         role=role, dirs=dirs, files=tuple(f for f in files if f is not None),
         etcd_argv=etcd_argv, etcd_url=etcd_url, fleetd_argv=fleet_argv,
         fleet_etcd_servers=servers, fleet_prefix=prefix,
         api_socket=str(dirs.fleet / "fleet.sock"), units=units, env=env,
         notes=tuple(dict.fromkeys(notes)))
-
-
-def _role(node: Mapping) -> str:
-    roles = [r for r in node.get("roles", ()) if str(r).startswith("etcd-")]
-    return roles[0] if roles else "etcd-member"
 
 
 def _error(source: str, message: str) -> UserError:
@@ -246,16 +242,16 @@ def node_path(root: Path | None, path: str) -> str:
 
 
 def etcd_command(section: Mapping, *, ip: str, role: str, data_dir: Path, tools: Tools,
-                 etcd: Mapping, notes: list[str], root: Path | None = None
+                 etcd: ManifestEtcd, notes: list[str], root: Path | None = None
                  ) -> tuple[tuple[str, ...], str]:
     """(argv, client URL) of the node's etcd: a member, the discovery etcd or a gateway."""
-    client_port, peer_port = int(etcd["client_port"]), int(etcd["peer_port"])
+    client_port, peer_port = etcd.client_port, etcd.peer_port
     if _proxy_on(section.get("proxy")) or role == "etcd-proxy":
         listen = narrow_urls(section.get("listen-client-urls") or f"http://{ip}:{client_port}",
                              ip).split(",")[0]
         parts = urlsplit(listen)
         address = f"{parts.hostname}:{parts.port or client_port}"
-        members = ",".join(urlsplit(u).netloc for u in etcd["endpoints"])
+        members = ",".join(urlsplit(u).netloc for u in etcd.endpoints)
         notes.append("etcd proxies run as `etcd gateway` (etcd 3 has no v2 proxy)")
         # The gateway gives up on an endpoint for --retry-delay (default 1m) after one
         # failed dial; members still starting must not cost a minute. It forwards TCP, so

@@ -8,7 +8,6 @@ supervisor.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,20 +22,16 @@ from provision.providers.local.boot import FileWrite, NodeBoot, NodeDirs, plan_n
 from provision.providers.local.control import repo_root
 from provision.providers.local.etcdbin import EtcdBinaries
 from provision.providers.local.units import Tools, UnitPlan
-from provision.render.pipeline import MANIFEST
+from provision.render.manifest import MANIFEST, Manifest
 
 
-def read_manifest(rendered: Path) -> dict:
-    try:
-        return json.loads((rendered / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError([Problem(str(rendered / MANIFEST), None, None,
-                                 f"cannot read the rendered manifest: {err}")]) from None
+def read_manifest(rendered: Path) -> Manifest:
+    return Manifest.from_file(rendered / MANIFEST)
 
 
-def etcd_tls(state_dir: Path, manifest: dict):  # EtcdTLS | None
+def etcd_tls(state_dir: Path, manifest: Manifest):  # EtcdTLS | None
     """The admin certificate for talking to the cluster's etcd, None if it runs plain http."""
-    if not manifest.get("tls"):
+    if not manifest.tls:
         return None
     from provision.pki import PKI_DIR, admin_tls
 
@@ -47,21 +42,21 @@ def node_dirs(state_dir: Path, name: str) -> NodeDirs:
     return NodeDirs(state_dir / state.NODES / name)
 
 
-def plan_cluster(state_dir: Path, manifest: dict, binaries: EtcdBinaries) -> list[NodeBoot]:
+def plan_cluster(state_dir: Path, manifest: Manifest, binaries: EtcdBinaries) -> list[NodeBoot]:
     rendered = state_dir / state.RENDERED
     tools = Tools(etcd=binaries.etcd, etcdctl=binaries.etcdctl, python=sys.executable,
                   pythonpath=str(repo_root()))
     settings = frozenset(FLEET_SETTINGS)
     boots = []
-    for node in manifest["nodes"]:
-        path = rendered / node["user_data"]
+    for node in manifest.nodes:
+        path = rendered / node.user_data
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise UserError([Problem(str(path), None, None, f"cannot read: {err.strerror}")]
                             ) from None
         boots.append(plan_node(text, source=str(path), node=node, manifest=manifest,
-                               dirs=node_dirs(state_dir, node["name"]), tools=tools,
+                               dirs=node_dirs(state_dir, node.name), tools=tools,
                                fleet_settings=settings,
                                api_socket_flag="api_socket" in settings))
     return boots

@@ -46,8 +46,9 @@ from provision.providers.local.progress import Progress
 from provision.providers.local.units import ETCD_UNIT, UnitPlan, system_unit
 from provision.providers.local.waiter import Waiter, lost_members, prober_for
 from provision.render import discovery as render_discovery
+from provision.render.manifest import Manifest
 from provision.signals import uninterrupted
-from provision.spec.model import DiscoveryMode
+from provision.spec.discovery import BootNeeds, DnsZone, boot_needs, mode_of
 
 DEFAULT_TIMEOUT = 120.0
 POLL_S = 0.1
@@ -67,8 +68,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
     cluster = load(cluster_path, lambda text: console.print(text, markup=False,
                                                             highlight=False))
     _check_local_network(cluster)
-    dns_srv = cluster.etcd.discovery.mode is DiscoveryMode.DNS_SRV
-    if dns_srv and (problem := dns.requirements_problem()):
+    if mode_of(cluster).serves_dns and (problem := dns.requirements_problem()):
         raise UserError([Problem(cluster.source, None, None, problem)])
     state_dir = cluster_state_dir(cluster.name, state_root)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,8 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
         _refuse_lost_members(cluster.name, boots)
     for note in dict.fromkeys(n for b in boots for n in b.notes):
         console.print(f"note: {note}", markup=False, highlight=False)
-    shared = _dns_services(state_dir, manifest) if dns_srv else nodes.Shared()
+    needs = boot_needs(manifest.etcd.discovery)
+    shared = _dns_services(state_dir, manifest, needs.dns) if needs.dns else nodes.Shared()
     launched = False
     try:
         if not was_running:
@@ -107,7 +108,7 @@ def up(cluster_path: str | Path, *, timeout: float = DEFAULT_TIMEOUT,
         with Progress([(b.name, b.ip) for b in boots], console, title) as progress:
             waiter = Waiter(state_dir, boots, manifest, progress)
             try:
-                _boot(state_dir, manifest, waiter, deadline)
+                _boot(state_dir, manifest.names, needs, waiter, deadline)
             finally:
                 waiter.close()
     except BaseException:  # a failed node, a timeout or Ctrl-C: leave nothing running
@@ -131,18 +132,15 @@ def _refuse_lost_members(cluster: str, boots: list[NodeBoot]) -> None:
                                  "empty") for b in lost])
 
 
-def _dns_services(state_dir: Path, manifest: dict) -> nodes.Shared:
-    """dns-srv: the namespace the nodes run in and the dnsmasq serving the rendered zone."""
-    disc = manifest["etcd"]["discovery"]
-    zone = state_dir / state.RENDERED / disc["zone_file"]
-    records = dns.zone_records(zone.read_text())
-    address = dns.dns_address(manifest["network"], {n["ip"] for n in manifest["nodes"]},
-                              disc.get("dns_server"))
-    argv = dns.dnsmasq_argv(shutil.which("dnsmasq") or "dnsmasq", address, disc["domain"],
+def _dns_services(state_dir: Path, manifest: Manifest, zone: DnsZone) -> nodes.Shared:
+    """The namespace the nodes run in and the dnsmasq serving the rendered zone."""
+    records = dns.zone_records((state_dir / state.RENDERED / zone.zone_file).read_text())
+    address = dns.dns_address(manifest.network, {n.ip for n in manifest.nodes}, zone.server)
+    argv = dns.dnsmasq_argv(shutil.which("dnsmasq") or "dnsmasq", address, zone.domain,
                             records, str(state_dir / state.SHARED / "dnsmasq.pid"))
-    unit = UnitPlan(DNS_UNIT, system_unit(f"DNS of {manifest['cluster']} ({disc['domain']})",
+    unit = UnitPlan(DNS_UNIT, system_unit(f"DNS of {manifest.cluster} ({zone.domain})",
                                           argv), True)
-    return nodes.Shared(dns.namespace(manifest["cluster"]), (unit,), (f"{address}:53",))
+    return nodes.Shared(dns.namespace(manifest.cluster), (unit,), (f"{address}:53",))
 
 
 def _stop(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> bool:
@@ -154,14 +152,14 @@ def _stop(state_dir: Path, timeout: float = 60.0, launched: bool = False) -> boo
     return was_running
 
 
-def _boot(state_dir: Path, manifest: dict, waiter: Waiter, deadline: float) -> None:
-    names = [n["name"] for n in manifest["nodes"]]
-    disc = manifest["etcd"]["discovery"]
-    if disc["mode"] == "custom" and disc.get("node") in names:
+def _boot(state_dir: Path, names: list[str], needs: BootNeeds, waiter: Waiter,
+          deadline: float) -> None:
+    first = needs.bootstrap_node
+    if first in names and needs.discovery_url:
         # The discovery etcd first, then the size key, then the members that read it.
-        generation = control.set_desired(state_dir, {disc["node"]: "running"})
-        waiter.wait([disc["node"]], generation, deadline, columns=("etcd",))
-        write_size(disc["url"], int(disc["size"]), deadline)
+        generation = control.set_desired(state_dir, {first: "running"})
+        waiter.wait([first], generation, deadline, columns=("etcd",))
+        write_size(needs.discovery_url, needs.size, deadline)
     generation = control.set_desired(state_dir, dict.fromkeys(names, "running"))
     waiter.wait(names, generation, deadline)
 
@@ -239,7 +237,7 @@ def _record_stopped(state_dir: Path) -> None:
             raise
 
 
-def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], dict]:
+def _plan_boots(state_dir: Path) -> tuple[list[NodeBoot], Manifest]:
     """The nodes' plans again, for their addresses, units and paths, with the etcd binary
     the cluster was brought up with (`node reset` runs a node from them)."""
     manifest = nodes.read_manifest(state_dir / state.RENDERED)
@@ -466,7 +464,7 @@ def env(cluster: str | Path, *, state_root: str | Path | None = None) -> str:
     running = [b for b in boots
                if ((current.get("nodes") or {}).get(b.name) or {}).get("state") == "running"]
     chosen = (running or boots)[0]
-    endpoints = ",".join(manifest["etcd"]["endpoints"])
+    endpoints = ",".join(manifest.etcd.endpoints)
     lines = (f"export FLEETCTL_ENDPOINT=unix://{chosen.api_socket}\n"
              f"export ETCDCTL_ENDPOINTS={endpoints}\n")
     tls = nodes.etcd_tls(state_dir, manifest)

@@ -20,8 +20,9 @@ from cryptography import x509
 
 from provision.errors import OperationFailed
 from provision.pki import NODE_DIR, ClientFiles
-from provision.providers.local import nodes, state
+from provision.providers.local import nodes
 from provision.providers.local.boot import NodeBoot
+from provision.render.manifest import Manifest
 
 POLL_S = 0.1
 
@@ -45,8 +46,7 @@ def roll(state_dir: Path, files: ClientFiles, expected: dict[str, int], *,
     """Write each node's certificate files from the (re-rendered) user-data in its node
     root, one node at a time, waiting until its etcd serves the serial `expected[node]`.
     Returns the nodes rolled."""
-    manifest = nodes.read_manifest(state_dir / state.RENDERED)
-    boots, _ = _boots(state_dir, manifest)
+    boots, _ = _boots(state_dir)
     netns = nodes.netns(state_dir)
     rolled = []
     for boot in boots:
@@ -62,7 +62,7 @@ def roll(state_dir: Path, files: ClientFiles, expected: dict[str, int], *,
     return rolled
 
 
-def _boots(state_dir: Path, manifest: dict) -> tuple[list[NodeBoot], dict]:
+def _boots(state_dir: Path) -> tuple[list[NodeBoot], Manifest]:
     from provision.providers.local.provider import _plan_boots
 
     return _plan_boots(state_dir)

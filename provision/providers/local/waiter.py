@@ -25,13 +25,14 @@ from provision.providers.local.dns import exec_prefix
 from provision.providers.local.health import NamespaceProber, Prober, excerpt, unit_state
 from provision.providers.local.progress import COLUMNS, Progress
 from provision.providers.local.units import ETCD_UNIT, FLEET_UNIT
+from provision.render.manifest import Manifest
 
 POLL_S = 0.1
 
 
-def prober_for(state_dir: Path, manifest: dict, boots: list[NodeBoot]
+def prober_for(state_dir: Path, manifest: Manifest, boots: list[NodeBoot]
                ) -> Prober | NamespaceProber:
-    endpoints = list(manifest["etcd"]["endpoints"])
+    endpoints = list(manifest.etcd.endpoints)
     prefix = boots[0].fleet_prefix if boots else DEFAULT_PREFIX
     netns = nodes.netns(state_dir)
     tls = nodes.etcd_tls(state_dir, manifest)
@@ -44,7 +45,7 @@ def prober_for(state_dir: Path, manifest: dict, boots: list[NodeBoot]
 class Waiter:
     """Polls node health against a deadline and shows it; raises on failure or timeout."""
 
-    def __init__(self, state_dir: Path, boots: list[NodeBoot], manifest: dict,
+    def __init__(self, state_dir: Path, boots: list[NodeBoot], manifest: Manifest,
                  progress: Progress | None) -> None:
         self.state_dir = state_dir
         self.boots = {b.name: b for b in boots}

@@ -260,8 +260,9 @@ def _admin_tls(record: ClusterRecord):  # EtcdTLS | None
 
 
 def _user_data_name(cluster: Cluster, node: NodeRecord) -> str:
-    manifest = json.loads((cluster.state_dir / RENDERED / "manifest.json").read_text())
-    return next(n["user_data"] for n in manifest["nodes"] if n["name"] == node.name)
+    from provision.render.manifest import Manifest
+
+    return Manifest.from_file(cluster.state_dir / RENDERED).node(node.name).user_data
 
 
 def _host_keys(upper: Path) -> None:
