@@ -164,7 +164,10 @@ def main() -> None:
 
         def converged() -> bool:
             cache = engine_idle.cache
-            if cache is None or any(m in doomed for m in cache.assignments.values()):
+            try:  # the engine's thread changes its cache as we read it
+                if cache is None or any(m in doomed for m in cache.assignments.values()):
+                    return False
+            except RuntimeError:
                 return False
             return len(cache.assignments) >= args.units + 1 and not cache.pending
         wait_until(converged, 300, "every unit back on a live machine")
@@ -180,8 +183,13 @@ def main() -> None:
         on_solo = sum(1 for m in engine_idle.cache.assignments.values() if m == solo)
         started = time.perf_counter()
         etcd.revoke(solo_lease)
-        wait_until(lambda: all(m != solo for m in engine_idle.cache.assignments.values())
-                   and not engine_idle.cache.pending, 120, "the lone machine's units moved")
+        def solo_moved() -> bool:
+            try:
+                return (all(m != solo for m in engine_idle.cache.assignments.values())
+                        and not engine_idle.cache.pending)
+            except RuntimeError:  # changed as we read it
+                return False
+        wait_until(solo_moved, 120, "the lone machine's units moved")
         wait_until(lambda: not registry.assignments(machine=solo)[1], 120,
                    "the lone machine's moves committed")
         solo_s = time.perf_counter() - started

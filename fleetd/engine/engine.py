@@ -69,6 +69,10 @@ class EngineCache:
         self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
+        self.version = 0  # bumped by every watch event applied to this cache
+        # The view (version, present machines) of the last pass that had nothing to write:
+        # the scheduler is pure, so the same view plans the same nothing again.
+        self.settled: tuple | None = None
 
 
 class Engine:
@@ -90,6 +94,7 @@ class Engine:
         self.fences: dict[str, int] = {}  # machine -> revoked lease, until its units moved
         self._ticks_seen, self._ticks_changed_at, self._clock_stalled = 0, time.monotonic(), False
         self.passes = 0
+        self.idle_checks = 0  # periodic checks that found the view as the last quiet pass
         self.placements = 0
         self.unreachable = False
 
@@ -306,6 +311,7 @@ class Engine:
         parsed = self.keys.parse(event.key)
         if parsed is None:
             return
+        cache.version += 1
         if parsed.kind is Kind.JOB:
             if event.value is None:
                 cache.jobs.pop(parsed.name, None)
@@ -354,6 +360,22 @@ class Engine:
         return present, waiting
 
     # -- one pass ----------------------------------------------------------------------------------
+    def _refresh_assigned(self, writes: dict[str, object], moved: set[str]) -> None:
+        """Jobs whose content or desired state changed keep their machine; refresh what
+        their agent sees."""
+        cache = self.cache
+        assert cache is not None
+        ops = self.registry.etcd.ops
+        for unit, machine in cache.assignments.items():
+            job = cache.jobs.get(unit)
+            if job is None or unit in moved:
+                continue
+            wanted = (job.hash, job.desired.value)
+            if cache.assigned_value.get(unit) != wanted:
+                key = self.keys.assignment(machine, unit)
+                writes[key] = ops.put(key, self.registry.assignment_value(job))
+                cache.assigned_value[unit] = wanted
+
     def reconcile(self) -> None:
         cache = self.cache
         assert cache is not None
@@ -366,15 +388,24 @@ class Engine:
             cache.waiting = frozenset(waiting)
             return
         cache.waiting = frozenset()
+        view = (cache.version, frozenset(machines))
+        if view == cache.settled and not self.fences:
+            # Nothing changed since a pass that wrote nothing (at 1,000 units a pass costs
+            # tens of milliseconds: every second, most of an idle engine's CPU).
+            self.idle_checks += 1
+            return
         plan = schedule(ClusterView(machines=machines, jobs=cache.jobs,
                                     assignments=cache.assignments))
         self.passes += 1
         ops = self.registry.etcd.ops
-        writes: dict[str, object] = {}  # by key: etcd refuses one key twice in a transaction
+        # By key (etcd refuses one key twice in a transaction). Every removal commits
+        # before any write: a moving unit's old assignment goes before its new one lands.
+        removals: dict[str, object] = {}
+        writes: dict[str, object] = {}
         moved = set()
         for decision in plan.unschedule:
             key = self.keys.assignment(decision.machine, decision.unit)
-            writes[key] = ops.delete(key)
+            removals[key] = ops.delete(key)
             log.info("unschedule %s from %s: %s", decision.unit, decision.machine[:8],
                      decision.reason)
             cache.assignments.pop(decision.unit, None)
@@ -383,29 +414,21 @@ class Engine:
         for decision in plan.place:
             job = cache.jobs[decision.unit]
             key = self.keys.assignment(decision.machine, decision.unit)
+            removals.pop(key, None)
             writes[key] = ops.put(key, self.registry.assignment_value(job))
             cache.assignments[decision.unit] = decision.machine
             cache.assigned_value[decision.unit] = (job.hash, job.desired.value)
             log.info("schedule %s to %s: %s", decision.unit, decision.machine[:8],
                      decision.reason)
         self.placements += len(plan.place)
-        # Jobs whose content or desired state changed keep their machine; refresh
-        # what their agent sees.
-        for unit, machine in cache.assignments.items():
-            job = cache.jobs.get(unit)
-            if job is None or unit in moved:
-                continue
-            wanted = (job.hash, job.desired.value)
-            if cache.assigned_value.get(unit) != wanted:
-                key = self.keys.assignment(machine, unit)
-                writes[key] = ops.put(key, self.registry.assignment_value(job))
-                cache.assigned_value[unit] = wanted
+        self._refresh_assigned(writes, moved)
         for unit, reason in plan.pending.items():
             if cache.pending.get(unit) != reason:
                 log.warning("unit %s cannot be scheduled: %s", unit, reason)
         cache.pending = dict(plan.pending)
-        if not writes:
+        if not writes and not removals:
             self.fences.clear()  # nothing moved: nothing for a fence to guard
+            cache.settled = view
             return
         guard = self.leadership.guard()
         first: list = []
@@ -413,7 +436,8 @@ class Engine:
             compare, success = self.registry.fence_ops(machine, lease)
             guard += compare
             first += success
-        failed = self.registry.commit_batches(guard, writes.values(), first=first)
+        failed = self.registry.commit_batches(guard, removals.values(), first=first,
+                                              then=writes.values())
         if failed:
             raise StalePlan(f"{failed} plan batch(es) refused (leadership lost, or a fenced "
                             "machine registered again?)")

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from fleetd.job import JobState
+from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Keys, Kind, ParsedKey
-from fleetd.registry.registry import Conflict, JobWrite, NotFound, Registry
+from fleetd.registry.registry import Conflict, JobWrite, NotFound, Registry, encode
 from fleetd.runner.base import UnitStatus
 from fleetd.unit.unitfile import parse_unit_file
 from tests.support.etcd import free_port
@@ -398,3 +398,42 @@ def test_reads_of_named_jobs_touch_only_their_span(registry):
     records = registry.jobs_of(["job@5.service", "everywhere.service"])
     assert set(records) == {"job@5.service", "everywhere.service"}
     assert records["everywhere.service"].job.is_global
+
+
+def test_ordered_batches_commit_before_the_unordered_ones_sent_together(registry):
+    """`ops` (removals) commit in order before any of `then` (writes), which go several
+    transactions at once: a moving unit's old assignment is gone before its new one lands."""
+    etcd = registry.etcd
+    ops = etcd.ops
+    guard_key = registry.keys.leader()
+    etcd.put(guard_key, "me")
+    token = etcd.get(guard_key).create_revision
+    value = '{"hash": "abc", "desired": "launched"}'
+    old = [registry.keys.assignment("m1", f"u{i}.service") for i in range(200)]
+    assert registry.commit_batches([], [ops.put(k, value) for k in old]) == 0
+    fence = registry.keys.of(Kind.FENCE) + "m1"
+    new = [ops.put(registry.keys.assignment("m2", f"u{i}.service"), value) for i in range(700)]
+    before = etcd.requests
+    assert registry.commit_batches([ops.create(guard_key) == token],
+                                   [ops.delete(k) for k in old], first=[ops.put(fence, "1")],
+                                   then=new) == 0
+    assert etcd.requests - before == 2 + 6  # (1 + 200) / 128 in order, 700 / 128 at once
+    assert registry.assignments("m1")[1] == []
+    landed = etcd.snapshot(registry.keys.assignments_of("m2"))[1]
+    assert len(landed) == 700
+    removed_at = etcd.get(fence).mod_revision  # the fence went with the first removal
+    assert min(kv.mod_revision for kv in landed) > removed_at + 1  # after both removals
+    etcd.delete(guard_key)
+    etcd.put(guard_key, "someone else")
+    stale = [ops.put(registry.keys.assignment("m3", f"u{i}.service"), value)
+             for i in range(300)]
+    assert registry.commit_batches([ops.create(guard_key) == token], [], then=stale) == 3
+    assert registry.assignments("m3")[1] == []
+
+
+def test_assignment_values_are_the_encoded_record(registry):
+    for digest, state in (("a" * 40, JobState.LAUNCHED), ("a" * 40, JobState.INACTIVE),
+                          ("b" * 40, JobState.LAUNCHED), ("a" * 40, JobState.LAUNCHED)):
+        job = Job("a.service", digest, state)
+        assert registry.assignment_value(job) == encode({"hash": job.hash,
+                                                         "desired": state.value})

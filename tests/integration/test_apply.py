@@ -190,6 +190,32 @@ def test_a_changed_unit_file_rolls_one_instance_at_a_time(cluster):
         "/services/web/1", "/services/web/2", "/services/web/3"]
 
 
+def test_a_rolling_replace_is_woken_by_etcd_watches_alone(in_process, monkeypatch):
+    """Each step of a rolling replace starts when etcd reports that the previous step's
+    units are active and announced: with the periodic re-read and the fallback poll put
+    past the deadline, the whole replace still converges (a polling wait would hang)."""
+    cluster = in_process
+    base = cluster.declare("wake1", [WEB_SET])
+    assert cluster.provision("apply", str(base), "--prune").returncode == 0
+    old = active_web(cluster.states())
+    v2 = WEB.replace("Description=Demo web server %i", "Description=Demo web server %i (v3)")
+    declared = load_cluster(cluster.declare("wake2", [{**WEB_SET,
+                                                       "file": "units-wake2/web@.service"}],
+                                            {"web@.service": v2}))[0]
+    monkeypatch.setattr(apply_module, "CHANGE_WAIT_S", 3600.0)
+    monkeypatch.setattr(apply_module, "POLL_S", 3600.0)
+    session = apply_module.open_session(declared, lock=True)
+    try:
+        assert len([s for s in session.plan.steps if s.rolling]) == 3
+        reported: list[str] = []
+        apply_module.apply(session, deadline=time.monotonic() + 90, report=reported.append)
+        assert any(line.startswith("step 3/3: replaced web@3.service") for line in reported)
+    finally:
+        session.close()
+    now = active_web(cluster.states())
+    assert sorted(now) == sorted(old) and all(now[u][1] != old[u][1] for u in now)
+
+
 def test_prune_destroys_only_what_apply_created_and_no_longer_declares(cluster):
     assert cluster.provision("apply", str(cluster.declare("prune1", [WEB_SET])),
                              "--prune").returncode == 0

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -139,10 +140,24 @@ class Node:
         if self.runner is None or not url:
             return False
         try:
-            with urllib.request.urlopen(f"{url}/v2/stats/self", timeout=1) as answer:
+            with urllib.request.urlopen(f"{url}/v2/stats/self", timeout=1,
+                                        context=self._client_tls()) as answer:
                 return json.load(answer).get("state") == "StateLeader"
         except (OSError, ValueError):
             return False
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        """The node's etcd client certificate, where its etcd speaks TLS. Without it the
+        probe fails, every etcd looks like a follower, all stop at once and the leader
+        waits out a leadership transfer to a member that is stopping too (seconds)."""
+        env = self.spec.get("env") or {}
+        ca_file = env.get("ETCDCTL_CA_FILE")
+        if not str(self.spec.get("etcd_url") or "").startswith("https:") or not ca_file:
+            return None
+        context = ssl.create_default_context(cafile=ca_file)
+        if env.get("ETCDCTL_CERT_FILE"):
+            context.load_cert_chain(env["ETCDCTL_CERT_FILE"], env.get("ETCDCTL_KEY_FILE"))
+        return context
 
     def status(self) -> dict:
         runner = self.runner
