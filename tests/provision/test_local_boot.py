@@ -424,9 +424,9 @@ def test_etcd_drop_ins_in_write_files_set_flags_the_etcd2_section_cannot_name(tm
     gateway, which passes TLS through, does not take it."""
     manifest, files = rendered("large.yaml", tmp_path)
     by_role = {}
-    for spec in manifest["nodes"]:
-        boot = plan_node(files[spec["user_data"]], source=spec["user_data"], node=spec,
-                         manifest=manifest, dirs=dirs(spec["name"]), tools=TOOLS,
+    for spec in manifest.nodes:
+        boot = plan_node(files[spec.user_data], source=spec.user_data, node=spec,
+                         manifest=manifest, dirs=dirs(spec.name), tools=TOOLS,
                          fleet_settings=FLEET)
         by_role.setdefault(boot.role, boot)
     member = flags(by_role["etcd-member"].etcd_argv)
