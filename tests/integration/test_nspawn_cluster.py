@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,13 +74,32 @@ class NspawnCluster:
         return self.machine(node).run(*argv).stdout.strip()
 
     def fleetctl(self, *argv: str) -> str:
-        exports = self.provision("env", self.name).stdout
-        endpoint = exports.split("FLEETCTL_ENDPOINT=", 1)[1].split()[0]
+        """fleetctl on a running machine's API socket, straight from the host (root)."""
+        pid = next(p for n in self.nodes if (p := self.machine(n).pid1()) is not None)
+        endpoint = f"unix:///proc/{pid}/root{layout.FLEET_API_SOCKET}"
         done = subprocess.run([sys.executable, "-m", "fleetd.fleetctl.main", "--endpoint",
                                endpoint, *argv], capture_output=True, text=True, timeout=60,
                               env=self.env, stdin=subprocess.DEVNULL)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def exports(self) -> dict[str, str]:
+        """What `provision env` exports."""
+        done = self.provision("env", self.name)
+        assert done.returncode == 0, done.stderr
+        return {key: (shlex.split(value) or [""])[0] for key, _, value in (
+            line.removeprefix("export ").partition("=") for line in done.stdout.splitlines()
+            if line.startswith("export "))}
+
+    def fleetctl_as_env_says(self, *argv: str, netns: bool = False
+                             ) -> subprocess.CompletedProcess:
+        """fleetctl with `provision env`'s settings (through SSH), from the host's shell or
+        (netns) inside the cluster's network namespace."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("FLEETCTL_")}
+        prefix = ["ip", "netns", "exec", self.namespace] if netns else []
+        return subprocess.run([*prefix, sys.executable, "-m", "fleetd.fleetctl.main", *argv],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, **self.exports()}, stdin=subprocess.DEVNULL)
 
     def etcdctl(self, *argv: str) -> subprocess.CompletedProcess:
         """etcdctl inside the namespace, with what `provision env` exports (the https
@@ -185,6 +205,51 @@ def test_declared_units_run_in_the_machines_own_systemd_and_are_announced(cluste
                     timeout=60, interval=0.5, message="both web instances announced")
     assert keys["/services/web/1"]["ip"] == f"172.17.8.10{one[-1]}"
     assert keys["/services/web/2"]["ip"] == f"172.17.8.10{two[-1]}"
+
+
+def test_env_sends_fleetctl_through_ssh_with_the_clusters_key_and_host_keys(cluster):
+    exports = cluster.exports()
+    assert exports["FLEETCTL_TUNNEL"] == "172.17.8.101"
+    assert exports["FLEETCTL_ENDPOINT"] == f"unix://{layout.FLEET_API_SOCKET}"
+    assert (exports["FLEETCTL_SSH_USERNAME"], exports["FLEETCTL_STRICT_HOST_KEY_CHECKING"]) \
+        == ("core", "true")
+    key = cluster.state_dir / "ssh" / "id_ed25519"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # the cluster's key, rendered into every machine's user-data for `core`
+    public = key.with_name("id_ed25519.pub").read_text().split()[1]
+    for name in cluster.nodes:
+        assert public in cluster.in_machine(name, "cat", "/home/core/.ssh/authorized_keys")
+    # each machine's host keys, as made before its first boot
+    known = Path(exports["FLEETCTL_KNOWN_HOSTS_FILE"]).read_text().splitlines()
+    assert sorted({line.split()[0] for line in known}) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    # `fleetctl --tunnel <machine>` inside the namespace, and the tunnel of env from the host
+    listed = cluster.fleetctl_as_env_says("--tunnel", "172.17.8.102", "list-machines",
+                                          "--no-legend", netns=True)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines()) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    from_host = cluster.fleetctl_as_env_says("list-units", "--no-legend", "--fields", "unit")
+    assert from_host.returncode == 0, from_host.stderr
+    assert "web@1.service" in from_host.stdout.split()
+    # host keys are checked: an empty known-hosts file makes ssh refuse the tunnel
+    empty = cluster.base / "empty-known-hosts"
+    empty.write_text("")
+    refused = cluster.fleetctl_as_env_says("--known-hosts-file", str(empty), "list-machines")
+    assert refused.returncode == 1
+    assert "through the SSH tunnel to 172.17.8.101" in refused.stderr
+
+
+def test_fleetctl_ssh_runs_a_command_on_the_machine_running_a_unit(cluster):
+    for unit in ("web@1.service", "web@2.service"):
+        for netns in (False, True):
+            done = cluster.fleetctl_as_env_says("ssh", unit, "hostname", netns=netns)
+            assert (done.returncode, done.stdout.strip()) == (0, cluster.where(unit)), \
+                done.stderr
+    # a machine by its ID prefix, and the remote command's exit status
+    machine = layout.fleet_machine_id(cluster.name, "core-03")[:10]
+    done = cluster.fleetctl_as_env_says("ssh", machine, "--", "sh", "-c", "hostname; exit 3")
+    assert (done.returncode, done.stdout.strip()) == (3, "core-03"), done.stderr
 
 
 def test_up_and_apply_again_change_nothing(cluster):
