@@ -207,6 +207,21 @@ def test_declared_units_run_in_the_machines_own_systemd_and_are_announced(cluste
     assert keys["/services/web/2"]["ip"] == f"172.17.8.10{two[-1]}"
 
 
+def test_up_and_apply_again_change_nothing(cluster):
+    pids = {n: cluster.machine(n).pid1() for n in cluster.nodes}
+    jobs = {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
+                                  "--value") for n in cluster.nodes}
+    applied = cluster.provision("apply", str(cluster.path))
+    assert applied.returncode == 0, applied.stderr
+    assert "applied 0 changes" in applied.stdout
+    again = cluster.provision("up", str(cluster.path))
+    assert again.returncode == 0, again.stderr
+    assert "applied 0 changes" in again.stdout
+    assert {n: cluster.machine(n).pid1() for n in cluster.nodes} == pids  # no reboot
+    assert {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
+                                  "--value") for n in cluster.nodes} == jobs
+
+
 def test_env_sends_fleetctl_through_ssh_with_the_clusters_key_and_host_keys(cluster):
     exports = cluster.exports()
     assert exports["FLEETCTL_TUNNEL"] == "172.17.8.101"
@@ -250,21 +265,6 @@ def test_fleetctl_ssh_runs_a_command_on_the_machine_running_a_unit(cluster):
     machine = layout.fleet_machine_id(cluster.name, "core-03")[:10]
     done = cluster.fleetctl_as_env_says("ssh", machine, "--", "sh", "-c", "hostname; exit 3")
     assert (done.returncode, done.stdout.strip()) == (3, "core-03"), done.stderr
-
-
-def test_up_and_apply_again_change_nothing(cluster):
-    pids = {n: cluster.machine(n).pid1() for n in cluster.nodes}
-    jobs = {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
-                                  "--value") for n in cluster.nodes}
-    applied = cluster.provision("apply", str(cluster.path))
-    assert applied.returncode == 0, applied.stderr
-    assert "applied 0 changes" in applied.stdout
-    again = cluster.provision("up", str(cluster.path))
-    assert again.returncode == 0, again.stderr
-    assert "applied 0 changes" in again.stdout
-    assert {n: cluster.machine(n).pid1() for n in cluster.nodes} == pids  # no reboot
-    assert {n: cluster.in_machine(n, "systemctl", "show", "--property", "NInstalledJobs",
-                                  "--value") for n in cluster.nodes} == jobs
 
 
 def test_a_killed_machine_loses_its_unit_to_another_and_runs_nothing_twice_on_reboot(cluster):
