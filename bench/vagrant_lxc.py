@@ -67,6 +67,9 @@ def main() -> int:
     os.environ[CACHE_ENV] = str(cache)
     os.environ[PAYLOAD_CACHE_ENV] = str(cache / "payloads")
     place = Path(tempfile.mkdtemp(prefix="provision-bench-vagrant-"))
+    # The cluster's CA and certificates: for the render here and every `provision` run,
+    # never root's own state directory.
+    os.environ["PROVISION_STATE"] = str(place / "state")
     cluster = None
     figures: dict[str, str] = {}
     try:
@@ -93,6 +96,7 @@ def main() -> int:
         figures.update(box_cold_s=f"{box.seconds:.1f}", box_add_s=f"{box_add:.1f}",
                        payload_cold_s=f"{payload.seconds:.1f}")
         cluster = lxc_cluster(place, manifest, REPO / "Vagrantfile", f"pb-{name}", home)
+        cluster.env["PROVISION_STATE"] = os.environ["PROVISION_STATE"]
 
         def registered() -> bool:
             out = cluster.ssh("core-01", "sudo fleetctl list-machines --no-legend").stdout

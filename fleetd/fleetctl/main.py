@@ -55,6 +55,11 @@ class _Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(unknown.group(1), COMMANDS, n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
+        bad_bool = re.match(r"argument (\S+?)(?:/(--\S+))?: ignored explicit argument (.*)",
+                            message)
+        if bad_bool:
+            flag = bad_bool.group(2) or bad_bool.group(1)
+            message = f"argument {flag}: {bad_bool.group(3)} is not {GO_BOOL_SYNTAX}"
         # A bad value of one flag needs no usage dump: the message names the flag.
         usage = None if message.startswith("argument -") else self.format_usage()
         raise UsageError(message, usage=usage, command=command or None)
@@ -82,11 +87,10 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--ssh-port", type=port, default=default, metavar="PORT",
                         help="SSH port of the machines `ssh` connects to (env "
                              f"FLEETCTL_SSH_PORT; default {fleet_ssh.DEFAULT_PORT})")
-    parser.add_argument("--strict-host-key-checking", type=_boolean, nargs="?", const=True,
-                        default=default, metavar="BOOL",
-                        help="check SSH host keys against --known-hosts-file, asking before "
-                             "trusting a new one (env FLEETCTL_STRICT_HOST_KEY_CHECKING; "
-                             "default true)")
+    go_bool_flag(parser, "--strict-host-key-checking", default=default,
+                 help="check SSH host keys against --known-hosts-file, asking before "
+                      "trusting a new one; =false checks nothing (env "
+                      "FLEETCTL_STRICT_HOST_KEY_CHECKING; default true)")
     parser.add_argument("--known-hosts-file", default=default, metavar="FILE",
                         help="SSH known hosts (env FLEETCTL_KNOWN_HOSTS_FILE; default "
                              f"{fleet_ssh.DEFAULT_KNOWN_HOSTS})")
@@ -95,19 +99,61 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                              "FLEETCTL_SSH_CONFIG; `provision env` sets it for Vagrant)")
 
 
-def _boolean(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "y", "on"):
+# Go's strconv.ParseBool: the spellings fleet's bool flags and FLEETCTL_* variables take.
+GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+GO_BOOL_SYNTAX = "true or false (or 1, t, T, TRUE, True, 0, f, F, FALSE, False)"
+GO_BOOL_FLAGS: set[str] = set()  # every long bool flag, filled as the parser is built
+
+
+def parse_go_bool(text: str) -> bool:
+    if text in GO_TRUE:
         return True
-    if lowered in ("0", "f", "false", "no", "n", "off"):
+    if text in GO_FALSE:
         return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    raise ValueError(f"{text!r} is not {GO_BOOL_SYNTAX}")
+
+
+class _GoBoolValue(argparse.Action):
+    """`--flag=VALUE`. Every accepted spelling is an option string of its own, so the
+    flag itself takes no argument: a bare `--flag` is true and never swallows the next
+    word, as with Go's bool flags (`--flag false` is the flag, then the word `false`)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, parse_go_bool((option_string or "").partition("=")[2]))
+
+
+def go_bool_flag(parser, *names: str, default: object = False, help: str | None = None,
+                 dest: str | None = None) -> argparse.Action:
+    """A bool flag as fleet's are: `--flag` (true), `--flag=true|false|1|0|…`. `parser`
+    may be a mutually exclusive group."""
+    named = {"dest": dest} if dest else {}
+    action = parser.add_argument(*names, action="store_const", const=True, default=default,
+                                 help=help, **named)
+    spelled = [f"{name}={value}" for name in names if name.startswith("--")
+               for value in GO_TRUE + GO_FALSE]
+    GO_BOOL_FLAGS.update(name for name in names if name.startswith("--"))
+    parser.add_argument(*spelled, action=_GoBoolValue, dest=action.dest,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return action
+
+
+def separate_bool_value(argv: Sequence[str]) -> tuple[str, str] | None:
+    """(flag, value) where a bool flag is followed by a bool word (`--flag false`): Go's
+    flags read that as the flag set true and a word of its own."""
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag in GO_BOOL_FLAGS and value in GO_TRUE + GO_FALSE:
+            return flag, value
+    return None
 
 
 def _list_options(parser: argparse.ArgumentParser, fields: str) -> None:
-    parser.add_argument("-l", "--full", action="store_true",
-                        help="do not abbreviate machine ids and hashes")
-    parser.add_argument("--no-legend", action="store_true", help="do not print the header")
+    go_bool_flag(parser, "-l", "--full",
+                 help="do not abbreviate machine ids and hashes")
+    go_bool_flag(parser, "--no-legend", help="do not print the header")
     parser.add_argument("--fields", metavar="A,B", help=f"columns to print, in order ({fields})")
     parser.add_argument("--output", choices=("table", "json"), default="table",
                         help="table (default) or json")
@@ -115,8 +161,8 @@ def _list_options(parser: argparse.ArgumentParser, fields: str) -> None:
 
 def _block_options(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--no-block", action="store_true",
-                       help=f"do not wait until the units are {what}")
+    go_bool_flag(group, "--no-block",
+                 help=f"do not wait until the units are {what}")
     group.add_argument("--block-attempts", type=non_negative_int, default=0, metavar="N",
                        help=f"wait until the units are {what}, polling up to N times "
                             "(0: until --block-timeout)")
@@ -151,7 +197,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      "the cluster-wide init system.", epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(parser, suppress=False)
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    go_bool_flag(parser, "--version", help="print the version and exit")
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -202,8 +248,8 @@ def ssh_options(args: argparse.Namespace, env: Mapping[str, str]) -> fleet_ssh.S
     strict = getattr(args, "strict_host_key_checking", None)
     if strict is None and env.get("FLEETCTL_STRICT_HOST_KEY_CHECKING"):
         try:
-            strict = _boolean(env["FLEETCTL_STRICT_HOST_KEY_CHECKING"])
-        except argparse.ArgumentTypeError as err:
+            strict = parse_go_bool(env["FLEETCTL_STRICT_HOST_KEY_CHECKING"])
+        except ValueError as err:
             raise UsageError(f"FLEETCTL_STRICT_HOST_KEY_CHECKING: {err}") from None
     ssh_port = getattr(args, "ssh_port", None)
     if ssh_port is None and env.get("FLEETCTL_SSH_PORT"):
@@ -266,8 +312,8 @@ def _one_unit(parser: argparse.ArgumentParser) -> None:
 
 
 def _replace_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--replace", action="store_true",
-                        help="replace units that exist with different content")
+    go_bool_flag(parser, "--replace",
+                 help="replace units that exist with different content")
 
 
 def _list_arguments(fields: str) -> Callable[[argparse.ArgumentParser], None]:
@@ -293,12 +339,12 @@ def _journal_arguments(parser: argparse.ArgumentParser) -> None:
     _one_unit(parser)
     parser.add_argument("--lines", "-n", type=non_negative_int, default=10, metavar="N",
                         help="number of recent lines to print (default 10)")
-    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    go_bool_flag(parser, "-f", "--follow", help="keep printing new lines")
 
 
 def _ssh_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-A", "--forward-agent", action="store_true",
-                        help="forward the local ssh-agent to the machine")
+    go_bool_flag(parser, "-A", "--forward-agent",
+                 help="forward the local ssh-agent to the machine")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--machine", metavar="ID", help="the machine with this ID (prefix)")
     which.add_argument("--unit", metavar="UNIT", help="the machine running this unit")
@@ -472,6 +518,12 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
             args = parse_arguments(argv)
         except SystemExit as done:  # --help printed its text
             return int(done.code or 0)
+        except UsageError as error:
+            if separated := separate_bool_value(argv):
+                flag, value = separated
+                error.message += (f" ({flag} {value}: a bool flag takes its value after '=', "
+                                  f"{flag}={value}; a bare {flag} is true)")
+            raise
         command = args.command
         if args.version or command == "version":
             out.write(f"{PROG} version {_version()}\n")

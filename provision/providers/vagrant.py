@@ -57,7 +57,35 @@ MANIFEST_ENV = "PROVISION_MANIFEST"
 POINTER = Path("out") / ".last-manifest"
 NOT_INSTALLED = "vagrant is not installed; apt-get install vagrant (or use provider: local)"
 STDERR_TAIL = 12
+STDERR_KEPT = 60  # enough for the whole text of one Vagrant error
 UNKNOWN = "unknown"
+
+# Vagrant errors a user causes and fixes (their text in Vagrant 2.3's en.yml, by key):
+# a box that is missing or cannot be had, a provider plugin not installed or not usable
+# here, a machine setting Vagrant refuses, a Vagrantfile that does not load, an unknown
+# machine. They end as one line with Vagrant's own text, exit 2; anything else Vagrant
+# fails at (a provisioner, SSH, a crash) stays an operation that failed, exit 1.
+USER_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (key, re.compile(pattern)) for key, pattern in (
+        ("box_add_short_not_found", r"^The box '.*' could not be found or"),
+        ("box_not_found", r"^The box '.*' does not exist\. Please double check and"),
+        ("box_not_found_with_provider", r"^The box '.*' isn't installed for the provider"),
+        ("box_not_found_with_provider_and_version",
+         r"^The box '.*' \(v.*\) with provider '.*'"),
+        ("box_add_no_matching_provider",
+         r"^The box you're attempting to add doesn't support the provider"),
+        ("box_add_no_matching_version",
+         r"^The box you're attempting to add has no available version that"),
+        ("box_provider_doesnt_match",
+         r"^The box you attempted to add doesn't match the provider you specified"),
+        ("provider_not_found", r"^The provider '.*' could not be found, but was requested to"),
+        ("provider_not_usable", r"^The provider '.*' that was requested to back the machine"),
+        ("config_invalid", r"^There are errors in the configuration of this machine\."),
+        ("vagrantfile_load_error", r"^There was an error loading a Vagrantfile\."),
+        ("vagrantfile_syntax_error", r"^There is a syntax error in the following Vagrantfile"),
+        ("machine_not_found", r"^The machine with the name '.*' was not found configured for"),
+        ("plugin_not_installed", r"^The plugin '.*' is not currently installed\."),
+    ))
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -94,7 +122,7 @@ class VagrantProvider:
             progress(name, STARTING, f"vagrant up {name}")
             try:
                 session.run(f"vagrant up {name}", lambda n=name: session.vagrant.up(vm_name=n))
-            except OperationFailed as err:
+            except (OperationFailed, UserError) as err:
                 progress(name, FAILED, session.last_line or str(err).splitlines()[0])
                 raise
             progress(name, READY, "running")
@@ -124,13 +152,16 @@ class VagrantProvider:
             try:
                 session.run(f"vagrant destroy {name}",
                             lambda n=name: session.vagrant.destroy(vm_name=n))
-            except OperationFailed as err:
+            except (OperationFailed, UserError) as err:
                 progress(name, FAILED, session.last_line or str(err).splitlines()[0])
-                failures.append(str(err))
+                failures.append(err)
                 continue
             progress(name, STOPPED, "destroyed")
         if failures:
-            raise OperationFailed("\n".join(failures))
+            text = "\n".join(str(err) for err in failures)
+            if all(isinstance(err, UserError) for err in failures):
+                raise UserError(text)
+            raise OperationFailed(text)
         if purge:
             forget_manifest(manifest.path, self.root)
 
@@ -179,7 +210,7 @@ class VagrantProvider:
             raise UserError([Problem(str(self.root / "Vagrantfile"), None, None,
                                      "not found; run provision from its source checkout "
                                      "(the Vagrantfile sits at its top)")])
-        return _Session(self.root, env, self.stderr)
+        return _Session(self.root, env, self.stderr, manifest.path.parent)
 
     def _refuse_foreign_machines(self, manifest: Manifest, env: Mapping[str, str]) -> None:
         """The Vagrantfile defines one cluster at a time: machines of another cluster
@@ -235,10 +266,12 @@ def forget_manifest(manifest_path: Path, root: Path = REPO_ROOT) -> None:
 class _Session:
     """One python-vagrant `Vagrant` plus the stderr it produced."""
 
-    def __init__(self, root: Path, env: dict[str, str], sink: TextIO | None) -> None:
+    def __init__(self, root: Path, env: dict[str, str], sink: TextIO | None,
+                 manifest_dir: Path | None = None) -> None:
         import vagrant  # python-vagrant; warns on import when the binary is missing
 
         self.env = env
+        self.manifest_dir = manifest_dir
         self.stderr = _StderrTee(sink)
         self.vagrant = vagrant.Vagrant(root=str(root), env=env, quiet_stdout=False,
                                        quiet_stderr=False, err_cm=self.stderr)
@@ -251,6 +284,11 @@ class _Session:
         try:
             return call()
         except subprocess.CalledProcessError as err:
+            lines = list(self.stderr.lines)
+            lines += [line for line in _machine_readable_errors(err.output) if line not in lines]
+            text = user_error_text(lines, self.manifest_dir)
+            if text is not None:
+                raise UserError(f"{what}: {text}") from None
             raise OperationFailed(self._failure(what, err)) from None
         except FileNotFoundError:
             raise UserError(NOT_INSTALLED) from None
@@ -262,7 +300,7 @@ class _Session:
             raise OperationFailed(f"{what}: cannot run vagrant: {err}") from None
 
     def _failure(self, what: str, err: subprocess.CalledProcessError) -> str:
-        lines = list(self.stderr.lines)
+        lines = list(self.stderr.lines)[-STDERR_TAIL:]
         for line in _machine_readable_errors(err.output):
             if line not in lines:
                 lines.append(line)
@@ -278,7 +316,7 @@ class _StderrTee:
 
     def __init__(self, sink: TextIO | None) -> None:
         self.sink = sink
-        self.lines: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.lines: deque[str] = deque(maxlen=STDERR_KEPT)
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[IO[bytes]]:
@@ -306,6 +344,20 @@ class _StderrTee:
                 line = _ANSI.sub("", text).strip()
                 if line:
                     self.lines.append(line)
+
+
+def user_error_text(lines: list[str], manifest_dir: Path | None = None) -> str | None:
+    """Vagrant's text of an error the user caused (`USER_ERRORS`), from its first line to
+    the end of what Vagrant printed, as one line; or the Vagrantfile's own one-line refusal
+    of the manifest (`PATH: what is wrong; render it again`, PATH in `manifest_dir`);
+    None for any other failure."""
+    for i, line in enumerate(lines):
+        if any(pattern.search(line) for _key, pattern in USER_ERRORS):
+            return " ".join(" ".join(lines[i:]).split())
+    ours = ("Vagrantfile: ",) + ((f"{manifest_dir}/",) if manifest_dir else ())
+    if lines and lines[-1].startswith(ours):  # its `abort`: the last thing printed
+        return lines[-1]
+    return None
 
 
 def _machine_readable_errors(output: bytes | str | None) -> list[str]:

@@ -178,3 +178,79 @@ def test_another_machines_api_is_relayed_from_that_machine_through_the_tunnel():
         "-W", "[%h]:%p", "--", "10.0.0.1"]
     assert via_tunnel(SshOptions(tunnel="[fd00::1]:2200", port=2222), "fd00::3").tunnel == \
         "[fd00::3]:2222"
+
+
+# fleet's bool flags are Go's: `--flag` alone is true and takes no word after it; a value
+# is given as `--flag=VALUE` with strconv.ParseBool's spellings.
+@pytest.mark.parametrize(("argv", "strict"), [
+    (["list-machines"], None),                                   # unset: fleet's default
+    (["--strict-host-key-checking", "list-machines"], True),     # bare: true, takes no word
+    (["--strict-host-key-checking=false", "list-machines"], False),
+    (["--strict-host-key-checking=true", "list-machines"], True),
+    (["--strict-host-key-checking=0", "list-machines"], False),
+    (["--strict-host-key-checking=F", "list-machines"], False),
+    (["--strict-host-key-checking=FALSE", "list-machines"], False),
+    (["--strict-host-key-checking=True", "list-machines"], True),
+    (["--strict-host-key-checking=1", "list-machines"], True),
+    (["list-machines", "--strict-host-key-checking=false"], False),  # after the command
+    (["list-machines", "--strict-host-key-checking"], True),
+    (["--strict-host-key-checking=false", "list-machines",        # the last one given wins
+      "--strict-host-key-checking"], True),
+])
+def test_strict_host_key_checking_parses_as_a_go_bool_flag(argv, strict):
+    args = build_parser().parse_args(argv)
+    assert getattr(args, "strict_host_key_checking", None) is strict
+    assert args.command == "list-machines"
+
+
+@pytest.mark.parametrize(("argv", "dest", "value"), [
+    (["list-units", "--no-legend=false"], "no_legend", False),
+    (["list-units", "--no-legend"], "no_legend", True),
+    (["list-units", "--full=true", "-l"], "full", True),
+    (["list-units", "--full=f"], "full", False),
+    (["start", "--no-block=1", "web@1"], "no_block", True),
+    (["ssh", "--forward-agent=false", "web@1"], "forward_agent", False),
+    (["ssh", "-A", "web@1"], "forward_agent", True),
+])
+def test_fleets_other_bool_flags_take_the_same_forms(argv, dest, value):
+    assert getattr(build_parser().parse_args(argv), dest) is value
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    # a value that strconv.ParseBool refuses
+    (["--strict-host-key-checking=maybe", "list-machines"],
+     "argument --strict-host-key-checking: 'maybe' is not true or false"),
+    (["--strict-host-key-checking=yes", "list-machines"], "'yes' is not true or false"),
+    (["--strict-host-key-checking=", "list-machines"], "'' is not true or false"),
+    (["list-units", "--no-legend=no"], "argument --no-legend: 'no' is not true or false"),
+    # `--flag false`: fleet reads the flag (true) and then a word `false` (the command,
+    # or an argument list-machines does not take); refused, with the form meant
+    (["--strict-host-key-checking", "false", "list-machines"],
+     "unknown command 'false' (--strict-host-key-checking false: a bool flag takes its "
+     "value after '=', --strict-host-key-checking=false"),
+    (["list-machines", "--strict-host-key-checking", "false"],
+     "unrecognized arguments: false (--strict-host-key-checking false"),
+    (["list-units", "--no-legend", "true"], "--no-legend=true"),
+])
+def test_bool_flags_refuse_what_go_refuses(argv, message):
+    err = io.StringIO()
+    env = {"FLEETCTL_ENDPOINT": "unix:///nonexistent.sock"}
+    assert run(argv, env=env, stdout=io.StringIO(), stderr=err) == 2
+    assert message in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+@pytest.mark.parametrize(("value", "strict"), [
+    ("false", False), ("0", False), ("F", False), ("true", True), ("T", True), ("1", True)])
+def test_the_variable_takes_go_bool_spellings(value, strict):
+    args = build_parser().parse_args(["list-machines"])
+    assert ssh_options(args, {"FLEETCTL_STRICT_HOST_KEY_CHECKING": value}) \
+        .strict_host_key_checking is strict
+
+
+def test_the_variable_refuses_what_go_refuses():
+    err = io.StringIO()
+    env = {"FLEETCTL_ENDPOINT": "unix:///nonexistent.sock",
+           "FLEETCTL_STRICT_HOST_KEY_CHECKING": "yes"}
+    assert run(["list-machines"], env=env, stdout=io.StringIO(), stderr=err) == 2
+    assert "FLEETCTL_STRICT_HOST_KEY_CHECKING: 'yes' is not true or false" in err.getvalue()

@@ -84,6 +84,51 @@ def test_up_and_apply_again_change_nothing(cluster):
                                   "--value") for n in cluster.nodes} == jobs
 
 
+def test_env_sends_fleetctl_through_ssh_with_the_clusters_key_and_host_keys(cluster):
+    exports = cluster.exports()
+    assert exports["FLEETCTL_TUNNEL"] == "172.17.8.101"
+    assert exports["FLEETCTL_ENDPOINT"] == f"unix://{layout.FLEET_API_SOCKET}"
+    assert (exports["FLEETCTL_SSH_USERNAME"], exports["FLEETCTL_STRICT_HOST_KEY_CHECKING"]) \
+        == ("core", "true")
+    key = cluster.state_dir / "ssh" / "id_ed25519"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # the cluster's key, rendered into every machine's user-data for `core`
+    public = key.with_name("id_ed25519.pub").read_text().split()[1]
+    for name in cluster.nodes:
+        assert public in cluster.in_machine(name, "cat", "/home/core/.ssh/authorized_keys")
+    # each machine's host keys, as made before its first boot
+    known = Path(exports["FLEETCTL_KNOWN_HOSTS_FILE"]).read_text().splitlines()
+    assert sorted({line.split()[0] for line in known}) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    # `fleetctl --tunnel <machine>` inside the namespace, and the tunnel of env from the host
+    listed = cluster.fleetctl_as_env_says("--tunnel", "172.17.8.102", "list-machines",
+                                          "--no-legend", netns=True)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines()) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    from_host = cluster.fleetctl_as_env_says("list-units", "--no-legend", "--fields", "unit")
+    assert from_host.returncode == 0, from_host.stderr
+    assert "web@1.service" in from_host.stdout.split()
+    # host keys are checked: an empty known-hosts file makes ssh refuse the tunnel
+    empty = cluster.base / "empty-known-hosts"
+    empty.write_text("")
+    refused = cluster.fleetctl_as_env_says("--known-hosts-file", str(empty), "list-machines")
+    assert refused.returncode == 1
+    assert "through the SSH tunnel to 172.17.8.101" in refused.stderr
+
+
+def test_fleetctl_ssh_runs_a_command_on_the_machine_running_a_unit(cluster):
+    for unit in ("web@1.service", "web@2.service"):
+        for netns in (False, True):
+            done = cluster.fleetctl_as_env_says("ssh", unit, "hostname", netns=netns)
+            assert (done.returncode, done.stdout.strip()) == (0, cluster.where(unit)), \
+                done.stderr
+    # a machine by its ID prefix, and the remote command's exit status
+    machine = layout.fleet_machine_id(cluster.name, "core-03")[:10]
+    done = cluster.fleetctl_as_env_says("ssh", machine, "--", "sh", "-c", "hostname; exit 3")
+    assert (done.returncode, done.stdout.strip()) == (3, "core-03"), done.stderr
+
+
 def test_a_killed_machine_loses_its_unit_to_another_and_runs_nothing_twice_on_reboot(cluster):
     victim = cluster.where("web@1.service")
     other = cluster.where("web@2.service")

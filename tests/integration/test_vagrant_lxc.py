@@ -11,9 +11,9 @@ uploaded with the node's user-data and installed offline; the applier then start
 (Debian's etcd) and fleet (fleetd, systemd runner). Skipped, with the reason, without
 root, vagrant + vagrant-lxc, lxc or mmdebstrap (CI installs them).
 
-Wall time (2 cores): box and payload cached, ~5-6 min (up with the units applied
+Wall time (2 cores): box and payload cached, ~7-8 min (up with the units applied
 ~1.5 min, a node stopped and started ~1.5 min, halt/up ~1 min, provision again ~30 s,
-destroy ~20 s); a cold box adds ~75 s.
+destroy ~20 s, up again after down ~1.5 min); a cold box adds ~75 s.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def test_a_machine_halted_and_up_again_comes_back_from_its_boot_unit(cluster):
         message="core-02 registered again")
 
 
-def test_destroy_leaves_no_container_veth_or_directory(cluster):
+def _down_leaves_nothing(cluster) -> None:
     started = time.monotonic()
     down = cluster.provision("down", str(cluster.source))
     assert down.returncode == 0, down.stderr
@@ -325,5 +325,32 @@ def test_destroy_leaves_no_container_veth_or_directory(cluster):
     payloads = [p for c in cluster.containers
                 for p in Path("/sys/fs/cgroup").glob(f"*/lxc.payload.{c}")]
     assert payloads == []
+
+
+def test_destroy_leaves_no_container_veth_or_directory(cluster):
+    _down_leaves_nothing(cluster)
+
+
+def test_a_second_up_after_down_brings_the_cluster_back_and_down_again_leaves_nothing(
+        cluster):
+    """The same cluster file up again: new machines (new host keys: known_hosts is read
+    again), every etcd healthy, 3 fleet machines, the declared units applied again."""
+    started = time.monotonic()
+    again = cluster.provision("up", str(cluster.source), "--timeout", "900", timeout=2400)
+    assert again.returncode == 0, "\n".join(cluster.logs)[-6000:]
+    print(f"second provision up of 3 lxc machines: {time.monotonic() - started:.0f}s")
+    for node in nodes(cluster):
+        assert f"{node['name']}: etcd healthy" in again.stderr
+        assert f"{node['name']}: fleet registered" in again.stderr
+    cluster.ssh_config = None  # new machines, new keys
+    env = fleetctl_env(cluster)
+    listed = fleetctl(cluster, "list-machines", "--no-legend", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines()) == [
+        "172.17.8.101", "172.17.8.102", "172.17.8.103"]
+    wait_for(lambda: {u for u, (_ip, active) in units_by_ip(cluster, env).items()
+                      if active == "active"} >= {"web@1.service", "web@2.service"},
+             120, interval=2, message="web@1 and web@2 active again")
+    _down_leaves_nothing(cluster)
     cluster.network.delete()
     assert not cluster.network.exists()

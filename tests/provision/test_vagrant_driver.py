@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -297,3 +298,77 @@ def test_ssh_config_hosts_also_match_their_address():
     assert "Host core-02 172.17.8.102" in got.splitlines()
     assert hosts_by_address(got) == got  # already there: unchanged
     assert got.count("IdentityFile") == 1
+
+
+# Vagrant 2.3's own error texts (templates/locales/en.yml), as `vagrant up` prints them.
+BOX_NOT_FOUND = """\
+The box 'provision/nonexistent' could not be found or
+could not be accessed in the remote catalog. If this is a private
+box on HashiCorp's Vagrant Cloud, please verify you're logged in via
+`vagrant login`. Also, please double-check the name. The expanded
+URL and error message are shown below:
+
+URL: ["http://127.0.0.1:9/provision/nonexistent"]
+Error: Failed to connect to 127.0.0.1 port 9 after 6 ms: Couldn't connect to server"""
+PROVIDER_NOT_FOUND = """\
+The provider 'lxc' could not be found, but was requested to
+back the machine 'core-01'. Please use a provider that exists.
+
+Vagrant knows about the following providers: virtualbox, docker, hyperv, libvirt"""
+CONFIG_INVALID = """\
+There are errors in the configuration of this machine. Please fix
+the following errors and try again:
+
+vm:
+* The hostname set for the VM 'core-01' should only contain letters, numbers,
+hyphens or dots. It cannot start with a hyphen or dot."""
+NOT_USABLE = """\
+The provider 'virtualbox' that was requested to back the machine
+'core-01' is reporting that it isn't usable on this system. The
+reason is shown below:
+
+VirtualBox is complaining that the installation is incomplete."""
+SSH_FAILED = """\
+The SSH command responded with a non-zero exit status. Vagrant
+assumes that this means the command failed. The output for this command
+should be in the log above. Please read the output to determine what
+went wrong."""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(("stderr", "want"), [
+    pytest.param(BOX_NOT_FOUND, "The box 'provision/nonexistent' could not be found or could "
+                 "not be accessed in the remote catalog.", id="box missing"),
+    pytest.param("==> core-01: warning: something\n" + PROVIDER_NOT_FOUND,
+                 "The provider 'lxc' could not be found, but was requested to back the "
+                 "machine 'core-01'. Please use a provider that exists. Vagrant knows",
+                 id="provider plugin not installed"),
+    pytest.param(CONFIG_INVALID, "There are errors in the configuration of this machine. "
+                 "Please fix the following errors and try again: vm: * The hostname",
+                 id="bad machine setting"),
+    pytest.param(NOT_USABLE, "The provider 'virtualbox' that was requested to back the "
+                 "machine 'core-01' is reporting that it isn't usable", id="provider unusable"),
+    pytest.param("The machine with the name 'core-09' was not found configured for\n"
+                 "this Vagrant environment.", "The machine with the name 'core-09' was not "
+                 "found configured for this Vagrant environment.", id="unknown machine"),
+    pytest.param("/o/manifest.json: nodes[1] (core-02) has no `ip`; render it again",
+                 "/o/manifest.json: nodes[1] (core-02) has no `ip`; render it again",
+                 id="the Vagrantfile refuses the manifest"),
+    # failures that are not the user's: exit 1 with the last lines
+    pytest.param(SSH_FAILED, None, id="provisioner failed"),
+    pytest.param("/usr/lib/ruby/vendor_ruby/foo.rb:12:in `bar': undefined method (NoMethodError)",
+                 None, id="a crash"),
+    pytest.param("/elsewhere/file: no", None, id="a path outside the manifest's directory"),
+    pytest.param("", None, id="nothing printed"),
+])
+def test_which_vagrant_failures_are_the_users(stderr, want):
+    from provision.providers.vagrant import user_error_text
+
+    got = user_error_text(_lines(stderr), Path("/o"))
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and got.startswith(want) and "\n" not in got

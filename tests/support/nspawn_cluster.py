@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,13 +67,32 @@ class NspawnCluster:
         return self.machine(node).run(*argv).stdout.strip()
 
     def fleetctl(self, *argv: str) -> str:
-        exports = self.provision("env", self.name).stdout
-        endpoint = exports.split("FLEETCTL_ENDPOINT=", 1)[1].split()[0]
+        """fleetctl on a running machine's API socket, straight from the host (root)."""
+        pid = next(p for n in self.nodes if (p := self.machine(n).pid1()) is not None)
+        endpoint = f"unix:///proc/{pid}/root{layout.FLEET_API_SOCKET}"
         done = subprocess.run([sys.executable, "-m", "fleetd.fleetctl.main", "--endpoint",
                                endpoint, *argv], capture_output=True, text=True, timeout=60,
                               env=self.env, stdin=subprocess.DEVNULL)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+    def exports(self) -> dict[str, str]:
+        """What `provision env` exports."""
+        done = self.provision("env", self.name)
+        assert done.returncode == 0, done.stderr
+        return {key: (shlex.split(value) or [""])[0] for key, _, value in (
+            line.removeprefix("export ").partition("=") for line in done.stdout.splitlines()
+            if line.startswith("export "))}
+
+    def fleetctl_as_env_says(self, *argv: str, netns: bool = False
+                             ) -> subprocess.CompletedProcess:
+        """fleetctl with `provision env`'s settings (through SSH), from the host's shell or
+        (netns) inside the cluster's network namespace."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("FLEETCTL_")}
+        prefix = ["ip", "netns", "exec", self.namespace] if netns else []
+        return subprocess.run([*prefix, sys.executable, "-m", "fleetd.fleetctl.main", *argv],
+                              capture_output=True, text=True, timeout=120,
+                              env={**env, **self.exports()}, stdin=subprocess.DEVNULL)
 
     def etcdctl(self, *argv: str) -> subprocess.CompletedProcess:
         """etcdctl inside the namespace, with what `provision env` exports (the https

@@ -17,9 +17,11 @@ it created.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,7 +35,7 @@ from provision.box.netns import NETNS_DIR, BridgeNetwork
 from provision.errors import OperationFailed, Problem, UserError, did_you_mean
 from provision.files import write_atomic
 from provision.providers import CertRollout, ClusterRef, StatusReport, format_progress
-from provision.providers.nspawn import layout, nameserver
+from provision.providers.nspawn import layout, nameserver, ssh
 from provision.providers.nspawn.machines import Machine, cgroup_hierarchies, write_files
 from provision.providers.nspawn.nameserver import NameServer
 from provision.render.manifest import Manifest
@@ -304,6 +306,12 @@ class Cluster:
                 future.result()
         self.wait_healthy(nodes, deadline, say)
 
+    def write_ssh_files(self) -> bool:
+        """ssh_config, known_hosts and the namespace proxy for fleetctl's SSH features."""
+        return ssh.write_access_files(
+            self.state_dir, NETNS_DIR / self.record.namespace, sys.executable,
+            [(n.name, n.ip, self.machine(n.name).upper) for n in self.record.nodes])
+
     def stop_all(self, nodes: list[NodeRecord] | None = None, timeout: float = 30) -> int:
         """Power off the nodes' machines (at once, in the end); how many were running.
 
@@ -422,6 +430,9 @@ class NspawnProvider:
         if dns_srv and (problem := nameserver.requirements_problem() or _dns_problem(model)):
             raise UserError([Problem(model.source, None, None, problem)])
         state_dir = state_dir_of(model.name, self.state_root)
+        if public_key := ssh.ensure_key(state_dir, model.name):  # the `core` user's key
+            model = dataclasses.replace(
+                model, ssh_authorized_keys=(*model.ssh_authorized_keys, public_key))
         existing = self._open(model.name) if (state_dir / CLUSTER_FILE).is_file() else None
         running = [n.name for n, m in existing.machines() if m.running()] if existing else []
         rendered = render_cluster_files(model, state_dir / RENDERED)
@@ -455,6 +466,7 @@ class NspawnProvider:
                         cluster.bridge().delete()
             uninterrupted(cleanup)
             raise
+        cluster.write_ssh_files()
         self.say(f"{model.name} is up: {len(record.nodes)} machines healthy "
                  f"(`provision env {model.name}` for fleetctl/etcdctl)")
 
@@ -617,20 +629,36 @@ class NspawnProvider:
 
     def env(self, ref: ClusterRef) -> str:
         cluster = self._open(ref.name)
-        pid1 = next((p for _n, m in cluster.machines() if (p := m.pid1()) is not None), None)
+        running = [(n, p) for n, m in cluster.machines() if (p := m.pid1()) is not None]
         ns = cluster.record.namespace
+        socket = (f"unix:///proc/{running[0][1]}/root{layout.FLEET_API_SOCKET}"
+                  if running else None)
+        directory = ssh.ssh_dir(cluster.state_dir)
+        through_ssh = bool(running) and all(  # written by `up` (a cluster with its key)
+            (directory / name).is_file() for name in (ssh.CONFIG, ssh.KNOWN_HOSTS, ssh.PROXY))
         lines = ""
-        if pid1 is not None:
-            lines += (f"export FLEETCTL_ENDPOINT=unix:///proc/{pid1}/root"
-                      f"{layout.FLEET_API_SOCKET}\n")
+        if through_ssh:  # as for Vagrant machines: the API socket through SSH
+            exports = {"FLEETCTL_ENDPOINT": f"unix://{layout.FLEET_API_SOCKET}",
+                       "FLEETCTL_TUNNEL": running[0][0].ip,
+                       "FLEETCTL_SSH_USERNAME": ssh.USER,
+                       "FLEETCTL_SSH_CONFIG": str(directory / ssh.CONFIG),
+                       "FLEETCTL_STRICT_HOST_KEY_CHECKING": "true",
+                       "FLEETCTL_KNOWN_HOSTS_FILE": str(directory / ssh.KNOWN_HOSTS)}
+            lines += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in exports.items())
+        elif socket:
+            lines += f"export FLEETCTL_ENDPOINT={socket}\n"
         lines += f"export ETCDCTL_ENDPOINTS={','.join(cluster.record.endpoints)}\n"
         if (tls := _admin_tls(cluster.record)) is not None:
             lines += (f"export ETCDCTL_CACERT={tls.ca_file}\nexport ETCDCTL_CERT={tls.cert_file}"
                       f"\nexport ETCDCTL_KEY={tls.key_file}\n")
-        lines += (f"# the machines live in network namespace {ns}: fleetctl reaches one through "
-                  f"its API socket; run etcdctl as `ip netns exec {ns} etcdctl ...`, or a "
-                  f"shell in a machine: `nsenter -t <pid> -a` (pid: `provision status`)\n")
-        if pid1 is None:
+        if through_ssh:
+            lines += (f"# fleetctl goes through SSH to {running[0][0].name} (the cluster's key, "
+                      f"user core; `fleetctl ssh web@1` works too); without SSH, as root: "
+                      f"unset FLEETCTL_TUNNEL; export FLEETCTL_ENDPOINT={socket}\n")
+        lines += (f"# the machines live in network namespace {ns}: run etcdctl as `ip netns "
+                  f"exec {ns} etcdctl ...`, or a shell in a machine: `nsenter -t <pid> -a` "
+                  f"(pid: `provision status`)\n")
+        if not running:
             lines += f"# {ref.name} is not running: `provision up` it first\n"
         return lines
 
