@@ -10,12 +10,15 @@ One cluster for the module; the tests run in file order and the last ones take i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import time
 
 import pytest
 
 from provision.providers.nspawn import layout
-from tests.support.nspawn_cluster import booted_cluster, nspawn_problem
+from tests.support.etcd import wait_for
+from tests.support.nspawn_cluster import NspawnCluster, booted_cluster, nspawn_problem
 
 pytestmark = pytest.mark.skipif(nspawn_problem() is not None, reason=str(nspawn_problem()))
 
@@ -56,9 +59,62 @@ def test_status_fleet_and_units_of_a_dns_srv_cluster(cluster):
     assert one and two and one != two
 
 
+def _main_pid(cluster: NspawnCluster, node: str, unit: str) -> str:
+    return cluster.in_machine(node, "systemctl", "show", "--property", "MainPID", "--value",
+                              unit)
+
+
+def test_rotate_reapplies_each_machine_and_refuses_the_old_certificates(cluster):
+    """`provision certs rotate` of running machines: each applies its new user-data in
+    turn, fleetd and the units keep their processes, each etcd restarts alone, and the
+    admin certificate from before is refused afterwards."""
+    from provision.pki import pki_dir
+
+    pki = pki_dir(cluster.name, cluster.state_root)
+    old = cluster.base / "old-admin"
+    old.mkdir()
+    for name in ("ca.pem", "admin.pem", "admin-key.pem"):
+        shutil.copy2(pki / name, old / name)
+    web = wait_for(lambda: cluster.where("web@1.service"), 60, interval=0.5,
+                   message="web@1 active")
+    before = {n: {u: _main_pid(cluster, n, u) for u in ("fleet.service", "etcd2.service")}
+              for n in cluster.nodes}
+    web_pid = _main_pid(cluster, web, "web@1.service")
+
+    rotated = cluster.provision("certs", "rotate", cluster.name, "--timeout", "120",
+                                timeout=600)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert "rolled onto 3 running nodes one at a time" in rotated.stdout
+    assert rotated.stderr.splitlines()[-3:] == [
+        f"{n}: etcd restarted, serving" for n in cluster.nodes]
+
+    for node in cluster.nodes:
+        pids = {u: _main_pid(cluster, node, u) for u in ("fleet.service", "etcd2.service")}
+        assert pids["fleet.service"] == before[node]["fleet.service"]  # fleetd went on
+        assert pids["etcd2.service"] != before[node]["etcd2.service"]
+        assert (cluster.in_machine(node, "cat", "/etc/ssl/etcd/server.pem")
+                == (pki / f"{node}-server.pem").read_text().strip())
+    assert cluster.where("web@1.service") == web
+    assert _main_pid(cluster, web, "web@1.service") == web_pid
+    # The admin certificate from before is refused; the new one works.
+    refused = subprocess.run(
+        ["ip", "netns", "exec", cluster.namespace, shutil.which("etcdctl") or "etcdctl",
+         "--endpoints", "https://172.17.8.101:2379", f"--cacert={old / 'ca.pem'}",
+         f"--cert={old / 'admin.pem'}", f"--key={old / 'admin-key.pem'}",
+         "--command-timeout=5s", "get", "x"],
+        capture_output=True, text=True, timeout=30, env={**cluster.env, "ETCDCTL_API": "3"})
+    assert refused.returncode != 0
+    assert cluster.etcdctl("get", "x").returncode == 0
+    # fleetd works with its new certificate: the machines are still listed.
+    rows = cluster.fleetctl("list-machines", "--no-legend").splitlines()
+    assert len(rows) == 3
+
+
 def test_down_stops_every_etcd_without_a_leadership_hand_over(cluster):
     """Members stopping together: a leader handing over to a peer that is stopping too
-    would wait etcd's request timeout out (7 s of `down`)."""
+    would wait etcd's request timeout out (7 s of `down`). (The journal since `down`:
+    rotation's restarts, one member at a time, hand leadership over as they should.)"""
+    since = f"@{int(time.time()) - 1}"
     down = cluster.provision("down", cluster.name)
     assert down.returncode == 0, down.stderr
     assert down.stdout.strip() == f"{cluster.name}: 3 machines powered off"
@@ -66,7 +122,8 @@ def test_down_stops_every_etcd_without_a_leadership_hand_over(cluster):
         journal = (cluster.machine(name).upper / "var/log/journal"
                    / layout.machine_uuid(cluster.name, name).hex)
         log = subprocess.run(["journalctl", "--directory", str(journal), "--boot", "0",
-                              "--unit", "etcd2.service", "--output", "cat", "--no-pager"],
+                              "--unit", "etcd2.service", "--since", since, "--output", "cat",
+                              "--no-pager"],
                              capture_output=True, text=True, timeout=60).stdout
         assert "received terminated signal" in log, (name, log[-2000:])
         assert "starts leadership transfer" not in log, (name, log[-2000:])
