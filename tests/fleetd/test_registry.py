@@ -163,12 +163,16 @@ def test_watch_from_a_compacted_revision_says_so(registry):
         cancel()
 
 
-def test_guarded_batches_report_failures(registry):
+def _held_leader_key(registry):
+    """(etcd, ops, the leader key, its create revision): the guard of an engine's writes."""
     etcd = registry.etcd
-    ops = etcd.ops
     guard_key = registry.keys.leader()
     etcd.put(guard_key, "me")
-    token = etcd.get(guard_key).create_revision
+    return etcd, etcd.ops, guard_key, etcd.get(guard_key).create_revision
+
+
+def test_guarded_batches_report_failures(registry):
+    etcd, ops, guard_key, token = _held_leader_key(registry)
     value = '{"hash": "abc", "desired": "launched"}'
     puts = [ops.put(registry.keys.assignment("m1", f"u{i}.service"), value) for i in range(300)]
     before = etcd.requests
@@ -403,11 +407,7 @@ def test_reads_of_named_jobs_touch_only_their_span(registry):
 def test_ordered_batches_commit_before_the_unordered_ones_sent_together(registry):
     """`ops` (removals) commit in order before any of `then` (writes), which go several
     transactions at once: a moving unit's old assignment is gone before its new one lands."""
-    etcd = registry.etcd
-    ops = etcd.ops
-    guard_key = registry.keys.leader()
-    etcd.put(guard_key, "me")
-    token = etcd.get(guard_key).create_revision
+    etcd, ops, guard_key, token = _held_leader_key(registry)
     value = '{"hash": "abc", "desired": "launched"}'
     old = [registry.keys.assignment("m1", f"u{i}.service") for i in range(200)]
     assert registry.commit_batches([], [ops.put(k, value) for k in old]) == 0
