@@ -47,7 +47,9 @@ class WaitPolicy:
     attempts: int | None = None  # rounds of polling; None: until the timeout
     timeout: float | None = DEFAULT_TIMEOUT  # seconds; None: no limit
     first_delay: float = 0.1
-    max_delay: float = 1.0
+    # fleet's fleetctl polls every 500 ms; a round reads a page or a unit, so a pause no
+    # longer than fleet's costs little and ends a wait up to half a second sooner.
+    max_delay: float = 0.5
 
     def describe(self, rounds: int, elapsed: float) -> str:
         if self.attempts is not None and rounds >= self.attempts:

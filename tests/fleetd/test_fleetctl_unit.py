@@ -782,6 +782,15 @@ def test_start_submits_and_waits_until_launched(fleetctl, serve, workdir, clock)
     assert clock.sleeps == [0.1, 0.2]  # two pauses, growing, before the third poll
 
 
+def test_start_pauses_grow_to_fleets_half_second_and_no_further(fleetctl, serve, workdir,
+                                                                clock):
+    Path("hello.service").write_text(HELLO)
+    fake = FakeFleet(machines=two_machines(), flip_after=6)
+    result = fleetctl("start", "hello.service", endpoint=serve(fake))
+    assert result.code == 0, result.err
+    assert clock.sleeps == [0.1, 0.2, 0.4, 0.5, 0.5]
+
+
 def test_start_times_out_after_block_attempts(fleetctl, serve, workdir, clock):
     fake = FakeFleet(machines=two_machines(), stuck={"hello.service"})
     fake.add_unit("hello.service", HELLO, "loaded", "loaded", M1)
