@@ -25,10 +25,15 @@ or `{"id", "signal"}` when the command itself ends, and `{"id", "done": true}` o
 nothing of it is left: its process group is empty and every process found to have left
 the group (below one of its processes) is gone.
 
-A kill signals the process group at once (O(1)); processes that left the group are
-found by a scan of /proc that runs here, in this process, at most every
-`SCAN_INTERVAL_S` for all the kills asked for since the last one, never under fleetd's
-locks.
+A SIGTERM or SIGKILL first looks for the processes that left the command's group, then
+signals the group and them. Where the kernel lists each task's children
+(/proc/PID/task/TID/children; decided once at start) that look follows only the
+command's own subtree: its main process, our own children that were in its group or
+session when first seen (what re-parented to us, the subreaper), the processes found to
+have left it before, and everything below those, so a stop costs the size of the unit,
+not of the host. Without those files it is a scan of all of /proc, at most every
+`SCAN_INTERVAL_S` for all the kills asked for since the last one. Either runs here, in
+this process, never under fleetd's locks.
 """
 
 from __future__ import annotations
@@ -72,6 +77,63 @@ def process_table() -> dict[int, tuple[int, int, int]]:
         if len(fields) < 20 or fields[0] == b"Z":
             continue
         table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+    return table
+
+
+def read_stat(pid: int) -> tuple[int, int, int, int, bool] | None:
+    """(ppid, pgid, session, start time, zombie) of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if len(fields) < 20:
+        return None
+    return (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]),
+            fields[0] == b"Z")
+
+
+def children_files_available() -> bool:
+    """Whether the kernel lists each task's children (CONFIG_PROC_CHILDREN)."""
+    me = os.getpid()
+    return os.path.exists(f"/proc/{me}/task/{me}/children")
+
+
+def children_of(pid: int) -> list[int]:
+    """The children of every thread of `pid`, from the kernel's children files."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
+                found.extend(map(int, handle.read().split()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def subtree(roots: set[int]) -> dict[int, tuple[int, int, int]]:
+    """pid → (ppid, pgid, start time) of every live process among `roots` and below them,
+    following the children files down (no scan of /proc); zombies are passed through."""
+    table: dict[int, tuple[int, int, int]] = {}
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stat = read_stat(pid)
+        if stat is None:
+            continue
+        ppid, pgid, _, started, zombie = stat
+        if not zombie:
+            table[pid] = (ppid, pgid, started)
+        stack.extend(children_of(pid))
     return table
 
 
@@ -138,6 +200,10 @@ class Supervisor:
         self.outbox: list[dict] = []
         self.to_scan: dict[int, int] = {}  # command id → signal, for processes off the group
         self.last_scan = 0.0
+        self.follow_children = children_files_available()
+        # Our children that no command started (they re-parented to us): pid → (process
+        # group, session) when first seen, which tells whose they are after they move on.
+        self.orphans: dict[int, tuple[int, int]] = {}
         self.eof = False
         self.shutting_down = False
         self.pdeath = False
@@ -180,7 +246,10 @@ class Supervisor:
                     pass
         me = os.getpid()
         for _ in range(3):  # again, for whatever forked while we were scanning
-            pids = below({me}, process_table())
+            if self.follow_children:
+                pids = set(subtree({me})) - {me}
+            else:
+                pids = below({me}, process_table())
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -283,13 +352,22 @@ class Supervisor:
         """Seconds until the next scan for processes off their group (None: none needed)."""
         if not self.to_scan:
             return None
+        if self.follow_children:
+            return 0.0  # costs the size of the unit: no reason to batch
         return max(0.0, self.last_scan + SCAN_INTERVAL_S - time.monotonic())
 
     def scan(self) -> None:
         """Signal each command asked to stop: the processes below it that left its process
-        group (one scan of /proc for all of them), then the group."""
+        group (its subtree, or one scan of /proc for all of them), then the group."""
         wanted, self.to_scan = self.to_scan, {}
         self.last_scan = time.monotonic()
+        if self.follow_children:
+            orphans = self.orphan_index()
+            for ident, sig in wanted.items():
+                command = self.commands.get(ident)
+                if command is not None:
+                    self.signal_command(command, sig, self.command_subtree(command, orphans))
+            return
         table = process_table()
         groups: dict[int, set[int]] = {}
         for pid, (_, pgid, _) in table.items():
@@ -305,19 +383,56 @@ class Supervisor:
                 if info is None or info[1] == command.pid:
                     continue
                 command.escaped[pid] = info[2]
-            signals = (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,)
-            for one in signals:
-                if command.pid:
+            self.signal_command(command, sig, table)
+
+    def orphan_index(self) -> dict[int, set[int]]:
+        """Process group or session (as first seen) → our children that no command started."""
+        for pid in children_of(os.getpid()):
+            if pid in self.by_pid or pid in self.orphans:
+                continue
+            stat = read_stat(pid)
+            if stat is not None and not stat[4]:
+                self.orphans[pid] = (stat[1], stat[2])
+        index: dict[int, set[int]] = {}
+        for pid, (pgid, session) in self.orphans.items():
+            index.setdefault(pgid, set()).add(pid)
+            index.setdefault(session, set()).add(pid)
+        return index
+
+    def command_subtree(self, command: Command,
+                        orphans: dict[int, set[int]]) -> dict[int, tuple[int, int, int]]:
+        """Every live process of `command`, recording those off its group as escaped."""
+        for pid, started in list(command.escaped.items()):
+            if start_time(pid) != started:
+                del command.escaped[pid]  # gone; its pid may belong to someone else now
+        roots = set(command.escaped)
+        if command.pid and not command.ended:
+            roots.add(command.pid)  # not reaped yet, so the pid is still its own
+        for owner in (command.pid, *command.escaped):
+            if owner:
+                roots |= orphans.get(owner, set())
+        table = subtree(roots)
+        for pid, (_, pgid, started) in table.items():
+            if pgid != command.pid:
+                command.escaped[pid] = started
+        return table
+
+    def signal_command(self, command: Command, sig: int,
+                       table: dict[int, tuple[int, int, int]]) -> None:
+        """`sig` to the command's group and to its escaped processes still in `table`."""
+        signals = (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,)
+        for one in signals:
+            if command.pid:
+                try:
+                    os.killpg(command.pid, one)
+                except OSError:
+                    pass
+            for pid, started in list(command.escaped.items()):
+                if table.get(pid, (0, 0, -1))[2] == started:
                     try:
-                        os.killpg(command.pid, one)
+                        os.kill(pid, one)
                     except OSError:
                         pass
-                for pid, started in list(command.escaped.items()):
-                    if table.get(pid, (0, 0, -1))[2] == started:
-                        try:
-                            os.kill(pid, one)
-                        except OSError:
-                            pass
 
     def shutdown(self) -> None:
         if not self.shutting_down:
@@ -336,6 +451,7 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            self.orphans.pop(pid, None)
             command = self.by_pid.pop(pid, None)
             if command is not None and not command.ended:
                 command.ended = True
@@ -356,6 +472,12 @@ class Supervisor:
                 continue
             del self.commands[command.id]
             self.send({"id": command.id, "done": True})
+            if self.orphans:
+                # Its group and session ids may be reused now: what was first seen in them
+                # (and outlived it) is told apart afresh at the next look.
+                for pid, ids in list(self.orphans.items()):
+                    if command.pid in ids:
+                        del self.orphans[pid]
         return lingering
 
     # -- reports -------------------------------------------------------------------------
