@@ -417,6 +417,17 @@ class NspawnProvider:
 
     # -- up ------------------------------------------------------------------------------------
 
+    def _image_or_no_state(self, name: str, existing, fresh_state: Path | None
+                           ) -> tuple[str, str]:
+        """The machine image (`_image`); when it cannot be had, a first `up` leaves no state
+        behind (`fresh_state`: the directory it made, its new SSH key included)."""
+        try:
+            return self._image(name, existing)
+        except BaseException:
+            if fresh_state is not None:
+                shutil.rmtree(fresh_state, ignore_errors=True)
+            raise
+
     def up(self, yaml: str, *, timeout: float) -> None:
         from provision.render.cluster import load, render_cluster_files
 
@@ -430,6 +441,7 @@ class NspawnProvider:
         if dns_srv and (problem := nameserver.requirements_problem() or _dns_problem(model)):
             raise UserError([Problem(model.source, None, None, problem)])
         state_dir = state_dir_of(model.name, self.state_root)
+        fresh = not state_dir.exists()
         if public_key := ssh.ensure_key(state_dir, model.name):  # the `core` user's key
             model = dataclasses.replace(
                 model, ssh_authorized_keys=(*model.ssh_authorized_keys, public_key))
@@ -440,7 +452,8 @@ class NspawnProvider:
             raise UserError([Problem(str(yaml), None, None,
                                      f"cluster {model.name} is running with a different "
                                      f"definition; run `provision down {model.name}` first")])
-        image = self._image(model.name, existing if running else None)
+        image = self._image_or_no_state(model.name, existing if running else None,
+                                        state_dir if fresh else None)
         state_dir.mkdir(parents=True, exist_ok=True)
         if not running:
             rendered.write()
