@@ -66,17 +66,9 @@ def process_table() -> dict[int, tuple[int, int, int]]:
     except OSError:
         return table
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) < 20 or fields[0] == b"Z":
-            continue
-        table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[19]))
+        stat = read_stat(int(entry)) if entry.isdigit() else None
+        if stat is not None and not stat[4]:
+            table[int(entry)] = (stat[0], stat[1], stat[3])
     return table
 
 
@@ -153,15 +145,8 @@ def below(roots: set[int], table: dict[int, tuple[int, int, int]]) -> set[int]:
 
 
 def start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if len(fields) < 20 or fields[0] == b"Z":
-        return None
-    return int(fields[19])
+    stat = read_stat(pid)
+    return None if stat is None or stat[4] else stat[3]
 
 
 def group_alive(pgid: int) -> bool:
