@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from provision.providers.nspawn import layout
+from provision.providers.nspawn import layout, nameserver
 from tests.support.etcd import wait_for
 from tests.support.nspawn_cluster import NspawnCluster, booted_cluster, nspawn_problem
 
@@ -41,8 +41,7 @@ def test_members_found_each_other_through_the_srv_records(cluster):
         assert "ETCD_INITIAL_CLUSTER=" not in environment  # no peer list: only the domain
         # The machine's resolver is the cluster's DNS server, inside the namespace.
         assert cluster.in_machine(name, "cat", "/etc/resolv.conf") == f"nameserver {DNS_SERVER}"
-        assert cluster.in_machine(name, "getent", "hosts", f"core-03.{DOMAIN}").split()[:1] \
-            == ["172.17.8.103"]
+        assert_resolves(cluster, name, f"core-03.{DOMAIN}", "172.17.8.103")
     members = cluster.etcdctl("member", "list")
     assert members.stdout.count("started") == 3, members.stdout + members.stderr
     for peer in ("core-01", "core-02", "core-03"):  # peers advertised by their SRV names
@@ -57,6 +56,27 @@ def test_status_fleet_and_units_of_a_dns_srv_cluster(cluster):
         layout.fleet_machine_id(cluster.name, n) for n in cluster.nodes}
     one, two = cluster.where("web@1.service"), cluster.where("web@2.service")
     assert one and two and one != two
+
+
+def assert_resolves(cluster: NspawnCluster, node: str, host: str, ip: str) -> None:
+    """The machine's resolver answers `host` with `ip`. One UDP query of a busy machine may
+    go unanswered within glibc's timeout, so the lookup is retried for a while; every
+    failed attempt is shown if it never answers."""
+    attempts: list[tuple[int, str, float]] = []
+
+    def resolved() -> bool:
+        started = time.monotonic()
+        done = cluster.machine(node).run("getent", "hosts", host)
+        attempts.append((done.returncode, done.stderr.strip(), time.monotonic() - started))
+        return done.stdout.split()[:1] == [ip]
+
+    try:
+        wait_for(resolved, 60, interval=0.5, message=f"{node} resolving {host}")
+    except TimeoutError as err:
+        log = cluster.state_dir / nameserver.LOG_FILE
+        raise AssertionError(f"{err}; attempts (status, stderr, seconds): {attempts}; "
+                             f"dnsmasq log: {log.read_text(errors='replace')[-2000:]}"
+                             ) from None
 
 
 def _main_pid(cluster: NspawnCluster, node: str, unit: str) -> str:
