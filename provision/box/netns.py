@@ -14,6 +14,7 @@ mounts, in a private mount namespace, so nothing is left mounted on the host.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import subprocess
@@ -73,7 +74,8 @@ class BridgeNetwork:
         _ip("netns", "add", self.namespace)
         try:
             _ip("-n", self.namespace, "link", "set", "lo", "up")
-            _ip("-n", self.namespace, "link", "add", self.bridge, "type", "bridge")
+            _ip("-n", self.namespace, "link", "add", self.bridge, "address",
+                bridge_mac(self.namespace), "type", "bridge")
             _ip("-n", self.namespace, "address", "add", str(self.address), "dev", self.bridge)
             _ip("-n", self.namespace, "link", "set", self.bridge, "up")
         except BaseException:
@@ -89,6 +91,15 @@ class BridgeNetwork:
         """The namespace goes, and every interface in it (the bridge, veths)."""
         if self.exists():
             _ip("netns", "del", self.namespace)
+
+
+def bridge_mac(namespace: str) -> str:
+    """A fixed, locally administered address for the bridge. Left to the kernel, a bridge
+    takes its lowest port's address and changes it when that machine's port goes, leaving
+    the other machines' ARP entries for the gateway and the DNS address pointing nowhere
+    until they expire."""
+    digest = hashlib.sha256(namespace.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def _ip(*args: str) -> str:

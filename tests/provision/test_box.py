@@ -4,8 +4,10 @@ Vagrant settings (pure, or small files only: nothing is built or booted here).""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 
@@ -264,3 +266,31 @@ def test_box_build_knows_only_the_lxc_provider(run_cli):
     with pytest.raises(SystemExit) as caught:
         run_cli("box", "build", "--provider", "virtualbox")
     assert caught.value.code == 2
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                    reason="creating a network namespace needs root and iproute2")
+def test_the_bridge_keeps_its_address_when_a_port_with_a_lower_one_comes_and_goes():
+    from provision.box.netns import BridgeNetwork, bridge_mac
+
+    network = BridgeNetwork(f"pt-mac-{os.getpid()}", "br0",
+                            ipaddress.IPv4Interface("172.31.250.1/24"))
+    network.create()
+    try:
+        def bridge_address() -> str:
+            return subprocess.run(["ip", "-n", network.namespace, "-brief", "link", "show",
+                                   "br0"], capture_output=True, text=True, check=True
+                                  ).stdout.split()[2]
+
+        assert bridge_address() == bridge_mac(network.namespace)
+        for command in (["link", "add", "vport", "address", "00:00:00:00:00:01", "type",
+                         "veth", "peer", "name", "vpeer"],
+                        ["link", "set", "vport", "master", "br0"],
+                        ["link", "set", "vport", "up"]):
+            subprocess.run(["ip", "-n", network.namespace, *command], check=True)
+        assert bridge_address() == bridge_mac(network.namespace)
+        subprocess.run(["ip", "-n", network.namespace, "link", "del", "vport"], check=True)
+        assert bridge_address() == bridge_mac(network.namespace)
+    finally:
+        network.delete()
+    assert not network.exists()
