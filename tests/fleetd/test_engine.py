@@ -305,3 +305,54 @@ def test_a_heartbeat_watch_gone_silent_is_replaced(registry, engine_registry):
             run.close()
         for beating in beats.values():
             beating.close()
+
+
+def test_idle_engines_turn_only_for_heartbeats_and_a_standby_asks_etcd_nothing(
+        registry, etcd_server):
+    """At rest, the leader's loop turns once per heartbeat event or periodic check (not on a
+    timer racing its lease renewals), its only requests are those renewals, and a standby
+    watches the leader key instead of asking etcd who leads at every heartbeat."""
+    ids = ("e" * 32, "f" * 32)
+    beats = {m: Beating(registry, m) for m in (*ids, "a" * 32)}
+    clients = [Etcd([etcd_server.url], timeout=3) for _ in ids]
+    engines = [Engine(Registry(c, registry.keys.prefix), m, ttl=3, reconcile_interval=0.5)
+               for c, m in zip(clients, ids, strict=True)]
+    runs = []
+    try:
+        for i in range(20):
+            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                                JobState.LAUNCHED)
+        runs = [Running(e) for e in engines]
+        wait_for(lambda: len(registry.assignments()[1]) == 20, 15, message="placed")
+        leader = wait_for(lambda: next((e for e in engines if e.leadership.is_leader), None),
+                          10, message="a leader")
+        standby = engines[1 - engines.index(leader)]
+        wait_for(lambda: leader.idle_checks >= 2 and standby._cancel_leader is not None, 10,
+                 message="a settled leader, a standby watching it")
+        def counts(engine: Engine) -> tuple[int, int, int, int]:
+            return (engine.registry.etcd.requests, engine.turns, engine.beats_seen,
+                    engine.idle_checks)
+
+        before = {id(e): counts(e) for e in engines}
+        started = time.monotonic()
+        ticks = standby.liveness.ticks
+        wait_for(lambda: standby.liveness.ticks >= ticks + 10, 15,
+                 message="ten heartbeats of the standby's own machine")
+        elapsed = time.monotonic() - started
+        requests, turns, seen, _ = (now - then for now, then in
+                                    zip(counts(standby), before[id(standby)], strict=True))
+        assert requests == 0, f"the standby sent {requests} requests while nothing changed"
+        assert turns <= seen + 2, f"standby: {turns} turns for {seen} heartbeat events"
+        requests, turns, seen, checks = (now - then for now, then in
+                                         zip(counts(leader), before[id(leader)], strict=True))
+        renewals = elapsed / (3 / 3) + 1
+        assert requests <= renewals, f"the leader sent {requests} requests in {elapsed:.1f}s"
+        assert turns <= seen + checks + 2, (
+            f"leader: {turns} turns for {seen} heartbeat events and {checks} periodic checks")
+    finally:
+        for run in runs:
+            run.close()
+        for beating in beats.values():
+            beating.close()
+        for client in clients:
+            client.close()
