@@ -73,6 +73,9 @@ class EngineCache:
         self.machines: dict[str, Machine] = {}
         self.assignments: dict[str, str] = {}  # unit -> machine
         self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
+        # Units whose job or stored assignment changed since the last pass looked (None:
+        # every unit, as after a load): only these can need their assignment refreshed.
+        self.to_refresh: set[str] | None = None
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
         self.version = 0  # bumped by every watch event applied to this cache
@@ -370,6 +373,8 @@ class Engine:
         if parsed is None:
             return
         cache.version += 1
+        if cache.to_refresh is not None and parsed.kind in (Kind.JOB, Kind.ASSIGN):
+            cache.to_refresh.add(parsed.name)
         if parsed.kind is Kind.JOB:
             if event.value is None:
                 cache.jobs.pop(parsed.name, None)
@@ -420,11 +425,18 @@ class Engine:
     # -- one pass ----------------------------------------------------------------------------------
     def _refresh_assigned(self, writes: dict[str, object], moved: set[str]) -> None:
         """Jobs whose content or desired state changed keep their machine; refresh what
-        their agent sees."""
+        their agent sees. Looks only at units changed since the last pass (every unit after
+        a load): a pass costs what changed, not the cluster."""
         cache = self.cache
         assert cache is not None
         ops = self.registry.etcd.ops
-        for unit, machine in cache.assignments.items():
+        if cache.to_refresh is None:
+            candidates = list(cache.assignments.items())
+        else:
+            candidates = [(u, cache.assignments[u]) for u in cache.to_refresh
+                          if u in cache.assignments]
+        cache.to_refresh = set()
+        for unit, machine in candidates:
             job = cache.jobs.get(unit)
             if job is None or unit in moved:
                 continue

@@ -356,3 +356,30 @@ def test_idle_engines_turn_only_for_heartbeats_and_a_standby_asks_etcd_nothing(
             beating.close()
         for client in clients:
             client.close()
+
+
+def test_a_changed_desired_state_reaches_the_assignment_of_a_unit_kept_in_place(
+        registry, engine_registry):
+    """A unit whose desired state changes keeps its machine and its assignment says the new
+    state; passes look only at units changed since the last one, so this is what they must
+    not miss."""
+    add_machines(registry, 3)
+    for i in range(30):
+        registry.create_job(f"k{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                            JobState.LAUNCHED)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = Running(engine)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 30, 15, message="placed")
+        where = {a.name: a.machine for a in registry.assignments()[1]}
+        registry.set_desired("k7.service", JobState.LOADED)
+        wait_for(lambda: {a.name: a.desired for a in registry.assignments()[1]}["k7.service"]
+                 == JobState.LOADED, 10, message="k7's assignment says loaded")
+        registry.set_desired("k7.service", JobState.LAUNCHED)
+        wait_for(lambda: {a.name: a.desired for a in registry.assignments()[1]}["k7.service"]
+                 == JobState.LAUNCHED, 10, message="k7's assignment says launched again")
+        assert {a.name: a.machine for a in registry.assignments()[1]} == where
+        assert {a.name: a.desired for a in registry.assignments()[1]} == dict.fromkeys(
+            where, JobState.LAUNCHED)
+    finally:
+        run.close()
