@@ -197,14 +197,17 @@ class Engine:
             self.leadership.depose(holder)
 
     def _watch_leader(self) -> None:
-        """Watch the leader key from just after the version the last look found: any change
+        """Watch the leader key from just after the revision the last look read: any change
         (a resignation, an expiry, a new leader) ends the watch and makes the loop look
         again. Nobody seen (we lost a race to a leader not read yet): look again soon."""
         holder = self.leadership.holder
         if self._cancel_leader is not None or holder is None or not holder.revision:
             return
-        self._cancel_leader = self.registry.etcd.watch(
-            self.keys.leader(), holder.revision + 1, _Tagged(self.events, LEADER))
+        try:
+            self._cancel_leader = self.registry.etcd.watch(
+                self.keys.leader(), holder.revision + 1, _Tagged(self.events, LEADER))
+        except WatchCompacted:
+            pass  # compacted since that read (the store moved on): look again soon
 
     def _stop_watching_leader(self) -> None:
         if self._cancel_leader is not None:

@@ -36,7 +36,7 @@ class Holder:
 
     machine: str
     lease: int
-    revision: int = 0  # mod revision of the leader key as read: watch it from the next one
+    revision: int = 0  # the store's revision when it was read: watch the key from the next
 
 
 class Leadership:
@@ -106,11 +106,12 @@ class Leadership:
 
     def _try_acquire(self) -> bool:
         self.answered = False
-        current = self.etcd.get(self.key)
+        revision, found, _ = self.etcd.range(self.key, self.key + "\0", 1)
         self.answered = True
-        if current is not None:
+        if found:
+            current = found[0]
             self.holder = Holder(current.value.decode(errors="replace").strip(), current.lease,
-                                 current.mod_revision)
+                                 revision)
             return False
         self.holder = None
         lease = self.etcd.grant(self.ttl)

@@ -383,3 +383,35 @@ def test_a_changed_desired_state_reaches_the_assignment_of_a_unit_kept_in_place(
             where, JobState.LAUNCHED)
     finally:
         run.close()
+
+
+def test_a_standby_watches_the_leader_key_even_when_it_was_written_before_a_compaction(
+        registry, etcd_server):
+    """The leader key lives for hours under one revision, and etcd compacts its history:
+    the standby watches from the revision it read the key at, not from the key's own."""
+    leader_client, standby_client = (Etcd([etcd_server.url], timeout=3) for _ in range(2))
+    leader = Engine(Registry(leader_client, registry.keys.prefix), "e" * 32, ttl=3)
+    standby = Engine(Registry(standby_client, registry.keys.prefix), "f" * 32, ttl=3)
+    runs = []
+    try:
+        runs.append(Running(leader))
+        wait_for(lambda: leader.leadership.is_leader, 10, message="a leader")
+        for i in range(5):  # history after the leader key, then compacted away
+            registry.etcd.put(f"{registry.keys.prefix}filler/{i}", "x")
+        registry.etcd.client.compact(registry.etcd.revision())
+        runs.append(Running(standby))
+        wait_for(lambda: standby._cancel_leader is not None, 10, message="a watched leader")
+        before = standby_client.requests
+        until = time.monotonic() + 3  # a TTL: the old way asked several times a second
+        while time.monotonic() < until:
+            assert standby_client.requests == before, "the standby asks who leads"
+            assert standby._cancel_leader is not None, "the standby's watch ended"
+            time.sleep(0.1)
+        runs[0].close()  # resigns: the standby hears it through its watch and takes over
+        wait_for(lambda: standby.leadership.is_leader, 3 + 2, message="takeover")
+        assert not standby.unreachable
+    finally:
+        for run in runs:
+            run.close()
+        leader_client.close()
+        standby_client.close()
