@@ -38,6 +38,7 @@ from fleetd.unit.xfleet import matches_metadata
 
 WAKE = object()  # queued by `wake`; carries no events
 RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
+IDLE_WAIT_S = 60.0  # the longest an idle agent loop sleeps without an event
 
 log = logging.getLogger("fleetd.agent")
 
@@ -65,6 +66,7 @@ class Agent:
         # unit -> (hash, systemd states, launched): what etcd holds, and what to write next
         self.published: dict[str, tuple[str, UnitStatus, bool]] = {}
         self.unpublished: dict[str, tuple[str, UnitStatus, bool] | None] = {}  # None: clear
+        self.turns = 0  # turns of the loop: an idle agent turns only for events (tests)
         self.fence_revision = 0  # mod revision of our fence key at the last assignment read
         runner.subscribe(lambda name, status: self.inbox.put(("state", name, status)))
         self._adopt()
@@ -90,6 +92,7 @@ class Agent:
     def run(self, stop: threading.Event) -> None:
         retry = RETRY_FIRST_S
         while not stop.is_set():
+            self.turns += 1
             try:
                 if self.renewer is not None and self.renewer.lost:
                     raise LeaseLost()
@@ -148,7 +151,10 @@ class Agent:
 
     def _wait_and_handle(self, stop: threading.Event) -> None:
         try:
-            item = self.inbox.get(timeout=min(1.0, self.ttl / 3))
+            # Nothing here polls: watch events, runner events, a lost lease (the renewer's
+            # `on_lost`) and shutdown (`wake`) all arrive through the inbox. The timeout
+            # only bounds how long a wake-up missed by a bug could go unnoticed.
+            item = self.inbox.get(timeout=IDLE_WAIT_S)
         except queue.Empty:
             return
         items = [item]

@@ -44,6 +44,7 @@ class StalePlan(Exception):
 DEBOUNCE_S = 0.02  # gather a burst of events into one pass
 RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 BEATS = "beats"
+LEADER = "leader"
 
 
 class _Tagged:
@@ -57,6 +58,11 @@ class _Tagged:
         self.sink.put((self.tag, item))
 
 
+def _gathers(item: object) -> bool:
+    """Whether a queued item is a change to the cache (worth waiting for more of)."""
+    return isinstance(item, tuple) and item[0] not in (BEATS, LEADER)
+
+
 class EngineCache:
     """What the engine knows: updated from events, read by the scheduler."""
 
@@ -67,6 +73,9 @@ class EngineCache:
         self.machines: dict[str, Machine] = {}
         self.assignments: dict[str, str] = {}  # unit -> machine
         self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
+        # Units whose job or stored assignment changed since the last pass looked (None:
+        # every unit, as after a load): only these can need their assignment refreshed.
+        self.to_refresh: set[str] | None = None
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
         self.version = 0  # bumped by every watch event applied to this cache
@@ -83,17 +92,23 @@ class Engine:
         self.machine_id = machine_id
         self.ttl = ttl
         self.reconcile_interval = reconcile_interval
-        self.leadership = Leadership(registry.etcd, self.keys.leader(), machine_id, ttl)
+        self.leadership = Leadership(registry.etcd, self.keys.leader(), machine_id, ttl,
+                                     on_lost=self.wake)
         self.liveness = Liveness(machine_id, ttl, heartbeat_period(ttl))
         self.cache: EngineCache | None = None
         self.events: queue.Queue = queue.Queue()
         self._generation = 0  # tags the cache's watch events; bumped when the cache is dropped
         self._cancel_watches: list[Callable[[], None]] = []
         self._cancel_beats: Callable[[], None] | None = None
+        # A standby's watch on the leader key, from the version it read: while it runs and
+        # nothing changed the key, asking etcd who leads would only hear the same answer.
+        self._cancel_leader: Callable[[], None] | None = None
         self._beats_revision = 0  # last heartbeat revision applied (the watch resumes after it)
         self.fences: dict[str, int] = {}  # machine -> revoked lease, until its units moved
         self._ticks_seen, self._ticks_changed_at, self._clock_stalled = 0, time.monotonic(), False
         self.passes = 0
+        self.turns = 0  # turns of the loop: an idle engine turns only for events (tests)
+        self.beats_seen = 0  # heartbeat events applied
         self.idle_checks = 0  # periodic checks that found the view as the last quiet pass
         self.placements = 0
         self.unreachable = False
@@ -103,21 +118,27 @@ class Engine:
         last_pass = 0.0
         retry = RETRY_FIRST_S
         while not stop.is_set():
+            self.turns += 1
             try:
                 self._watch_beats()
-                leading = self.leadership.ensure()
-                self.unreachable = False
+                if self._cancel_leader is None or self.leadership.is_leader:
+                    leading = self.leadership.ensure()
+                    self.unreachable = False
+                else:
+                    leading = False  # the leader key is as we read it: the watch says so
                 if not leading:
                     retry = RETRY_FIRST_S
                     self._drop_cache()
+                    self._watch_leader()
                     self._stand_by(stop)
                     continue
+                self._stop_watching_leader()
                 if self.cache is None:
                     self._load()
                     dirty = True
                 else:
-                    wait = min(self.leadership.due(),
-                               max(0.0, last_pass + self.reconcile_interval - time.monotonic()),
+                    # (A lost leadership wakes us: its renewer calls `wake`.)
+                    wait = min(max(0.0, last_pass + self.reconcile_interval - time.monotonic()),
                                self._judgement_due())
                     dirty = self._drain(timeout=wait)
                 self._check_clock()
@@ -136,6 +157,7 @@ class Engine:
                 retry = min(retry * 4, min(1.0, self.ttl / 3))
         self._drop_cache()
         self._stop_beats()
+        self._stop_watching_leader()
         self.leadership.resign()
 
     def wake(self) -> None:
@@ -147,6 +169,7 @@ class Engine:
             log.warning("engine lost its view of etcd (%s)", err)
         self.unreachable = True
         self._drop_cache()
+        self._stop_watching_leader()
         if isinstance(err, WatchCompacted):
             self._stop_beats(forget=True)
 
@@ -156,8 +179,13 @@ class Engine:
 
     def _stand_by(self, stop: threading.Event) -> None:
         """Not leading: keep judging from heartbeats, and depose a leader judged dead (its
-        lease outlives it by an election when etcd's own raft leader died with it)."""
-        self._drain(timeout=min(1.0, self.ttl / 3))
+        lease outlives it by an election when etcd's own raft leader died with it). Sleeps
+        until a watch event or the next judgement is due; without a watch on the leader key
+        (none could be made, or it ended), looks again within a third of the TTL."""
+        timeout = self._judgement_due()
+        if self._cancel_leader is None:
+            timeout = min(timeout, 1.0, self.ttl / 3)
+        self._drain(timeout=timeout)
         holder = self.leadership.holder
         if holder is None or holder.machine == self.machine_id or stop.is_set():
             return
@@ -165,7 +193,26 @@ class Engine:
             log.warning("engine leader %s judged dead (silent %.1fs of observed time): "
                         "revoking its lease to take over", holder.machine[:8],
                         self.liveness.silence(holder.machine, time.monotonic()))
+            self._stop_watching_leader()
             self.leadership.depose(holder)
+
+    def _watch_leader(self) -> None:
+        """Watch the leader key from just after the revision the last look read: any change
+        (a resignation, an expiry, a new leader) ends the watch and makes the loop look
+        again. Nobody seen (we lost a race to a leader not read yet): look again soon."""
+        holder = self.leadership.holder
+        if self._cancel_leader is not None or holder is None or not holder.revision:
+            return
+        try:
+            self._cancel_leader = self.registry.etcd.watch(
+                self.keys.leader(), holder.revision + 1, _Tagged(self.events, LEADER))
+        except WatchCompacted:
+            pass  # compacted since that read (the store moved on): look again soon
+
+    def _stop_watching_leader(self) -> None:
+        if self._cancel_leader is not None:
+            self._cancel_leader()
+            self._cancel_leader = None
 
     # -- heartbeats --------------------------------------------------------------------------------
     def _watch_beats(self) -> None:
@@ -193,6 +240,7 @@ class Engine:
         if parsed is None or parsed.kind is not Kind.HEARTBEAT:
             return False
         self._beats_revision = max(self._beats_revision, event.revision)
+        self.beats_seen += 1
         beat = self.registry.beat_from(event.value, event.lease)
         changed = self.liveness.beat(parsed.name, beat, time.monotonic())
         if beat is not None and parsed.name in self.fences and \
@@ -245,18 +293,15 @@ class Engine:
             first = self.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return False
-        batches = [first]
-        deadline = time.monotonic() + DEBOUNCE_S
-        while True:
-            try:
-                batches.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
         dirty = False
-        for item in batches:
+        for item in self._gather(first):
             if item is WAKE:
                 continue
             tag, batch = item
+            if tag == LEADER:
+                # Changed, or the watch broke: either way, ask etcd who leads now.
+                self._stop_watching_leader()
+                continue
             if tag == BEATS:
                 if isinstance(batch, Exception):
                     self._stop_beats(forget=isinstance(batch, WatchCompacted))
@@ -272,6 +317,25 @@ class Engine:
                 self._apply(event)
             dirty = True
         return dirty
+
+    def _gather(self, first: object) -> list:
+        """`first` and what follows it: a burst of changes is gathered for DEBOUNCE_S into
+        one pass; heartbeats (several a second, all the time) and wake-ups take only what
+        is queued already: waiting after each would double an idle engine's wake-ups for
+        nothing to gather."""
+        batches = [first]
+        deadline = time.monotonic() + DEBOUNCE_S if _gathers(first) else None
+        while True:
+            try:
+                if deadline is None:
+                    item = self.events.get_nowait()
+                else:
+                    item = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return batches
+            batches.append(item)
+            if deadline is None and _gathers(item):
+                deadline = time.monotonic() + DEBOUNCE_S
 
     # -- cache -------------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -312,6 +376,8 @@ class Engine:
         if parsed is None:
             return
         cache.version += 1
+        if cache.to_refresh is not None and parsed.kind in (Kind.JOB, Kind.ASSIGN):
+            cache.to_refresh.add(parsed.name)
         if parsed.kind is Kind.JOB:
             if event.value is None:
                 cache.jobs.pop(parsed.name, None)
@@ -362,11 +428,18 @@ class Engine:
     # -- one pass ----------------------------------------------------------------------------------
     def _refresh_assigned(self, writes: dict[str, object], moved: set[str]) -> None:
         """Jobs whose content or desired state changed keep their machine; refresh what
-        their agent sees."""
+        their agent sees. Looks only at units changed since the last pass (every unit after
+        a load): a pass costs what changed, not the cluster."""
         cache = self.cache
         assert cache is not None
         ops = self.registry.etcd.ops
-        for unit, machine in cache.assignments.items():
+        if cache.to_refresh is None:
+            candidates = list(cache.assignments.items())
+        else:
+            candidates = [(u, cache.assignments[u]) for u in cache.to_refresh
+                          if u in cache.assignments]
+        cache.to_refresh = set()
+        for unit, machine in candidates:
             job = cache.jobs.get(unit)
             if job is None or unit in moved:
                 continue

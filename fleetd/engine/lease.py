@@ -13,6 +13,8 @@ While leading, a small thread renews the lease every ttl/3, independent of the e
 loop: a pass or a cache load that takes longer than the TTL (50,000 units on a busy
 2-core machine) must not cost the leadership it is working under — that livelocked
 bench/schedule.py at 5,000 machines x 50,000 units (load, lose the lease, load again).
+When it cannot renew, it calls `on_lost`: the engine's loop sleeps until something
+happens instead of looking at the renewals on a timer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
@@ -33,11 +36,14 @@ class Holder:
 
     machine: str
     lease: int
+    revision: int = 0  # the store's revision when it was read: watch the key from the next
 
 
 class Leadership:
-    def __init__(self, etcd: Etcd, leader_key: str, machine_id: str, ttl: int) -> None:
+    def __init__(self, etcd: Etcd, leader_key: str, machine_id: str, ttl: int,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.etcd = etcd
+        self.on_lost = on_lost
         self.key = leader_key
         self.machine_id = machine_id
         self.ttl = max(1, int(ttl))
@@ -57,10 +63,6 @@ class Leadership:
     def guard(self) -> list:
         """Compare that holds only while our leader key is the one in etcd."""
         return [self.etcd.ops.create(self.key) == self.token]
-
-    def due(self) -> float:
-        """Seconds until the next renewal is due."""
-        return max(0.0, self.renewed_at + self.ttl / 3 - time.monotonic())
 
     def ensure(self) -> bool:
         """True while we lead (the renewer keeps the lease); else try to become leader.
@@ -84,12 +86,19 @@ class Leadership:
             try:
                 remaining = self.etcd.keepalive(lease)
             except RegistryUnavailable:
-                self._lost = "unreachable"
+                self._lose("unreachable", stop)
                 return
             if remaining <= 0:
-                self._lost = "expired"
+                self._lose("expired", stop)
                 return
             self.renewed_at = time.monotonic()
+
+    def _lose(self, why: str, stop: threading.Event) -> None:
+        if stop.is_set():
+            return  # resigned meanwhile: nothing to tell
+        self._lost = why
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _drop(self) -> None:
         self._stop_renewing.set()
@@ -97,10 +106,12 @@ class Leadership:
 
     def _try_acquire(self) -> bool:
         self.answered = False
-        current = self.etcd.get(self.key)
+        revision, found, _ = self.etcd.range(self.key, self.key + "\0", 1)
         self.answered = True
-        if current is not None:
-            self.holder = Holder(current.value.decode(errors="replace").strip(), current.lease)
+        if found:
+            current = found[0]
+            self.holder = Holder(current.value.decode(errors="replace").strip(), current.lease,
+                                 revision)
             return False
         self.holder = None
         lease = self.etcd.grant(self.ttl)

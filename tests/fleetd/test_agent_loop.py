@@ -5,6 +5,7 @@ up listeners on the runner."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -60,8 +61,9 @@ def test_runner_errors_are_retried_and_resyncs_do_not_add_listeners(registry, tm
         wait_for(lambda: machine.id in registry.machines()[1], 15,
                  message="registered once the runner answers again")
         assert thread.is_alive() and runner.failures == 0
-        for _ in range(3):  # what every etcd outage does
+        for _ in range(3):  # what every etcd outage does (inside the loop, which goes on)
             agent.connected = False
+            agent.wake()
             wait_for(lambda: agent.connected, 10, message="resynced")
         assert runner.subscriptions == 1
     finally:
@@ -166,3 +168,42 @@ def test_the_lease_is_renewed_while_the_loop_is_busy_with_units(registry, tmp_pa
         stop.set()
         agent.wake()
         thread.join(30)
+
+
+def test_an_idle_agent_sleeps_and_sends_only_heartbeats_and_keepalives(etcd_server, tmp_path):
+    """With its units running and nothing changing, the agent's loop does not turn at all
+    (nothing it waits for comes from a timer) and its etcd client sends only the renewer's
+    heartbeats and lease keepalives."""
+    etcd = Etcd([etcd_server.url], timeout=3)  # the agent's own client: its requests alone
+    registry = Registry(etcd, f"/agent-{uuid.uuid4().hex[:8]}/")
+    machine = Machine(uuid.uuid4().hex, "127.0.0.1")
+    runner = ProcessRunner(tmp_path, machine.id, "node")
+    agent = Agent(registry, runner, machine, ttl=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        for i in range(3):
+            registry.create_job(f"idle{i}.service",
+                                parse_unit_file("[Service]\nExecStart=/bin/sleep 600\n"
+                                                f"X={i}\n[X-Fleet]\nGlobal=true\n"),
+                                JobState.LAUNCHED)
+        wait_for(lambda: [published(registry, f"idle{i}.service") for i in range(3)]
+                 == [("active", "running")] * 3, 15, message="three units running, published")
+        wait_for(lambda: not agent.unpublished and agent.inbox.empty(), 5, message="at rest")
+        renewer = agent.renewer
+        assert renewer is not None
+        turns, requests, beats = agent.turns, etcd.requests, renewer.beats
+        started = time.monotonic()
+        wait_for(lambda: renewer.beats >= beats + 10, 15, message="ten heartbeats")
+        elapsed = time.monotonic() - started
+        keepalives = elapsed / (3 / 3) + 1
+        assert agent.turns == turns, f"the idle loop turned {agent.turns - turns} times"
+        sent = etcd.requests - requests
+        assert sent <= renewer.beats - beats + keepalives, (
+            f"{sent} requests for {renewer.beats - beats} heartbeats in {elapsed:.1f}s")
+    finally:
+        stop.set()
+        agent.wake()
+        thread.join(30)
+        etcd.close()

@@ -305,3 +305,113 @@ def test_a_heartbeat_watch_gone_silent_is_replaced(registry, engine_registry):
             run.close()
         for beating in beats.values():
             beating.close()
+
+
+def test_idle_engines_turn_only_for_heartbeats_and_a_standby_asks_etcd_nothing(
+        registry, etcd_server):
+    """At rest, the leader's loop turns once per heartbeat event or periodic check (not on a
+    timer racing its lease renewals), its only requests are those renewals, and a standby
+    watches the leader key instead of asking etcd who leads at every heartbeat."""
+    ids = ("e" * 32, "f" * 32)
+    beats = {m: Beating(registry, m) for m in (*ids, "a" * 32)}
+    clients = [Etcd([etcd_server.url], timeout=3) for _ in ids]
+    engines = [Engine(Registry(c, registry.keys.prefix), m, ttl=3, reconcile_interval=0.5)
+               for c, m in zip(clients, ids, strict=True)]
+    runs = []
+    try:
+        for i in range(20):
+            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                                JobState.LAUNCHED)
+        runs = [Running(e) for e in engines]
+        wait_for(lambda: len(registry.assignments()[1]) == 20, 15, message="placed")
+        leader = wait_for(lambda: next((e for e in engines if e.leadership.is_leader), None),
+                          10, message="a leader")
+        standby = engines[1 - engines.index(leader)]
+        wait_for(lambda: leader.idle_checks >= 2 and standby._cancel_leader is not None, 10,
+                 message="a settled leader, a standby watching it")
+        def counts(engine: Engine) -> tuple[int, int, int, int]:
+            return (engine.registry.etcd.requests, engine.turns, engine.beats_seen,
+                    engine.idle_checks)
+
+        before = {id(e): counts(e) for e in engines}
+        started = time.monotonic()
+        ticks = standby.liveness.ticks
+        wait_for(lambda: standby.liveness.ticks >= ticks + 10, 15,
+                 message="ten heartbeats of the standby's own machine")
+        elapsed = time.monotonic() - started
+        requests, turns, seen, _ = (now - then for now, then in
+                                    zip(counts(standby), before[id(standby)], strict=True))
+        assert requests == 0, f"the standby sent {requests} requests while nothing changed"
+        assert turns <= seen + 2, f"standby: {turns} turns for {seen} heartbeat events"
+        requests, turns, seen, checks = (now - then for now, then in
+                                         zip(counts(leader), before[id(leader)], strict=True))
+        renewals = elapsed / (3 / 3) + 1
+        assert requests <= renewals, f"the leader sent {requests} requests in {elapsed:.1f}s"
+        assert turns <= seen + checks + 2, (
+            f"leader: {turns} turns for {seen} heartbeat events and {checks} periodic checks")
+    finally:
+        for run in runs:
+            run.close()
+        for beating in beats.values():
+            beating.close()
+        for client in clients:
+            client.close()
+
+
+def test_a_changed_desired_state_reaches_the_assignment_of_a_unit_kept_in_place(
+        registry, engine_registry):
+    """A unit whose desired state changes keeps its machine and its assignment says the new
+    state; passes look only at units changed since the last one, so this is what they must
+    not miss."""
+    add_machines(registry, 3)
+    for i in range(30):
+        registry.create_job(f"k{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                            JobState.LAUNCHED)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = Running(engine)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 30, 15, message="placed")
+        where = {a.name: a.machine for a in registry.assignments()[1]}
+        registry.set_desired("k7.service", JobState.LOADED)
+        wait_for(lambda: {a.name: a.desired for a in registry.assignments()[1]}["k7.service"]
+                 == JobState.LOADED, 10, message="k7's assignment says loaded")
+        registry.set_desired("k7.service", JobState.LAUNCHED)
+        wait_for(lambda: {a.name: a.desired for a in registry.assignments()[1]}["k7.service"]
+                 == JobState.LAUNCHED, 10, message="k7's assignment says launched again")
+        assert {a.name: a.machine for a in registry.assignments()[1]} == where
+        assert {a.name: a.desired for a in registry.assignments()[1]} == dict.fromkeys(
+            where, JobState.LAUNCHED)
+    finally:
+        run.close()
+
+
+def test_a_standby_watches_the_leader_key_even_when_it_was_written_before_a_compaction(
+        registry, etcd_server):
+    """The leader key lives for hours under one revision, and etcd compacts its history:
+    the standby watches from the revision it read the key at, not from the key's own."""
+    leader_client, standby_client = (Etcd([etcd_server.url], timeout=3) for _ in range(2))
+    leader = Engine(Registry(leader_client, registry.keys.prefix), "e" * 32, ttl=3)
+    standby = Engine(Registry(standby_client, registry.keys.prefix), "f" * 32, ttl=3)
+    runs = []
+    try:
+        runs.append(Running(leader))
+        wait_for(lambda: leader.leadership.is_leader, 10, message="a leader")
+        for i in range(5):  # history after the leader key, then compacted away
+            registry.etcd.put(f"{registry.keys.prefix}filler/{i}", "x")
+        registry.etcd.client.compact(registry.etcd.revision())
+        runs.append(Running(standby))
+        wait_for(lambda: standby._cancel_leader is not None, 10, message="a watched leader")
+        before = standby_client.requests
+        until = time.monotonic() + 3  # a TTL: the old way asked several times a second
+        while time.monotonic() < until:
+            assert standby_client.requests == before, "the standby asks who leads"
+            assert standby._cancel_leader is not None, "the standby's watch ended"
+            time.sleep(0.1)
+        runs[0].close()  # resigns: the standby hears it through its watch and takes over
+        wait_for(lambda: standby.leadership.is_leader, 3 + 2, message="takeover")
+        assert not standby.unreachable
+    finally:
+        for run in runs:
+            run.close()
+        leader_client.close()
+        standby_client.close()
