@@ -192,8 +192,8 @@ def test_a_changed_unit_file_rolls_one_instance_at_a_time(cluster):
 
 def test_a_rolling_replace_is_woken_by_etcd_watches_alone(in_process, monkeypatch):
     """Each step of a rolling replace starts when etcd reports that the previous step's
-    units are active and announced: with the periodic re-read and the fallback poll put
-    past the deadline, the whole replace still converges (a polling wait would hang)."""
+    units are active and announced: with the fallback poll put past the deadline, the
+    whole replace still converges (a polling wait would hang)."""
     cluster = in_process
     base = cluster.declare("wake1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
@@ -202,7 +202,6 @@ def test_a_rolling_replace_is_woken_by_etcd_watches_alone(in_process, monkeypatc
     declared = load_cluster(cluster.declare("wake2", [{**WEB_SET,
                                                        "file": "units-wake2/web@.service"}],
                                             {"web@.service": v2}))[0]
-    monkeypatch.setattr(apply_module, "CHANGE_WAIT_S", 3600.0)
     monkeypatch.setattr(apply_module, "POLL_S", 3600.0)
     session = apply_module.open_session(declared, lock=True)
     try:
