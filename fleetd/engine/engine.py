@@ -41,7 +41,6 @@ class StalePlan(Exception):
     """A plan batch was refused: our view or our leadership is out of date."""
 
 
-DEBOUNCE_S = 0.02  # gather a burst of events into one pass
 RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 BEATS = "beats"
 
@@ -245,11 +244,13 @@ class Engine:
             first = self.events.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return False
+        # Everything queued meanwhile goes into the same pass; no timer holds the first
+        # event back: a burst gathers by itself while a pass runs (one pass, then one
+        # for all that arrived during it).
         batches = [first]
-        deadline = time.monotonic() + DEBOUNCE_S
         while True:
             try:
-                batches.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+                batches.append(self.events.get_nowait())
             except queue.Empty:
                 break
         dirty = False
