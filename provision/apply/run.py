@@ -50,9 +50,6 @@ FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a bu
 UNSCHEDULABLE_GRACE_S = 6.0   # the scheduler must say "no machine" this long before we do
 EXPLAIN_EVERY_S = 1.0         # how often a wait asks the scheduler why units are unplaced
 JOURNAL_LINES = 8
-# Per unit at most a body put, a job put and a delete (Global= changed); one op is the
-# lock's progress record; etcd limits the ops of one transaction.
-UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 3
 
 Report = Callable[[str], None]
 Count = Callable[[int, int], None]  # (converged, of) units being waited for
@@ -290,8 +287,8 @@ def _step(run: _Run, view: Observed, number: int, step: Step, deadline: float,
 
 def _write(run: _Run, number: int, step: Step, deadline: float) -> None:
     session = run.session
-    writes = [_job_write(c, session.actual.get(c.name)) for c in step.changes]
-    chunks = [writes[i:i + UNITS_PER_TXN] for i in range(0, len(writes), UNITS_PER_TXN)]
+    chunks = _chunks(step.changes, session.actual, len(run.lock.guard()))
+    before = 0
     for index, chunk in enumerate(chunks):
         txns = run.txns + 1
         done = number if index == len(chunks) - 1 else number - 1
@@ -312,9 +309,45 @@ def _write(run: _Run, number: int, step: Step, deadline: float) -> None:
                 # (not ok: the transaction committed, its reply was lost, and the client's
                 # retry failed on our own write; the progress record says so.)
                 break
-            raise OperationFailed(_conflict(run, number, chunk, index * UNITS_PER_TXN))
+            raise OperationFailed(_conflict(run, number, chunk, before))
         run.txns = txns
+        before += len(chunk)
     run.steps_written = number
+
+
+def _chunks(changes: list[Change], actual: Mapping[str, ActualUnit], guards: int = 0
+            ) -> list[list[JobWrite]]:
+    """The step's writes in as few transactions as etcd's limit allows (at most
+    MAX_TXN_OPS compares, and as many ops, our progress record one of them; `guards`
+    compares come with every transaction). A unit costs a compare of its job (two when
+    created: neither namespace may hold it) and its job's put or delete; a delete and a
+    compare more when Global= moves it; and its content's body once per transaction (a
+    template's instances share one)."""
+    chunks: list[list[JobWrite]] = [[]]
+    bodies: set[str] = set()
+    compares, ops = guards, 1
+
+    def cost(change: Change, now: ActualUnit | None) -> tuple[int, int]:
+        if change.unit is None or change.action is Action.DESTROY:
+            return 1, 1
+        if now is None:
+            return 2, 1 + (change.unit.hash not in bodies)
+        moved = now.is_global != change.unit.is_global
+        return 1 + moved, 1 + moved + (change.unit.hash not in bodies)
+
+    for change in changes:
+        now = actual.get(change.name)
+        more_compares, more_ops = cost(change, now)
+        if chunks[-1] and (compares + more_compares > MAX_TXN_OPS
+                           or ops + more_ops > MAX_TXN_OPS):
+            chunks.append([])
+            bodies, compares, ops = set(), guards, 1
+            more_compares, more_ops = cost(change, now)
+        compares, ops = compares + more_compares, ops + more_ops
+        if change.unit is not None and change.action is not Action.DESTROY:
+            bodies.add(change.unit.hash)
+        chunks[-1].append(_job_write(change, now))
+    return [chunk for chunk in chunks if chunk]
 
 
 def _recorded(run: _Run, txns: int) -> bool:
