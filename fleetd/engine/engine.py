@@ -41,7 +41,6 @@ class StalePlan(Exception):
     """A plan batch was refused: our view or our leadership is out of date."""
 
 
-DEBOUNCE_S = 0.02  # gather a burst of events into one pass
 RETRY_FIRST_S = 0.05  # first wait after etcd failed us; it grows to a second
 BEATS = "beats"
 LEADER = "leader"
@@ -56,11 +55,6 @@ class _Tagged:
 
     def put(self, item: object) -> None:
         self.sink.put((self.tag, item))
-
-
-def _gathers(item: object) -> bool:
-    """Whether a queued item is a change to the cache (worth waiting for more of)."""
-    return isinstance(item, tuple) and item[0] not in (BEATS, LEADER)
 
 
 class EngineCache:
@@ -319,23 +313,15 @@ class Engine:
         return dirty
 
     def _gather(self, first: object) -> list:
-        """`first` and what follows it: a burst of changes is gathered for DEBOUNCE_S into
-        one pass; heartbeats (several a second, all the time) and wake-ups take only what
-        is queued already: waiting after each would double an idle engine's wake-ups for
-        nothing to gather."""
+        """`first` and everything queued meanwhile, for one pass. No timer holds the first
+        event back: a burst gathers by itself while a pass runs (one pass, then one for all
+        that arrived during it)."""
         batches = [first]
-        deadline = time.monotonic() + DEBOUNCE_S if _gathers(first) else None
         while True:
             try:
-                if deadline is None:
-                    item = self.events.get_nowait()
-                else:
-                    item = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+                batches.append(self.events.get_nowait())
             except queue.Empty:
                 return batches
-            batches.append(item)
-            if deadline is None and _gathers(item):
-                deadline = time.monotonic() + DEBOUNCE_S
 
     # -- cache -------------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -204,7 +204,7 @@ class Registry:
         where, (state_kvs, ) = self._assigned(names, revision, hints, also=[state_span])
         wanted = set(names)
         states: dict[str, list[UnitStateRecord]] = {}
-        for state in self._state_records(state_kvs[0]):
+        for state in self.state_records(state_kvs[0]):
             if state.name in wanted:
                 states.setdefault(state.name, []).append(state)
         return UnitsPage(revision, records, where, states, more)
@@ -224,7 +224,7 @@ class Registry:
         record = self.job_from_kv(kv) if kv is not None else None
         if record is None:
             return None, "", []
-        states = [s for s in self._state_records(state_kvs[0]) if s.name == name]
+        states = [s for s in self.state_records(state_kvs[0]) if s.name == name]
         hints = [s.machine for s in states] + [kv.key[len(machines):] for kv in registered[0]]
         where, _ = self._assigned([name], revision, hints)
         return record, where.get(name, ""), states
@@ -571,12 +571,12 @@ class Registry:
 
     def states(self) -> list[UnitStateRecord]:
         _, kvs = self.etcd.snapshot(self.keys.of(Kind.STATE))
-        return self._state_records(kvs)
+        return self.state_records(kvs)
 
     def states_of(self, name: str) -> list[UnitStateRecord]:
         """One unit's states, one per machine that reports it (one range read)."""
         _, kvs = self.etcd.snapshot(self.keys.states_of(name))
-        return [s for s in self._state_records(kvs) if s.name == name]
+        return [s for s in self.state_records(kvs) if s.name == name]
 
     def states_of_names(self, names: Sequence[str], revision: int | None = None
                         ) -> list[UnitStateRecord]:
@@ -587,7 +587,7 @@ class Registry:
         starts = [self.keys.states_of(name) for name in wanted]
         _, kvs, _ = self.etcd.range(min(starts), max(prefix_end(s) for s in starts), 0,
                                     revision)
-        return [s for s in self._state_records(kvs) if s.name in wanted]
+        return [s for s in self.state_records(kvs) if s.name in wanted]
 
     def states_page(self, after: tuple[str, str] | None, limit: int,
                     machine: str | None = None) -> tuple[list[UnitStateRecord], bool]:
@@ -601,13 +601,14 @@ class Registry:
         revision: int | None = None
         while True:
             revision, kvs, more = self.etcd.range(start, end, limit + 1, revision)
-            found += [s for s in self._state_records(kvs)
+            found += [s for s in self.state_records(kvs)
                       if machine is None or s.machine == machine]
             if len(found) > limit or not more or not kvs:
                 return found[:limit], len(found) > limit
             start = kvs[-1].key + "\0"
 
-    def _state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
+    def state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:
+        """The unit states that `kvs` (keys under `state/`, e.g. from a watch) hold."""
         found = []
         prefix = self.keys.of(Kind.STATE)
         cut = len(prefix)

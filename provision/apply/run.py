@@ -17,7 +17,6 @@ how many steps were written.
 
 from __future__ import annotations
 
-import queue
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -25,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fleetd.engine.scheduler import ClusterView, schedule
-from fleetd.registry.etcd import Etcd, RegistryUnavailable, WatchCompacted
-from fleetd.registry.keys import Kind
+from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import MAX_TXN_OPS, JobWrite, Registry
 from fleetd.unit.unitfile import parse_unit_file
-from provision.apply.convergence import CHANGED, FAILED, Lag, lagging
+from provision.apply.convergence import CHANGED, FAILED, Lag
 from provision.apply.desired import (
     DesiredUnit,
     desired_units,
@@ -38,15 +36,13 @@ from provision.apply.desired import (
     owner_of,
 )
 from provision.apply.lock import ApplyLock, LockLost
+from provision.apply.observed import Observed
 from provision.apply.planner import Action, ActualUnit, Change, Plan, Step, plan
 from provision.errors import OperationFailed
 from provision.pki import cluster_client_tls
 from provision.spec.model import Cluster
 
 POLL_S = 0.25
-CHANGE_WAIT_S = 2.0  # a wait re-reads at least this often, changes or not
-FEW_UNITS = 100   # waits for this many units or fewer read only their own keys
-SETTLE_S = 0.2    # ... more units: changes gather this long before the next read
 ETCD_TIMEOUT_S = 3.0          # per request; a slow answer is retried, never taken as an error
 UNREACHABLE_GIVE_UP_S = 30.0  # an etcd away this long (and not known down) ends the apply
 FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a busy etcd
@@ -54,9 +50,6 @@ FIRST_CONTACT_S = 5.0         # ... or, before it ever answered, this long (a bu
 UNSCHEDULABLE_GRACE_S = 6.0   # the scheduler must say "no machine" this long before we do
 EXPLAIN_EVERY_S = 1.0         # how often a wait asks the scheduler why units are unplaced
 JOURNAL_LINES = 8
-# Per unit at most a body put, a job put and a delete (Global= changed); one op is the
-# lock's progress record; etcd limits the ops of one transaction.
-UNITS_PER_TXN = (MAX_TXN_OPS - 1) // 3
 
 Report = Callable[[str], None]
 Count = Callable[[int, int], None]  # (converged, of) units being waited for
@@ -249,37 +242,53 @@ def apply(session: Session, *, deadline: float, report: Report,
     run = _Run(session, session.lock)
     run.reach.gone = gone
     steps = session.plan.steps
-    for number, step in enumerate(steps, 1):
-        since = 0
-        if step.rolling:
-            # An announcement older than this step is the old instance's, not the new one's
-            # (read before writing: a slow read after it could miss the new announcement).
-            since = run.call(session.registry.etcd.revision, deadline)
-        _write(run, number, step, deadline)
-        if step.rolling:
-            report(f"step {number}/{len(steps)}: replaced "
-                   f"{', '.join(step.wait_for)}; waiting until active and announced")
-            units = [u for u in session.desired if u.name in step.wait_for]
-            try:
-                _wait(run, units, deadline, report, announced_since=since, count=count)
-            except (ClusterGone, LockLost):
-                raise
-            except OperationFailed as err:
-                rest = [n for later in steps[number:] for n in later.wait_for]
-                left = (f"; not replaced, still on the old version: {', '.join(rest)}"
-                        if rest else "")
-                raise OperationFailed(f"rolling replace of {step.rolling} stopped: {err}"
-                                      f"{left}") from None
-        else:
-            report(f"step {number}/{len(steps)}: wrote "
-                   f"{len(step.changes)} changes in one transaction")
-    _wait(run, list(session.desired), deadline, report, count=count)
+    # One view of jobs, states and announcements for the whole apply: read once, then
+    # kept by watch events (a step's wait reads nothing).
+    view = Observed(session.registry, session.desired)
+    try:
+        run.call(view.sync, deadline)
+        for number, step in enumerate(steps, 1):
+            _step(run, view, number, step, deadline, report, count)
+        _wait(run, view, list(session.desired), deadline, report, count=count)
+    finally:
+        view.stop()
+
+
+def _step(run: _Run, view: Observed, number: int, step: Step, deadline: float,
+          report: Report, count: Count) -> None:
+    session = run.session
+    steps = session.plan.steps
+    units = [u for u in session.desired if u.name in step.wait_for]
+    since = 0
+    if step.rolling and any(u.announcement is not None for u in units):
+        # An announcement older than this step is the old instance's, not the new one's
+        # (read before writing: a slow read after it could miss the new announcement).
+        since = run.call(session.registry.etcd.revision, deadline)
+    _write(run, number, step, deadline)
+    view.wrote({c.name: None if c.unit is None or c.action is Action.DESTROY
+                else (c.unit.hash, c.unit.state) for c in step.changes})
+    if not step.rolling:
+        report(f"step {number}/{len(steps)}: wrote "
+               f"{len(step.changes)} changes in one transaction")
+        return
+    report(f"step {number}/{len(steps)}: replaced "
+           f"{', '.join(step.wait_for)}; waiting until active and announced")
+    try:
+        _wait(run, view, units, deadline, report, announced_since=since, count=count)
+    except (ClusterGone, LockLost):
+        raise
+    except OperationFailed as err:
+        rest = [n for later in steps[number:] for n in later.wait_for]
+        left = (f"; not replaced, still on the old version: {', '.join(rest)}"
+                if rest else "")
+        raise OperationFailed(f"rolling replace of {step.rolling} stopped: {err}"
+                              f"{left}") from None
 
 
 def _write(run: _Run, number: int, step: Step, deadline: float) -> None:
     session = run.session
-    writes = [_job_write(c, session.actual.get(c.name)) for c in step.changes]
-    chunks = [writes[i:i + UNITS_PER_TXN] for i in range(0, len(writes), UNITS_PER_TXN)]
+    chunks = _chunks(step.changes, session.actual, len(run.lock.guard()))
+    before = 0
     for index, chunk in enumerate(chunks):
         txns = run.txns + 1
         done = number if index == len(chunks) - 1 else number - 1
@@ -300,9 +309,45 @@ def _write(run: _Run, number: int, step: Step, deadline: float) -> None:
                 # (not ok: the transaction committed, its reply was lost, and the client's
                 # retry failed on our own write; the progress record says so.)
                 break
-            raise OperationFailed(_conflict(run, number, chunk, index * UNITS_PER_TXN))
+            raise OperationFailed(_conflict(run, number, chunk, before))
         run.txns = txns
+        before += len(chunk)
     run.steps_written = number
+
+
+def _chunks(changes: list[Change], actual: Mapping[str, ActualUnit], guards: int = 0
+            ) -> list[list[JobWrite]]:
+    """The step's writes in as few transactions as etcd's limit allows (at most
+    MAX_TXN_OPS compares, and as many ops, our progress record one of them; `guards`
+    compares come with every transaction). A unit costs a compare of its job (two when
+    created: neither namespace may hold it) and its job's put or delete; a delete and a
+    compare more when Global= moves it; and its content's body once per transaction (a
+    template's instances share one)."""
+    chunks: list[list[JobWrite]] = [[]]
+    bodies: set[str] = set()
+    compares, ops = guards, 1
+
+    def cost(change: Change, now: ActualUnit | None) -> tuple[int, int]:
+        if change.unit is None or change.action is Action.DESTROY:
+            return 1, 1
+        if now is None:
+            return 2, 1 + (change.unit.hash not in bodies)
+        moved = now.is_global != change.unit.is_global
+        return 1 + moved, 1 + moved + (change.unit.hash not in bodies)
+
+    for change in changes:
+        now = actual.get(change.name)
+        more_compares, more_ops = cost(change, now)
+        if chunks[-1] and (compares + more_compares > MAX_TXN_OPS
+                           or ops + more_ops > MAX_TXN_OPS):
+            chunks.append([])
+            bodies, compares, ops = set(), guards, 1
+            more_compares, more_ops = cost(change, now)
+        compares, ops = compares + more_compares, ops + more_ops
+        if change.unit is not None and change.action is not Action.DESTROY:
+            bodies.add(change.unit.hash)
+        chunks[-1].append(_job_write(change, now))
+    return [chunk for chunk in chunks if chunk]
 
 
 def _recorded(run: _Run, txns: int) -> bool:
@@ -353,43 +398,43 @@ def _job_write(change: Change, now: ActualUnit | None) -> JobWrite:
 
 # -- waiting ---------------------------------------------------------------------------------
 
-def _wait(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
-          announced_since: int = 0, count: Count = _no_count) -> None:
+def _wait(run: _Run, view: Observed, units: list[DesiredUnit], deadline: float,
+          report: Report, announced_since: int = 0, count: Count = _no_count) -> None:
     """Until every unit converged (announcements written after `announced_since`);
     OperationFailed for a failed unit, an unschedulable one, a unit someone else changed
-    after we wrote it, or the deadline."""
-    registry = run.session.registry
-    few = len(units) <= FEW_UNITS
-    names = [u.name for u in units]
+    after we wrote it, or the deadline. Woken by the view's watch events only."""
+    by_name = {u.name: u for u in units}
+    lags: dict[str, Lag] | None = None
 
     def observe() -> dict[str, Lag]:
-        if few:  # a rolling step: read only its own units' keys
-            heads = registry.job_heads(names)
-            states = registry.states_of_names(names)
-        else:
-            heads = registry.job_heads()
-            states = registry.states()
-        return lagging(units, states, _announced(registry, units, announced_since), heads)
+        nonlocal lags
+        if view.stale:
+            run.call(view.sync, deadline)
+            lags = None
+        touched = view.take_touched()
+        if lags is None:
+            lags = view.lags(units, announced_since)
+        else:  # judge again only the units whose keys changed
+            again = [by_name[n] for n in touched if n in by_name]
+            for unit in again:
+                lags.pop(unit.name, None)
+            lags.update(view.lags(again, announced_since))
+        return lags
 
-    # Reading every job and state is O(units): for many units, let changes gather a little
-    # (the CPU it saves is the nodes' own on a small machine).
-    changes = _Changes(registry, units, settle=0.0 if few else SETTLE_S)
-    try:
-        run.call(changes.start, deadline)
-        _wait_loop(run, units, deadline, report, count, observe, changes)
-    finally:
-        changes.stop()
+    _wait_loop(run, units, deadline, report, count, observe, view)
 
 
 def _wait_loop(run: _Run, units: list[DesiredUnit], deadline: float, report: Report,
-               count: Count, observe: Callable[[], dict[str, Lag]], changes: _Changes) -> None:
+               count: Count, observe: Callable[[], dict[str, Lag]], view: Observed) -> None:
     registry = run.session.registry
     unschedulable_since: dict[str, float] = {}
     pending: dict[str, str] = {}
-    explained_at = -EXPLAIN_EVERY_S
+    # The scheduler is asked why units are unplaced only once they stayed so a while: most
+    # are placed within a pass, and asking reads every machine, job and assignment.
+    explained_at = time.monotonic()
     shown = None
     while True:
-        lags = run.call(observe, deadline)
+        lags = observe()
         count(len(units) - len(lags), len(units))
         if not lags:
             return
@@ -409,10 +454,9 @@ def _wait_loop(run: _Run, units: list[DesiredUnit], deadline: float, report: Rep
         if failed:
             raise OperationFailed(_failure_text(registry, failed))
         now = time.monotonic()
-        if now >= explained_at + EXPLAIN_EVERY_S:
-            # Asking the scheduler reads every machine, job and assignment: not each poll.
-            pending = _unschedulable(registry, [n for n, lag in lags.items()
-                                                if lag.machine is None])
+        unplaced = [n for n, lag in lags.items() if lag.machine is None]
+        if unplaced and now >= explained_at + EXPLAIN_EVERY_S:
+            pending = _unschedulable(registry, unplaced)
             explained_at = now
         pending = {n: why for n, why in pending.items()
                    if n in lags and lags[n].machine is None}
@@ -430,57 +474,8 @@ def _wait_loop(run: _Run, units: list[DesiredUnit], deadline: float, report: Rep
                                sorted(lags.items(), key=lambda item: natural(item[0]))[:10])
             raise OperationFailed(f"{len(lags)} units did not converge in time: {detail}")
         # Until etcd reports a change (or the next explanation is due): no polling.
-        wake = min(deadline, explained_at + EXPLAIN_EVERY_S if pending or unschedulable_since
-                   else now + CHANGE_WAIT_S)
-        changes.wait(max(0.0, wake - time.monotonic()))
-
-
-class _Changes:
-    """Wakes a wait when etcd reports a change to what it watches: jobs, unit states and
-    the units' announcements (one watch per prefix, from the revision read at `start`).
-    A broken watch stream degrades to waking every POLL_S."""
-
-    def __init__(self, registry: Registry, units: list[DesiredUnit], settle: float = 0.0
-                 ) -> None:
-        self.registry = registry
-        self.settle = settle  # after the first change, how long more changes may gather
-        self.prefixes = [registry.keys.of(kind) for kind in (Kind.JOB, Kind.GLOBAL, Kind.STATE)]
-        self.prefixes += sorted({u.announcement.key.rsplit("/", 1)[0] + "/"
-                                 for u in units if u.announcement})
-        self.events: queue.Queue = queue.Queue()
-        self.cancels: list[Callable[[], None]] = []
-        self.broken = False
-
-    def start(self) -> None:
-        self.stop()
-        revision = self.registry.etcd.revision()
-        try:
-            for prefix in self.prefixes:
-                self.cancels.append(self.registry.etcd.watch(prefix, revision + 1, self.events))
-        except (RegistryUnavailable, WatchCompacted):
-            self.broken = True
-
-    def wait(self, timeout: float) -> None:
-        if self.broken:
-            timeout = min(timeout, POLL_S)
-        try:
-            item = self.events.get(timeout=timeout)
-        except queue.Empty:
-            return
-        until = time.monotonic() + self.settle
-        while True:  # take everything that came meanwhile: one read answers it all
-            if isinstance(item, Exception):
-                self.broken = True
-            try:
-                item = self.events.get(timeout=max(0.0, until - time.monotonic())) \
-                    if self.settle else self.events.get_nowait()
-            except queue.Empty:
-                return
-
-    def stop(self) -> None:
-        for cancel in self.cancels:
-            cancel()
-        self.cancels = []
+        wake = min(deadline, explained_at + EXPLAIN_EVERY_S if unplaced else deadline)
+        view.wait(max(0.0, wake - time.monotonic()))
 
 
 def natural(name: str) -> tuple:
@@ -504,15 +499,6 @@ def unschedulable_text(stuck: Mapping[str, str], shown: int = 3) -> str:
     count = len(stuck)
     head = f"{count} unit{'s' if count != 1 else ''} cannot be scheduled: "
     return head + "; ".join(parts)
-
-
-def _announced(registry: Registry, units: list[DesiredUnit], since: int) -> set[str]:
-    prefixes = {u.announcement.key.rsplit("/", 1)[0] + "/" for u in units if u.announcement}
-    found: set[str] = set()
-    for prefix in prefixes:
-        _, kvs = registry.etcd.snapshot(prefix)
-        found.update(kv.key for kv in kvs if kv.mod_revision > since)
-    return found
 
 
 def _unschedulable(registry: Registry, names: list[str]) -> dict[str, str]:

@@ -671,6 +671,26 @@ def test_parent_and_sidekick_replaced_together_both_end_up_running(runner):
         assert runner.main_pid("web-discovery@1.service") == sidekick
 
 
+def test_new_content_started_over_a_running_unit_never_reads_active_before_it_runs(runner):
+    """What an agent does on new content: unload, load, start, then read the state it
+    publishes. Until the old process is gone and the new one runs, that state must not
+    say active (a rolling replace would take the old process for the new one, and take
+    the next unit down while this one is still down). The worker threads are held off
+    (the runner's lock) so the read surely comes before they act."""
+    runner.load("web@1.service", unit("[Service]\nExecStart=/bin/sleep 300\n"))
+    runner.start("web@1.service")
+    wait_state(runner, "web@1.service", "active", "running")
+    old = runner.main_pid("web@1.service")
+    with runner.cond:
+        runner.unload("web@1.service")
+        runner.load("web@1.service", unit("[Service]\nExecStart=/bin/sleep 301\n"))
+        runner.start("web@1.service")
+        assert state(runner, "web@1.service").active == "deactivating"
+    assert wait_for(lambda: runner.main_pid("web@1.service") not in (None, old)
+                    and state(runner, "web@1.service").active == "active")
+    assert not alive(old)
+
+
 def test_requires_starts_the_dependency_first_and_stop_propagates(runner, recorder):
     runner.load("db.service", unit("""
         [Service]

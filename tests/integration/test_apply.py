@@ -24,6 +24,8 @@ from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import Registry
 from fleetd.unit.unitfile import content_hash, parse_unit_file
 from provision.apply import run as apply_module
+from provision.apply.lock import LOCK_TTL_S
+from provision.apply.observed import Observed
 from provision.errors import OperationFailed
 from provision.providers.local.etcdbin import find_etcd
 from provision.spec.build import load_cluster
@@ -192,8 +194,8 @@ def test_a_changed_unit_file_rolls_one_instance_at_a_time(cluster):
 
 def test_a_rolling_replace_is_woken_by_etcd_watches_alone(in_process, monkeypatch):
     """Each step of a rolling replace starts when etcd reports that the previous step's
-    units are active and announced: with the periodic re-read and the fallback poll put
-    past the deadline, the whole replace still converges (a polling wait would hang)."""
+    units are active and announced: with the fallback poll put past the deadline, the
+    whole replace still converges (a polling wait would hang)."""
     cluster = in_process
     base = cluster.declare("wake1", [WEB_SET])
     assert cluster.provision("apply", str(base), "--prune").returncode == 0
@@ -202,16 +204,32 @@ def test_a_rolling_replace_is_woken_by_etcd_watches_alone(in_process, monkeypatc
     declared = load_cluster(cluster.declare("wake2", [{**WEB_SET,
                                                        "file": "units-wake2/web@.service"}],
                                             {"web@.service": v2}))[0]
-    monkeypatch.setattr(apply_module, "CHANGE_WAIT_S", 3600.0)
     monkeypatch.setattr(apply_module, "POLL_S", 3600.0)
+    wakes = []
+    really_wait = Observed.wait
+
+    def counted(view, timeout):
+        woken = really_wait(view, timeout)
+        wakes.append(woken)
+        return woken
+    monkeypatch.setattr(Observed, "wait", counted)
     session = apply_module.open_session(declared, lock=True)
     try:
         assert len([s for s in session.plan.steps if s.rolling]) == 3
         reported: list[str] = []
+        before, started = session.registry.etcd.requests, time.monotonic()
         apply_module.apply(session, deadline=time.monotonic() + 90, report=reported.append)
+        requests = session.registry.etcd.requests - before
+        took = time.monotonic() - started
         assert any(line.startswith("step 3/3: replaced web@3.service") for line in reported)
     finally:
         session.close()
+    # Waiting costs no request however often it wakes: one read of jobs, states and
+    # announcements with their watches (9), then per step the revision its announcement
+    # must follow and the write (2 each); the lock's keepalives beside.
+    keepalives = int(took / (LOCK_TTL_S / 3)) + 1
+    assert sum(wakes) > 3 * 3, wakes  # each step woke for several state changes
+    assert requests <= 9 + 2 * 3 + keepalives, (requests, sum(wakes))
     now = active_web(cluster.states())
     assert sorted(now) == sorted(old) and all(now[u][1] != old[u][1] for u in now)
 

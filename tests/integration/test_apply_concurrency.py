@@ -208,8 +208,11 @@ def test_no_wait_exits_2_naming_the_holder_and_sigterm_releases_at_once(cluster,
 
 
 def test_an_apply_stalled_past_its_lease_is_fenced_out(cluster, base):
+    # Each instance of this version takes 3 s to start: the first apply is surely still in
+    # its first step when it is stopped (a step ends as soon as its unit is up: fast).
+    slow = version("stalled").replace("[Service]\n", "[Service]\nExecStartPre=/bin/sleep 3\n")
     v2 = cluster.declare("stalled", [{**WEB_SET, "file": "units-stalled/web@.service"}],
-                         {"web@.service": version("stalled")})
+                         {"web@.service": slow})
     v3 = cluster.declare("next", [{**WEB_SET, "file": "units-next/web@.service"}],
                          {"web@.service": version("next")})
     first = start(cluster, "apply", str(v2))

@@ -376,6 +376,12 @@ class ProcessRunner:
             if not unit.stop_requested:
                 unit.stop_requested = True
                 unit.job = "stop"
+                if unit.active == "active":
+                    # Going down from now on: a state read before the worker gets to it
+                    # (new content loaded and started over a running unit) must not say
+                    # "active" of a process that is about to stop.
+                    sub = "stop" if unit.config and unit.config.exec_stop else "stop-sigterm"
+                    self.set_state(unit, "deactivating", sub)
             unit.changed.notify_all()
             self.cond.notify_all()
         for other in self._graph.dependents(unit, self._units):
