@@ -1,0 +1,330 @@
+"""The units' part of the registry (jobs, assignments, unit states) kept in memory for the
+API's reads: built from one snapshot at revision R, then kept current by a watch from R + 1.
+
+Reads stay linearizable, as fleet's API reading etcd directly was: a read first asks etcd
+for its current revision H (one small linearizable request) and is served from memory only
+once the view has applied every event up to H, so whatever any client wrote before the
+read began (a PUT through this API included) shows. The watch covers the whole keyspace,
+not just the prefix: every revision etcd makes is a write with at least one event, so the
+view reaches H as soon as the events of H arrive, whether or not H touched our keys
+(etcd's own progress requests cannot tell this reliably before 3.4.24 / 3.5.8: they may
+announce a revision whose events are still on their way).
+
+When the view cannot answer (not built yet, its watch broken, or still behind H after
+`catch_up_s`) it returns None and the caller reads etcd directly. A broken stream is
+watched again from the last revision applied; a compacted start revision, or a view that
+stays behind although etcd answers (a watch cancelled without a word), is read anew.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleetd.job import JobState
+from fleetd.registry.etcd import Event, RegistryUnavailable, WatchCompacted
+from fleetd.registry.keys import Kind
+from fleetd.registry.registry import JobRecord, Registry, UnitsPage, decode, state_record
+from fleetd.status import UnitStateRecord
+
+log = logging.getLogger("fleetd.view")
+
+CATCH_UP_S = 1.0  # how long a read waits for the view to reach etcd's revision
+RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
+_RESYNC = object()  # a reader found the view behind a live etcd: read it anew
+
+
+@dataclass(frozen=True)
+class _Head:
+    """A job as stored: what a record is made of (its unit body is the registry's)."""
+
+    hash: str
+    desired: JobState
+    revision: int
+
+
+class UnitsView:
+    def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S) -> None:
+        self.registry = registry
+        self.keys = registry.keys
+        self.catch_up_s = catch_up_s
+        self._cond = threading.Condition()
+        self._live = False  # built, and its watch running
+        self._revision = 0  # every event up to it applied (0: not built)
+        self._jobs: dict[str, _Head] = {}
+        self._globals: dict[str, _Head] = {}
+        self._names: list[str] = []  # of jobs and global jobs, sorted
+        self._assigned: dict[str, set[str]] = {}  # name -> machines it is assigned to
+        self._states: dict[str, dict[str, UnitStateRecord]] = {}  # name -> machine -> state
+        self._state_keys: list[str] = []  # "name/machine", sorted as etcd sorts their keys
+        self._events: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cancel_watch: Callable[[], None] = lambda: None  # the current watch's
+        self.rebuilds = 0  # snapshots read (tests read it)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="units-view", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._events.put(_RESYNC)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._revision == 0:
+                    self._build()
+                events: queue.Queue = queue.Queue()
+                self._events = events
+                cancel = self.registry.etcd.watch("", self._revision + 1, events)
+                self._cancel_watch = cancel
+            except WatchCompacted:
+                self._forget("its watch start was compacted")
+                continue
+            except RegistryUnavailable as err:
+                log.debug("units view: etcd unavailable: %s", err)
+                self._stop.wait(RETRY_S)
+                continue
+            with self._cond:
+                self._live = True
+                self._cond.notify_all()
+            try:
+                self._follow(events)
+            finally:
+                with self._cond:
+                    self._live = False
+                    self._cond.notify_all()
+                cancel()
+
+    def _follow(self, events: queue.Queue) -> None:
+        """Apply the watch's events until it ends (then return) or the view is stopped."""
+        pending = None
+        while not self._stop.is_set():
+            item = pending if pending is not None else events.get()
+            pending = None
+            if item is _RESYNC:
+                if not self._stop.is_set():
+                    self._forget("it stayed behind etcd")
+                return
+            if isinstance(item, WatchCompacted):
+                self._forget("its watch was compacted")
+                return
+            if isinstance(item, BaseException):
+                log.debug("units view: watch ended (%s); watching again from %d", item,
+                          self._revision + 1)
+                self._stop.wait(RETRY_S if isinstance(item, RegistryUnavailable) else 0)
+                return
+            batch = [item]
+            while pending is None:  # everything already queued, applied under one lock
+                try:
+                    more = events.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, list):
+                    batch.append(more)
+                else:
+                    pending = more  # after these events
+            with self._cond:
+                for response in batch:
+                    for event in response:
+                        self._apply(event)
+                self._cond.notify_all()
+
+    def _forget(self, why: str) -> None:
+        log.info("units view: read anew (%s)", why)
+        with self._cond:
+            self._revision = 0
+            self._live = False
+
+    def _build(self) -> None:
+        etcd = self.registry.etcd
+        revision, kvs = etcd.snapshot(self.keys.of(Kind.JOB))
+        for kind in (Kind.GLOBAL, Kind.ASSIGN, Kind.STATE):
+            kvs += etcd.snapshot(self.keys.of(kind), revision)[1]
+        with self._cond:
+            self._jobs, self._globals, self._names = {}, {}, []
+            self._assigned, self._states, self._state_keys = {}, {}, []
+            for kv in kvs:
+                self._apply(Event(kv.key, kv.value, kv.mod_revision))
+            self._revision = revision
+            self.rebuilds += 1
+
+    # -- events ------------------------------------------------------------------------------
+    def _apply(self, event: Event) -> None:
+        """One put or delete (under the lock)."""
+        self._revision = max(self._revision, event.revision)
+        parsed = self.keys.parse(event.key) if event.key.startswith(self.keys.prefix) else None
+        if parsed is None:
+            return
+        try:
+            if parsed.kind in (Kind.JOB, Kind.GLOBAL):
+                self._job(parsed.kind, parsed.name, event)
+            elif parsed.kind is Kind.ASSIGN:
+                if event.value is None:
+                    machines = self._assigned.get(parsed.name, set())
+                    machines.discard(parsed.machine)
+                    if not machines:
+                        self._assigned.pop(parsed.name, None)
+                else:
+                    self._assigned.setdefault(parsed.name, set()).add(parsed.machine)
+            elif parsed.kind is Kind.STATE:
+                self._state(parsed.name, parsed.machine, event.value)
+        except (ValueError, KeyError, TypeError):
+            log.warning("units view: ignoring malformed value of %s", event.key)
+
+    def _job(self, kind: Kind, name: str, event: Event) -> None:
+        table = self._jobs if kind is Kind.JOB else self._globals
+        if event.value is None:
+            table.pop(name, None)
+        else:
+            data = decode(event.value)
+            table[name] = _Head(data["hash"], JobState(data["desired"]), event.revision)
+        present = name in self._jobs or name in self._globals
+        at = bisect.bisect_left(self._names, name)
+        listed = at < len(self._names) and self._names[at] == name
+        if present and not listed:
+            self._names.insert(at, name)
+        elif listed and not present:
+            del self._names[at]
+
+    def _state(self, name: str, machine: str, value: bytes | None) -> None:
+        key = f"{name}/{machine}"
+        at = bisect.bisect_left(self._state_keys, key)
+        listed = at < len(self._state_keys) and self._state_keys[at] == key
+        if value is None:
+            states = self._states.get(name, {})
+            states.pop(machine, None)
+            if not states:
+                self._states.pop(name, None)
+            if listed:
+                del self._state_keys[at]
+            return
+        self._states.setdefault(name, {})[machine] = state_record(name, machine, value)
+        if not listed:
+            self._state_keys.insert(at, key)
+
+    # -- reads -------------------------------------------------------------------------------
+    def _current(self) -> bool:
+        """Wait until the view holds everything etcd committed before this call (True), or
+        say it cannot answer (False: read etcd directly)."""
+        if not self._live:
+            return False
+        target = self.registry.etcd.revision()
+        with self._cond:
+            before = self._revision
+            self._cond.wait_for(lambda: not self._live or self._revision >= target,
+                                self.catch_up_s)
+            if self._revision >= target and self._live:
+                return True
+            if self._live and self._revision == before:
+                # etcd answers but no event came for a while: the watch ended without a
+                # word (a stream that lags still moves, and is left to catch up)
+                self._events.put(_RESYNC)
+        return False
+
+    def _where(self, name: str) -> str:
+        """The machine `name` is assigned to ("" if none; the first in key order if, for a
+        moment, several)."""
+        machines = self._assigned.get(name)
+        if not machines:
+            return ""
+        return min(machines, key=self.keys.assignments_of)
+
+    def _head(self, name: str) -> tuple[_Head, bool] | None:
+        head = self._jobs.get(name)
+        if head is not None:
+            return head, False
+        head = self._globals.get(name)
+        return (head, True) if head is not None else None
+
+    def _record(self, name: str, head: _Head) -> JobRecord | None:
+        return self.registry.job_record(name, head.hash, head.desired, head.revision)
+
+    def units_page(self, after: str | None, limit: int) -> UnitsPage | None:
+        """As `Registry.units_page`, from memory: O(page); None when the view cannot answer."""
+        if not self._current():
+            return None
+        with self._cond:
+            revision = self._revision
+            first = bisect.bisect_right(self._names, after) if after is not None else 0
+            names = self._names[first:first + limit]
+            more = len(self._names) > first + limit
+            rows = []
+            for name in names:
+                found = self._head(name)
+                if found is not None:
+                    rows.append((name, found[0], self._where(name),
+                                 list(self._states.get(name, {}).values())))
+        records, where, states = [], {}, {}
+        for name, head, machine, reported in rows:  # unit bodies may need a read: unlocked
+            record = self._record(name, head)
+            if record is None:
+                continue
+            records.append(record)
+            if machine:
+                where[name] = machine
+            if reported:
+                states[name] = sorted(reported, key=lambda s: s.machine)
+        return UnitsPage(revision, records, where, states, more)
+
+    def unit_view(self, name: str
+                  ) -> tuple[JobRecord | None, str, list[UnitStateRecord]] | None:
+        """As `Registry.unit_view`, from memory: O(1); None when the view cannot answer."""
+        if not self._current():
+            return None
+        with self._cond:
+            found = self._head(name)
+            machine = self._where(name)
+            states = sorted(self._states.get(name, {}).values(), key=lambda s: s.machine)
+        if found is None:
+            return None, "", []
+        record = self._record(name, found[0])
+        if record is None:
+            return None, "", []
+        return record, machine, states
+
+    def states_of(self, name: str) -> list[UnitStateRecord] | None:
+        if not self._current():
+            return None
+        with self._cond:
+            return sorted(self._states.get(name, {}).values(), key=lambda s: s.machine)
+
+    def is_assigned(self, name: str, machine: str) -> bool:
+        """From memory, as of the last read that found the view current."""
+        with self._cond:
+            return machine in self._assigned.get(name, ())
+
+    def states_page(self, after: tuple[str, str] | None, limit: int,
+                    machine: str | None = None
+                    ) -> tuple[list[UnitStateRecord], bool] | None:
+        """As `Registry.states_page`, from memory; None when the view cannot answer."""
+        if not self._current():
+            return None
+        found: list[UnitStateRecord] = []
+        with self._cond:
+            keys = self._state_keys
+            at = bisect.bisect_right(keys, f"{after[0]}/{after[1]}") if after is not None else 0
+            while at < len(keys) and len(found) <= limit:
+                name, _, owner = keys[at].partition("/")
+                if machine is None or owner == machine:
+                    found.append(self._states[name][owner])
+                at += 1
+        return found[:limit], len(found) > limit
+
