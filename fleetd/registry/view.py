@@ -129,6 +129,9 @@ class UnitsView:
             if isinstance(item, BaseException):
                 log.debug("units view: watch ended (%s); watching again from %d", item,
                           self._revision + 1)
+                with self._cond:  # readers go to etcd meanwhile, without waiting on us
+                    self._live = False
+                    self._cond.notify_all()
                 self._stop.wait(RETRY_S if isinstance(item, RegistryUnavailable) else 0)
                 return
             batch = [item]
