@@ -22,10 +22,11 @@ from fleetd.registry.registry import Conflict, NotFound, Registry
 from fleetd.registry.view import UnitsView
 from fleetd.runner.base import Runner, RunnerError
 from fleetd.unit.names import is_template_name
-from fleetd.unit.unitfile import UnitFileError, content_hash
+from fleetd.unit.unitfile import UnitFile, UnitFileError, content_hash
 from fleetd.unit.xfleet import FleetOptionsError
 
 log = logging.getLogger("fleetd.api")
+OPTIONS_JSON_KEPT = 4096  # unit bodies whose options' JSON is kept, by content hash
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Api:
                  page_size: int = encode.PAGE_SIZE, view: UnitsView | None = None) -> None:
         self.registry = registry
         self.view = view
+        self._options_cache: dict[str, list[dict]] = {}
         self.runner = runner
         self.machine_id = machine_id
         self.page_size = page_size
@@ -100,7 +102,8 @@ class Api:
             if unit is None:  # destroyed and its body collected between two reads
                 continue
             entities.append(encode.unit_json(record.job, unit, page.where.get(record.job.name, ""),
-                                             page.states.get(record.job.name, [])))
+                                             page.states.get(record.job.name, []),
+                                             self._options_json(record.job.hash, unit)))
         next_token = (encode.encode_token("units", (page.jobs[-1].job.name,))
                       if page.more and page.jobs else None)
         return Response(200, encode.page_body("units", entities, next_token))
@@ -135,7 +138,18 @@ class Api:
         unit = self.registry.unit(record.job.hash) if record is not None else None
         if record is None or unit is None:
             raise ApiError(404, f"Unit {name} does not exist.")
-        return Response(200, encode.unit_json(record.job, unit, machine, states))
+        return Response(200, encode.unit_json(record.job, unit, machine, states,
+                                              self._options_json(record.job.hash, unit)))
+
+    def _options_json(self, digest: str, unit: UnitFile) -> list[dict]:
+        """A unit body's options as JSON, made once per content hash (a page of instances
+        of one template shows the same options a hundred times)."""
+        found = self._options_cache.get(digest)
+        if found is None:
+            if len(self._options_cache) >= OPTIONS_JSON_KEPT:
+                self._options_cache.clear()
+            found = self._options_cache[digest] = encode.options_json(unit)
+        return found
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
         """fleet's Units.Set. Create: options, desiredState optional (inactive). Different
@@ -150,6 +164,18 @@ class Api:
             raise ApiError(400, f'cannot activate template "{name}": a template is a pattern '
                                 "for its instances; set the state of an instance such as "
                                 f"{name.replace('@.', '@1.', 1)}")
+        if request.unit is None and request.desired is not None and self.view is not None:
+            # A state change only (fleetctl start/stop/load): the view's record, however
+            # old, is a safe guess, as the write compares the revision it names and reads
+            # again if it moved. A guess that the unit is already there (or absent) is
+            # checked by reading etcd: skipping the write on a stale view would lose it.
+            seen = self.view.guess(name)
+            if seen is not None and seen.job.desired is not request.desired:
+                try:
+                    self.registry.set_desired(name, request.desired, seen=seen)
+                    return Response(204)
+                except NotFound:
+                    pass  # destroyed meanwhile: answered below, as any missing unit is
         existing = self.registry.get_job(name)
         if existing is None:
             if request.unit is None:

@@ -23,7 +23,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from fleetd.job import JobState
 from fleetd.registry.etcd import Event, RegistryUnavailable, WatchCompacted
@@ -38,15 +37,6 @@ RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
 _RESYNC = object()  # a reader found the view behind a live etcd: read it anew
 
 
-@dataclass(frozen=True)
-class _Head:
-    """A job as stored: what a record is made of (its unit body is the registry's)."""
-
-    hash: str
-    desired: JobState
-    revision: int
-
-
 class UnitsView:
     def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S) -> None:
         self.registry = registry
@@ -55,11 +45,14 @@ class UnitsView:
         self._cond = threading.Condition()
         self._live = False  # built, and its watch running
         self._revision = 0  # every event up to it applied (0: not built)
-        self._jobs: dict[str, _Head] = {}
-        self._globals: dict[str, _Head] = {}
+        self._prefix = self.keys.prefix
+        self._cut = len(self.keys.prefix)
+        # name -> (stored value, its mod revision), as the watch gave them
+        self._jobs: dict[str, tuple[bytes, int]] = {}
+        self._globals: dict[str, tuple[bytes, int]] = {}
         self._names: list[str] = []  # of jobs and global jobs, sorted
         self._assigned: dict[str, set[str]] = {}  # name -> machines it is assigned to
-        self._states: dict[str, dict[str, UnitStateRecord]] = {}  # name -> machine -> state
+        self._states: dict[str, dict[str, bytes]] = {}  # name -> machine -> stored state
         self._state_keys: list[str] = []  # "name/machine", sorted as etcd sorts their keys
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -170,58 +163,60 @@ class UnitsView:
             self.rebuilds += 1
 
     # -- events ------------------------------------------------------------------------------
+    # Every event of the cluster passes here, so applying one is a few dict and list steps
+    # on the raw key and value: values are decoded only when a read returns them.
     def _apply(self, event: Event) -> None:
         """One put or delete (under the lock)."""
-        self._revision = max(self._revision, event.revision)
-        parsed = self.keys.parse(event.key) if event.key.startswith(self.keys.prefix) else None
-        if parsed is None:
+        if event.revision > self._revision:
+            self._revision = event.revision
+        key = event.key
+        if not key.startswith(self._prefix):
             return
-        try:
-            if parsed.kind in (Kind.JOB, Kind.GLOBAL):
-                self._job(parsed.kind, parsed.name, event)
-            elif parsed.kind is Kind.ASSIGN:
-                if event.value is None:
-                    machines = self._assigned.get(parsed.name, set())
-                    machines.discard(parsed.machine)
+        kind, _, rest = key[self._cut:].partition("/")
+        if kind == "state":
+            name, _, machine = rest.partition("/")
+            if name and machine and "/" not in machine:
+                self._state(name, machine, event.value)
+        elif kind == "assign":
+            machine, _, name = rest.partition("/")
+            if not machine or not name or "/" in name:
+                return
+            if event.value is not None:
+                self._assigned.setdefault(name, set()).add(machine)
+            else:
+                machines = self._assigned.get(name)
+                if machines is not None:
+                    machines.discard(machine)
                     if not machines:
-                        self._assigned.pop(parsed.name, None)
-                else:
-                    self._assigned.setdefault(parsed.name, set()).add(parsed.machine)
-            elif parsed.kind is Kind.STATE:
-                self._state(parsed.name, parsed.machine, event.value)
-        except (ValueError, KeyError, TypeError):
-            log.warning("units view: ignoring malformed value of %s", event.key)
+                        del self._assigned[name]
+        elif kind in ("job", "global") and rest and "/" not in rest:
+            self._job(self._jobs if kind == "job" else self._globals, rest, event)
 
-    def _job(self, kind: Kind, name: str, event: Event) -> None:
-        table = self._jobs if kind is Kind.JOB else self._globals
+    def _job(self, table: dict[str, tuple[bytes, int]], name: str, event: Event) -> None:
+        known = name in self._jobs or name in self._globals
         if event.value is None:
             table.pop(name, None)
-        else:
-            data = decode(event.value)
-            table[name] = _Head(data["hash"], JobState(data["desired"]), event.revision)
-        present = name in self._jobs or name in self._globals
-        at = bisect.bisect_left(self._names, name)
-        listed = at < len(self._names) and self._names[at] == name
-        if present and not listed:
-            self._names.insert(at, name)
-        elif listed and not present:
-            del self._names[at]
+            if known and name not in self._jobs and name not in self._globals:
+                del self._names[bisect.bisect_left(self._names, name)]
+            return
+        table[name] = (event.value, event.revision)
+        if not known:
+            bisect.insort(self._names, name)
 
     def _state(self, name: str, machine: str, value: bytes | None) -> None:
-        key = f"{name}/{machine}"
-        at = bisect.bisect_left(self._state_keys, key)
-        listed = at < len(self._state_keys) and self._state_keys[at] == key
-        if value is None:
-            states = self._states.get(name, {})
-            states.pop(machine, None)
+        states = self._states.get(name)
+        if value is not None:
+            if states is None:
+                states = self._states[name] = {}
+            if machine not in states:
+                bisect.insort(self._state_keys, f"{name}/{machine}")
+            states[machine] = value
+        elif states is not None and machine in states:
+            del states[machine]
             if not states:
-                self._states.pop(name, None)
-            if listed:
-                del self._state_keys[at]
-            return
-        self._states.setdefault(name, {})[machine] = state_record(name, machine, value)
-        if not listed:
-            self._state_keys.insert(at, key)
+                del self._states[name]
+            key = f"{name}/{machine}"
+            del self._state_keys[bisect.bisect_left(self._state_keys, key)]
 
     # -- reads -------------------------------------------------------------------------------
     def _current(self) -> bool:
@@ -250,16 +245,35 @@ class UnitsView:
             return ""
         return min(machines, key=self.keys.assignments_of)
 
-    def _head(self, name: str) -> tuple[_Head, bool] | None:
-        head = self._jobs.get(name)
-        if head is not None:
-            return head, False
-        head = self._globals.get(name)
-        return (head, True) if head is not None else None
+    def _stored(self, name: str) -> tuple[bytes, int] | None:
+        return self._jobs.get(name) or self._globals.get(name)
 
-    def _record(self, name: str, head: _Head) -> JobRecord | None:
-        return self.registry.job_record(name, head.hash, head.desired, head.revision)
+    def _stored_states(self, name: str) -> list[tuple[str, bytes]]:
+        return sorted(self._states.get(name, {}).items())
 
+    def _record(self, name: str, stored: tuple[bytes, int]) -> JobRecord | None:
+        """The job of a stored value (None: malformed, or its unit body is gone)."""
+        try:
+            data = decode(stored[0])
+            digest, desired = data["hash"], JobState(data["desired"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("units view: ignoring the malformed job %s", name)
+            return None
+        return self.registry.job_record(name, digest, desired, stored[1])
+
+    @staticmethod
+    def _state_records(name: str, stored: list[tuple[str, bytes]]) -> list[UnitStateRecord]:
+        found = []
+        for machine, value in stored:
+            try:
+                found.append(state_record(name, machine, value))
+            except (ValueError, KeyError, TypeError):
+                log.warning("units view: ignoring the malformed state of %s on %s", name,
+                            machine)
+        return found
+
+    # Reads copy what they return under the lock and decode it after, so the watch's
+    # events wait for no decoding.
     def units_page(self, after: str | None, limit: int) -> UnitsPage | None:
         """As `Registry.units_page`, from memory: O(page); None when the view cannot answer."""
         if not self._current():
@@ -269,22 +283,18 @@ class UnitsView:
             first = bisect.bisect_right(self._names, after) if after is not None else 0
             names = self._names[first:first + limit]
             more = len(self._names) > first + limit
-            rows = []
-            for name in names:
-                found = self._head(name)
-                if found is not None:
-                    rows.append((name, found[0], self._where(name),
-                                 list(self._states.get(name, {}).values())))
+            rows = [(name, self._stored(name), self._where(name), self._stored_states(name))
+                    for name in names]
         records, where, states = [], {}, {}
-        for name, head, machine, reported in rows:  # unit bodies may need a read: unlocked
-            record = self._record(name, head)
+        for name, stored, machine, reported in rows:
+            record = self._record(name, stored) if stored is not None else None
             if record is None:
                 continue
             records.append(record)
             if machine:
                 where[name] = machine
             if reported:
-                states[name] = sorted(reported, key=lambda s: s.machine)
+                states[name] = self._state_records(name, reported)
         return UnitsPage(revision, records, where, states, more)
 
     def unit_view(self, name: str
@@ -293,26 +303,28 @@ class UnitsView:
         if not self._current():
             return None
         with self._cond:
-            found = self._head(name)
-            machine = self._where(name)
-            states = sorted(self._states.get(name, {}).values(), key=lambda s: s.machine)
-        if found is None:
-            return None, "", []
-        record = self._record(name, found[0])
+            stored, machine, reported = (self._stored(name), self._where(name),
+                                         self._stored_states(name))
+        record = self._record(name, stored) if stored is not None else None
         if record is None:
             return None, "", []
-        return record, machine, states
+        return record, machine, self._state_records(name, reported)
+
+    def guess(self, name: str) -> JobRecord | None:
+        """The job as the view last saw it, without asking etcd whether that is current
+        (None: not seen, or the view is not live): for writes that compare its revision."""
+        if not self._live:
+            return None
+        with self._cond:
+            stored = self._stored(name)
+        return self._record(name, stored) if stored is not None else None
 
     def states_of(self, name: str) -> list[UnitStateRecord] | None:
         if not self._current():
             return None
         with self._cond:
-            return sorted(self._states.get(name, {}).values(), key=lambda s: s.machine)
-
-    def is_assigned(self, name: str, machine: str) -> bool:
-        """From memory, as of the last read that found the view current."""
-        with self._cond:
-            return machine in self._assigned.get(name, ())
+            reported = self._stored_states(name)
+        return self._state_records(name, reported)
 
     def states_page(self, after: tuple[str, str] | None, limit: int,
                     machine: str | None = None
@@ -320,14 +332,15 @@ class UnitsView:
         """As `Registry.states_page`, from memory; None when the view cannot answer."""
         if not self._current():
             return None
-        found: list[UnitStateRecord] = []
+        rows: list[tuple[str, str, bytes]] = []
         with self._cond:
             keys = self._state_keys
             at = bisect.bisect_right(keys, f"{after[0]}/{after[1]}") if after is not None else 0
-            while at < len(keys) and len(found) <= limit:
+            while at < len(keys) and len(rows) <= limit:
                 name, _, owner = keys[at].partition("/")
                 if machine is None or owner == machine:
-                    found.append(self._states[name][owner])
+                    rows.append((name, owner, self._states[name][owner]))
                 at += 1
+        found = [r for name, owner, value in rows[:limit + 1]
+                 for r in self._state_records(name, [(owner, value)])]
         return found[:limit], len(found) > limit
-

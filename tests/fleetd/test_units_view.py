@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from fleetd.api import Api
+from fleetd.api.handlers import answer
 from fleetd.job import JobState
 from fleetd.registry.etcd import Etcd, RegistryUnavailable
 from fleetd.registry.registry import Registry, encode
@@ -157,3 +158,34 @@ def test_a_watch_gone_without_a_word_is_read_anew_and_no_read_is_stale(cluster, 
     wait_for(lambda: view.rebuilds == 2 and view.live, 15, message="view read anew")
     keys, requests, reply = keys_read_by(registry, lambda: api.get_unit("job@4.service"))
     assert reply.body["desiredState"] == "inactive" and requests == 1
+
+
+def test_a_state_change_is_one_guarded_write_and_lands_even_on_a_stale_view(cluster,
+                                                                            etcd_server):
+    """`fleetctl start` of many units is one PUT each: with the view, one request (the
+    write, comparing the revision the view saw). A stale view costs a retry, never a lost
+    or misplaced write: a view that says the unit is already in that state is checked."""
+    registry, view, api, _ = cluster(100)
+    api.get_unit("job@1.service")  # the unit body, read once per fleetd
+    keys, requests, reply = keys_read_by(registry, lambda: api.put_unit(
+        "job@7.service", b'{"desiredState": "loaded"}', {}))
+    assert reply.status == 204 and (keys, requests) == (0, 1)
+    assert registry.get_job("job@7.service").job.desired is JobState.LOADED
+    wait_for(lambda: view.guess("job@7.service").job.desired is JobState.LOADED, 15,
+             message="the view saw it")
+    view._cancel_watch()  # from here on the view is stale
+    other = Registry(Etcd([etcd_server.url]), registry.keys.prefix)
+    try:
+        other.set_desired("job@7.service", JobState.INACTIVE)
+        other.set_desired("job@8.service", JobState.INACTIVE)
+        for name, state in (("job@7.service", "loaded"),  # the view thinks it is so
+                            ("job@8.service", "loaded")):  # the view's revision is old
+            reply = api.put_unit(name, json.dumps({"desiredState": state}).encode(), {})
+            assert reply.status == 204
+            assert other.get_job(name).job.desired.value == state, name
+        other.destroy_job("job@9.service")
+        reply = answer(lambda: api.put_unit("job@9.service", b'{"desiredState": "loaded"}',
+                                            {}))
+        assert reply.status == 409 and "does not exist" in reply.body["error"]["message"]
+    finally:
+        other.etcd.close()
