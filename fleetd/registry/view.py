@@ -37,6 +37,24 @@ RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
 _RESYNC = object()  # a reader found the view behind a live etcd: read it anew
 
 
+class _Sink:
+    """Where one watch delivers: its events are applied at once, on the watch's own thread
+    (a reader waiting for them is woken one thread switch sooner than through a queue,
+    which counts on a busy machine); its end goes to the view's thread."""
+
+    def __init__(self, view: UnitsView, token: object, control: queue.Queue) -> None:
+        self.view = view
+        self.token = token
+        self.control = control
+
+    def put(self, item: list[Event] | BaseException) -> None:
+        if isinstance(item, list):
+            if item:
+                self.view._apply_events(self.token, item)
+        else:
+            self.control.put(item)
+
+
 class UnitsView:
     def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S) -> None:
         self.registry = registry
@@ -58,6 +76,7 @@ class UnitsView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cancel_watch: Callable[[], None] = lambda: None  # the current watch's
+        self._watch_token: object | None = None  # whose events are applied
         self.rebuilds = 0  # snapshots read (tests read it)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -85,8 +104,11 @@ class UnitsView:
                 if self._revision == 0:
                     self._build()
                 events: queue.Queue = queue.Queue()
-                self._events = events
-                cancel = self.registry.etcd.watch("", self._revision + 1, events)
+                token = object()
+                with self._cond:
+                    self._events, self._watch_token = events, token
+                cancel = self.registry.etcd.watch("", self._revision + 1,
+                                                  _Sink(self, token, events))  # type: ignore[arg-type]
                 self._cancel_watch = cancel
             except WatchCompacted:
                 self._forget("its watch start was compacted")
@@ -107,11 +129,10 @@ class UnitsView:
                 cancel()
 
     def _follow(self, events: queue.Queue) -> None:
-        """Apply the watch's events until it ends (then return) or the view is stopped."""
-        pending = None
+        """Wait for the end of the watch (its events are applied by `_Sink` as they come)
+        or for the view to stop."""
         while not self._stop.is_set():
-            item = pending if pending is not None else events.get()
-            pending = None
+            item = events.get()
             if item is _RESYNC:
                 if not self._stop.is_set():
                     self._forget("it stayed behind etcd")
@@ -124,30 +145,25 @@ class UnitsView:
                           self._revision + 1)
                 with self._cond:  # readers go to etcd meanwhile, without waiting on us
                     self._live = False
+                    self._watch_token = None
                     self._cond.notify_all()
                 self._stop.wait(RETRY_S if isinstance(item, RegistryUnavailable) else 0)
                 return
-            batch = [item]
-            while pending is None:  # everything already queued, applied under one lock
-                try:
-                    more = events.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(more, list):
-                    batch.append(more)
-                else:
-                    pending = more  # after these events
-            with self._cond:
-                for response in batch:
-                    for event in response:
-                        self._apply(event)
-                self._cond.notify_all()
+
+    def _apply_events(self, token: object, events: list[Event]) -> None:
+        with self._cond:
+            if token is not self._watch_token:
+                return  # a watch the view has given up on: its events may be older
+            for event in events:
+                self._apply(event)
+            self._cond.notify_all()
 
     def _forget(self, why: str) -> None:
         log.info("units view: read anew (%s)", why)
         with self._cond:
             self._revision = 0
             self._live = False
+            self._watch_token = None
 
     def _build(self) -> None:
         etcd = self.registry.etcd
