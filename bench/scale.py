@@ -13,7 +13,8 @@ fresh `provision` process:
 - roll1:    changed again, `max_unavailable: 1` (only while N <= --rolling1-max: slow);
 - list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster
             (whole commands), and every page of /units and /state read by one client
-            (milliseconds, best of 5);
+            (milliseconds, best of 5), with the CPU the fleetds spent serving one pass
+            of both (`pages_cpu_ms`: a figure a busy machine inflates less than time);
 - start_glob: `fleetctl start 'job@1??.service'` (up to 100 instances, stopped first);
 - down:     `provision down` (every node stops every unit).
 
@@ -42,7 +43,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "units_pages_ms",
-          "state_pages_ms", "start_glob", "down")
+          "state_pages_ms", "pages_cpu_ms", "start_glob", "down")
 TEMPLATE = """[Unit]
 Description=Sleeper %i
 
@@ -211,15 +212,26 @@ print(f"{best['units'] * 1000:.1f} {best['states'] * 1000:.1f} {len(items)}")
 """
 
 
-def api_pages(tree: Path, state_root: Path, env: dict[str, str]) -> tuple[float, float]:
+def api_pages(tree: Path, state_root: Path, env: dict[str, str]
+              ) -> tuple[float, float, float]:
     """Milliseconds to read every page of /units and of /state (best of 5), from a client
-    already started (no interpreter start-up in the figure)."""
+    already started (no interpreter start-up in the figure), and the fleetds' CPU
+    milliseconds per pass of both (their whole use meanwhile, idle work included)."""
+    pids = fleetd_pids(state_root)
+    try:
+        before = sum(cpu_seconds(pid) for pid in pids)
+    except (OSError, ValueError):
+        before = float("nan")
     result = run_tool(tree, ["-c", API_PAGES, env["FLEETCTL_ENDPOINT"]], state_root)
+    try:
+        cpu_ms = (sum(cpu_seconds(pid) for pid in pids) - before) * 1000 / 5
+    except (OSError, ValueError):
+        cpu_ms = float("nan")
     if result.returncode != 0:
         print(f"API pages not measured: {result.stderr.strip()[-400:]}", flush=True)
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan")
     units_ms, states_ms, _ = result.stdout.split()
-    return float(units_ms), float(states_ms)
+    return float(units_ms), float(states_ms), cpu_ms
 
 
 def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
@@ -240,7 +252,8 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
         figures["list_units"] = fleetctl(tree, ["list-units", "--no-legend"], state_root, env)
-        figures["units_pages_ms"], figures["state_pages_ms"] = api_pages(tree, state_root, env)
+        (figures["units_pages_ms"], figures["state_pages_ms"],
+         figures["pages_cpu_ms"]) = api_pages(tree, state_root, env)
         # Up to 100 instances by glob (job@100 … job@199), stopped and started again; each
         # command waits as fleet's does (until the units are inactive / launched).
         glob = "job@1??.service"

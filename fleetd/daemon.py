@@ -17,6 +17,7 @@ from fleetd.engine.engine import Engine
 from fleetd.machine import Machine
 from fleetd.registry.etcd import Etcd
 from fleetd.registry.registry import Registry
+from fleetd.registry.view import UnitsView
 from fleetd.runner.base import Runner, RunnerError
 
 log = logging.getLogger("fleetd")
@@ -134,8 +135,10 @@ class Server:
         # (a soft limit of 1024 is common) before the API sizes itself by what it got.
         raise_open_files_limit(Limits().connections + FD_RESERVE)
         # Bound now (served from start()) so the machine record carries the API's real URL.
+        self.view = UnitsView(self.registry)
         try:
-            self.api = ApiServer(Api(self.registry, self.runner, mid), config.api_socket_path,
+            self.api = ApiServer(Api(self.registry, self.runner, mid, view=self.view),
+                                 config.api_socket_path,
                                  parse_listen_address(config.api_address)
                                  if config.api_address else None)
         except BaseException:
@@ -152,6 +155,7 @@ class Server:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        self.view.start()
         self.api.start()
         self.threads.append(threading.Thread(target=self.agent.run, args=(self.stop,),
                                              name="agent", daemon=True))
@@ -171,4 +175,5 @@ class Server:
             self.engine.wake()
         for thread in self.threads:
             thread.join(timeout)
+        self.view.close()
         self.etcd.close()

@@ -50,9 +50,14 @@ def current_state(job: Job, machine: str, states: Iterable[UnitStateRecord]) -> 
     return "inactive"
 
 
-def unit_json(job: Job, unit: UnitFile, machine: str, states: Iterable[UnitStateRecord]) -> dict:
+def unit_json(job: Job, unit: UnitFile, machine: str, states: Iterable[UnitStateRecord],
+              options: list[dict] | None = None) -> dict:
+    """`options`: `options_json(unit)` when the caller has it already (it is shared, never
+    changed)."""
     machine = "" if job.is_global else machine
-    return {"name": job.name, "options": options_json(unit), "desiredState": job.desired.value,
+    if options is None:
+        options = options_json(unit)
+    return {"name": job.name, "options": options, "desiredState": job.desired.value,
             "currentState": current_state(job, machine, states), "machineID": machine}
 
 

@@ -1,7 +1,9 @@
 """What each route does, in terms of the registry and this machine's runner.
 
-The registry is the single source of truth: every request reads or writes it
-and the API keeps no state of its own. Handlers return a `Response`; `answer`
+The registry is the single source of truth: every request reads or writes it.
+Reads of units and states are served from a `UnitsView` when one is given and can
+answer (it is as current as etcd at the moment of the read: see fleetd/registry/view.py),
+else straight from etcd. Handlers return a `Response`; `answer`
 turns every exception into the right status (Conflict 409, NotFound 404, etcd
 unreachable 503, anything unexpected 500).
 """
@@ -17,12 +19,14 @@ from fleetd.api.errors import ApiError
 from fleetd.job import JobState
 from fleetd.registry.etcd import RegistryUnavailable
 from fleetd.registry.registry import Conflict, NotFound, Registry
+from fleetd.registry.view import UnitsView
 from fleetd.runner.base import Runner, RunnerError
 from fleetd.unit.names import is_template_name
-from fleetd.unit.unitfile import UnitFileError, content_hash
+from fleetd.unit.unitfile import UnitFile, UnitFileError, content_hash
 from fleetd.unit.xfleet import FleetOptionsError
 
 log = logging.getLogger("fleetd.api")
+OPTIONS_JSON_KEPT = 4096  # unit bodies whose options' JSON is kept, by content hash
 
 
 @dataclass
@@ -59,8 +63,10 @@ def answer(call: Callable[[], Response]) -> Response:
 
 class Api:
     def __init__(self, registry: Registry, runner: Runner, machine_id: str,
-                 page_size: int = encode.PAGE_SIZE) -> None:
+                 page_size: int = encode.PAGE_SIZE, view: UnitsView | None = None) -> None:
         self.registry = registry
+        self.view = view
+        self._options_cache: dict[str, list[dict]] = {}
         self.runner = runner
         self.machine_id = machine_id
         self.page_size = page_size
@@ -78,7 +84,8 @@ class Api:
                                               next_token))
 
     def list_units(self, query: schema.Query) -> Response:
-        """One page: ranged reads of this page's jobs, assignments and states only."""
+        """One page: this page's jobs, assignments and states only (from the view, or
+        ranged reads of just those keys)."""
         token = schema.single(query, "nextPageToken")
         after = None
         if token is not None:
@@ -86,14 +93,17 @@ class Api:
             if len(parts) != 1:
                 raise ApiError(400, encode.BAD_TOKEN)
             after = parts[0]
-        page = self.registry.units_page(after, self.page_size)
+        page = self.view.units_page(after, self.page_size) if self.view else None
+        if page is None:
+            page = self.registry.units_page(after, self.page_size)
         entities = []
         for record in page.jobs:
             unit = self.registry.unit(record.job.hash)
             if unit is None:  # destroyed and its body collected between two reads
                 continue
             entities.append(encode.unit_json(record.job, unit, page.where.get(record.job.name, ""),
-                                             page.states.get(record.job.name, [])))
+                                             page.states.get(record.job.name, []),
+                                             self._options_json(record.job.hash, unit)))
         next_token = (encode.encode_token("units", (page.jobs[-1].job.name,))
                       if page.more and page.jobs else None)
         return Response(200, encode.page_body("units", entities, next_token))
@@ -103,7 +113,7 @@ class Api:
         machine = schema.single(query, "machineID")
         name = schema.single(query, "unitName")
         if name is not None:  # one unit's states: its own keys only
-            states = [s for s in self.registry.states_of(name)
+            states = [s for s in self._states_of(name)
                       if machine is None or s.machine == machine]
             page, next_token = encode.paginate(states, lambda s: (s.name, s.machine), "state",
                                                token, self.page_size)
@@ -111,8 +121,10 @@ class Api:
             after = encode.decode_token("state", token) if token is not None else None
             if after is not None and len(after) != 2:
                 raise ApiError(400, encode.BAD_TOKEN)
-            page, more = self.registry.states_page(
-                (after[0], after[1]) if after is not None else None, self.page_size, machine)
+            start = (after[0], after[1]) if after is not None else None
+            found = (self.view.states_page(start, self.page_size, machine) if self.view
+                     else None)
+            page, more = found or self.registry.states_page(start, self.page_size, machine)
             next_token = (encode.encode_token("state", (page[-1].name, page[-1].machine))
                           if more else None)
         return Response(200, encode.page_body("states", [encode.state_json(s) for s in page],
@@ -121,11 +133,23 @@ class Api:
     # -- one unit ----------------------------------------------------------------------------
     def get_unit(self, name: str) -> Response:
         name = schema.unit_name(name)
-        record, machine, states = self.registry.unit_view(name)
+        found = self.view.unit_view(name) if self.view else None
+        record, machine, states = found or self.registry.unit_view(name)
         unit = self.registry.unit(record.job.hash) if record is not None else None
         if record is None or unit is None:
             raise ApiError(404, f"Unit {name} does not exist.")
-        return Response(200, encode.unit_json(record.job, unit, machine, states))
+        return Response(200, encode.unit_json(record.job, unit, machine, states,
+                                              self._options_json(record.job.hash, unit)))
+
+    def _options_json(self, digest: str, unit: UnitFile) -> list[dict]:
+        """A unit body's options as JSON, made once per content hash (a page of instances
+        of one template shows the same options a hundred times)."""
+        found = self._options_cache.get(digest)
+        if found is None:
+            if len(self._options_cache) >= OPTIONS_JSON_KEPT:
+                self._options_cache.clear()
+            found = self._options_cache[digest] = encode.options_json(unit)
+        return found
 
     def put_unit(self, name: str, body: bytes, query: schema.Query) -> Response:
         """fleet's Units.Set. Create: options, desiredState optional (inactive). Different
@@ -140,6 +164,18 @@ class Api:
             raise ApiError(400, f'cannot activate template "{name}": a template is a pattern '
                                 "for its instances; set the state of an instance such as "
                                 f"{name.replace('@.', '@1.', 1)}")
+        if request.unit is None and request.desired is not None and self.view is not None:
+            # A state change only (fleetctl start/stop/load): the view's record, however
+            # old, is a safe guess, as the write compares the revision it names and reads
+            # again if it moved. A guess that the unit is already there (or absent) is
+            # checked by reading etcd: skipping the write on a stale view would lose it.
+            seen = self.view.guess(name)
+            if seen is not None and seen.job.desired is not request.desired:
+                try:
+                    self.registry.set_desired(name, request.desired, seen=seen)
+                    return Response(204)
+                except NotFound:
+                    pass  # destroyed meanwhile: answered below, as any missing unit is
         existing = self.registry.get_job(name)
         if existing is None:
             if request.unit is None:
@@ -167,7 +203,7 @@ class Api:
         assigned to wins, else the smallest machine id; `machineID` asks for one machine."""
         name = schema.unit_name(name)
         machine = schema.single(query, "machineID")
-        states = sorted((s for s in self.registry.states_of(name)
+        states = sorted((s for s in self._states_of(name)
                          if machine is None or s.machine == machine), key=lambda s: s.machine)
         if not states:
             where = f" on machine {machine}" if machine is not None else ""
@@ -177,6 +213,10 @@ class Api:
                           states[0])
             return Response(200, encode.state_json(chosen))
         return Response(200, encode.state_json(states[0]))
+
+    def _states_of(self, name: str) -> list:
+        found = self.view.states_of(name) if self.view else None
+        return found if found is not None else self.registry.states_of(name)
 
     def delete_unit(self, name: str) -> Response:
         name = schema.unit_name(name)

@@ -10,7 +10,6 @@ unreachable) exits 1 with its message, Ctrl-C prints a short notice and exits 1
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import re
@@ -52,6 +51,8 @@ class _Parser(argparse.ArgumentParser):
         unknown = re.match(r"argument COMMAND: invalid choice: '(.*?)'", message)
         if unknown:
             message = f"unknown command {unknown.group(1)!r}"
+            import difflib  # only for a mistyped command
+
             close = difflib.get_close_matches(unknown.group(1), COMMANDS, n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"

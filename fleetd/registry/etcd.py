@@ -401,8 +401,9 @@ class Etcd:
     # -- watches ---------------------------------------------------------------------------------
     def watch(self, prefix: str, start_revision: int,
               sink: queue.Queue) -> Callable[[], None]:
-        """Stream events under `prefix` from `start_revision` into `sink` as lists of Event;
-        a stream failure puts the exception instead. Returns a cancel function.
+        """Stream events under `prefix` (every key of the store for "") from `start_revision`
+        into `sink` as lists of Event; a stream failure puts the exception instead. Returns a
+        cancel function.
 
         The client multiplexes every watch on one stream per endpoint, numbers watches per
         stream from 0, starts a new stream after a failure or failover, and its own
@@ -430,10 +431,11 @@ class Etcd:
         self._follow_tls_files()
         self.requests += 1
         key = etcd3.utils.to_bytes(prefix)
+        # etcd's "every key from key on" is a range end of "\0"
+        key, end = (key, etcd3.utils.prefix_range_end(key)) if key else (b"\0", b"\0")
         try:
             watcher = self.client.watcher
-            watch_id = watcher.add_callback(key, deliver,
-                                            range_end=etcd3.utils.prefix_range_end(key),
+            watch_id = watcher.add_callback(key, deliver, range_end=end,
                                             start_revision=start_revision)
         except etcd3.exceptions.RevisionCompactedError as err:
             raise WatchCompacted(err.compacted_revision) from err

@@ -132,7 +132,11 @@ class Registry:
 
     def _job_record(self, name: str, kv: KV) -> JobRecord | None:
         data = decode(kv.value)
-        digest = data["hash"]
+        return self.job_record(name, data["hash"], JobState(data["desired"]), kv.mod_revision)
+
+    def job_record(self, name: str, digest: str, desired: JobState,
+                   revision: int) -> JobRecord | None:
+        """A job from its stored fields (None: its unit body is gone)."""
         options = self._options.get((digest, name))
         if options is None:
             unit = self.unit(digest)
@@ -142,8 +146,7 @@ class Registry:
             if len(self._options) >= OPTIONS_CACHED:
                 self._options.clear()
             self._options[(digest, name)] = options
-        return JobRecord(Job(name, digest, JobState(data["desired"]), options),
-                         kv.mod_revision)
+        return JobRecord(Job(name, digest, desired, options), revision)
 
     def get_job(self, name: str) -> JobRecord | None:
         """One round trip: its key under job/ and global/ read together."""
@@ -618,12 +621,7 @@ class Registry:
             name, _, machine = kv.key[cut:].partition("/")
             if not name or not machine or "/" in machine:
                 continue
-            data = decode(kv.value)
-            found.append(UnitStateRecord(name, machine, data.get("hash", ""),
-                                         UnitStatus(data.get("load", "not-found"),
-                                                    data.get("active", "inactive"),
-                                                    data.get("sub", "dead")),
-                                         data.get("launched") is True))
+            found.append(state_record(name, machine, kv.value))
         return found
 
     # -- batching ----------------------------------------------------------------------------
@@ -653,6 +651,15 @@ class Registry:
                 raise outcome
             failed += not outcome
         return failed
+
+
+def state_record(name: str, machine: str, value: bytes) -> UnitStateRecord:
+    """A stored unit state (`state/<name>/<machine>`) from its value."""
+    data = decode(value)
+    return UnitStateRecord(name, machine, data.get("hash", ""),
+                           UnitStatus(data.get("load", "not-found"),
+                                      data.get("active", "inactive"), data.get("sub", "dead")),
+                           data.get("launched") is True)
 
 
 def _batches(ops: Iterable, per_txn: int) -> list[list]:

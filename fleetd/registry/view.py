@@ -1,0 +1,362 @@
+"""The units' part of the registry (jobs, assignments, unit states) kept in memory for the
+API's reads: built from one snapshot at revision R, then kept current by a watch from R + 1.
+
+Reads stay linearizable, as fleet's API reading etcd directly was: a read first asks etcd
+for its current revision H (one small linearizable request) and is served from memory only
+once the view has applied every event up to H, so whatever any client wrote before the
+read began (a PUT through this API included) shows. The watch covers the whole keyspace,
+not just the prefix: every revision etcd makes is a write with at least one event, so the
+view reaches H as soon as the events of H arrive, whether or not H touched our keys
+(etcd's own progress requests cannot tell this reliably before 3.4.24 / 3.5.8: they may
+announce a revision whose events are still on their way).
+
+When the view cannot answer (not built yet, its watch broken, or still behind H after
+`catch_up_s`) it returns None and the caller reads etcd directly. A broken stream is
+watched again from the last revision applied; a compacted start revision, or a view that
+stays behind although etcd answers (a watch cancelled without a word), is read anew.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from fleetd.job import JobState
+from fleetd.registry.etcd import Event, RegistryUnavailable, WatchCompacted
+from fleetd.registry.keys import Kind
+from fleetd.registry.registry import JobRecord, Registry, UnitsPage, decode, state_record
+from fleetd.status import UnitStateRecord
+
+log = logging.getLogger("fleetd.view")
+
+CATCH_UP_S = 1.0  # how long a read waits for the view to reach etcd's revision
+RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
+_RESYNC = object()  # a reader found the view behind a live etcd: read it anew
+
+
+class _Sink:
+    """Where one watch delivers: its events are applied at once, on the watch's own thread
+    (a reader waiting for them is woken one thread switch sooner than through a queue,
+    which counts on a busy machine); its end goes to the view's thread."""
+
+    def __init__(self, view: UnitsView, token: object, control: queue.Queue) -> None:
+        self.view = view
+        self.token = token
+        self.control = control
+
+    def put(self, item: list[Event] | BaseException) -> None:
+        if isinstance(item, list):
+            if item:
+                self.view._apply_events(self.token, item)
+        else:
+            self.control.put(item)
+
+
+class UnitsView:
+    def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S) -> None:
+        self.registry = registry
+        self.keys = registry.keys
+        self.catch_up_s = catch_up_s
+        self._cond = threading.Condition()
+        self._live = False  # built, and its watch running
+        self._revision = 0  # every event up to it applied (0: not built)
+        self._prefix = self.keys.prefix
+        self._cut = len(self.keys.prefix)
+        # name -> (stored value, its mod revision), as the watch gave them
+        self._jobs: dict[str, tuple[bytes, int]] = {}
+        self._globals: dict[str, tuple[bytes, int]] = {}
+        self._names: list[str] = []  # of jobs and global jobs, sorted
+        self._assigned: dict[str, set[str]] = {}  # name -> machines it is assigned to
+        self._states: dict[str, dict[str, bytes]] = {}  # name -> machine -> stored state
+        self._state_keys: list[str] = []  # "name/machine", sorted as etcd sorts their keys
+        self._events: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cancel_watch: Callable[[], None] = lambda: None  # the current watch's
+        self._watch_token: object | None = None  # whose events are applied
+        self.rebuilds = 0  # snapshots read (tests read it)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="units-view", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._events.put(_RESYNC)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._revision == 0:
+                    self._build()
+                events: queue.Queue = queue.Queue()
+                token = object()
+                with self._cond:
+                    self._events, self._watch_token = events, token
+                cancel = self.registry.etcd.watch("", self._revision + 1,
+                                                  _Sink(self, token, events))  # type: ignore[arg-type]
+                self._cancel_watch = cancel
+            except WatchCompacted:
+                self._forget("its watch start was compacted")
+                continue
+            except RegistryUnavailable as err:
+                log.debug("units view: etcd unavailable: %s", err)
+                self._stop.wait(RETRY_S)
+                continue
+            with self._cond:
+                self._live = True
+                self._cond.notify_all()
+            try:
+                self._follow(events)
+            finally:
+                with self._cond:
+                    self._live = False
+                    self._cond.notify_all()
+                cancel()
+
+    def _follow(self, events: queue.Queue) -> None:
+        """Wait for the end of the watch (its events are applied by `_Sink` as they come)
+        or for the view to stop."""
+        while not self._stop.is_set():
+            item = events.get()
+            if item is _RESYNC:
+                if not self._stop.is_set():
+                    self._forget("it stayed behind etcd")
+                return
+            if isinstance(item, WatchCompacted):
+                self._forget("its watch was compacted")
+                return
+            if isinstance(item, BaseException):
+                log.debug("units view: watch ended (%s); watching again from %d", item,
+                          self._revision + 1)
+                with self._cond:  # readers go to etcd meanwhile, without waiting on us
+                    self._live = False
+                    self._watch_token = None
+                    self._cond.notify_all()
+                self._stop.wait(RETRY_S if isinstance(item, RegistryUnavailable) else 0)
+                return
+
+    def _apply_events(self, token: object, events: list[Event]) -> None:
+        with self._cond:
+            if token is not self._watch_token:
+                return  # a watch the view has given up on: its events may be older
+            for event in events:
+                self._apply(event)
+            self._cond.notify_all()
+
+    def _forget(self, why: str) -> None:
+        log.info("units view: read anew (%s)", why)
+        with self._cond:
+            self._revision = 0
+            self._live = False
+            self._watch_token = None
+
+    def _build(self) -> None:
+        etcd = self.registry.etcd
+        revision, kvs = etcd.snapshot(self.keys.of(Kind.JOB))
+        for kind in (Kind.GLOBAL, Kind.ASSIGN, Kind.STATE):
+            kvs += etcd.snapshot(self.keys.of(kind), revision)[1]
+        with self._cond:
+            self._jobs, self._globals, self._names = {}, {}, []
+            self._assigned, self._states, self._state_keys = {}, {}, []
+            for kv in kvs:
+                self._apply(Event(kv.key, kv.value, kv.mod_revision))
+            self._revision = revision
+            self.rebuilds += 1
+
+    # -- events ------------------------------------------------------------------------------
+    # Every event of the cluster passes here, so applying one is a few dict and list steps
+    # on the raw key and value: values are decoded only when a read returns them.
+    def _apply(self, event: Event) -> None:
+        """One put or delete (under the lock)."""
+        if event.revision > self._revision:
+            self._revision = event.revision
+        key = event.key
+        if not key.startswith(self._prefix):
+            return
+        kind, _, rest = key[self._cut:].partition("/")
+        if kind == "state":
+            name, _, machine = rest.partition("/")
+            if name and machine and "/" not in machine:
+                self._state(name, machine, event.value)
+        elif kind == "assign":
+            machine, _, name = rest.partition("/")
+            if not machine or not name or "/" in name:
+                return
+            if event.value is not None:
+                self._assigned.setdefault(name, set()).add(machine)
+            else:
+                machines = self._assigned.get(name)
+                if machines is not None:
+                    machines.discard(machine)
+                    if not machines:
+                        del self._assigned[name]
+        elif kind in ("job", "global") and rest and "/" not in rest:
+            self._job(self._jobs if kind == "job" else self._globals, rest, event)
+
+    def _job(self, table: dict[str, tuple[bytes, int]], name: str, event: Event) -> None:
+        known = name in self._jobs or name in self._globals
+        if event.value is None:
+            table.pop(name, None)
+            if known and name not in self._jobs and name not in self._globals:
+                del self._names[bisect.bisect_left(self._names, name)]
+            return
+        table[name] = (event.value, event.revision)
+        if not known:
+            bisect.insort(self._names, name)
+
+    def _state(self, name: str, machine: str, value: bytes | None) -> None:
+        states = self._states.get(name)
+        if value is not None:
+            if states is None:
+                states = self._states[name] = {}
+            if machine not in states:
+                bisect.insort(self._state_keys, f"{name}/{machine}")
+            states[machine] = value
+        elif states is not None and machine in states:
+            del states[machine]
+            if not states:
+                del self._states[name]
+            key = f"{name}/{machine}"
+            del self._state_keys[bisect.bisect_left(self._state_keys, key)]
+
+    # -- reads -------------------------------------------------------------------------------
+    def _current(self) -> bool:
+        """Wait until the view holds everything etcd committed before this call (True), or
+        say it cannot answer (False: read etcd directly)."""
+        if not self._live:
+            return False
+        target = self.registry.etcd.revision()
+        with self._cond:
+            before = self._revision
+            self._cond.wait_for(lambda: not self._live or self._revision >= target,
+                                self.catch_up_s)
+            if self._revision >= target and self._live:
+                return True
+            if self._live and self._revision == before:
+                # etcd answers but no event came for a while: the watch ended without a
+                # word (a stream that lags still moves, and is left to catch up)
+                self._events.put(_RESYNC)
+        return False
+
+    def _where(self, name: str) -> str:
+        """The machine `name` is assigned to ("" if none; the first in key order if, for a
+        moment, several)."""
+        machines = self._assigned.get(name)
+        if not machines:
+            return ""
+        return min(machines, key=self.keys.assignments_of)
+
+    def _stored(self, name: str) -> tuple[bytes, int] | None:
+        return self._jobs.get(name) or self._globals.get(name)
+
+    def _stored_states(self, name: str) -> list[tuple[str, bytes]]:
+        return sorted(self._states.get(name, {}).items())
+
+    def _record(self, name: str, stored: tuple[bytes, int]) -> JobRecord | None:
+        """The job of a stored value (None: malformed, or its unit body is gone)."""
+        try:
+            data = decode(stored[0])
+            digest, desired = data["hash"], JobState(data["desired"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("units view: ignoring the malformed job %s", name)
+            return None
+        return self.registry.job_record(name, digest, desired, stored[1])
+
+    @staticmethod
+    def _state_records(name: str, stored: list[tuple[str, bytes]]) -> list[UnitStateRecord]:
+        found = []
+        for machine, value in stored:
+            try:
+                found.append(state_record(name, machine, value))
+            except (ValueError, KeyError, TypeError):
+                log.warning("units view: ignoring the malformed state of %s on %s", name,
+                            machine)
+        return found
+
+    # Reads copy what they return under the lock and decode it after, so the watch's
+    # events wait for no decoding.
+    def units_page(self, after: str | None, limit: int) -> UnitsPage | None:
+        """As `Registry.units_page`, from memory: O(page); None when the view cannot answer."""
+        if not self._current():
+            return None
+        with self._cond:
+            revision = self._revision
+            first = bisect.bisect_right(self._names, after) if after is not None else 0
+            names = self._names[first:first + limit]
+            more = len(self._names) > first + limit
+            rows = [(name, self._stored(name), self._where(name), self._stored_states(name))
+                    for name in names]
+        records, where, states = [], {}, {}
+        for name, stored, machine, reported in rows:
+            record = self._record(name, stored) if stored is not None else None
+            if record is None:
+                continue
+            records.append(record)
+            if machine:
+                where[name] = machine
+            if reported:
+                states[name] = self._state_records(name, reported)
+        return UnitsPage(revision, records, where, states, more)
+
+    def unit_view(self, name: str
+                  ) -> tuple[JobRecord | None, str, list[UnitStateRecord]] | None:
+        """As `Registry.unit_view`, from memory: O(1); None when the view cannot answer."""
+        if not self._current():
+            return None
+        with self._cond:
+            stored, machine, reported = (self._stored(name), self._where(name),
+                                         self._stored_states(name))
+        record = self._record(name, stored) if stored is not None else None
+        if record is None:
+            return None, "", []
+        return record, machine, self._state_records(name, reported)
+
+    def guess(self, name: str) -> JobRecord | None:
+        """The job as the view last saw it, without asking etcd whether that is current
+        (None: not seen, or the view is not live): for writes that compare its revision."""
+        if not self._live:
+            return None
+        with self._cond:
+            stored = self._stored(name)
+        return self._record(name, stored) if stored is not None else None
+
+    def states_of(self, name: str) -> list[UnitStateRecord] | None:
+        if not self._current():
+            return None
+        with self._cond:
+            reported = self._stored_states(name)
+        return self._state_records(name, reported)
+
+    def states_page(self, after: tuple[str, str] | None, limit: int,
+                    machine: str | None = None
+                    ) -> tuple[list[UnitStateRecord], bool] | None:
+        """As `Registry.states_page`, from memory; None when the view cannot answer."""
+        if not self._current():
+            return None
+        rows: list[tuple[str, str, bytes]] = []
+        with self._cond:
+            keys = self._state_keys
+            at = bisect.bisect_right(keys, f"{after[0]}/{after[1]}") if after is not None else 0
+            while at < len(keys) and len(rows) <= limit:
+                name, _, owner = keys[at].partition("/")
+                if machine is None or owner == machine:
+                    rows.append((name, owner, self._states[name][owner]))
+                at += 1
+        found = [r for name, owner, value in rows[:limit + 1]
+                 for r in self._state_records(name, [(owner, value)])]
+        return found[:limit], len(found) > limit

@@ -1,0 +1,191 @@
+"""The API's in-memory view of units, assignments and states (fleetd/registry/view.py), on a
+real etcd: what a read costs, that it shows every write made before it (through the API or
+anyone else, under the prefix or not), and that it reads anew when its watch is compacted
+or silently gone.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from fleetd.api import Api
+from fleetd.api.handlers import answer
+from fleetd.job import JobState
+from fleetd.registry.etcd import Etcd, RegistryUnavailable
+from fleetd.registry.registry import Registry, encode
+from fleetd.registry.view import UnitsView
+from fleetd.unit.unitfile import parse_unit_file
+from tests.fleetd.test_api import keys_read_by, stored_cluster
+from tests.support.etcd import wait_for
+
+SLEEP = parse_unit_file("[Service]\nExecStart=/bin/sleep 100\n")
+
+
+@pytest.fixture
+def cluster(etcd_server):
+    """(registry, view, api over the view, api reading etcd directly) of 300 stored units."""
+    made = []
+
+    def make(units: int = 300, catch_up_s: float = 1.0):
+        registry = stored_cluster(etcd_server, units)
+        view = UnitsView(registry, catch_up_s=catch_up_s)
+        made.append(view)
+        view.start()
+        wait_for(lambda: view.live, 15, message="view built")
+        return (registry, view, Api(registry, None, "m0", page_size=50, view=view),
+                Api(registry, None, "m0", page_size=50))
+    yield make
+    for view in made:
+        view.close()
+        view.registry.etcd.close()
+
+
+def all_pages(api: Api, route: str = "units") -> list[dict]:
+    items, token = [], None
+    while True:
+        query = {"nextPageToken": [token]} if token else {}
+        reply = api.list_units(query) if route == "units" else api.list_states(query)
+        assert reply.status == 200, reply
+        items += reply.body[route if route == "units" else "states"]
+        token = reply.body.get("nextPageToken")
+        if token is None:
+            return items
+
+
+@pytest.mark.parametrize("units", [100, 1000])
+def test_a_page_and_one_unit_are_one_small_request_whatever_the_number_of_units(cluster,
+                                                                                 units):
+    """From the view, a page or one unit costs the revision read only (no key of the store
+    moves): O(page) work in memory, O(1) for a unit."""
+    registry, view, api, _ = cluster(units)
+    api.list_units({})  # the unit body, read once per fleetd
+    keys, requests, first = keys_read_by(registry, lambda: api.list_units({}))
+    assert first.status == 200 and len(first.body["units"]) == 50
+    assert (keys, requests) == (0, 1)
+    token = first.body["nextPageToken"]
+    keys, requests, _ = keys_read_by(registry, lambda: api.list_units(
+        {"nextPageToken": [token]}))
+    assert (keys, requests) == (0, 1)
+    keys, requests, one = keys_read_by(registry, lambda: api.get_unit("job@7.service"))
+    assert one.status == 200 and one.body["machineID"] == "m1"
+    assert (keys, requests) == (0, 1)
+    keys, requests, states = keys_read_by(registry, lambda: api.list_states({}))
+    assert len(states.body["states"]) == 50 and (keys, requests) == (0, 1)
+    keys, requests, _ = keys_read_by(registry, lambda: api.list_states(
+        {"unitName": ["job@7.service"]}))
+    assert (keys, requests) == (0, 1)
+
+
+def test_the_view_answers_exactly_what_etcd_holds(cluster):
+    registry, view, api, direct = cluster(300)
+    registry.etcd.delete(registry.keys.state("job@8.service", "m2"))
+    registry.etcd.delete(registry.keys.assignment("m2", "job@8.service"))
+    registry.create_job("glob.service", parse_unit_file(
+        "[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n"), JobState.LAUNCHED)
+    registry.write_states("m1", 0, {"glob.service": ("h", _status(), True)})
+    assert all_pages(api) == all_pages(direct)
+    assert all_pages(api, "states") == all_pages(direct, "states")
+    for query in ({"machineID": ["m1"]}, {"unitName": ["job@8.service"]}):
+        assert api.list_states(query).body == direct.list_states(query).body
+    for name in ("job@8.service", "job@9.service", "glob.service"):
+        assert api.get_unit(name).body == direct.get_unit(name).body
+        assert api.get_state(name, {}).body == direct.get_state(name, {}).body
+
+
+def _status():
+    from fleetd.status import UnitStatus
+
+    return UnitStatus("loaded", "active", "running")
+
+
+def test_a_read_shows_every_write_made_before_it(cluster, etcd_server):
+    """Read-your-writes through the API, and writes of any other client: the read waits for
+    the view to reach etcd's revision at the time of the read. Writes outside the prefix
+    move the view too (it is never left waiting for its own keys to change)."""
+    registry, view, api, _ = cluster(100, catch_up_s=30)
+    other = Registry(Etcd([etcd_server.url]), registry.keys.prefix)
+    try:
+        for i in range(20):
+            state = ("loaded", "launched")[i % 2]
+            body = json.dumps({"desiredState": state}).encode()
+            assert api.put_unit("job@5.service", body, {}).status == 204
+            assert api.get_unit("job@5.service").body["desiredState"] == state
+            name = f"new{i}-{uuid.uuid4().hex[:6]}.service"
+            other.create_job(name, SLEEP, JobState.INACTIVE)
+            assert api.get_unit(name).status == 200
+            other.etcd.put(f"/elsewhere-{uuid.uuid4().hex[:6]}", "x")  # outside the prefix
+            keys, requests, reply = keys_read_by(registry, lambda: api.list_units({}))
+            assert (keys, requests) == (0, 1), "served by the view, not waited out"
+            other.destroy_job(name)
+            assert name not in {u["name"] for u in all_pages(api)}
+        assert view.rebuilds == 1
+    finally:
+        other.etcd.close()
+
+
+def test_a_compacted_watch_is_read_anew(cluster, etcd_server):
+    """The stream ends while the view is behind; by the time it watches again from its last
+    revision, that history is compacted: it reads everything again and goes on."""
+    registry, view, api, _ = cluster(100)
+    writer = Registry(Etcd([etcd_server.url]), registry.keys.prefix)
+    try:
+        with view._cond:  # the view applies nothing meanwhile
+            view._cancel_watch()  # its events stop here, as when a stream breaks
+            writer.create_job("after-break.service", SLEEP, JobState.LAUNCHED)
+            writer.etcd.delete(writer.keys.job("job@3.service"))
+            writer.etcd.client.compact(writer.etcd.revision())
+            view._events.put(RegistryUnavailable("watch stream closed"))  # what it then says
+        wait_for(lambda: view.rebuilds == 2 and view.live, 15, message="view read anew")
+        keys, requests, reply = keys_read_by(registry, lambda: api.get_unit(
+            "after-break.service"))
+        assert reply.status == 200 and (keys, requests) == (1, 2)  # + its new unit body
+        names = {u["name"] for u in all_pages(api)}
+        assert "after-break.service" in names and "job@3.service" not in names
+    finally:
+        writer.etcd.close()
+
+
+def test_a_watch_gone_without_a_word_is_read_anew_and_no_read_is_stale(cluster, etcd_server):
+    registry, view, api, _ = cluster(100, catch_up_s=0.3)
+    digest = registry.get_job("job@4.service").job.hash
+    view._cancel_watch()  # no event, no error ever comes again
+    registry.etcd.put(registry.keys.job("job@4.service"),
+                      encode({"name": "job@4.service", "hash": digest, "desired": "inactive"}))
+    assert api.get_unit("job@4.service").body["desiredState"] == "inactive"
+    wait_for(lambda: view.rebuilds == 2 and view.live, 15, message="view read anew")
+    keys, requests, reply = keys_read_by(registry, lambda: api.get_unit("job@4.service"))
+    assert reply.body["desiredState"] == "inactive" and requests == 1
+
+
+def test_a_state_change_is_one_guarded_write_and_lands_even_on_a_stale_view(cluster,
+                                                                            etcd_server):
+    """`fleetctl start` of many units is one PUT each: with the view, one request (the
+    write, comparing the revision the view saw). A stale view costs a retry, never a lost
+    or misplaced write: a view that says the unit is already in that state is checked."""
+    registry, view, api, _ = cluster(100)
+    api.get_unit("job@1.service")  # the unit body, read once per fleetd
+    keys, requests, reply = keys_read_by(registry, lambda: api.put_unit(
+        "job@7.service", b'{"desiredState": "loaded"}', {}))
+    assert reply.status == 204 and (keys, requests) == (0, 1)
+    assert registry.get_job("job@7.service").job.desired is JobState.LOADED
+    wait_for(lambda: view.guess("job@7.service").job.desired is JobState.LOADED, 15,
+             message="the view saw it")
+    view._cancel_watch()  # from here on the view is stale
+    other = Registry(Etcd([etcd_server.url]), registry.keys.prefix)
+    try:
+        other.set_desired("job@7.service", JobState.INACTIVE)
+        other.set_desired("job@8.service", JobState.INACTIVE)
+        for name, state in (("job@7.service", "loaded"),  # the view thinks it is so
+                            ("job@8.service", "loaded")):  # the view's revision is old
+            reply = api.put_unit(name, json.dumps({"desiredState": state}).encode(), {})
+            assert reply.status == 204
+            assert other.get_job(name).job.desired.value == state, name
+        other.destroy_job("job@9.service")
+        reply = answer(lambda: api.put_unit("job@9.service", b'{"desiredState": "loaded"}',
+                                            {}))
+        assert reply.status == 409 and "does not exist" in reply.body["error"]["message"]
+    finally:
+        other.etcd.close()
