@@ -84,7 +84,7 @@ def cluster():
     try:
         started = time.monotonic()
         # A busy 2-core host can take minutes per machine: the deadline is for a wedge.
-        made.up = made.provision("up", str(source), "--timeout", "900", timeout=2400)
+        made.up = made.provision("up", str(source), "--timeout", "1800", timeout=3600)
         assert made.up.returncode == 0, "\n".join(made.logs)[-6000:]
         print(f"provision up of 3 lxc machines, units applied: "
               f"{time.monotonic() - started:.0f}s")
@@ -398,7 +398,7 @@ def test_a_second_up_after_down_brings_the_cluster_back_and_down_again_leaves_no
     """The same cluster file up again: new machines (new host keys: known_hosts is read
     again), every etcd healthy, 3 fleet machines, the declared units applied again."""
     started = time.monotonic()
-    again = cluster.provision("up", str(cluster.source), "--timeout", "900", timeout=2400)
+    again = cluster.provision("up", str(cluster.source), "--timeout", "1800", timeout=3600)
     assert again.returncode == 0, "\n".join(cluster.logs)[-6000:]
     print(f"second provision up of 3 lxc machines: {time.monotonic() - started:.0f}s")
     for node in nodes(cluster):
