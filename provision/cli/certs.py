@@ -4,9 +4,10 @@
 node's etcd server, peer and fleetd certificates) with its expiry. `rotate` issues new
 node and client certificates from the same CA, revokes the ones they replace (a CA-signed
 revocation list every etcd member checks), renders the cluster again (so a node that
-boots later boots with them) and, for a running local cluster, rolls them onto the nodes
-one at a time (provision/providers/local/rotate.py): no unit restarts, and afterwards the
-old certificates are refused.
+boots later boots with them) and, for a running cluster, rolls them onto the nodes one at
+a time (each provider's `rotate`: provision/providers/local/rotate.py,
+provision/providers/vagrant_rotate.py, the nspawn provider's): no unit restarts, and
+afterwards the old certificates are refused.
 """
 
 from __future__ import annotations
@@ -62,18 +63,22 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     from provision.render.output import default_output_dir
 
     target = resolve(args.cluster, None)
-    cluster = _cluster_model(target)
+    provider = target.driver()
+    cluster = _cluster_model(target, provider)
     if not cluster.tls:
         raise UserError(f"cluster {cluster.name} renders with `tls: false`: it has no "
                         "certificates to rotate")
+    if problem := provider.rotation_problem(target.ref):
+        raise UserError(problem)
     started = time.monotonic()
     made = pki.ensure(pki.pki_dir(cluster.name), cluster, rotate=True)
     rollout = CertRollout(made, lambda directory: _render_into(cluster, made, directory),
                           lambda line: print(line, file=sys.stderr, flush=True))
-    rolled = target.driver().rotate(target.ref, rollout, timeout=args.timeout)
-    # `provision render`'s output too, where there is one.
+    rolled = provider.rotate(target.ref, rollout, timeout=args.timeout)
+    # `provision render`'s output too, where there is one and the provider's is another.
     out = default_output_dir(cluster.name)
-    if (out / MANIFEST).is_file():
+    own = provider.rendered_dir(cluster.name)
+    if (out / MANIFEST).is_file() and (own is None or not out.resolve() == own.resolve()):
         rollout.render_at_rest(out)
     rollout.publish()
     count = len(made.issued)
@@ -84,21 +89,17 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_model(target):  # Target -> Cluster
+def _cluster_model(target, provider):  # Target, ClusterProvider -> Cluster
+    from provision.render.manifest import Manifest
     from provision.spec.build import load_cluster
 
     if target.yaml is not None:
         return load_cluster(target.yaml)[0]
-    if target.provider == "nspawn":
-        from provision.providers.nspawn.provider import RENDERED, state_dir_of
-        from provision.render.manifest import Manifest
-
-        return load_cluster(Manifest.from_file(state_dir_of(target.name) / RENDERED).source)[0]
-    from provision.providers.local import nodes, state
-    from provision.providers.local.provider import locate
-
-    manifest = nodes.read_manifest(locate(target.name) / state.RENDERED)
-    return load_cluster(manifest.source)[0]
+    rendered = provider.rendered_dir(target.name)
+    if rendered is None:
+        raise UserError(f"no {target.provider} cluster named {target.name!r} is rendered here; "
+                        "name its YAML file instead")
+    return load_cluster(Manifest.from_file(rendered).source)[0]
 
 
 def _render_into(cluster, made, directory: Path) -> None:  # Cluster, ClusterPKI

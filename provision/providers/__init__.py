@@ -155,6 +155,14 @@ class ClusterProvider(Protocol):
     def known_down(self, cluster_name: str) -> Callable[[], bool]:
         """A probe that says True once the cluster is known to be down (apply stops waiting)."""
 
+    def rendered_dir(self, cluster_name: str) -> Path | None:
+        """Where the provider keeps the cluster's rendered user-data and manifest.json (the
+        cluster file named there is the cluster's), or None when it has none."""
+
+    def rotation_problem(self, ref: ClusterRef) -> str | None:
+        """Why `provision certs rotate` cannot roll new certificates onto the cluster now
+        (one line), or None; asked before any certificate is issued."""
+
     def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
         """`provision certs rotate`: roll the new certificates onto the running nodes one at a
         time, publish the revocation list once every node has them, and end the connections

@@ -10,6 +10,8 @@ that variable set:
 - `status`: one `vagrant status --machine-readable` → one `NodeStatus` per node.
 - `down`: `vagrant destroy NODE --force` for each node in reverse order.
 - `halt` / `start` one node (`provision node stop|start`): `vagrant halt|up NODE`.
+- `provision` / `ssh` one node (`provision certs rotate`): `vagrant provision NODE`,
+  `vagrant ssh NODE --command …`.
 - `prepare`: before `up`, the lxc box (built and added when missing) and the machines'
   payload beside the manifest.
 - `ssh_config`: `vagrant ssh-config`, each `Host` also matching its machine's address
@@ -63,8 +65,9 @@ UNKNOWN = "unknown"
 # Vagrant errors a user causes and fixes (their text in Vagrant 2.3's en.yml, by key):
 # a box that is missing or cannot be had, a provider plugin not installed or not usable
 # here, a machine setting Vagrant refuses, a Vagrantfile that does not load, an unknown
-# machine. They end as one line with Vagrant's own text, exit 2; anything else Vagrant
-# fails at (a provisioner, SSH, a crash) stays an operation that failed, exit 1.
+# machine, a machine not running for `vagrant ssh`. They end as one line with Vagrant's
+# own text, exit 2; anything else Vagrant fails at (a provisioner, SSH, a crash) stays an
+# operation that failed, exit 1.
 USER_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (key, re.compile(pattern)) for key, pattern in (
         ("box_add_short_not_found", r"^The box '.*' could not be found or"),
@@ -85,6 +88,7 @@ USER_ERRORS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("vagrantfile_syntax_error", r"^There is a syntax error in the following Vagrantfile"),
         ("machine_not_found", r"^The machine with the name '.*' was not found configured for"),
         ("plugin_not_installed", r"^The plugin '.*' is not currently installed\."),
+        ("vm_not_running", r"^VM must be running to open SSH connection\."),
     ))
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -174,6 +178,20 @@ class VagrantProvider:
         manifest = read_manifest(manifest_path)
         session = self._session(manifest, node)
         session.run(f"vagrant up {node}", lambda: session.vagrant.up(vm_name=node))
+
+    def provision(self, manifest_path: Path | str, node: str) -> None:
+        """`vagrant provision NODE`: the node's user-data as rendered now (and the payload)
+        uploaded again and applied; the applier changes only what differs."""
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest, node)
+        session.run(f"vagrant provision {node}", lambda: session.vagrant.provision(vm_name=node))
+
+    def ssh(self, manifest_path: Path | str, node: str, command: str) -> str:
+        """`vagrant ssh NODE --command COMMAND`: its output."""
+        manifest = read_manifest(manifest_path)
+        session = self._session(manifest, node)
+        return session.run(f"vagrant ssh {node}",
+                           lambda: session.vagrant.ssh(vm_name=node, command=command))
 
     def prepare(self, manifest_path: Path | str, say: Callable[[str], None]) -> None:
         """What `vagrant up` needs on the host: the machines' payload beside the

@@ -46,7 +46,7 @@ def _registry(access: ClusterAccess):  # fleetd Registry, imported lazily
                     access.fleet_prefix)
 
 
-def _machines_by_ip(access: ClusterAccess) -> dict[str, str] | None:
+def machines_by_ip(access: ClusterAccess) -> dict[str, str] | None:
     """{public ip: machine id} fleet has registered, None when etcd does not answer."""
     registry = _registry(access)
     try:
@@ -78,7 +78,7 @@ def wait_ready(access: ClusterAccess, timeout: float, report: Report) -> None:
             if healthy and name not in etcd_done:
                 etcd_done.add(name)
                 report(name, "etcd healthy", "")
-        machines = _machines_by_ip(access) or {}
+        machines = machines_by_ip(access) or {}
         for name, ip in access.nodes:
             if ip in machines and name not in fleet_done:
                 fleet_done.add(name)
@@ -107,7 +107,7 @@ class NodeHealth:
 def node_rows(access: ClusterAccess, reachable: Sequence[bool]) -> list[NodeHealth]:
     """Health of each node; nodes not `reachable` (not running) are not probed."""
     health = _etcd_health(access) if any(reachable) else [False] * len(access.nodes)
-    machines = _machines_by_ip(access) or {}
+    machines = machines_by_ip(access) or {}
     states = _states(access)
     rows = []
     for (_, ip), up, healthy in zip(access.nodes, reachable, health, strict=True):

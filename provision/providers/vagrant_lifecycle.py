@@ -5,6 +5,8 @@
   manifest; the lifecycle CLI then applies the declared units.
 - status: per node, Vagrant's state, etcd health, the fleet machine, its units.
 - node stop|start: `vagrant halt|up NODE`; start waits for that node to be ready again.
+- certs rotate: provision/providers/vagrant_rotate.py (`vagrant provision` each running
+  machine in turn, then the revocation list, then each member's etcd restarted alone).
 - env: etcdctl reaches the members directly; fleetctl goes through SSH to the first
   node (`FLEETCTL_TUNNEL`) with Vagrant's keys (`FLEETCTL_SSH_CONFIG`) and the host keys
   read at `up` (`FLEETCTL_KNOWN_HOSTS_FILE`, strict checking): the fleet API stays a
@@ -24,8 +26,13 @@ from pathlib import Path
 
 from provision.errors import OperationFailed, UserError
 from provision.files import write_atomic
-from provision.providers import ClusterRef, StatusReport, format_progress
-from provision.providers.vagrant_cluster import ClusterAccess, node_rows, wait_ready
+from provision.providers import CertRollout, ClusterRef, StatusReport, format_progress
+from provision.providers.vagrant_cluster import (
+    ClusterAccess,
+    machines_by_ip,
+    node_rows,
+    wait_ready,
+)
 
 SSH_CONFIG = "ssh-config"
 KNOWN_HOSTS = "known_hosts"
@@ -87,6 +94,36 @@ def write_access_files(provider, manifest: Path) -> None:  # VagrantProvider
             if len(parts) >= 2:
                 lines.append(f"{ip} {parts[0]} {parts[1]}")
     write_atomic(directory / KNOWN_HOSTS, "\n".join(lines) + "\n")
+
+
+class _VagrantMachines:
+    """`vagrant_rotate.Machines` through the Vagrant driver."""
+
+    def __init__(self, provider, manifest: Path) -> None:  # VagrantProvider
+        self.provider = provider
+        self.manifest = manifest
+
+    def provision(self, node: str) -> None:
+        self.provider.provision(self.manifest, node)
+
+    def restart_etcd(self, node: str) -> None:
+        from provision.providers.vagrant_rotate import RESTART_ETCD
+
+        self.provider.ssh(self.manifest, node, RESTART_ETCD)
+
+
+def _probes(access: ClusterAccess):  # vagrant_rotate.Probes
+    from provision.providers.local.health import etcd_healthy
+    from provision.providers.local.rotate import served_serial
+    from provision.providers.vagrant_cluster import PROBE_TIMEOUT_S
+    from provision.providers.vagrant_rotate import Probes
+
+    def registered() -> set[str] | None:
+        found = machines_by_ip(access)
+        return None if found is None else set(found)
+
+    return Probes(lambda url: served_serial(url, access.tls, PROBE_TIMEOUT_S), registered,
+                  lambda url: etcd_healthy(url, PROBE_TIMEOUT_S, access.tls))
 
 
 class VagrantLifecycle:
@@ -196,11 +233,61 @@ class VagrantLifecycle:
     def known_down(self, cluster_name: str) -> Callable[[], bool]:
         return lambda: False  # Vagrant cannot tell cheaply
 
-    def rotate(self, ref: ClusterRef, rollout, *, timeout: float) -> int | None:  # CertRollout
-        """Not rolled onto running machines yet: `certs rotate` renders out/ again (new
-        certificates and the revocation list at once); a machine takes them when its
-        user-data is applied again (`vagrant provision`, or its next boot)."""
-        return None
+    def rendered_dir(self, cluster_name: str) -> Path | None:
+        from provision.render.manifest import MANIFEST
+        from provision.render.output import default_output_dir
+
+        directory = default_output_dir(cluster_name)
+        return directory if (directory / MANIFEST).is_file() else None
+
+    def rotation_problem(self, ref: ClusterRef) -> str | None:
+        from provision.providers.vagrant_rotate import not_running_problem
+
+        if self.rendered_dir(ref.name) is None:
+            return None
+        manifest = self._manifest(ref)
+        return not_running_problem(ref.name, [(s.name, s.state)
+                                              for s in driver().status(manifest)], ref.where)
+
+    def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
+        """provision/providers/vagrant_rotate.py: each running machine provisioned again
+        in turn (new certificates), then the revocation list, then each member's etcd
+        restarted alone. None when no machine runs (the user-data is rendered again:
+        a machine not created yet takes it at `vagrant up`)."""
+        from provision.providers import vagrant_rotate
+        from provision.render.cluster import load
+        from provision.render.manifest import Manifest
+
+        directory = self.rendered_dir(ref.name)
+        if directory is None:
+            return None
+        manifest = Manifest.from_file(directory)
+        keep = (manifest.vagrant.payload, SSH_CONFIG, KNOWN_HOSTS)
+
+        def render() -> None:
+            vagrant_rotate.render_keeping(rollout.render, directory, keep)
+
+        provider = driver()
+        states = {s.name: s.state for s in provider.status(directory)}
+        if problem := vagrant_rotate.not_running_problem(ref.name, list(states.items()),
+                                                         ref.where):
+            raise UserError(problem)
+        if all(state != vagrant_rotate.RUNNING for state in states.values()):
+            rollout.publish()
+            render()
+            return None
+        access = access_of(load(ref.yaml or manifest.source, lambda line: None))
+        nodes = [vagrant_rotate.RotatedNode(n.name, access.node_url(n.ip), n.ip,
+                                            n.etcd_role == "etcd-member")
+                 for n in manifest.nodes if states.get(n.name) == vagrant_rotate.RUNNING]
+        made = rollout.pki
+        expected = {name[:-len("-server")]: issued.serial
+                    for name, issued in made.issued.items()  # type: ignore[attr-defined]
+                    if name.endswith("-server")}
+        return vagrant_rotate.roll(
+            nodes, _VagrantMachines(provider, directory), _probes(access),
+            expected=expected, render=render, publish=rollout.publish, timeout=timeout,
+            report=rollout.report)
 
     @staticmethod
     def _manifest(ref: ClusterRef) -> Path:

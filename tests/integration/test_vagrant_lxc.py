@@ -3,7 +3,8 @@ the box `provision box build` makes, on a bridge inside a network namespace this
 creates (no uplink: nothing inside can download anything), brought up by a real
 `provision up` (the real `vagrant up` with the project's Vagrantfile) of a copy of
 clusters/vagrant-lxc.yaml, run inside that namespace; then `provision status / env /
-node stop|start / down`, and the host's fleetctl through `--tunnel` and `fleetctl ssh`.
+node stop|start / certs rotate / down`, and the host's fleetctl through `--tunnel` and
+`fleetctl ssh`.
 
 Each machine is provisioned the way a VirtualBox/libvirt user's debian/bookworm64 machine
 is (the box is a plain bookworm box + Vagrant's user): the payload made on the host is
@@ -83,7 +84,7 @@ def cluster():
     try:
         started = time.monotonic()
         # A busy 2-core host can take minutes per machine: the deadline is for a wedge.
-        made.up = made.provision("up", str(source), "--timeout", "900", timeout=2400)
+        made.up = made.provision("up", str(source), "--timeout", "1800", timeout=3600)
         assert made.up.returncode == 0, "\n".join(made.logs)[-6000:]
         print(f"provision up of 3 lxc machines, units applied: "
               f"{time.monotonic() - started:.0f}s")
@@ -315,6 +316,67 @@ def test_a_machine_halted_and_up_again_comes_back_from_its_boot_unit(cluster):
         message="core-02 registered again")
 
 
+def test_certs_rotate_provisions_each_machine_in_turn_and_refuses_the_old_certificates(
+        cluster):
+    """`provision certs rotate` of the running machines: each is provisioned again in
+    turn (new certificates, no unit restarted: fleetd and the units keep their
+    processes), then the revocation list, then each etcd restarts alone; the admin
+    certificate from before is refused afterwards, and what `up` kept beside the
+    manifest (payload, SSH files) is still there."""
+    name = json.loads(cluster.manifest.read_text())["cluster"]
+    pki = pki_dir(name, cluster.env["PROVISION_STATE"])
+    old = cluster.directory / "old-admin"
+    old.mkdir()
+    for file in ("ca.pem", "admin.pem", "admin-key.pem"):
+        shutil.copy2(pki / file, old / file)
+    env = fleetctl_env(cluster)
+    web_ip = units_by_ip(cluster, env)["web@1.service"][0]
+    web = next(n["name"] for n in nodes(cluster) if n["ip"] == web_ip)
+
+    def web_pid() -> str:
+        return cluster.ssh(web, "systemctl show --property MainPID --value "
+                                "web@1.service").stdout.strip()
+
+    before = {n["name"]: main_pids(cluster, n["name"]) for n in nodes(cluster)}
+    pid = web_pid()
+    assert pid not in ("", "0")
+
+    rotated = cluster.provision("certs", "rotate", str(cluster.source), "--timeout", "300",
+                                timeout=2400)
+    assert rotated.returncode == 0, rotated.stdout[-4000:] + rotated.stderr[-4000:]
+    assert "rolled onto 3 running nodes one at a time" in rotated.stdout
+    names = [n["name"] for n in nodes(cluster)]
+    steps = [line for line in rotated.stderr.splitlines()
+             if line.endswith(("certificates in place", "etcd restarted, serving"))
+             or line.startswith("revocation list published")]
+    assert steps == ([f"{n}: new certificates in place" for n in names]
+                     + ["revocation list published to 3 nodes"]
+                     + [f"{n}: etcd restarted, serving" for n in names])
+
+    for node in names:
+        etcd_pid, fleet_pid = main_pids(cluster, node)
+        assert fleet_pid == before[node][1]  # fleetd took its new certificate itself
+        assert etcd_pid != before[node][0]
+        served = cluster.ssh(node, "sudo cat /etc/ssl/etcd/server.pem").stdout.strip()
+        assert served == (pki / f"{node}-server.pem").read_text().strip()
+    assert units_by_ip(cluster, env)["web@1.service"] == (web_ip, "active")
+    assert web_pid() == pid
+    # The admin certificate from before is refused; the new one works.
+    refused = cluster.in_netns(_etcdctl(), "--endpoints", "https://172.17.8.101:2379",
+                               f"--cacert={old / 'ca.pem'}", f"--cert={old / 'admin.pem'}",
+                               f"--key={old / 'admin-key.pem'}", "--command-timeout=5s",
+                               "get", "x", env={**os.environ, "ETCDCTL_API": "3"})
+    assert refused.returncode != 0
+    assert cluster.in_netns(_etcdctl(), *_etcd(cluster), "get", "x").returncode == 0
+    # fleetd registered with its new certificate; fleetctl still goes through the SSH
+    # files `up` wrote beside the manifest (a render replaces that directory).
+    listed = fleetctl(cluster, "list-machines", "--no-legend", env=fleetctl_env(cluster))
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 3
+    manifest = json.loads(cluster.manifest.read_text())
+    assert (cluster.manifest.parent / manifest["vagrant"]["payload"]).is_file()
+
+
 def _down_leaves_nothing(cluster) -> None:
     started = time.monotonic()
     down = cluster.provision("down", str(cluster.source))
@@ -336,7 +398,7 @@ def test_a_second_up_after_down_brings_the_cluster_back_and_down_again_leaves_no
     """The same cluster file up again: new machines (new host keys: known_hosts is read
     again), every etcd healthy, 3 fleet machines, the declared units applied again."""
     started = time.monotonic()
-    again = cluster.provision("up", str(cluster.source), "--timeout", "900", timeout=2400)
+    again = cluster.provision("up", str(cluster.source), "--timeout", "1800", timeout=3600)
     assert again.returncode == 0, "\n".join(cluster.logs)[-6000:]
     print(f"second provision up of 3 lxc machines: {time.monotonic() - started:.0f}s")
     for node in nodes(cluster):

@@ -16,7 +16,7 @@ from tests.conftest import CLUSTERS
 SCHEMA = (Path(__file__).resolve().parents[2] / "provision" / "spec" / "schemas"
           / "cluster.schema.json")
 INTERFACE = ("up", "down", "status", "node", "env", "namespace", "known_down",
-             "network_problem", "host_problem", "rotate")
+             "network_problem", "host_problem", "rotate", "rotation_problem", "rendered_dir")
 
 
 def test_every_provider_of_the_schema_is_in_the_table():

@@ -10,6 +10,11 @@ Vagrant 2.3 does:
 - `status --machine-readable [NAME…]`: provider-name / state / … lines per machine;
 - `up [NAME…]` → running; `destroy [NAME…] --force` → not_created (without `--force`
   it fails as Vagrant does when it cannot ask for confirmation);
+- `provision NAME` of a running machine: its user-data, as the manifest names it now,
+  is "uploaded": appended to `provisioned.jsonl` with whether the payload is there (a
+  machine not running: Vagrant's message, exit 0, as the libvirt and lxc providers do);
+- `ssh NAME --command CMD` of a running machine: recorded in `ssh.jsonl`, exit 0 (not
+  running: Vagrant's vm_not_running error);
 - an unknown machine name → Vagrant's MachineNotFound error.
 
 `fail(command, machine, stderr=…)` scripts a failure: that run prints the text on
@@ -56,6 +61,13 @@ class FakeVagrant:
     def argvs(self) -> list[list[str]]:
         return [call["argv"] for call in self.calls()]
 
+    def provisioned(self) -> list[dict]:
+        """Each `vagrant provision` of a running machine: machine, user_data, payload."""
+        return _read_lines(self.state_dir / "provisioned.jsonl")
+
+    def ssh_commands(self) -> list[tuple[str, str]]:
+        return [(r["machine"], r["command"]) for r in _read_lines(self.state_dir / "ssh.jsonl")]
+
     def states(self) -> dict[str, str]:
         return _read_json(self.state_dir / "machines.json", {})
 
@@ -94,7 +106,9 @@ def main(state_dir: str) -> int:
         print("Vagrant 2.3.4")
         return 0
     command = next((a for a in argv if not a.startswith("-")), "")
-    targets = [a for a in argv if not a.startswith("-") and a != command]
+    valued = {i + 1 for i, a in enumerate(argv) if a in ("--command", "-c", "--provision-with")}
+    targets = [a for i, a in enumerate(argv)
+               if not a.startswith("-") and a != command and i not in valued]
     machine_readable = "--machine-readable" in argv
 
     machines = _manifest_machines()
@@ -114,6 +128,8 @@ def main(state_dir: str) -> int:
     if command == "status":
         _print_status(chosen, states)
         return 0
+    if command in ("provision", "ssh"):
+        return _on_machine(state, command, argv, chosen, states)
     failed = _change_states(command, argv, chosen, states)
     if failed is not None:
         return failed
@@ -130,6 +146,39 @@ def _machine_not_found(name: str, machine_readable: bool) -> int:
     else:
         print(message, file=sys.stderr)
     return 1
+
+
+def _on_machine(state: Path, command: str, argv: list[str], chosen: list[str],
+                states: dict[str, str]) -> int:
+    for name in chosen:
+        if states.get(name) != RUNNING:
+            if command == "ssh":
+                print("VM must be running to open SSH connection. Run `vagrant up`\n"
+                      "to start the virtual machine.", file=sys.stderr)
+                return 1
+            print(f"==> {name}: Domain is not running. Please run `vagrant up` first.")
+            continue
+        if command == "ssh":
+            record = {"machine": name, "command": argv[argv.index("--command") + 1]}
+            with open(state / "ssh.jsonl", "a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+            continue
+        manifest_path = _manifest_path()
+        data = json.loads(manifest_path.read_text())
+        node = next(n for n in data["nodes"] if n["name"] == name)
+        record = {"machine": name,
+                  "user_data": (manifest_path.parent / node["user_data"]).read_text(),
+                  "payload": (manifest_path.parent / data["vagrant"]["payload"]).is_file()}
+        with open(state / "provisioned.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        print(f"==> {name}: Running provisioner: install (shell)...")
+    return 0
+
+
+def _manifest_path() -> Path:
+    given = os.environ.get("PROVISION_MANIFEST", "")
+    path = Path(given) if given else Path(Path("out/.last-manifest").read_text().strip())
+    return path / "manifest.json" if path.is_dir() else path
 
 
 def _change_states(command: str, argv: list[str], chosen: list[str],
@@ -188,6 +237,12 @@ def _print_status(names: list[str], states: dict[str, str]) -> None:
     shown = {n: states.get(n, NOT_CREATED) for n in names}
     summary = "\\n".join(f"{n:<25} {human.get(s, s)} ({PROVIDER})" for n, s in shown.items())
     print(f"{now},,ui,info,Current machine states:\\n\\n{summary}")
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def _read_json(path: Path, default):

@@ -556,6 +556,13 @@ class LocalProvider:
         state_dir = cluster_state_dir(cluster_name, self.state_root)
         return lambda: state_dir.is_dir() and not control.running(state_dir)
 
+    def rendered_dir(self, cluster_name: str) -> Path | None:
+        rendered = cluster_state_dir(cluster_name, self.state_root) / state.RENDERED
+        return rendered if (rendered / "manifest.json").is_file() else None
+
+    def rotation_problem(self, ref: ClusterRef) -> str | None:
+        return None  # a stopped node starts with its new files
+
     def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
         """See provision/providers/local/rotate.py: certificates node by node, then the
         revocation list, then each member's etcd restarted alone."""

@@ -606,6 +606,13 @@ class NspawnProvider:
             raise
         return f"{node}: running"
 
+    def rendered_dir(self, cluster_name: str) -> Path | None:
+        rendered = state_dir_of(cluster_name, self.state_root) / RENDERED
+        return rendered if (rendered / "manifest.json").is_file() else None
+
+    def rotation_problem(self, ref: ClusterRef) -> str | None:
+        return None  # a machine off boots with the user-data rendered then
+
     def rotate(self, ref: ClusterRef, rollout: CertRollout, *, timeout: float) -> int | None:
         """Each running machine applies its re-rendered user-data, one at a time (new
         certificate files: etcd reads them at every handshake, fleetd follows them); then
