@@ -155,8 +155,7 @@ class Server:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.view.start()
-        self.api.start()
+        self.api.start()  # the units view starts with the API's first read
         self.threads.append(threading.Thread(target=self.agent.run, args=(self.stop,),
                                              name="agent", daemon=True))
         if self.engine is not None:

@@ -10,6 +10,11 @@ view reaches H as soon as the events of H arrive, whether or not H touched our k
 (etcd's own progress requests cannot tell this reliably before 3.4.24 / 3.5.8: they may
 announce a revision whose events are still on their way).
 
+The view follows etcd only while it is read: the first read starts it (and goes to etcd
+directly meanwhile), and a view nobody read for `idle_s` stops watching and lets its memory
+go. Following every write costs CPU on every machine (a 1,000-unit apply is thousands of
+events), which a cluster that nobody lists should not pay.
+
 When the view cannot answer (not built yet, its watch broken, or still behind H after
 `catch_up_s`) it returns None and the caller reads etcd directly. A broken stream is
 watched again from the last revision applied; a compacted start revision, or a view that
@@ -22,6 +27,7 @@ import bisect
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from fleetd.job import JobState
@@ -33,6 +39,7 @@ from fleetd.status import UnitStateRecord
 log = logging.getLogger("fleetd.view")
 
 CATCH_UP_S = 1.0  # how long a read waits for the view to reach etcd's revision
+IDLE_S = 60.0  # unread for this long, the view stops following etcd
 RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
 _RESYNC = object()  # a reader found the view behind a live etcd: read it anew
 
@@ -56,10 +63,14 @@ class _Sink:
 
 
 class UnitsView:
-    def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S) -> None:
+    def __init__(self, registry: Registry, catch_up_s: float = CATCH_UP_S,
+                 idle_s: float = IDLE_S) -> None:
         self.registry = registry
         self.keys = registry.keys
         self.catch_up_s = catch_up_s
+        self.idle_s = idle_s
+        self._last_read = 0.0  # monotonic time of the last read (or start)
+        self._thread_lock = threading.Lock()  # starting and retiring the thread
         self._cond = threading.Condition()
         self._live = False  # built, and its watch running
         self._revision = 0  # every event up to it applied (0: not built)
@@ -81,14 +92,45 @@ class UnitsView:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="units-view", daemon=True)
-        self._thread.start()
+        """Follow etcd now (reads start it too: `_demand`)."""
+        self._demand()
+
+    def _demand(self) -> None:
+        with self._thread_lock:
+            self._last_read = time.monotonic()
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="units-view",
+                                                daemon=True)
+                self._thread.start()
+
+    def _retired(self) -> bool:
+        """Whether nobody read the view for `idle_s`: then it forgets everything, and the
+        next read starts a new thread (under the lock, so never over this one's state)."""
+        with self._thread_lock:
+            if time.monotonic() - self._last_read <= self.idle_s:
+                return False
+            log.debug("units view: unread for %.0f s, stops following etcd", self.idle_s)
+            with self._cond:
+                self._live = False
+                self._revision = 0
+                self._watch_token = None
+                self._jobs, self._globals, self._names = {}, {}, []
+                self._assigned, self._states, self._state_keys = {}, {}, []
+                self._cond.notify_all()
+            self._thread = None
+            return True
+
+    @property
+    def following(self) -> bool:
+        """Whether a thread keeps the view (tests read it)."""
+        return self._thread is not None
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._events.put(_RESYNC)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     @property
     def live(self) -> bool:
@@ -99,7 +141,7 @@ class UnitsView:
         return self._revision
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._retired():
             try:
                 if self._revision == 0:
                     self._build()
@@ -132,7 +174,12 @@ class UnitsView:
         """Wait for the end of the watch (its events are applied by `_Sink` as they come)
         or for the view to stop."""
         while not self._stop.is_set():
-            item = events.get()
+            try:
+                item = events.get(timeout=self.idle_s)
+            except queue.Empty:
+                if time.monotonic() - self._last_read > self.idle_s:
+                    return  # `_run` stops the watch, then retires
+                continue
             if item is _RESYNC:
                 if not self._stop.is_set():
                     self._forget("it stayed behind etcd")
@@ -238,6 +285,7 @@ class UnitsView:
     def _current(self) -> bool:
         """Wait until the view holds everything etcd committed before this call (True), or
         say it cannot answer (False: read etcd directly)."""
+        self._demand()
         if not self._live:
             return False
         target = self.registry.etcd.revision()
