@@ -132,15 +132,7 @@ def test_unknown_node_names_the_nodes(env):
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    fake = fake_vagrant.install(tmp_path / "fake")
-    monkeypatch.setenv("PATH", f"{fake.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    root = tmp_path / "checkout"
-    root.mkdir()
-    (root / "Vagrantfile").write_text("# the fake vagrant defines the machines\n")
-    monkeypatch.setattr(vagrant_lifecycle, "driver", lambda: VagrantProvider(root))
-    monkeypatch.setenv("VAGRANT_CWD", str(root))
-    monkeypatch.setenv("PROVISION_STATE", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
+    fake = fake_vagrant.use_for_the_cli(tmp_path, monkeypatch)
     # What needs real machines (the payload, etcd and fleet on them, their SSH) is the
     # real vagrant-lxc test's (tests/integration/test_vagrant_lxc.py); here: what the CLI
     # asks of Vagrant, in which order.

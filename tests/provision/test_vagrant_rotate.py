@@ -4,7 +4,6 @@ Real machines taking the certificates: tests/integration/test_vagrant_lxc.py."""
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
@@ -14,7 +13,6 @@ from cryptography import x509
 from provision import pki
 from provision.errors import OperationFailed
 from provision.providers import vagrant_lifecycle, vagrant_rotate
-from provision.providers.vagrant import VagrantProvider
 from provision.providers.vagrant_rotate import (
     Probes,
     RotatedNode,
@@ -190,15 +188,7 @@ def test_a_render_keeps_what_lives_beside_the_rendered_files(tmp_path):
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    fake = fake_vagrant.install(tmp_path / "fake")
-    monkeypatch.setenv("PATH", f"{fake.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    root = tmp_path / "checkout"
-    root.mkdir()
-    (root / "Vagrantfile").write_text("# the fake vagrant defines the machines\n")
-    monkeypatch.setattr(vagrant_lifecycle, "driver", lambda: VagrantProvider(root))
-    monkeypatch.setenv("VAGRANT_CWD", str(root))
-    monkeypatch.setenv("PROVISION_STATE", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
+    fake = fake_vagrant.use_for_the_cli(tmp_path, monkeypatch)
     monkeypatch.setattr(vagrant_rotate, "POLL_S", 0.0)
 
     # Each machine's etcd serves the server certificate of the user-data it was last

@@ -95,6 +95,25 @@ def install(directory: Path) -> FakeVagrant:
     return fake
 
 
+def use_for_the_cli(tmp_path: Path, monkeypatch) -> FakeVagrant:
+    """The fake on PATH, in place of the real one for `provision`'s Vagrant provider (a
+    checkout of its own whose Vagrantfile the fake never reads), state and cwd under
+    `tmp_path`."""
+    from provision.providers import vagrant_lifecycle
+    from provision.providers.vagrant import VagrantProvider
+
+    fake = install(tmp_path / "fake")
+    monkeypatch.setenv("PATH", f"{fake.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "Vagrantfile").write_text("# the fake vagrant defines the machines\n")
+    monkeypatch.setattr(vagrant_lifecycle, "driver", lambda: VagrantProvider(root))
+    monkeypatch.setenv("VAGRANT_CWD", str(root))
+    monkeypatch.setenv("PROVISION_STATE", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    return fake
+
+
 def main(state_dir: str) -> int:
     state = Path(state_dir)
     argv = sys.argv[1:]
