@@ -179,6 +179,19 @@ class Etcd:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        """Close the client without ever blocking on a wedged watch stream: python3-etcd3's
+        own Watcher.close puts its end mark into the stream's request queue (it holds 10)
+        under the watcher's lock, which waits for good once nobody reads that queue, and
+        keeps the process from exiting. Closing the channels ends the stream anyway."""
+        watcher = self.client._stubs.pop("watcher", None)
+        if watcher is not None and watcher._lock.acquire(timeout=1.0):
+            try:
+                if watcher._callback_thread and not watcher._stopping:
+                    watcher._request_queue.put_nowait(None)
+            except queue.Full:
+                pass
+            finally:
+                watcher._lock.release()
         self.client.close()
 
     def _follow_tls_files(self) -> None:

@@ -437,3 +437,23 @@ def test_assignment_values_are_the_encoded_record(registry):
         job = Job("a.service", digest, state)
         assert registry.assignment_value(job) == encode({"hash": job.hash,
                                                          "desired": state.value})
+
+
+def test_closing_the_client_never_waits_on_a_watch_stream_nobody_reads(etcd_server):
+    """A watch stream whose request queue nobody reads any more (full: python3-etcd3's own
+    close would wait on it for good, under its lock) does not keep `close`, and with it the
+    process's exit, waiting."""
+    import threading
+
+    etcd = Etcd([etcd_server.url], timeout=3)
+    cancel = etcd.watch(f"/close-{uuid.uuid4().hex}/", etcd.revision() + 1, queue.Queue())
+    cancel()
+    watcher = etcd.client.watcher
+    wedged: queue.Queue = queue.Queue(maxsize=10)
+    for _ in range(10):
+        wedged.put_nowait(object())
+    watcher._request_queue = wedged
+    closing = threading.Thread(target=etcd.close, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive()
