@@ -107,7 +107,7 @@ class UnitsView:
         """Whether nobody read the view for `idle_s`: then it forgets everything, and the
         next read starts a new thread (under the lock, so never over this one's state)."""
         with self._thread_lock:
-            if time.monotonic() - self._last_read <= self.idle_s:
+            if not self._unread():
                 return False
             log.debug("units view: unread for %.0f s, stops following etcd", self.idle_s)
             with self._cond:
@@ -119,6 +119,9 @@ class UnitsView:
                 self._cond.notify_all()
             self._thread = None
             return True
+
+    def _unread(self) -> bool:
+        return time.monotonic() - self._last_read > self.idle_s
 
     @property
     def following(self) -> bool:
@@ -177,7 +180,7 @@ class UnitsView:
             try:
                 item = events.get(timeout=self.idle_s)
             except queue.Empty:
-                if time.monotonic() - self._last_read > self.idle_s:
+                if self._unread():
                     return  # `_run` stops the watch, then retires
                 continue
             if item is _RESYNC:
