@@ -299,9 +299,12 @@ def test_unschedulable_and_failed_units_are_named_with_the_reason(cluster):
     assert "(nvme.service)" in result.stderr
     assert "disk=nvme" in result.stderr
 
+    # It fails before it is ever active: a main process that exits at once is active for
+    # that moment, and apply, woken by every state the agent reports, may rightly see it so.
     broken = cluster.declare("broken", [
         {"name": "boom.service",
-         "content": "[Service]\nExecStart=/bin/sh -c 'echo boom-$$((6*7)); exit 3'\n"}])
+         "content": "[Service]\nExecStartPre=/bin/sh -c 'echo boom-$$((6*7)); exit 3'\n"
+                    "ExecStart=/bin/sleep 300\n"}])
     result = cluster.provision("apply", str(broken), "--prune", "--timeout", "60")
     assert result.returncode == 1
     assert "boom.service failed on" in result.stderr
