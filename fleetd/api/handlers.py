@@ -19,6 +19,7 @@ from fleetd.api.errors import ApiError
 from fleetd.job import JobState
 from fleetd.registry.etcd import RegistryUnavailable
 from fleetd.registry.registry import Conflict, NotFound, Registry
+from fleetd.registry.together import DesiredStates
 from fleetd.registry.view import UnitsView
 from fleetd.runner.base import Runner, RunnerError
 from fleetd.unit.names import is_template_name
@@ -67,6 +68,7 @@ class Api:
         self.registry = registry
         self.view = view
         self._options_cache: dict[str, list[dict]] = {}
+        self.desired_states = DesiredStates(registry)  # concurrent PUTs: one transaction
         self.runner = runner
         self.machine_id = machine_id
         self.page_size = page_size
@@ -87,13 +89,13 @@ class Api:
         """One page: this page's jobs, assignments and states only (from the view, or
         ranged reads of just those keys)."""
         token = schema.single(query, "nextPageToken")
-        after = None
+        after, listed_at = None, 0
         if token is not None:
             parts = encode.decode_token("units", token)
-            if len(parts) != 1:
+            if len(parts) not in (1, 2):
                 raise ApiError(400, encode.BAD_TOKEN)
-            after = parts[0]
-        page = self.view.units_page(after, self.page_size) if self.view else None
+            after, listed_at = parts[0], _revision(parts[1:])
+        page = self.view.units_page(after, self.page_size, listed_at) if self.view else None
         if page is None:
             page = self.registry.units_page(after, self.page_size)
         entities = []
@@ -104,7 +106,8 @@ class Api:
             entities.append(encode.unit_json(record.job, unit, page.where.get(record.job.name, ""),
                                              page.states.get(record.job.name, []),
                                              self._options_json(record.job.hash, unit)))
-        next_token = (encode.encode_token("units", (page.jobs[-1].job.name,))
+        next_token = (encode.encode_token("units", (page.jobs[-1].job.name,
+                                                    str(max(page.revision, listed_at))))
                       if page.more and page.jobs else None)
         return Response(200, encode.page_body("units", entities, next_token))
 
@@ -119,13 +122,16 @@ class Api:
                                                token, self.page_size)
         else:
             after = encode.decode_token("state", token) if token is not None else None
-            if after is not None and len(after) != 2:
+            if after is not None and len(after) not in (2, 3):
                 raise ApiError(400, encode.BAD_TOKEN)
             start = (after[0], after[1]) if after is not None else None
-            found = (self.view.states_page(start, self.page_size, machine) if self.view
-                     else None)
-            page, more = found or self.registry.states_page(start, self.page_size, machine)
-            next_token = (encode.encode_token("state", (page[-1].name, page[-1].machine))
+            listed_at = _revision(after[2:]) if after is not None else 0
+            found = (self.view.states_page(start, self.page_size, machine, listed_at)
+                     if self.view else None)
+            page, more, revision = found or self.registry.states_page(start, self.page_size,
+                                                                      machine)
+            next_token = (encode.encode_token("state", (page[-1].name, page[-1].machine,
+                                                        str(max(revision, listed_at))))
                           if more else None)
         return Response(200, encode.page_body("states", [encode.state_json(s) for s in page],
                                               next_token))
@@ -172,7 +178,7 @@ class Api:
             seen = self.view.guess(name)
             if seen is not None and seen.job.desired is not request.desired:
                 try:
-                    self.registry.set_desired(name, request.desired, seen=seen)
+                    self.desired_states.set(seen, request.desired)
                     return Response(204)
                 except NotFound:
                     pass  # destroyed meanwhile: answered below, as any missing unit is
@@ -244,3 +250,13 @@ class Api:
         if follow:
             return Response(200, stream=iter(found))
         return Response(200, "".join(f"{line}\n" for line in found))
+
+
+def _revision(parts: tuple[str, ...]) -> int:
+    """The revision a listing's first page was served at, as its page tokens carry it (0:
+    none, as in tokens of older fleetds)."""
+    if not parts:
+        return 0
+    if not parts[0].isdigit():
+        raise ApiError(400, encode.BAD_TOKEN)
+    return int(parts[0])

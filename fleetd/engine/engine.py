@@ -26,7 +26,7 @@ from collections.abc import Callable
 from fleetd.engine.lease import Leadership
 from fleetd.engine.liveness import Liveness
 from fleetd.engine.scheduler import ClusterView, schedule
-from fleetd.job import Job
+from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 from fleetd.registry.etcd import KV, Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
@@ -72,7 +72,11 @@ class EngineCache:
         self.to_refresh: set[str] | None = None
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
-        self.version = 0  # bumped by every watch event applied to this cache
+        # Bumped by every watch event that can change the scheduler's plan. Not by a job
+        # whose desired state moved between loaded and launched (the plan only asks whether
+        # it is inactive: its agent's assignment is refreshed, no pass is needed), nor by the
+        # echo of an assignment this engine wrote.
+        self.version = 0
         # The view (version, present machines) of the last pass that had nothing to write:
         # the scheduler is pure, so the same view plans the same nothing again.
         self.settled: tuple | None = None
@@ -103,7 +107,8 @@ class Engine:
         self.passes = 0
         self.turns = 0  # turns of the loop: an idle engine turns only for events (tests)
         self.beats_seen = 0  # heartbeat events applied
-        self.idle_checks = 0  # periodic checks that found the view as the last quiet pass
+        self.idle_checks = 0  # checks that found the view as the last quiet pass
+        self.refreshes = 0  # of those, the ones that refreshed assignments without planning
         self.placements = 0
         self.unreachable = False
 
@@ -361,17 +366,12 @@ class Engine:
         parsed = self.keys.parse(event.key)
         if parsed is None:
             return
-        cache.version += 1
         if cache.to_refresh is not None and parsed.kind in (Kind.JOB, Kind.ASSIGN):
             cache.to_refresh.add(parsed.name)
         if parsed.kind is Kind.JOB:
-            if event.value is None:
-                cache.jobs.pop(parsed.name, None)
-            else:
-                record = self.registry.job_from_kv(KV(event.key, event.value, event.revision))
-                if record is not None:
-                    cache.jobs[parsed.name] = record.job
+            self._apply_job(cache, parsed.name, event)
         elif parsed.kind is Kind.MACHINE:
+            cache.version += 1
             if event.value is None:
                 # A machine that never sent a heartbeat (an older fleetd) is judged by its
                 # lease as before; one that does keeps its record until judged dead.
@@ -383,14 +383,18 @@ class Engine:
                 except (ValueError, KeyError):
                     pass
         elif parsed.kind is Kind.ASSIGN:
-            if event.value is None:
-                if cache.assignments.get(parsed.name) == parsed.machine:
-                    del cache.assignments[parsed.name]
-                    cache.assigned_value.pop(parsed.name, None)
-            else:
-                data = decode(event.value)
-                cache.assignments[parsed.name] = parsed.machine
-                cache.assigned_value[parsed.name] = (data["hash"], data["desired"])
+            _apply_assignment(cache, parsed.name, parsed.machine, event.value)
+
+    def _apply_job(self, cache: EngineCache, name: str, event: Event) -> None:
+        before = cache.jobs.get(name)
+        if event.value is None:
+            cache.jobs.pop(name, None)
+        else:
+            record = self.registry.job_from_kv(KV(event.key, event.value, event.revision))
+            if record is not None:
+                cache.jobs[name] = record.job
+        if not _same_plan(before, cache.jobs.get(name)):
+            cache.version += 1
 
     def present_machines(self) -> tuple[dict[str, Machine], set[str]]:
         """(machines units may run on, machines a pass must wait for): a machine is present
@@ -435,6 +439,14 @@ class Engine:
                 writes[key] = ops.put(key, self.registry.assignment_value(job))
                 cache.assigned_value[unit] = wanted
 
+    def _refresh_only(self) -> None:
+        """Refresh the assignments of units whose desired state changed, without planning."""
+        writes: dict[str, object] = {}
+        self._refresh_assigned(writes, set())
+        if writes and self.registry.commit_batches(self.leadership.guard(), writes.values()):
+            raise StalePlan("assignment refresh refused (leadership lost)")
+        self.refreshes += 1
+
     def reconcile(self) -> None:
         cache = self.cache
         assert cache is not None
@@ -449,9 +461,11 @@ class Engine:
         cache.waiting = frozenset()
         view = (cache.version, frozenset(machines))
         if view == cache.settled and not self.fences:
-            # Nothing changed since a pass that wrote nothing (at 1,000 units a pass costs
-            # tens of milliseconds: every second, most of an idle engine's CPU).
+            # Nothing the plan depends on changed since a pass that wrote nothing (at 1,000
+            # units a pass costs tens of milliseconds): at most assignments to refresh.
             self.idle_checks += 1
+            if cache.to_refresh:
+                self._refresh_only()
             return
         plan = schedule(ClusterView(machines=machines, jobs=cache.jobs,
                                     assignments=cache.assignments))
@@ -501,3 +515,26 @@ class Engine:
             raise StalePlan(f"{failed} plan batch(es) refused (leadership lost, or a fenced "
                             "machine registered again?)")
         self.fences.clear()
+
+
+def _same_plan(before: Job | None, after: Job | None) -> bool:
+    """Whether the scheduler sees the two versions of a job alike: same content (its
+    options and constraints), and inactive or not alike."""
+    if before is None or after is None:
+        return before is after
+    return (before.hash == after.hash
+            and (before.desired is JobState.INACTIVE) == (after.desired is JobState.INACTIVE))
+
+
+def _apply_assignment(cache: EngineCache, name: str, machine: str, value: bytes | None
+                      ) -> None:
+    if cache.assignments.get(name) != (machine if value is not None else None):
+        cache.version += 1  # not the echo of what this engine wrote
+    if value is None:
+        if cache.assignments.get(name) == machine:
+            del cache.assignments[name]
+            cache.assigned_value.pop(name, None)
+    else:
+        data = decode(value)
+        cache.assignments[name] = machine
+        cache.assigned_value[name] = (data["hash"], data["desired"])

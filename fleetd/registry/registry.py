@@ -319,13 +319,24 @@ class Registry:
                 raise NotFound(f"Unit {name} does not exist.")
             if record.job.desired is desired:
                 return record
-            key = self.keys.global_job(name) if record.job.is_global else self.keys.job(name)
-            value = encode({"name": name, "hash": record.job.hash, "desired": desired.value})
-            ops = self.etcd.ops
-            if self.etcd.txn([ops.mod(key) == record.revision], [ops.put(key, value)]):
+            if self.set_desired_together([(record, desired)]):
                 return JobRecord(Job(name, record.job.hash, desired, record.job.options),
                                  record.revision)
         raise Conflict(f"unit {name} keeps changing; retry")
+
+    def set_desired_together(self, changes: Sequence[tuple[JobRecord, JobState]]) -> bool:
+        """Several jobs' desired states in ONE transaction, each guarded by the revision of
+        the record given; False (nothing written) if any of them changed since. Each job
+        at most once, within etcd's op limit (two ops each)."""
+        ops = self.etcd.ops
+        compare, success = [], []
+        for record, desired in changes:
+            job = record.job
+            key = self.keys.global_job(job.name) if job.is_global else self.keys.job(job.name)
+            compare.append(ops.mod(key) == record.revision)
+            success.append(ops.put(key, encode({"name": job.name, "hash": job.hash,
+                                                "desired": desired.value})))
+        return self.etcd.txn(compare, success)
 
     def write_jobs(self, writes: Iterable[JobWrite], guard: Iterable = (),
                    also: Iterable = ()) -> bool:
@@ -593,10 +604,11 @@ class Registry:
         return [s for s in self.state_records(kvs) if s.name in wanted]
 
     def states_page(self, after: tuple[str, str] | None, limit: int,
-                    machine: str | None = None) -> tuple[list[UnitStateRecord], bool]:
+                    machine: str | None = None) -> tuple[list[UnitStateRecord], bool, int]:
         """Up to `limit` states after (name, machine) `after` in key order (name, then
-        machine), only `machine`'s if given, and whether more follow. Ranged reads of
-        limit + 1 keys; with a machine filter, as many as it takes to fill the page."""
+        machine), only `machine`'s if given, whether more follow, and the revision read
+        at. Ranged reads of limit + 1 keys; with a machine filter, as many as it takes to
+        fill the page."""
         prefix = self.keys.of(Kind.STATE)
         start: str | bytes = (self.keys.state(*after) + "\0") if after is not None else prefix
         end = prefix_end(prefix)
@@ -607,7 +619,7 @@ class Registry:
             found += [s for s in self.state_records(kvs)
                       if machine is None or s.machine == machine]
             if len(found) > limit or not more or not kvs:
-                return found[:limit], len(found) > limit
+                return found[:limit], len(found) > limit, revision
             start = kvs[-1].key + "\0"
 
     def state_records(self, kvs: Iterable[KV]) -> list[UnitStateRecord]:

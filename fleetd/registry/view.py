@@ -34,13 +34,14 @@ from fleetd.job import JobState
 from fleetd.registry.etcd import Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
 from fleetd.registry.registry import JobRecord, Registry, UnitsPage, decode, state_record
-from fleetd.status import UnitStateRecord
+from fleetd.status import UnitStateRecord, UnitStatus
 
 log = logging.getLogger("fleetd.view")
 
 CATCH_UP_S = 1.0  # how long a read waits for the view to reach etcd's revision
 IDLE_S = 60.0  # unread for this long, the view stops following etcd
 RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
+DECODED_KEPT = 8192  # decoded values kept at least (more when the view holds more keys)
 _RESYNC = object()  # a reader found the view behind a live etcd: read it anew
 
 
@@ -83,6 +84,11 @@ class UnitsView:
         self._assigned: dict[str, set[str]] = {}  # name -> machines it is assigned to
         self._states: dict[str, dict[str, bytes]] = {}  # name -> machine -> stored state
         self._state_keys: list[str] = []  # "name/machine", sorted as etcd sorts their keys
+        # Decoded values by their stored bytes and revision: listing 1,000 units decodes
+        # 3,000 values, which is most of a page's cost, and they rarely change between
+        # two listings (a template's instances even share their states' bytes).
+        self._decoded_jobs: dict[tuple[bytes, int], JobRecord] = {}
+        self._decoded_states: dict[bytes, tuple[str, UnitStatus, bool]] = {}
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,6 +122,7 @@ class UnitsView:
                 self._watch_token = None
                 self._jobs, self._globals, self._names = {}, {}, []
                 self._assigned, self._states, self._state_keys = {}, {}, []
+                self._decoded_jobs, self._decoded_states = {}, {}
                 self._cond.notify_all()
             self._thread = None
             return True
@@ -285,12 +292,16 @@ class UnitsView:
             del self._state_keys[bisect.bisect_left(self._state_keys, key)]
 
     # -- reads -------------------------------------------------------------------------------
-    def _current(self) -> bool:
+    def _current(self, listed_at: int = 0) -> bool:
         """Wait until the view holds everything etcd committed before this call (True), or
-        say it cannot answer (False: read etcd directly)."""
+        say it cannot answer (False: read etcd directly). A later page of a listing is as
+        fresh as its first (`listed_at`: the revision that page was served at), as etcd's
+        and Kubernetes' paged lists are: it costs no request to etcd."""
         self._demand()
         if not self._live:
             return False
+        if listed_at and self._revision >= listed_at:
+            return True
         target = self.registry.etcd.revision()
         with self._cond:
             before = self._revision
@@ -320,30 +331,52 @@ class UnitsView:
 
     def _record(self, name: str, stored: tuple[bytes, int]) -> JobRecord | None:
         """The job of a stored value (None: malformed, or its unit body is gone)."""
+        found = self._decoded_jobs.get(stored)
+        if found is not None and found.job.name == name:
+            return found
         try:
             data = decode(stored[0])
             digest, desired = data["hash"], JobState(data["desired"])
         except (ValueError, KeyError, TypeError):
             log.warning("units view: ignoring the malformed job %s", name)
             return None
-        return self.registry.job_record(name, digest, desired, stored[1])
+        record = self.registry.job_record(name, digest, desired, stored[1])
+        if record is not None:
+            self._keep(self._decoded_jobs, stored, record)
+        return record
 
-    @staticmethod
-    def _state_records(name: str, stored: list[tuple[str, bytes]]) -> list[UnitStateRecord]:
+    def _state_records(self, name: str, stored: list[tuple[str, bytes]]
+                       ) -> list[UnitStateRecord]:
         found = []
         for machine, value in stored:
-            try:
-                found.append(state_record(name, machine, value))
-            except (ValueError, KeyError, TypeError):
-                log.warning("units view: ignoring the malformed state of %s on %s", name,
-                            machine)
+            fields = self._decoded_states.get(value)
+            if fields is None:
+                try:
+                    record = state_record(name, machine, value)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("units view: ignoring the malformed state of %s on %s",
+                                name, machine)
+                    continue
+                self._keep(self._decoded_states, value,
+                           (record.hash, record.status, record.launched))
+                found.append(record)
+            else:
+                found.append(UnitStateRecord(name, machine, *fields))
         return found
+
+    def _keep(self, table: dict, key: object, value: object) -> None:
+        """Remember a decoded value; readers add to the tables outside the lock, which is
+        safe for single dict steps, and a table that outgrows the view starts over."""
+        if len(table) >= max(DECODED_KEPT, 2 * len(self._state_keys) + len(self._names)):
+            table.clear()
+        table[key] = value
 
     # Reads copy what they return under the lock and decode it after, so the watch's
     # events wait for no decoding.
-    def units_page(self, after: str | None, limit: int) -> UnitsPage | None:
+    def units_page(self, after: str | None, limit: int, listed_at: int = 0
+                   ) -> UnitsPage | None:
         """As `Registry.units_page`, from memory: O(page); None when the view cannot answer."""
-        if not self._current():
+        if not self._current(listed_at):
             return None
         with self._cond:
             revision = self._revision
@@ -394,13 +427,15 @@ class UnitsView:
         return self._state_records(name, reported)
 
     def states_page(self, after: tuple[str, str] | None, limit: int,
-                    machine: str | None = None
-                    ) -> tuple[list[UnitStateRecord], bool] | None:
-        """As `Registry.states_page`, from memory; None when the view cannot answer."""
-        if not self._current():
+                    machine: str | None = None, listed_at: int = 0
+                    ) -> tuple[list[UnitStateRecord], bool, int] | None:
+        """As `Registry.states_page`, from memory, with the revision it was served at; None
+        when the view cannot answer."""
+        if not self._current(listed_at):
             return None
         rows: list[tuple[str, str, bytes]] = []
         with self._cond:
+            revision = self._revision
             keys = self._state_keys
             at = bisect.bisect_right(keys, f"{after[0]}/{after[1]}") if after is not None else 0
             while at < len(keys) and len(rows) <= limit:
@@ -410,4 +445,4 @@ class UnitsView:
                 at += 1
         found = [r for name, owner, value in rows[:limit + 1]
                  for r in self._state_records(name, [(owner, value)])]
-        return found[:limit], len(found) > limit
+        return found[:limit], len(found) > limit, revision

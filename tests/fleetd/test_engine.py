@@ -106,6 +106,36 @@ def test_places_units_and_costs_o1_requests_when_idle_and_per_change(registry,
         run.close()
 
 
+def test_loaded_and_launched_refresh_assignments_without_a_scheduling_pass(registry,
+                                                                          engine_registry):
+    """The plan only asks whether a job is inactive: a start or stop of many units refreshes
+    what their agents see without planning the cluster again (nor once more for the echo of
+    those writes); going inactive, or new content, plans."""
+    add_machines(registry, 3)
+    for i in range(30):
+        registry.create_job(f"u{i}.service", parse_unit_file(UNIT), JobState.LOADED)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    run = Running(engine)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 30 and engine.idle_checks >= 1, 15,
+                 message="30 placed, settled")
+        passes = engine.passes
+        for i in range(30):
+            registry.set_desired(f"u{i}.service", JobState.LAUNCHED)
+        wait_for(lambda: {a.desired for a in registry.assignments()[1]} == {JobState.LAUNCHED},
+                 10, message="assignments refreshed")
+        checks = engine.idle_checks
+        wait_for(lambda: engine.idle_checks >= checks + 2, 10, message="idle again")
+        assert engine.passes == passes and engine.refreshes >= 1
+
+        registry.set_desired("u0.service", JobState.INACTIVE)
+        wait_for(lambda: "u0.service" not in {a.name for a in registry.assignments()[1]}, 10,
+                 message="unscheduled")
+        assert engine.passes > passes
+    finally:
+        run.close()
+
+
 def test_pending_reason_for_unsatisfiable_metadata(registry):
     add_machines(registry, 2)
     registry.create_job("picky.service",
