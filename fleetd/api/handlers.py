@@ -257,6 +257,6 @@ def _revision(parts: tuple[str, ...]) -> int:
     none, as in tokens of older fleetds)."""
     if not parts:
         return 0
-    if not parts[0].isdigit():
+    if not (parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 20):
         raise ApiError(400, encode.BAD_TOKEN)
     return int(parts[0])

@@ -154,10 +154,11 @@ def test_a_listing_is_as_fresh_as_its_first_page(cluster, etcd_server):
         older = encode_token("units", (after[0],))
         assert api.list_units({"nextPageToken": [older]}).body["units"] == \
             reply.body["units"]
-        bad = encode_token("units", (after[0], "-1"))
-        with pytest.raises(ApiError) as refused:
-            api.list_units({"nextPageToken": [bad]})
-        assert refused.value.status == 400
+        for revision in ("-1", "²", "9" * 5000):
+            bad = encode_token("units", (after[0], revision))
+            with pytest.raises(ApiError) as refused:
+                api.list_units({"nextPageToken": [bad]})
+            assert refused.value.status == 400
     finally:
         other.etcd.close()
 

@@ -183,8 +183,11 @@ def test_start_ends_on_templates_failures_and_unschedulable_units(cluster):
     assert refused.returncode == 2 and "a template cannot be started" in refused.stderr
     assert rows(fleetctl(cluster, "list-unit-files").stdout) == []
 
+    # It fails before it is ever active (a main process that exits at once is active for
+    # that moment, and a poll may land in it)
     (cluster.base / "crash.service").write_text(
-        "[Service]\nExecStart=/bin/sh -c 'echo cannot open /etc/crash.conf; exit 3'\n")
+        "[Service]\nExecStartPre=/bin/sh -c 'echo cannot open /etc/crash.conf; exit 3'\n"
+        "ExecStart=/bin/sleep 300\n")
     failed = fleetctl(cluster, "start", "crash.service", check=False)
     assert failed.returncode == 1, failed
     assert re.search(r"Unit crash\.service launched on [0-9a-f]{8}\.\.\./127\.0\.0\.1",
