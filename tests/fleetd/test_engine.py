@@ -54,6 +54,16 @@ def add_machines(registry: Registry, count: int) -> int:
     return lease
 
 
+def engine_over(registry: Registry, engine_registry: Registry, machines: int, units: int,
+                state: JobState) -> tuple[Engine, Running]:
+    """A running engine over `machines` machines and `units` jobs u0… in `state`."""
+    add_machines(registry, machines)
+    for i in range(units):
+        registry.create_job(f"u{i}.service", parse_unit_file(UNIT), state)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    return engine, Running(engine)
+
+
 def test_one_leader_and_takeover_after_resign(registry):
     first, second = Engine(registry, "a" * 32, ttl=3), Engine(registry, "b" * 32, ttl=3)
     runs = [Running(first), Running(second)]
@@ -71,11 +81,7 @@ def test_one_leader_and_takeover_after_resign(registry):
 
 def test_places_units_and_costs_o1_requests_when_idle_and_per_change(registry,
                                                                      engine_registry):
-    add_machines(registry, 20)
-    for i in range(200):
-        registry.create_job(f"u{i}.service", parse_unit_file(UNIT), JobState.LAUNCHED)
-    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
-    run = Running(engine)
+    engine, run = engine_over(registry, engine_registry, 20, 200, JobState.LAUNCHED)
     try:
         wait_for(lambda: len(registry.assignments()[1]) == 200, 15, message="200 placed")
         loads = {}
@@ -111,11 +117,7 @@ def test_loaded_and_launched_refresh_assignments_without_a_scheduling_pass(regis
     """The plan only asks whether a job is inactive: a start or stop of many units refreshes
     what their agents see without planning the cluster again (nor once more for the echo of
     those writes); going inactive, or new content, plans."""
-    add_machines(registry, 3)
-    for i in range(30):
-        registry.create_job(f"u{i}.service", parse_unit_file(UNIT), JobState.LOADED)
-    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
-    run = Running(engine)
+    engine, run = engine_over(registry, engine_registry, 3, 30, JobState.LOADED)
     try:
         wait_for(lambda: len(registry.assignments()[1]) == 30 and engine.idle_checks >= 1, 15,
                  message="30 placed, settled")
