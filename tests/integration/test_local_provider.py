@@ -220,11 +220,15 @@ def test_a_killed_supervisor_takes_every_node_process_with_it(env):
 
 def test_ctrl_c_during_up_leaves_nothing(env):
     # `up` is held inside its try block once its nodes have booted (reading a stdin nobody
-    # writes), so the Ctrl-C surely comes while `up` runs, however fast the boot was.
+    # writes), so the Ctrl-C surely comes while `up` runs, however fast the boot was. Ctrl-C
+    # acts as in a terminal: a test run started in the background (nohup, a CI job) gives its
+    # children SIGINT ignored, and Python then installs no handler for it.
     path, name = env.cluster("local.yaml")
     state_dir = env.state_dir(name)
     code = textwrap.dedent(f"""
+        import signal
         import sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from provision.providers.local import provider
         booting = provider._boot
         def boot_then_hold(*args, **kwargs):
