@@ -443,7 +443,9 @@ class Engine:
         """Refresh the assignments of units whose desired state changed, without planning."""
         writes: dict[str, object] = {}
         self._refresh_assigned(writes, set())
-        if writes and self.registry.commit_batches(self.leadership.guard(), writes.values()):
+        if not writes:
+            return
+        if self.registry.commit_batches(self.leadership.guard(), writes.values()):
             raise StalePlan("assignment refresh refused (leadership lost)")
         self.refreshes += 1
 
