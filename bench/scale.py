@@ -12,7 +12,9 @@ fresh `provision` process:
 - roll50:   the template changed, `max_unavailable: 50`, apply until all replaced;
 - roll1:    changed again, `max_unavailable: 1` (only while N <= --rolling1-max: slow);
 - list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster
-            (whole commands), and every page of /units and /state read by one client
+            (whole commands; beside them `fleetctl version`, fleetctl_floor: what any
+            command costs before it asks anything, and python_start: `python -c pass`),
+            and every page of /units and /state read by one client
             (milliseconds, best of 5), with the CPU the fleetds spent serving one pass
             of both (`pages_cpu_ms`: a figure a busy machine inflates less than time);
 - start_glob: `fleetctl start 'job@1??.service'` (up to 100 instances, stopped first);
@@ -42,8 +44,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "units_pages_ms",
-          "state_pages_ms", "pages_cpu_ms", "start_glob", "down")
+PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "fleetctl_floor",
+          "python_start", "units_pages_ms", "state_pages_ms", "pages_cpu_ms", "start_glob",
+          "down")
 TEMPLATE = """[Unit]
 Description=Sleeper %i
 
@@ -201,6 +204,14 @@ def fleetctl(tree: Path, args: list[str], state_root: Path, env: dict[str, str])
     return took
 
 
+def python_start(tree: Path, state_root: Path) -> float:
+    """Seconds for the interpreter to start and exit (`python -c pass`), as the commands
+    above run: the share of every command figure no code of ours can change."""
+    start = time.perf_counter()
+    run_tool(tree, ["-c", "pass"], state_root)
+    return time.perf_counter() - start
+
+
 API_PAGES = """
 import sys, time
 from fleetd.fleetctl.client import Client, parse_endpoint
@@ -256,6 +267,10 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
         figures["list_units"] = fleetctl(tree, ["list-units", "--no-legend"], state_root, env)
+        # What any command costs before it asks the cluster anything, measured the same way:
+        # a listing's own cost is list_files - fleetctl_floor.
+        figures["fleetctl_floor"] = fleetctl(tree, ["version"], state_root, env)
+        figures["python_start"] = python_start(tree, state_root)
         (figures["units_pages_ms"], figures["state_pages_ms"],
          figures["pages_cpu_ms"]) = api_pages(tree, state_root, env)
         # Up to 100 instances by glob (job@100 … job@199), stopped and started again; each
