@@ -223,13 +223,15 @@ class Occupancy:
         self.names.add(t.name)
         if t.key is not None:
             self.by_key.setdefault(t.key, set()).add(t.name)
+        if not t.has_globs:  # (literals, templates and others are all empty)
+            return
         for _, name in t.literals:
             self.rev_literal.setdefault(name, set()).add(t.name)
         for _, key in t.templates:
             self.rev_template.setdefault(key, set()).add(t.name)
         if t.others:
             self.rev_other.add(t.name)
-        self.excludes = self.excludes or t.has_globs
+        self.excludes = True
 
 
 class MachineIDCheck:

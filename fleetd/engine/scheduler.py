@@ -1,18 +1,22 @@
 """The scheduler: a pure function from what the engine knows to a plan.
 
     schedule(ClusterView) -> Plan(unschedule, place, pending)
+    planning(ClusterView) -> Planning: the same plan, computed as it is read
+
+`Planning` lets the engine write while it decides: every removal is known before the first
+placement is worked out, and placements come one by one, in plan order (see `Planning`).
 
 No I/O, clock, logging or randomness: the same view always yields the same plan; the caller
 logs and writes it. Every change goes into a plan overlay (locations, loads, per-machine
 occupancy), so later checks see earlier placements and removals without re-reading. One pass:
 
-1. `_keep_existing`: cheap per-unit checks first (destroyed, desired inactive, machine gone,
+1. `keep_existing`: cheap per-unit checks first (destroyed, desired inactive, machine gone,
    MachineID, metadata), then MachineOf and Conflicts against the units kept so far, in
    MachineOf order (targets first, otherwise by name). A MachineOf chain moves together; of
    two conflicting units on a machine the smaller name stays (a MachineOf dependent is decided
    after its target). Units unscheduled for any reason but inactive/destroyed are placed again
    in step 2: failover is one pass.
-2. `_place_wanted`: every wanted job (loaded or launched) not assigned, by name but MachineOf
+2. `place_wanted`: every wanted job (loaded or launched) not assigned, by name but MachineOf
    targets first (`_topological`); units on a MachineOf cycle, or waiting for one, are pending.
    MachineOf or MachineID pin a job to one candidate, which runs every checker. Otherwise the
    load index yields the machines satisfying MachineMetadata in (load, id) order and the first
@@ -33,10 +37,11 @@ come back:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush, heapreplace
 from types import MappingProxyType
+from typing import NamedTuple
 
 from fleetd.engine.feasible import (
     Checker,
@@ -68,8 +73,10 @@ class ClusterView:
     assignments: Mapping[str, str]    # unit name -> machine id currently assigned
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """(A tuple: a pass makes one per placement, and a frozen dataclass costs twice as much
+    to make.)"""
+
     unit: str
     machine: str
     reason: str
@@ -97,7 +104,39 @@ def schedule(view: ClusterView) -> Plan:
 
 
 def schedule_with_stats(view: ClusterView) -> tuple[Plan, Stats]:
-    return _Pass(view).run()
+    progress = Planning(view)
+    return progress.plan(), progress.stats()
+
+
+class Planning:
+    """One pass of the scheduler, read as it is computed: `unschedule` is complete on
+    construction (step 1 decides every removal before any placement), then iterating yields
+    the placements one at a time, each worked out only when asked for. `plan()` finishes the
+    pass and returns the same Plan `schedule` would; `pending` is known only then. Still pure:
+    the same view yields the same removals and the same placements in the same order, however
+    the caller interleaves reading them with its own work."""
+
+    def __init__(self, view: ClusterView) -> None:
+        self._pass = _Pass(view)
+        self._pass.keep_existing()
+        self.unschedule: tuple[Decision, ...] = tuple(
+            sorted(self._pass.unschedule, key=lambda d: d.unit))
+        self._placements = self._pass.place_wanted()
+
+    def __iter__(self) -> Iterator[Decision]:
+        return self._placements
+
+    def plan(self) -> Plan:
+        for _ in self:
+            pass
+        return Plan(self.unschedule, tuple(self._pass.place),
+                    MappingProxyType(dict(sorted(self._pass.pending.items()))))
+
+    def stats(self) -> Stats:
+        """The work done so far."""
+        p = self._pass
+        return Stats(p.feasibility.checks, p.index.candidates, p.index.heaps,
+                     p.classes.evaluations)
 
 
 class _Heap:
@@ -159,15 +198,17 @@ class LoadIndex:
         while entries:
             self.candidates += 1
             load, mid = entries[0]
-            if loads[mid] != load:  # stale: the machine gained units since it was pushed
-                heapreplace(entries, (loads[mid], mid))
+            now = loads[mid]
+            if now != load:  # stale: the machine gained units since it was pushed
+                heapreplace(entries, (now, mid))
                 continue
-            heappop(entries)
-            rejection = feasibility.first_rejection((check,), t, mid)
+            feasibility.checks += 1  # (Feasibility.first_rejection of one checker, inline)
+            rejection = check(t, mid)
             if rejection is None:
                 chosen = mid
-                heappush(entries, (load + 1, mid))
+                heapreplace(entries, (load + 1, mid))  # its load once placed
                 break
+            heappop(entries)
             shared += rejection.shared
             if heap.private and rejection.shared:
                 heap.ruled_out[rejection.constraint] = heap.ruled_out.get(
@@ -211,14 +252,6 @@ class _Pass:
         self.pending: dict[str, str] = {}
         self._short_ids: dict[str, list[str]] | None = None
 
-    def run(self) -> tuple[Plan, Stats]:
-        self._keep_existing()
-        self._place_wanted()
-        plan = Plan(tuple(sorted(self.unschedule, key=lambda d: d.unit)), tuple(self.place),
-                    MappingProxyType(dict(sorted(self.pending.items()))))
-        return plan, Stats(self.feasibility.checks, self.index.candidates, self.index.heaps,
-                           self.classes.evaluations)
-
     def _commit(self, unit: str, machine_id: str) -> None:
         self.location[unit] = machine_id
         self.loads[machine_id] += 1
@@ -229,7 +262,7 @@ class _Pass:
 
     # -- step 1 ---------------------------------------------------------------------------
 
-    def _keep_existing(self) -> None:
+    def keep_existing(self) -> None:
         survivors: dict[str, str] = {}
         for unit in sorted(self.view.assignments):
             mid = self.view.assignments[unit]
@@ -270,11 +303,13 @@ class _Pass:
 
     # -- step 2 ---------------------------------------------------------------------------
 
-    def _place_wanted(self) -> None:
+    def place_wanted(self) -> Iterator[Decision]:
+        """Places every wanted unit, yielding each placement as it is made."""
         wanted = {name: "" for name in self.traits
                   if name not in self.location and self._wanted(name)}
         order, stuck = _topological(wanted, self.traits)
         self.pending.update(stuck)
+        place = self.place
         for unit in order:
             t = self.traits[unit]
             if t.machine_of:
@@ -283,6 +318,8 @@ class _Pass:
                 self._place_pinned_by_machine_id(t)
             else:
                 self._place_least_loaded(t)
+            if place and place[-1].unit == unit:
+                yield place[-1]
 
     def _place_pinned_by_machine_of(self, t: Traits) -> None:
         where: dict[str, str] = {}

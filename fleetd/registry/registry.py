@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
+from fleetd.registry.commit import COMMIT_IN_FLIGHT, MAX_TXN_OPS, BatchCommit
 from fleetd.registry.etcd import KV, Etcd, prefix_end
 from fleetd.registry.keys import DEFAULT_PREFIX, Keys, Kind
 from fleetd.status import UnitStateRecord, UnitStatus
 from fleetd.unit.unitfile import UnitFile, content_hash, parse_unit_file, serialize
 from fleetd.unit.xfleet import FleetOptions, parse_fleet_options
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-COMMIT_IN_FLIGHT = 4  # transactions of one plan's unordered puts sent at once
 ASSIGNMENT_VALUES_KEPT = 4096  # encoded (hash, desired) assignment values remembered
 OPTIONS_CACHED = 100_000  # parsed [X-Fleet] options kept (by content hash and unit name)
 BEATS_PER_TTL = 10  # heartbeats an agent writes per agent TTL
@@ -637,6 +635,11 @@ class Registry:
         return found
 
     # -- batching ----------------------------------------------------------------------------
+    def batch_commit(self, guard: list, first: Iterable = (), per_txn: int = MAX_TXN_OPS,
+                     in_flight: int = COMMIT_IN_FLIGHT) -> BatchCommit:
+        """A plan's writes sent while it is being made (see `fleetd.registry.commit`)."""
+        return BatchCommit(self.etcd, guard, per_txn, in_flight, first)
+
     def commit_batches(self, guard: list, ops: Iterable, per_txn: int = MAX_TXN_OPS,
                        first: Iterable = (), then: Iterable = (),
                        in_flight: int = COMMIT_IN_FLIGHT) -> int:
@@ -647,22 +650,11 @@ class Registry:
         after all of them, up to `in_flight` transactions at once: etcd commits concurrent
         transactions together, so a large plan is not held to one round trip per batch.
         Returns how many batches failed."""
-        failed = 0
-        batches = _batches(list(first) + list(ops), per_txn)
-        for batch in batches:
-            failed += not self.etcd.txn(list(guard), batch)
-        rest = _batches(then, per_txn)
-        if len(rest) <= 1 or in_flight <= 1:
-            return failed + sum(not self.etcd.txn(list(guard), b) for b in rest)
-        with ThreadPoolExecutor(max_workers=min(in_flight, len(rest)),
-                                thread_name_prefix="commit") as pool:
-            results = [pool.submit(self.etcd.txn, list(guard), b) for b in rest]
-            outcomes = [r.exception() or r.result() for r in results]  # wait for every one
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            failed += not outcome
-        return failed
+        with self.batch_commit(guard, first, per_txn, in_flight) as commit:
+            commit.ordered(ops)
+            for op in then:
+                commit.add(op)
+            return commit.finish()
 
 
 def state_record(name: str, machine: str, value: bytes) -> UnitStateRecord:
@@ -673,11 +665,3 @@ def state_record(name: str, machine: str, value: bytes) -> UnitStateRecord:
                                       data.get("active", "inactive"), data.get("sub", "dead")),
                            data.get("launched") is True)
 
-
-def _batches(ops: Iterable, per_txn: int) -> list[list]:
-    batches: list[list] = []
-    for op in ops:
-        if not batches or len(batches[-1]) >= per_txn:
-            batches.append([])
-        batches[-1].append(op)
-    return batches

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 import uuid
@@ -9,6 +11,7 @@ import uuid
 import pytest
 
 from fleetd.daemon import machine_id
+from fleetd.engine import engine as engine_module
 from fleetd.engine.engine import Engine
 from fleetd.job import JobState
 from fleetd.machine import Machine
@@ -447,3 +450,111 @@ def test_a_standby_watches_the_leader_key_even_when_it_was_written_before_a_comp
             run.close()
         leader_client.close()
         standby_client.close()
+
+
+def _loaded_engine(registry: Registry, engine_registry: Registry, machines: int,
+                   units: int) -> Engine:
+    """A leading engine with its cache loaded over `machines` and `units` jobs, its loop not
+    running (the test runs passes itself)."""
+    add_machines(registry, machines)
+    for i in range(units):
+        registry.create_job(f"u{i:03d}.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+    engine = Engine(engine_registry, "e" * 32, ttl=10, reconcile_interval=3600)
+    assert engine.leadership.ensure()
+    engine._load()
+    return engine
+
+
+def test_a_pass_writes_its_placements_while_it_is_still_deciding(registry, engine_registry,
+                                                                monkeypatch):
+    """A full batch of placements leaves for etcd before the scheduler has decided the
+    rest; every placement is committed when the pass ends."""
+    engine = _loaded_engine(registry, engine_registry, 4, 300)
+    etcd = engine_registry.etcd
+    sent_when_decided: list[int] = []
+
+    class Watched(engine_module.Planning):
+        def __iter__(self):
+            for decision in super().__iter__():
+                sent_when_decided.append(etcd.requests)
+                yield decision
+
+    monkeypatch.setattr(engine_module, "Planning", Watched)
+    try:
+        before = etcd.requests
+        engine.reconcile()
+        assert len(sent_when_decided) == 300
+        # The first batch (128) was on its way before the 200th placement was decided.
+        assert sent_when_decided[199] > sent_when_decided[0]
+        assert sent_when_decided[0] - before <= 1  # (a lease renewal, at most)
+        assert len(registry.assignments()[1]) == 300
+    finally:
+        engine.leadership.resign()
+
+
+def test_a_large_pass_logs_a_few_decisions_and_counts_the_rest(registry, engine_registry,
+                                                              monkeypatch, caplog):
+    monkeypatch.setattr(engine_module, "LOGGED_EACH", 5)
+    engine = _loaded_engine(registry, engine_registry, 3, 12)
+    try:
+        with caplog.at_level(logging.INFO, logger="fleetd.engine"):
+            engine.reconcile()
+        lines = [r.getMessage() for r in caplog.records if r.name == "fleetd.engine"]
+        assert len([m for m in lines if m.startswith("schedule u")]) == 5
+        assert "schedule 7 more unit(s) in this pass (the first 5 logged above)" in lines
+        assert len(registry.assignments()[1]) == 12
+
+        caplog.clear()
+        registry.create_job("late.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+        for i in range(12):
+            registry.set_desired(f"u{i:03d}.service", JobState.INACTIVE)
+
+        def seen_all() -> bool:
+            engine._drain(0.1)
+            jobs = engine.cache.jobs
+            return "late.service" in jobs and all(
+                jobs[f"u{i:03d}.service"].desired is JobState.INACTIVE for i in range(12))
+        wait_for(seen_all, 10, message="the changes seen")
+        with caplog.at_level(logging.DEBUG, logger="fleetd.engine"):
+            engine.reconcile()
+        lines = [r.getMessage() for r in caplog.records if r.name == "fleetd.engine"]
+        assert len([m for m in lines if m.startswith("unschedule u")]) == 12  # debug: all
+        assert "unschedule 7 more unit(s) in this pass (the first 5 logged above)" in lines
+        assert any(m.startswith("schedule late.service to ") for m in lines)
+    finally:
+        engine.leadership.resign()
+
+
+def test_no_garbage_collection_runs_during_a_pass(registry, engine_registry):
+    """A pass makes many objects that live on; collections they would set off walk the
+    whole heap. They wait until the pass is over."""
+    engine = _loaded_engine(registry, engine_registry, 3, 200)
+    collections: list[str] = []
+    in_pass = threading.Event()
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start" and in_pass.is_set():
+            collections.append(phase)
+
+    real_place = engine._place
+
+    def place(planning, commit):
+        in_pass.set()
+        try:
+            real_place(planning, commit)
+        finally:
+            in_pass.clear()
+
+    engine._place = place
+    threshold = gc.get_threshold()
+    gc.set_threshold(10)  # a collection every 10 allocations, were it enabled
+    gc.callbacks.append(seen)
+    try:
+        engine.reconcile()
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*threshold)
+        engine.leadership.resign()
+    assert len(registry.assignments()[1]) == 200
+    assert collections == []

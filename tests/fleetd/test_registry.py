@@ -457,3 +457,92 @@ def test_closing_the_client_never_waits_on_a_watch_stream_nobody_reads(etcd_serv
     closing.start()
     closing.join(10)
     assert not closing.is_alive()
+
+
+def test_a_full_batch_is_on_its_way_before_the_plan_is_finished(registry):
+    """Puts given one by one leave in transactions of 128 as each fills, without waiting
+    for etcd's answer: the writer goes on deciding while etcd commits."""
+    etcd, ops, guard_key, token = _held_leader_key(registry)
+    value = encode({"hash": "abc", "desired": "launched"})
+    before = etcd.requests
+    with registry.batch_commit([ops.create(guard_key) == token]) as commit:
+        sent = []
+        for i in range(300):
+            commit.put(registry.keys.assignment("m1", f"u{i:03d}.service"), value)
+            sent.append(etcd.requests - before)
+        assert sent[126] == 0 and sent[127] == 1  # the first batch left when it filled
+        assert sent[255] == 2 and sent[-1] == 2   # the rest waits for `finish`
+        assert commit.finish() == 0
+    assert etcd.requests - before == 3
+    assert len(registry.assignments("m1")[1]) == 300
+
+
+def test_nothing_is_written_after_a_refused_removal(registry):
+    """A put must never land while a removal ordered before it did not: once an ordered
+    batch is refused, nothing more is sent, and every batch counts as refused."""
+    etcd, ops, guard_key, token = _held_leader_key(registry)
+    value = encode({"hash": "abc", "desired": "launched"})
+    etcd.delete(guard_key)
+    etcd.put(guard_key, "someone else")  # leadership lost: every batch is refused
+    before = etcd.requests
+    with registry.batch_commit([ops.create(guard_key) == token]) as commit:
+        commit.ordered([ops.delete(registry.keys.assignment("m1", "u0.service"))])
+        for i in range(300):
+            commit.put(registry.keys.assignment("m2", f"u{i}.service"), value)
+        assert commit.finish() == 1 + 3
+    assert etcd.requests - before == 1  # the refused removal only
+    assert registry.assignments("m2")[1] == []
+
+
+def test_the_first_operations_go_alone_before_the_puts(registry):
+    """`first` (a fence) goes with the first transaction: alone when only puts follow, so
+    it lands before any of them; not at all when nothing was given."""
+    etcd, ops, guard_key, token = _held_leader_key(registry)
+    fence = registry.keys.fence("m1")
+    with registry.batch_commit([], first=[ops.put(fence, "1")]) as commit:
+        assert commit.empty
+    assert etcd.get(fence) is None
+    value = encode({"hash": "abc", "desired": "launched"})
+    with registry.batch_commit([ops.create(guard_key) == token],
+                               first=[ops.put(fence, "1")]) as commit:
+        for i in range(200):
+            commit.put(registry.keys.assignment("m2", f"u{i}.service"), value)
+        assert commit.finish() == 0
+    landed = etcd.snapshot(registry.keys.assignments_of("m2"))[1]
+    assert len(landed) == 200
+    assert min(kv.mod_revision for kv in landed) > etcd.get(fence).mod_revision
+
+
+def test_transactions_write_puts_with_leases_and_deletes_of_ranges(registry):
+    """The client writes operations straight into etcd's request: every field of a put or
+    a delete still reaches etcd; anything else is refused before it is sent."""
+    etcd, ops = registry.etcd, registry.etcd.ops
+    prefix = registry.keys.prefix + "txn/"
+    lease = etcd.grant(30)
+    assert etcd.txn([], [ops.put(prefix + "a", "1", lease=lease), ops.put(prefix + "b", b"2"),
+                         ops.put(prefix + "c/1", "3"), ops.put(prefix + "c/2", "4")])
+    assert etcd.get(prefix + "a").lease == lease and etcd.get(prefix + "b").value == b"2"
+    assert etcd.txn([], [ops.delete(prefix + "c/", prefix + "c0")])
+    assert [kv.key for kv in etcd.snapshot(prefix)[1]] == [prefix + "a", prefix + "b"]
+    assert not etcd.txn([ops.version(prefix + "a") == 0], [ops.delete(prefix + "a")],
+                        failure=[ops.put(prefix + "seen", "yes")])
+    assert etcd.get(prefix + "seen").value == b"yes"
+    with pytest.raises(TypeError):
+        etcd.txn([], [ops.get(prefix + "a")])
+
+
+def test_a_sent_transaction_that_failed_is_sent_again(etcd_server):
+    """A transaction sent without waiting whose attempt failed (its member went away) is
+    sent again as a waited-for one is: through failover, to the next endpoint."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    etcd = Etcd([dead, etcd_server.url], timeout=5)
+    try:
+        registry = Registry(etcd, f"/sent-{uuid.uuid4().hex[:8]}/")
+        value = encode({"hash": "abc", "desired": "launched"})
+        with registry.batch_commit([]) as commit:
+            for i in range(300):
+                commit.put(registry.keys.assignment("m1", f"u{i}.service"), value)
+            assert commit.finish() == 0
+        assert len(registry.assignments("m1")[1]) == 300
+    finally:
+        etcd.close()

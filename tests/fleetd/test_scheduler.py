@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fleetd.engine import scheduler
 from fleetd.engine.feasible import glob_template_key, template_key
-from fleetd.engine.scheduler import ClusterView, Plan, schedule, schedule_with_stats
+from fleetd.engine.scheduler import ClusterView, Plan, Planning, schedule, schedule_with_stats
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 from fleetd.unit.xfleet import FleetOptions, FrozenMetadata, conflicts_with, matches_metadata
@@ -439,6 +439,39 @@ def test_every_plan_is_feasible_complete_and_stable(v):
     # The same units stay pending (the reason may name another constraint: the first one
     # that fails against the fuller cluster).
     assert set(again.pending) == set(plan.pending)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), st.integers(min_value=0, max_value=8))
+def test_a_plan_read_as_it_is_made_is_the_same_plan(v, read_first):
+    """Planning: every removal is known before any placement is worked out; placements
+    come one at a time in plan order; finishing after reading some of them gives the plan
+    `schedule` gives."""
+    whole = schedule(v)
+    # (The engine writes removals before placements are known: no unit is placed back on
+    # the machine it is removed from, which would make its agent stop and start it.)
+    assert not ({(d.unit, d.machine) for d in whole.unschedule}
+                & {(d.unit, d.machine) for d in whole.place})
+    planning = Planning(v)
+    assert planning.unschedule == whole.unschedule
+    assert planning.stats().candidates == 0  # no placement decided yet
+    read = []
+    for decision in planning:
+        read.append(decision)
+        if len(read) >= read_first:
+            break
+    assert tuple(read) == whole.place[:len(read)]
+    assert planning.plan() == whole
+    assert planning.plan() == whole  # finishing twice changes nothing
+
+
+def test_placements_are_decided_only_as_they_are_read():
+    machines = [machine(f"m{i}") for i in range(3)]
+    planning = Planning(view(machines, [job(f"u{i}.service") for i in range(30)]))
+    first = next(iter(planning))
+    assert first.unit == "u0.service"
+    assert planning.stats().candidates == 1
+    assert len(planning.plan().place) == 30
 
 
 @st.composite
