@@ -2,11 +2,12 @@
 
 `fleetctl start 'job@*'` sends one PUT per unit, several at once. Written one by one, each
 is an etcd transaction (a raft round and a disk sync on every member) and an event that
-wakes every engine, agent and view that watches. Here a change that arrives while another commit is in flight waits for it
-and goes into the next transaction with every change queued meanwhile, each still guarded
-by the revision its writer saw. If any of them moved since, the transaction writes nothing
-and each change is then written alone (`Registry.set_desired`: re-read and retried), so a
-conflict costs one round more, never a lost or misapplied change.
+wakes every engine, agent and view that watches. Here a change that arrives while another
+commit is in flight waits for it and goes into the next transaction with every change
+queued meanwhile, each still guarded by the revision its writer saw. If any of them moved
+since, the transaction writes nothing and each change is then written alone
+(`Registry.set_desired`: re-read and retried), so a conflict costs one round more, never a
+lost or misapplied change.
 
 One caller at a time commits (the leader); when it is done it hands the queue to the
 oldest waiter. A change alone is written at once: nothing waits for company. (Measured
