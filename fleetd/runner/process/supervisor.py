@@ -55,6 +55,8 @@ LINGER_POLL_S = 0.2  # how often a command whose main process ended is checked f
 MAX_DATAGRAM = 1 << 20
 MAX_REPORTS = 200  # per datagram
 SEND_RETRY_S = 0.01  # while the runner's socket buffer is full
+KILL_SETTLE_S = 5.0  # at most, for what kill_everything killed to die (a D-state task)
+KILL_LOOK_S = 0.005  # between its looks while killed processes are still dying
 EXIT_GRACE_S = 10.0  # after the runner left, for what was killed to be reaped
 
 
@@ -222,7 +224,14 @@ class Supervisor:
         os._exit(1)
 
     def kill_everything(self) -> None:
-        """SIGKILL every command's group and every process below us."""
+        """SIGKILL every command's group and every process below us, until two looks in a
+        row find nothing alive below us (or KILL_SETTLE_S passed).
+
+        One look is not enough: a process whose parent is exiting moves to us (the
+        subreaper) meanwhile, and the kernel's children files may then list it under
+        neither parent (they are exact only for stopped tasks). A process that is dying
+        still counts as alive, so the looks go on until every process killed is a zombie:
+        by then whatever was below it has moved to us, and the next look sees it."""
         for command in list(self.commands.values()):
             if command.pid:
                 try:
@@ -230,7 +239,9 @@ class Supervisor:
                 except OSError:
                     pass
         me = os.getpid()
-        for _ in range(3):  # again, for whatever forked while we were scanning
+        deadline = time.monotonic() + KILL_SETTLE_S
+        quiet = 0
+        while quiet < 2 and time.monotonic() < deadline:
             if self.follow_children:
                 pids = set(subtree({me})) - {me}
             else:
@@ -240,8 +251,9 @@ class Supervisor:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            if not pids:
-                break
+            quiet = 0 if pids else quiet + 1
+            if pids:
+                time.sleep(KILL_LOOK_S)  # the killed processes take a moment to die
 
     # -- requests ------------------------------------------------------------------------
 
