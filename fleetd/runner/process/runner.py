@@ -18,7 +18,6 @@ node; no process per unit besides the unit's own.
 
 from __future__ import annotations
 
-import _thread
 import logging
 import os
 import queue
@@ -365,15 +364,16 @@ class ProcessRunner:
         unit.start_pending = False
         unit.restart_now = False
         worker = ServiceWorker(self, unit)
-        # A bare thread: threading.Thread.start() waits until the new thread has run, which
-        # made the caller (the agent, starting hundreds of units in one pass) hand over the
-        # interpreter to every new worker in turn. Nothing joins a worker: shutdown waits
-        # until the set of workers is empty, each leaves it as its last act.
+        # Nothing joins a worker: shutdown waits until the set of workers is empty, each
+        # leaves it as its last act. (Thread.start() returns once the new thread runs;
+        # bare threads started by the hundred in one agent pass all waited for the
+        # interpreter at once, with the lease renewer and etcd's threads behind them.)
         unit.worker = worker
         self._workers.add(worker)
         try:
-            _thread.start_new_thread(self._worker_main, (worker,))
-        except RuntimeError as err:  # it runs only once we release the lock
+            threading.Thread(target=self._worker_main, args=(worker,), daemon=True,
+                             name=f"fleetd-unit-{unit.full}").start()
+        except RuntimeError as err:
             unit.worker, unit.job = None, None
             self._workers.discard(worker)
             raise RunnerError(f"cannot start {unit.full}: {err}") from None
