@@ -11,7 +11,10 @@ from provision.providers.local.supervisor import Supervisor
 
 class FakeNode:
     def __init__(self, name: str, leader: bool, events: list[str],
-                 leader_stopped: threading.Event) -> None:
+                 leader_stopped: threading.Event, probed: list[str],
+                 probes_done: threading.Event) -> None:
+        self.probed = probed
+        self.probes_done = probes_done
         self.name = name
         self.leader = leader
         self.events = events
@@ -20,9 +23,15 @@ class FakeNode:
         self.looks = 0
 
     def quiesce(self) -> None:
-        self.events.append(f"quiesce {self.name}")
+        # Fleet takes a while to stop: the leader probes run meanwhile, not after it.
+        self.probes_done.wait(10)
+        self.events.append(f"quiesce {self.name}" +
+                           ("" if self.probes_done.is_set() else " (before the probes)"))
 
     def leads_etcd(self) -> bool:
+        self.probed.append(self.name)
+        if len(self.probed) == 3:
+            self.probes_done.set()
         return self.leader
 
     def begin_etcd_stop(self) -> None:
@@ -49,11 +58,14 @@ class FakeNode:
 
 def test_the_leader_stops_once_followers_closed_their_peer_listener_not_once_they_ended(
         tmp_path):
+    """Also: who leads etcd is asked while fleet stops, not after."""
     state.write_plan(tmp_path, {"cluster": "t", "nodes": []})
     supervisor = Supervisor(tmp_path)
     events: list[str] = []
-    leader_stopped = threading.Event()
-    supervisor.nodes = {name: FakeNode(name, name == "core-02", events, leader_stopped)
+    leader_stopped, probes_done = threading.Event(), threading.Event()
+    probed: list[str] = []
+    supervisor.nodes = {name: FakeNode(name, name == "core-02", events, leader_stopped,
+                                       probed, probes_done)
                         for name in ("core-01", "core-02", "core-03")}
     try:
         supervisor.stop_nodes()

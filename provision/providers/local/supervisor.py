@@ -361,8 +361,13 @@ class Supervisor:
         goes once every follower has stopped its raft transport (its peer listener is
         closed), not once they have ended: each follower then still waits for the
         connections the leader holds to it, which end when the leader stops."""
-        self._each("quiesce", self.nodes)
-        leaders = {n for n, node in self.nodes.items() if node.leads_etcd()}
+        # Who leads is asked while fleet stops (a TLS handshake per node, in parallel).
+        with ThreadPoolExecutor(max_workers=len(self.nodes) or 1,
+                                thread_name_prefix="leader-probe") as probes:
+            leading = {name: probes.submit(node.leads_etcd)
+                       for name, node in self.nodes.items()}
+            self._each("quiesce", self.nodes)
+            leaders = {name for name, answer in leading.items() if answer.result()}
         followers = [node for name, node in self.nodes.items() if name not in leaders]
         for node in followers:
             self._guarded(node.begin_etcd_stop, node.name)
