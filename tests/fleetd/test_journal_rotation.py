@@ -4,13 +4,16 @@ however many rotations happen between two of its reads (within the files kept)."
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from fleetd.runner.process.journal import read_journal, rotated, tail
-from fleetd.runner.process.procs import LogLimits, UnitLog
+from fleetd.runner.process.procs import LogLimits, OpenLogs, UnitLog, _timestamp
 from tests.support.etcd import wait_for
 
 
@@ -30,10 +33,15 @@ LIMITS = {
 }
 
 
+# A writer that opens its file for each write, and one that keeps it open (the runner's).
+WRITERS = {"reopens": lambda: None, "kept-open": lambda: OpenLogs(4)}
+
+
+@pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS)
 @pytest.mark.parametrize("limits", LIMITS.values(), ids=LIMITS)
-def test_the_last_lines_span_the_rotated_files(tmp_path, limits):
+def test_the_last_lines_span_the_rotated_files(tmp_path, limits, writer):
     path = tmp_path / "chatty.service.log"
-    log = UnitLog(path, "core-01", limits)
+    log = UnitLog(path, "core-01", limits, writer())
     write(log, 1, 400)  # ~40 KiB: many rotations
     assert [p.name for p in rotated(path)] == [f"{path.name}.{i}"
                                                for i in range(1, limits.keep + 1)]
@@ -46,13 +54,15 @@ def test_the_last_lines_span_the_rotated_files(tmp_path, limits):
         lines, _ = tail(path, count)
         assert [number(line) for line in lines] == numbers[-count:], count
     assert tail(path, 0) == ([], path.stat().st_size)
+    log.close()
 
 
+@pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS)
 @pytest.mark.parametrize("limits", [LIMITS["keep-3"], LIMITS["keep-0"]], ids=["keep-3",
                                                                               "keep-0"])
-def test_a_follower_gets_every_line_once_across_rotations(tmp_path, limits):
+def test_a_follower_gets_every_line_once_across_rotations(tmp_path, limits, writer):
     path = tmp_path / "chatty.service.log"
-    log = UnitLog(path, "core-01", limits)
+    log = UnitLog(path, "core-01", limits, writer())
     write(log, 1, 30)
     line_bytes = path.stat().st_size / 30
     stop = threading.Event()
@@ -79,6 +89,7 @@ def test_a_follower_gets_every_line_once_across_rotations(tmp_path, limits):
     finally:
         stop.set()
         reader.join(5)
+        log.close()
     assert seen == list(range(26, written + 1))
 
 
@@ -121,3 +132,59 @@ def _open_files_on(path: Path) -> int:
         except OSError:
             pass
     return found
+
+
+def test_logs_keep_their_file_open_within_the_budget_and_let_go_on_close(tmp_path):
+    budget = OpenLogs(1)
+    first = UnitLog(tmp_path / "a.service.log", "core-01", open_logs=budget)
+    second = UnitLog(tmp_path / "b.service.log", "core-01", open_logs=budget)
+    write(first, 1, 3)
+    write(second, 1, 3)
+    assert _open_files_on(first.path) == 1  # kept: the budget's one
+    assert _open_files_on(second.path) == 0  # none left: opened for each write
+    assert budget.count == 1
+    first.close()
+    assert _open_files_on(first.path) == 0 and budget.count == 0
+    write(second, 4, 1)  # the budget is free again
+    assert _open_files_on(second.path) == 1
+    write(first, 4, 2)  # a closed log opens its file again, appending
+    assert [number(line) for line in first.path.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    second.close()
+    assert budget.count == 0
+
+
+def test_a_kept_open_log_that_fails_to_write_opens_afresh_and_returns_its_budget(tmp_path):
+    budget = OpenLogs(2)
+    path = tmp_path / "gone" / "u.service.log"
+    path.parent.mkdir()
+    log = UnitLog(path, "core-01", open_logs=budget)
+    write(log, 1, 1)
+    assert budget.count == 1
+    os.unlink(path)
+    os.rmdir(path.parent)  # the kept file still takes writes; reopening fails
+    log.close()
+    write(log, 2, 1)  # cannot open: dropped, logged, no exception
+    assert budget.count == 0
+    path.parent.mkdir()
+    write(log, 3, 1)
+    assert [number(line) for line in path.read_text().splitlines()] == [3]
+    log.close()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "America/St_Johns", "Etc/GMT+3"])
+def test_journal_timestamps_are_local_iso_8601_with_microseconds(zone, monkeypatch):
+    if not Path("/usr/share/zoneinfo", zone).exists():
+        pytest.skip(f"no zoneinfo for {zone}")
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        before = datetime.now().astimezone()
+        stamp = _timestamp()
+        after = datetime.now().astimezone()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    parsed = datetime.fromisoformat(stamp)
+    assert before <= parsed <= after
+    assert parsed.utcoffset() == before.utcoffset()
+    assert stamp == parsed.isoformat(timespec="microseconds")

@@ -503,6 +503,67 @@ def test_stop_timeout_sigkills_a_group_that_ignores_sigterm(runner, recorder):
     assert "Result: timeout" in runner.status_text("stubborn.service")
 
 
+def test_a_stopped_main_process_is_continued_so_that_sigterm_ends_it(runner):
+    runner.load("frozen.service", unit("""
+        [Service]
+        ExecStart=/bin/sleep 300
+        TimeoutStopSec=60
+    """))
+    runner.start("frozen.service")
+    wait_state(runner, "frozen.service", "active", "running")
+    pid = runner.main_pid("frozen.service")
+    os.kill(pid, signal.SIGSTOP)
+    assert wait_for(lambda: _proc_state(pid) == "T"), _proc_state(pid)
+    asked = time.monotonic()
+    runner.stop("frozen.service")
+    wait_state(runner, "frozen.service", "inactive", "dead", timeout=30)
+    # SIGTERM, then SIGCONT: it ends at once, by SIGTERM, long before the stop timeout.
+    assert time.monotonic() - asked < 30
+    assert "code=killed, status=15/TERM" in journal_text(runner, "frozen.service")
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(b")") + 2:].split()[0].decode()
+
+
+def _open_on(path: Path) -> int:
+    """How many file descriptors of this process are open on `path`."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_running_unit_keeps_its_log_open_and_an_idle_or_forgotten_one_does_not(runner):
+    runner.load("held.service", unit("""
+        [Service]
+        ExecStart=/bin/sleep 300
+    """))
+    log = runner.state_dir / "logs" / "held.service.log"
+    runner.start("held.service")
+    wait_state(runner, "held.service", "active", "running")
+    assert _open_on(log) == 1
+    runner.stop("held.service")
+    wait_state(runner, "held.service", "inactive", "dead")
+    assert wait_for(lambda: _open_on(log) == 0), "an inactive unit's log stays open"
+    runner.start("held.service")
+    wait_state(runner, "held.service", "active", "running")
+    assert _open_on(log) == 1
+    runner.unload("held.service")
+    assert wait_for(lambda: "held.service" not in runner.units())
+    assert _open_on(log) == 0
+    lines = log.read_text().splitlines()
+    assert sum("Started held.service." in line for line in lines) == 2, lines
+
+
 def test_exec_stop_and_stop_post_run_in_order(runner, tmp_path):
     runner.load("tidy.service", unit("""
         [Service]

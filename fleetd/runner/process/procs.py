@@ -12,6 +12,7 @@ lock, which is notified on every change, so unit workers simply wait on it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -27,7 +28,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
@@ -82,31 +82,60 @@ class LogLimits:
     keep: int = 3
 
 
+class OpenLogs:
+    """How many unit logs may keep their file open at once (each is a file descriptor, on
+    top of the output pipe of every running command); past it a log opens its file for
+    each write, as a log without this budget always does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
 class UnitLog:
     """One unit's journal: a text file, one timestamped line per record, rotated by size
     (`limits`) so a chatty process cannot fill the disk; readers follow `path`, the
-    current file."""
+    current file.
 
-    def __init__(self, path: Path, hostname: str, limits: LogLimits | None = None) -> None:
+    With `open_logs`, the file stays open between writes (opening it cost more than the
+    write), within that budget, until `close()` (the runner closes a unit's log when its
+    worker ends); a rotation closes it before renaming it, as the journal's followers
+    expect. A write that fails drops the handle: the next one opens afresh."""
+
+    def __init__(self, path: Path, hostname: str, limits: LogLimits | None = None,
+                 open_logs: OpenLogs | None = None) -> None:
         self.path = path
         self.hostname = hostname
         self.limits = limits or LogLimits()
+        self._open_logs = open_logs
         self._size: int | None = None  # of the current file, once known
+        self._handle: io.FileIO | None = None  # the current file, kept open
         self._lock = threading.Lock()
 
     def write(self, ident: str, text: str) -> None:
         self.write_lines(ident, text.splitlines() or [""])
 
     def write_lines(self, ident: str, lines: Sequence[str]) -> None:
-        stamp = datetime.now().astimezone().isoformat(timespec="microseconds")
-        encoded = [f"{stamp} {self.hostname} {ident}: {line}\n".encode("utf-8", "replace")
-                   for line in lines]
+        prefix = f"{_timestamp()} {self.hostname} {ident}: "
+        encoded = [f"{prefix}{line}\n".encode("utf-8", "replace") for line in lines]
         with self._lock:
             try:
-                if self._size is None:
-                    self._size = _size_of(self.path)
                 start = 0
                 while start < len(encoded):
+                    handle = self._open()
+                    assert self._size is not None
                     # As many lines as fit before the limit (at least one into a fresh file).
                     end, room = start, self.limits.max_bytes - self._size
                     while end < len(encoded) and (len(encoded[end]) <= room or
@@ -116,16 +145,50 @@ class UnitLog:
                     if end == start:
                         self._rotate()
                         continue
-                    with open(self.path, "ab") as handle:
-                        handle.write(b"".join(encoded[start:end]))
+                    data = memoryview(b"".join(encoded[start:end]))
+                    try:
+                        while data:  # unbuffered: a write may take only part of it
+                            written = handle.write(data)
+                            if not written:
+                                raise OSError(f"no progress writing {self.path}")
+                            data = data[written:]
+                    finally:
                         self._size = handle.tell()
+                        if self._handle is None:
+                            handle.close()  # no budget left to keep it open
                     start = end
             except OSError as err:  # a full disk must not take the runner down
-                self._size = None
+                self._drop()
                 _LOG.warning("cannot write to %s: %s", self.path, err)
+
+    def close(self) -> None:
+        """Let go of the open file (the next write opens it again)."""
+        with self._lock:
+            self._drop()
+
+    def _open(self) -> io.FileIO:
+        if self._handle is not None:
+            return self._handle
+        handle = open(self.path, "ab", buffering=0)  # kept open: see close()
+        self._size = handle.tell()
+        if self._open_logs is not None and self._open_logs.take():
+            self._handle = handle
+        return handle
+
+    def _drop(self) -> None:
+        handle, self._handle = self._handle, None
+        self._size = None
+        if handle is not None:
+            if self._open_logs is not None:
+                self._open_logs.give_back()
+            try:
+                handle.close()
+            except OSError:
+                pass
 
     def _rotate(self) -> None:
         """<log>.{keep-1} → .{keep} … <log> → <log>.1; the oldest is dropped."""
+        self._drop()  # closed before the rename: a follower then reads it to its end
         keep = max(0, self.limits.keep)
         if keep == 0:
             self.path.unlink(missing_ok=True)
@@ -138,11 +201,27 @@ class UnitLog:
         self._size = 0
 
 
-def _size_of(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+_stamp_second: tuple = (-1, (), "", "")  # second, zone names, its local time, its UTC offset
+
+
+def _timestamp() -> str:
+    """Now as local ISO 8601 with microseconds (`datetime.now().astimezone().isoformat()`),
+    the second's part made once per second (and again when tzset() changes the zone): a
+    unit's start and stop write five lines."""
+    global _stamp_second
+    now = time.time()
+    second = int(now)
+    cached = _stamp_second
+    if cached[0] != second or cached[1] is not time.tzname:
+        local = time.localtime(second)
+        offset = local.tm_gmtoff or 0
+        sign = "-" if offset < 0 else "+"
+        hours, rest = divmod(abs(offset), 3600)
+        minutes, seconds = divmod(rest, 60)
+        zone = f"{sign}{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
+        cached = _stamp_second = (second, time.tzname,
+                                  time.strftime("%Y-%m-%dT%H:%M:%S", local), zone)
+    return f"{cached[2]}.{int((now - second) * 1_000_000):06d}{cached[3]}"
 
 
 @dataclass(eq=False)
@@ -280,7 +359,7 @@ class ProcessHost:
                     if time.monotonic() > deadline:
                         raise OSError("the process supervisor does not read its "
                                       "requests") from None
-                    if threading.current_thread() is self._thread:
+                    if threading.get_ident() == self._thread.ident:
                         self._on_reports()  # it may be waiting for us to read its reports
                     select.select([], [sock], [], 0.05)  # until there is room again
                 except OSError:

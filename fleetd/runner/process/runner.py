@@ -30,7 +30,7 @@ from pathlib import Path
 from fleetd.runner.base import RunnerError, StateListener, UnitStatus
 from fleetd.runner.process.environment import NodeEnvironment
 from fleetd.runner.process.journal import JournalLines, status_lines, tail
-from fleetd.runner.process.procs import LogLimits, ProcessHost, UnitLog
+from fleetd.runner.process.procs import LogLimits, OpenLogs, ProcessHost, UnitLog
 from fleetd.runner.process.service import ServiceWorker
 from fleetd.runner.process.settings import ConfigError, ServiceConfig, parse_service_config
 from fleetd.runner.process.state import Unit, UnitGraph
@@ -40,6 +40,9 @@ from fleetd.unit.unitfile import UnitFile, serialize
 
 _LOG = logging.getLogger(__name__)
 _STATUS_JOURNAL_LINES = 10
+# Unit logs kept open at once: a running unit's log is written at its start and stop and
+# whenever it prints; beyond this many, a write opens the file for itself.
+OPEN_LOGS = 512
 
 
 class ProcessRunner:
@@ -80,7 +83,10 @@ class ProcessRunner:
         self._units: dict[str, Unit] = {}
         self._graph = UnitGraph()
         self._listeners: list[StateListener] = []
-        self._workers: set[threading.Thread] = set()
+        self._workers: set[ServiceWorker] = set()
+        # Notified when the last worker ends (shutdown waits for that, and only that).
+        self._idle = threading.Condition(self._lock)
+        self._open_logs = OpenLogs(OPEN_LOGS)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self.host = ProcessHost(self.cond)
         self._notifier = threading.Thread(target=self._notify_loop, name="fleetd-runner-events",
@@ -108,7 +114,8 @@ class ProcessRunner:
             record = self._units.get(parsed.full)
             if record is None:
                 record = Unit(parsed, path, UnitLog(self._logs_dir / f"{parsed.full}.log",
-                                                    self.hostname, self.log_limits),
+                                                    self.hostname, self.log_limits,
+                                                    self._open_logs),
                               self._lock)
                 self._units[parsed.full] = record
             changed = record.content != unit
@@ -186,7 +193,8 @@ class ProcessRunner:
                 seen: set[Unit] = set()
                 for unit in list(self._units.values()):
                     self._stop_locked(unit, seen)
-            self.cond.wait_for(lambda: not self._workers, max(0.0, deadline - time.monotonic()))
+            self._idle.wait_for(lambda: not self._workers,
+                                max(0.0, deadline - time.monotonic()))
             if self._workers:
                 _LOG.warning("runner shutdown: units still stopping after %ss; killing them",
                              timeout)
@@ -194,10 +202,9 @@ class ProcessRunner:
                 self.cond.notify_all()
                 for unit in self._units.values():
                     unit.changed.notify_all()
-                self.cond.wait_for(lambda: not self._workers, 30.0)
-            workers = list(self._workers)
-        for thread in workers:
-            thread.join(timeout=5)
+                self._idle.wait_for(lambda: not self._workers, 30.0)
+            if self._workers:
+                _LOG.error("runner shutdown: %d unit workers did not end", len(self._workers))
         self.host.close()
         if threading.current_thread() is not self._notifier:
             self._events.put(None)
@@ -205,8 +212,11 @@ class ProcessRunner:
         with self.cond:
             self._closed.set()
             followers = list(self._followers)
+            logs = [unit.log for unit in self._units.values()]
         for stop in followers:
             stop.set()
+        for log in logs:
+            log.close()
 
     # -- extras (diagnostics and tests) -----------------------------------------------------
 
@@ -326,6 +336,7 @@ class ProcessRunner:
         unit.worker = None
         unit.job = None
         unit.start_pending = False
+        unit.log.close()  # until it is written again: an idle unit holds no file open
         if unit.unload_pending:
             self._forget_locked(unit)
         self.cond.notify_all()
@@ -352,19 +363,30 @@ class ProcessRunner:
         unit.stop_requested = False
         unit.start_pending = False
         unit.restart_now = False
-        thread = threading.Thread(target=self._worker_main, args=(ServiceWorker(self, unit),),
-                                  name=f"fleetd-unit-{unit.full}", daemon=True)
-        unit.worker = thread
-        self._workers.add(thread)
-        thread.start()
+        worker = ServiceWorker(self, unit)
+        # Nothing joins a worker: shutdown waits until the set of workers is empty, each
+        # leaves it as its last act. (Thread.start() returns once the new thread runs;
+        # bare threads started by the hundred in one agent pass all waited for the
+        # interpreter at once, with the lease renewer and etcd's threads behind them.)
+        unit.worker = worker
+        self._workers.add(worker)
+        try:
+            threading.Thread(target=self._worker_main, args=(worker,), daemon=True,
+                             name=f"fleetd-unit-{unit.full}").start()
+        except RuntimeError as err:
+            unit.worker, unit.job = None, None
+            self._workers.discard(worker)
+            raise RunnerError(f"cannot start {unit.full}: {err}") from None
 
     def _worker_main(self, worker: ServiceWorker) -> None:
         try:
             worker.run()
         finally:
             with self.cond:
-                self._workers.discard(threading.current_thread())
+                self._workers.discard(worker)
                 self.cond.notify_all()
+                if not self._workers:
+                    self._idle.notify_all()
 
     def _stop_locked(self, unit: Unit, seen: set[Unit]) -> None:
         if unit in seen:
@@ -397,6 +419,7 @@ class ProcessRunner:
         if self._units.get(unit.full) is unit:
             del self._units[unit.full]
             self._graph.update(unit.full, None)
+        unit.log.close()
         try:
             unit.path.unlink()
         except OSError:

@@ -383,8 +383,7 @@ class ServiceWorker:
                 return
             self.owner.set_state(unit, "deactivating", term_state)
         for proc in live:
-            host.kill(proc, signal.SIGTERM)
-            host.kill(proc, signal.SIGCONT)
+            host.kill(proc, signal.SIGTERM)  # the supervisor follows it with SIGCONT
         outcome = self._wait(lambda: not unit.live_procs(), _deadline(config.timeout_stop),
                              interruptible=False)
         if outcome == "ok":

@@ -47,7 +47,7 @@ class Unit:
         self.start_pending = False  # a start asked for while stopping
         self.restart_now = False  # a start asked for while waiting to restart
         self.unload_pending = False
-        self.worker: threading.Thread | None = None
+        self.worker: object | None = None  # the ServiceWorker running it, if any
         self.procs: list[Proc] = []
         self.main: Proc | None = None
         self.main_accounted = False

@@ -137,7 +137,7 @@ def prepare(state_dir: Path, cluster: str, boots: list[NodeBoot],
             "nodes": [{
         "name": b.name, "hostname": b.hostname, "ip": b.ip, "role": b.role,
         "dir": str(b.dirs.base), "machine_id": ids[b.name], "env": dict(b.env),
-        "etcd_url": b.etcd_url,
+        "etcd_url": b.etcd_url, "peer_url": b.peer_url,
         "units": [{"name": u.name, "text": u.text, "start": u.start} for u in b.units],
     } for b in boots]}
     state.write_plan(state_dir, plan)

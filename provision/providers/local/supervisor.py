@@ -30,6 +30,7 @@ import ssl
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -47,6 +48,7 @@ log = logging.getLogger("provision.supervisor")
 RESCAN_S = 2.0
 NODE_STOP_TIMEOUT_S = 40.0
 SHARED_READY_S = 15.0
+PEER_CLOSE_POLL_S = 0.01
 
 
 class Node:
@@ -133,6 +135,32 @@ class Node:
             time.sleep(0.05)
         runner.start(ETCD_UNIT)
         log.info("node %s: etcd restarted", self.name)
+
+    def begin_etcd_stop(self) -> None:
+        """Ask the node's etcd to stop (SIGTERM), without waiting for it to end."""
+        runner = self.runner
+        if runner is not None:
+            runner.stop(ETCD_UNIT)
+
+    def etcd_peer_listener_closed(self) -> bool:
+        """True once the node's etcd refuses peer connections (or has ended, or the node
+        runs no member). etcd closes its peer listener only after it stopped its raft
+        transport; what remains is its wait, up to a second, for the connections the
+        other members hold open to it (they end when those members stop)."""
+        runner = self.runner
+        address = urllib.parse.urlsplit(self.spec.get("peer_url") or "")
+        if runner is None or not address.hostname or not address.port:
+            return True
+        unit = runner.units().get(ETCD_UNIT)
+        if unit is None or unit.active in ("inactive", "failed"):
+            return True
+        try:
+            socket.create_connection((address.hostname, address.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False  # a busy machine's timeout says nothing: look again
+        return False
 
     def leads_etcd(self) -> bool:
         """True when this node's etcd is the raft leader (asked over the v2 stats API)."""
@@ -320,16 +348,34 @@ class Supervisor:
             self.write_status()
             self.wake.wait(RESCAN_S)
         log.info("stopping every node of %s", self.cluster)
-        self._each("quiesce", self.nodes)  # fleet and node units everywhere first
-        # Then etcd: a leader that stops while its followers stop too waits for a
-        # leadership transfer that cannot happen, so followers go first, leaders last.
-        leaders = {n for n, node in self.nodes.items() if node.leads_etcd()}
-        self._each("stop", {n: v for n, v in self.nodes.items() if n not in leaders})
-        self._each("stop", {n: v for n, v in self.nodes.items() if n in leaders})
+        self.stop_nodes()
         self._guarded(self.shared.stop, "shared")
         self.write_status(final=True)
         self.pool.shutdown()
         return 0
+
+    def stop_nodes(self) -> None:
+        """Fleet and the node units everywhere first (no fleetd loses its etcd while it
+        says goodbye), then etcd: followers before the raft leader, which would otherwise
+        try to hand its leadership to a member that is stopping too (seconds). The leader
+        goes once every follower has stopped its raft transport (its peer listener is
+        closed), not once they have ended: each follower then still waits for the
+        connections the leader holds to it, which end when the leader stops."""
+        # Who leads is asked while fleet stops (a TLS handshake per node, in parallel).
+        with ThreadPoolExecutor(max_workers=len(self.nodes) or 1,
+                                thread_name_prefix="leader-probe") as probes:
+            leading = {name: probes.submit(node.leads_etcd)
+                       for name, node in self.nodes.items()}
+            self._each("quiesce", self.nodes)
+            leaders = {name for name, answer in leading.items() if answer.result()}
+        followers = [node for name, node in self.nodes.items() if name not in leaders]
+        for node in followers:
+            self._guarded(node.begin_etcd_stop, node.name)
+        deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
+        while (not all(node.etcd_peer_listener_closed() for node in followers)
+               and time.monotonic() < deadline):
+            time.sleep(PEER_CLOSE_POLL_S)
+        self._each("stop", self.nodes)
 
     def _start_shared(self) -> None:
         """Start what every node needs (the cluster's DNS server) and wait until it answers."""
