@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 SUPERVISOR = str(Path(__file__).with_name("supervisor.py"))
@@ -201,27 +202,9 @@ class UnitLog:
         self._size = 0
 
 
-_stamp_second: tuple = (-1, (), "", "")  # second, zone names, its local time, its UTC offset
-
-
 def _timestamp() -> str:
-    """Now as local ISO 8601 with microseconds (`datetime.now().astimezone().isoformat()`),
-    the second's part made once per second (and again when tzset() changes the zone): a
-    unit's start and stop write five lines."""
-    global _stamp_second
-    now = time.time()
-    second = int(now)
-    cached = _stamp_second
-    if cached[0] != second or cached[1] is not time.tzname:
-        local = time.localtime(second)
-        offset = local.tm_gmtoff or 0
-        sign = "-" if offset < 0 else "+"
-        hours, rest = divmod(abs(offset), 3600)
-        minutes, seconds = divmod(rest, 60)
-        zone = f"{sign}{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
-        cached = _stamp_second = (second, time.tzname,
-                                  time.strftime("%Y-%m-%dT%H:%M:%S", local), zone)
-    return f"{cached[2]}.{int((now - second) * 1_000_000):06d}{cached[3]}"
+    """Now as local ISO 8601 with microseconds, as journalctl's short-iso-precise shows it."""
+    return datetime.now().astimezone().isoformat(timespec="microseconds")
 
 
 @dataclass(eq=False)
