@@ -60,6 +60,11 @@ def layout(lines: Sequence[Sequence[str]]) -> str:
     count = max(len(line) for line in lines)
     widths = [max((len(line[i]) for line in lines if i < len(line)), default=0)
               for i in range(count)]
+    if all(len(line) == count for line in lines):  # a table's lines: one pass per column
+        padded = [[cell.ljust(width + GAP) for cell in column]
+                  for column, width in zip(zip(*lines, strict=True), widths[:-1], strict=False)]
+        padded.append([line[-1] for line in lines])
+        return "".join(["".join(cells).rstrip() + "\n" for cells in zip(*padded, strict=True)])
     out = []
     for line in lines:
         cells = [cell.ljust(widths[i] + GAP) if i < len(line) - 1 else cell
@@ -69,11 +74,11 @@ def layout(lines: Sequence[Sequence[str]]) -> str:
 
 
 def render_table(table: Table, full: bool = False, legend: bool = True) -> str:
-    lines: list[list[str]] = []
+    columns = [[_one_line(column.cell(row, full)) for row in table.rows]
+               for column in table.columns]
+    lines: list[Sequence[str]] = list(zip(*columns, strict=True)) if table.rows else []
     if legend:
-        lines.append([column.header for column in table.columns])
-    for row in table.rows:
-        lines.append([_one_line(column.cell(row, full)) for column in table.columns])
+        lines.insert(0, [column.header for column in table.columns])
     return layout(lines)
 
 
@@ -91,4 +96,6 @@ def render(table: Table, output: str, full: bool = False, legend: bool = True) -
 
 def _one_line(text: str) -> str:
     # A newline or tab inside a cell would break the columns for every later row.
-    return text.replace("\t", " ").replace("\n", " ") or "-"
+    if "\t" in text or "\n" in text:
+        return text.replace("\t", " ").replace("\n", " ")
+    return text or "-"
