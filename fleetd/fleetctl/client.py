@@ -17,24 +17,28 @@ import json
 import socket
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from fleetd.fleetctl.errors import ApiError, ConnectError, UnitConflict, UsageError
 from fleetd.fleetctl.model import Machine, Unit, UnitState, malformed
-from fleetd.fleetctl.ssh import SshOptions
 from fleetd.unit.unitfile import UnitOption
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from fleetd.fleetctl.ssh import SshOptions
 
 API_PREFIX = "/fleet/v1"
 _MAX_PAGES = 10_000
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(namedtuple("Endpoint", ("scheme", "address"))):
     """Where an API listens: `unix` with a socket path, or `http`/`https` with host:port."""
 
+    __slots__ = ()
     scheme: str
     address: str
 

@@ -10,17 +10,21 @@ while staying plain spaces that copy and `awk` well.
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from fleetd.fleetctl.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 GAP = 2
 
 
-@dataclass(frozen=True)
-class Column:
+# Named tuples rather than dataclasses: see fleetd.fleetctl.model.
+class Column(namedtuple("Column", ("name", "cell", "value"))):
+    __slots__ = ()
     name: str  # lowercase field name used by --fields; the header is its upper case
     cell: Callable[[Any, bool], str]  # (row, full) -> text
     value: Callable[[Any], Any]  # row -> JSON value (never abbreviated)
@@ -30,8 +34,8 @@ class Column:
         return self.name.upper()
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(namedtuple("Table", ("columns", "rows"))):
+    __slots__ = ()
     columns: tuple[Column, ...]
     rows: tuple[Any, ...]
 
