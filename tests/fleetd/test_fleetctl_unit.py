@@ -1083,6 +1083,21 @@ def test_a_listing_reads_its_pages_on_one_kept_connection(fleetctl, serve, workd
     assert fake.connections == 1, fake.connections  # 4 pages and the machines
 
 
+def test_a_listing_asks_for_large_pages_and_follows_a_server_that_ignores_it(
+        fleetctl, serve, workdir):
+    """fleet's server pages by 100 whatever is asked (it reads only nextPageToken): every
+    page is still read, each asking for 1,000 items; ours answers 1,000 units at once."""
+    fake = FakeFleet(machines=two_machines(), page_size=3)
+    for i in range(10):
+        fake.add_unit(f"web@{i}.service", TEMPLATE)
+    for command in ("list-unit-files", "list-units"):
+        result = fleetctl(command, "--no-legend", endpoint=serve(fake, name=f"{command}.sock"))
+        assert result.code == 0, result.err
+    assert len(fake.paths("GET")) == 4 + 1 + 1  # /units in 4 pages, machines, /state
+    for _, path, query, _ in fake.requests:
+        assert query.get("pageSize") == ["1000"], (path, query)
+
+
 def test_a_kept_connection_the_server_closed_is_opened_again(fleetctl, serve, workdir):
     fake = FakeFleet(machines=two_machines(), page_size=3, keep_alive=True, drop_kept=True)
     for i in range(10):
