@@ -584,7 +584,28 @@ def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else argv)
+    if argv is not None:
+        return run(argv)
+    leave(run(sys.argv[1:]))
+
+
+def leave(code: int) -> NoReturn:
+    """End the console script once its output is out, without the interpreter's teardown:
+    freeing every object and module of a listing cost it 20-40 ms, a tenth of the command,
+    and nothing of ours is left to do then (no thread, no atexit, every file written and
+    closed by the command itself)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `fleetctl list-units | head`: the reader has all it wants
+        pass
+    except (OSError, ValueError) as err:  # stdout closed or full: say so, as Python would
+        sys.stderr.write(f"{PROG}: cannot write the output: {err}\n")
+        code = code or EXIT_FAILED
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

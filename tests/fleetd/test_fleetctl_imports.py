@@ -29,13 +29,10 @@ NOT_FOR_VERSION = ("http.client", "json", "fleetd.fleetctl.client", "fleetd.flee
 def loaded_by(argv: list[str], endpoint: str | None = None,
               watched: tuple[str, ...] = NOT_FOR_A_LISTING) -> tuple[str, list[str]]:
     """(stdout, the watched modules loaded) of `fleetctl ARGV` in a fresh interpreter."""
-    probe = ("import io, runpy, sys\n"
-             f"sys.argv = ['fleetctl', *{argv!r}]\n"
+    probe = ("import io, sys\n"
+             "from fleetd.fleetctl.main import run\n"
              "out, sys.stdout = sys.stdout, io.StringIO()\n"
-             "try:\n"
-             "    runpy.run_module('fleetd.fleetctl.main', run_name='__main__')\n"
-             "except SystemExit as done:\n"
-             "    assert not done.code, done.code\n"
+             f"assert run({argv!r}) == 0\n"
              "text, sys.stdout = sys.stdout.getvalue(), out\n"
              f"print(repr((text, sorted(m for m in {watched!r} if m in sys.modules))))\n")
     env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or ""}
@@ -74,3 +71,28 @@ def test_version_loads_no_client():
     text, loaded = loaded_by(["version"], watched=NOT_FOR_VERSION)
     assert text.startswith("fleetctl version ")
     assert loaded == []
+
+
+def test_the_console_script_writes_all_its_output_before_it_leaves(serve, tmp_path):
+    """`main` ends the process without the interpreter's teardown: whatever the reader,
+    everything is written first (a file, a pipe read to the end), and a reader that stops
+    early (`| head`) is no error."""
+    fake = FakeFleet(machines=two_machines(), page_size=1000)
+    for i in range(3000):
+        fake.add_unit(f"web@{i}.service", TEMPLATE, desired="launched", machine=M1)
+    env = {**os.environ, "FLEETCTL_ENDPOINT": serve(fake)}
+    command = [sys.executable, "-m", "fleetd.fleetctl.main", "list-unit-files"]
+    with open(tmp_path / "out", "w") as out:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, text=True,
+                                env=env, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    lines = (tmp_path / "out").read_text().splitlines()
+    assert len(lines) == 3001 and lines[-1].startswith("web@999.service")
+    piped = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 3001
+    head = subprocess.run(f"{' '.join(command)} | head -n 2; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert head.returncode == 0, head.stderr
+    assert head.stdout.splitlines()[0].split() == ["UNIT", "HASH", "DSTATE", "STATE", "TARGET"]
+    assert head.stderr == ""
