@@ -1087,13 +1087,19 @@ def test_a_listing_asks_for_large_pages_and_follows_a_server_that_ignores_it(
         fleetctl, serve, workdir):
     """fleet's server pages by 100 whatever is asked (it reads only nextPageToken): every
     page is still read, each asking for 1,000 items; ours answers 1,000 units at once."""
-    fake = FakeFleet(machines=two_machines(), page_size=3)
+    fake = FakeFleet(machines=two_machines() + [{"id": "m3"}, {"id": "m4"}], page_size=3)
     for i in range(10):
-        fake.add_unit(f"web@{i}.service", TEMPLATE)
+        fake.add_unit(f"web@{i}.service", TEMPLATE, desired="launched", machine=M1)
+    fake.states = [{"name": f"web@{i}.service", "hash": "", "machineID": M1,
+                    "systemdLoadState": "loaded", "systemdActiveState": "active",
+                    "systemdSubState": "running"} for i in range(7)]
     for command in ("list-unit-files", "list-units"):
         result = fleetctl(command, "--no-legend", endpoint=serve(fake, name=f"{command}.sock"))
         assert result.code == 0, result.err
-    assert len(fake.paths("GET")) == 4 + 1 + 1  # /units in 4 pages, machines, /state
+        assert len(result.out.splitlines()) == (10 if command == "list-unit-files" else 7)
+    paths = fake.paths("GET")
+    assert [paths.count(f"/fleet/v1/{what}") for what in ("units", "machines", "state")] == [
+        4, 2 + 2, 3]
     for _, path, query, _ in fake.requests:
         assert query.get("pageSize") == ["1000"], (path, query)
 
