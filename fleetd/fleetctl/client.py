@@ -287,10 +287,11 @@ class Client:
         return self._json(path, status, data)
 
     def paged(self, path: str, key: str, query: Mapping[str, str] | None = None) -> list[Any]:
-        """All items of a listing, following `nextPageToken` until it is absent."""
+        """All items of a listing, following `nextPageToken` until it is absent (pages of
+        LISTING_PAGE_SIZE unless `query` asks for another `pageSize`)."""
         items: list[Any] = []
         seen: set[str] = set()
-        params = {**(query or {}), "pageSize": str(LISTING_PAGE_SIZE)}
+        params = {"pageSize": str(LISTING_PAGE_SIZE), **(query or {})}
         for _ in range(_MAX_PAGES):
             document = self.get_json(path, params)
             if not isinstance(document, dict):

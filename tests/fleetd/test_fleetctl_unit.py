@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from fleetd.fleetctl.client import Endpoint, parse_endpoint
+from fleetd.fleetctl.client import Client, Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
 from fleetd.fleetctl.main import build_parser, parse_arguments, resolve_endpoint, run
 from fleetd.fleetctl.model import Machine
@@ -1102,6 +1102,13 @@ def test_a_listing_asks_for_large_pages_and_follows_a_server_that_ignores_it(
         4, 2 + 2, 3]
     for _, path, query, _ in fake.requests:
         assert query.get("pageSize") == ["1000"], (path, query)
+    # A caller may ask for fleet's own page size (bench/scale.py reads pages as fleet does).
+    client = Client(parse_endpoint(serve(fake, name="paged.sock")))
+    try:
+        assert len(client.paged("/fleet/v1/units", "units", {"pageSize": "100"})) == 10
+    finally:
+        client.close()
+    assert fake.requests[-1][2]["pageSize"] == ["100"]
 
 
 def test_a_kept_connection_the_server_closed_is_opened_again(fleetctl, serve, workdir):
