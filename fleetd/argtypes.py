@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _DURATION = re.compile(rf"^\s*({_NUMBER})\s*(ms|s|m|h)?\s*$")

@@ -23,7 +23,8 @@ from fleetd.status import UnitStateRecord
 from fleetd.unit.unitfile import UnitFile
 
 T = TypeVar("T")
-PAGE_SIZE = 100
+PAGE_SIZE = 100  # fleet's, for clients that do not ask for another (`pageSize`)
+MAX_PAGE_SIZE = 1000  # what a client may ask for: one listing of a large cluster, bounded
 BAD_TOKEN = "invalid value of nextPageToken query parameter"
 
 

@@ -64,7 +64,8 @@ def answer(call: Callable[[], Response]) -> Response:
 
 class Api:
     def __init__(self, registry: Registry, runner: Runner, machine_id: str,
-                 page_size: int = encode.PAGE_SIZE, view: UnitsView | None = None) -> None:
+                 page_size: int = encode.PAGE_SIZE, view: UnitsView | None = None,
+                 max_page_size: int = encode.MAX_PAGE_SIZE) -> None:
         self.registry = registry
         self.view = view
         self._options_cache: dict[str, list[dict]] = {}
@@ -72,16 +73,21 @@ class Api:
         self.runner = runner
         self.machine_id = machine_id
         self.page_size = page_size
+        self.max_page_size = max(max_page_size, page_size)
 
     # -- cluster-wide ------------------------------------------------------------------------
     def discovery(self) -> Response:
         return Response(200, schema.DISCOVERY)
 
+    def _page_size(self, query: schema.Query) -> int:
+        return schema.page_size(query, self.page_size, self.max_page_size)
+
     def list_machines(self, query: schema.Query) -> Response:
         token = schema.single(query, "nextPageToken")
+        size = self._page_size(query)
         _, machines = self.registry.machines()
         page, next_token = encode.paginate(machines.values(), lambda m: (m.id,), "machines",
-                                           token, self.page_size)
+                                           token, size)
         return Response(200, encode.page_body("machines", [encode.machine_json(m) for m in page],
                                               next_token))
 
@@ -89,15 +95,16 @@ class Api:
         """One page: this page's jobs, assignments and states only (from the view, or
         ranged reads of just those keys)."""
         token = schema.single(query, "nextPageToken")
+        size = self._page_size(query)
         after, listed_at = None, 0
         if token is not None:
             parts = encode.decode_token("units", token)
             if len(parts) not in (1, 2):
                 raise ApiError(400, encode.BAD_TOKEN)
             after, listed_at = parts[0], _revision(parts[1:])
-        page = self.view.units_page(after, self.page_size, listed_at) if self.view else None
+        page = self.view.units_page(after, size, listed_at) if self.view else None
         if page is None:
-            page = self.registry.units_page(after, self.page_size)
+            page = self.registry.units_page(after, size)
         entities = []
         for record in page.jobs:
             unit = self.registry.unit(record.job.hash)
@@ -115,21 +122,21 @@ class Api:
         token = schema.single(query, "nextPageToken")
         machine = schema.single(query, "machineID")
         name = schema.single(query, "unitName")
+        size = self._page_size(query)
         if name is not None:  # one unit's states: its own keys only
             states = [s for s in self._states_of(name)
                       if machine is None or s.machine == machine]
             page, next_token = encode.paginate(states, lambda s: (s.name, s.machine), "state",
-                                               token, self.page_size)
+                                               token, size)
         else:
             after = encode.decode_token("state", token) if token is not None else None
             if after is not None and len(after) not in (2, 3):
                 raise ApiError(400, encode.BAD_TOKEN)
             start = (after[0], after[1]) if after is not None else None
             listed_at = _revision(after[2:]) if after is not None else 0
-            found = (self.view.states_page(start, self.page_size, machine, listed_at)
+            found = (self.view.states_page(start, size, machine, listed_at)
                      if self.view else None)
-            page, more, revision = found or self.registry.states_page(start, self.page_size,
-                                                                      machine)
+            page, more, revision = found or self.registry.states_page(start, size, machine)
             next_token = (encode.encode_token("state", (page[-1].name, page[-1].machine,
                                                         str(max(revision, listed_at))))
                           if more else None)

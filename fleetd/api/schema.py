@@ -129,6 +129,20 @@ def single(query: Query, key: str) -> str | None:
     return values[0] if values else None
 
 
+def page_size(query: Query, default: int, most: int) -> int:
+    """`pageSize` (ours; fleet's pages are always 100 and its server ignores the
+    parameter): items per page, `default` when absent, at most `most` (a larger ask gets
+    `most`, as Google-style APIs constrain it)."""
+    value = single(query, "pageSize")
+    if value is None:
+        return default
+    digits = value.lstrip("0")
+    if not (value.isascii() and value.isdigit() and digits):
+        raise ApiError(400, f"query parameter pageSize={value[:32]!r} must be a whole number "
+                            "of items, 1 or more")
+    return most if len(digits) > 9 else min(int(digits), most)
+
+
 def flag(query: Query, key: str, default: bool = False) -> bool:
     found = optional_flag(query, key)
     return default if found is None else found

@@ -7,7 +7,7 @@ cut and use null for unknown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 from fleetd.fleetctl.model import Machine, Unit, UnitState, machine_id_legend, machine_legend
 from fleetd.fleetctl.tables import Column
@@ -47,8 +47,8 @@ DEFAULT_MACHINE_FIELDS = ("machine", "ip", "metadata")
 
 # -- list-unit-files -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class UnitFileRow:
+class UnitFileRow(namedtuple("UnitFileRow", ("unit", "machine"))):
+    __slots__ = ()
     unit: Unit
     machine: Machine | None  # the target machine's record, when known
 
@@ -90,8 +90,8 @@ DEFAULT_UNIT_FILE_FIELDS = ("unit", "hash", "dstate", "state", "target")
 
 # -- list-units ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class UnitStateRow:
+class UnitStateRow(namedtuple("UnitStateRow", ("state", "machine"))):
+    __slots__ = ()
     state: UnitState
     machine: Machine | None
 

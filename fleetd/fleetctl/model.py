@@ -2,19 +2,57 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
 
 from fleetd.fleetctl.errors import FleetctlError
 from fleetd.unit.unitfile import UnitFile, UnitFileError, UnitOption, content_hash
-from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~7 ms of a command)
+if TYPE_CHECKING:
+    from typing import Any
 
 # A listing holds many units of one content (a template's instances): each distinct option
-# is checked once, each distinct content hashed once, per fleetctl run.
+# is checked once, each distinct content read (hashed, described) once, per fleetctl run.
 _OPTIONS: dict[tuple[str, str, str], UnitOption] = {}
-_HASHES: dict[tuple[UnitOption, ...], str] = {}
+# The options of a unit's JSON, as (section, name, value) triples -> the checked options,
+# one tuple shared by every unit of that content.
+_CONTENTS: dict[tuple[tuple[str, str, str], ...], tuple[UnitOption, ...]] = {}
+
+
+class _Content:
+    """What a listing shows of one unit content, worked out once for all its units."""
+
+    __slots__ = ("options", "unit_file", "hash", "description", "fleet_section", "globals")
+
+    def __init__(self, options: tuple[UnitOption, ...]) -> None:
+        self.options = options
+        self.unit_file = UnitFile(options)
+        self.hash = content_hash(self.unit_file)
+        self.description = self.unit_file.get_last("Unit", "Description") or ""
+        self.fleet_section = any(option.section == "X-Fleet" for option in options)
+        self.globals: dict[str, bool] = {}  # unit name -> Global=, when it has [X-Fleet]
+
+
+_READ: dict[tuple[UnitOption, ...], _Content] = {}
+
+
+def _content(options: tuple[UnitOption, ...]) -> _Content:
+    found = _READ.get(options)
+    if found is None:
+        found = _READ[options] = _Content(options)
+    return found
+
+
+def _options_key(raw: Any) -> tuple[tuple[str, str, str], ...] | None:
+    """The triples of a JSON options list, or None when it is not a list of objects
+    with those keys (the careful path then says what is wrong)."""
+    try:
+        key = tuple([(item["section"], item["name"], item["value"]) for item in raw])
+        hash(key)  # a list or object where text belongs is not
+    except (TypeError, KeyError):
+        return None
+    return key
 
 
 def malformed(what: str, problem: str) -> FleetctlError:
@@ -38,12 +76,15 @@ def _object(data: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
-class Machine:
+# The records are named tuples, not dataclasses: importing dataclasses and making each
+# class cost a listing more than its decoding and rendering together.
+class Machine(namedtuple("Machine", ("id", "primary_ip", "metadata", "api_url"),
+                         defaults=("", {}, ""))):
+    __slots__ = ()
     id: str
-    primary_ip: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    api_url: str = ""
+    primary_ip: str
+    metadata: Mapping[str, str]  # never changed: the default is shared
+    api_url: str
 
     @property
     def short_id(self) -> str:
@@ -62,13 +103,14 @@ class Machine:
                    api_url=_text(data, "apiURL", "a machine"))
 
 
-@dataclass(frozen=True)
-class Unit:
+class Unit(namedtuple("Unit", ("name", "options", "desired_state", "current_state",
+                               "machine_id"), defaults=((), "", "", ""))):
+    __slots__ = ()
     name: str
-    options: tuple[UnitOption, ...] = ()
-    desired_state: str = ""
-    current_state: str = ""
-    machine_id: str = ""
+    options: tuple[UnitOption, ...]
+    desired_state: str
+    current_state: str
+    machine_id: str
 
     @classmethod
     def from_json(cls, data: Any) -> Unit:
@@ -77,6 +119,19 @@ class Unit:
         raw = data.get("options") or []
         if not isinstance(raw, list):
             raise malformed(f"unit {name}", "'options' is not a list")
+        key = _options_key(raw)
+        options = _CONTENTS.get(key) if key is not None else None
+        if options is None:
+            options = cls._read_options(name, raw)
+            if key is not None:
+                _CONTENTS[key] = options
+        return cls(name=name, options=options,
+                   desired_state=_text(data, "desiredState", name),
+                   current_state=_text(data, "currentState", name),
+                   machine_id=_text(data, "machineID", name))
+
+    @staticmethod
+    def _read_options(name: str, raw: list[Any]) -> tuple[UnitOption, ...]:
         options = []
         for item in raw:
             item = _object(item, f"an option of unit {name}")
@@ -90,46 +145,52 @@ class Unit:
                     raise malformed(f"unit {name}", str(err)) from None
                 _OPTIONS[triple] = option
             options.append(option)
-        return cls(name=name, options=tuple(options),
-                   desired_state=_text(data, "desiredState", name),
-                   current_state=_text(data, "currentState", name),
-                   machine_id=_text(data, "machineID", name))
+        return tuple(options)
 
-    @cached_property
+    @property
     def unit_file(self) -> UnitFile:
-        return UnitFile(self.options)
+        return _content(self.options).unit_file
 
-    @cached_property
+    @property
     def hash(self) -> str:
-        digest = _HASHES.get(self.options)
-        if digest is None:
-            digest = _HASHES[self.options] = content_hash(self.unit_file)
-        return digest
+        return _content(self.options).hash
 
-    @cached_property
+    @property
     def is_global(self) -> bool:
-        if not any(option.section == "X-Fleet" for option in self.options):
+        content = _content(self.options)
+        if not content.fleet_section:
             return False  # nothing says so (and nothing to check)
-        try:
-            return parse_fleet_options(self.unit_file, self.name).global_
-        except FleetOptionsError:
-            # A unit the cluster accepted but we cannot read: fall back to the raw flag.
-            values = self.unit_file.get("X-Fleet", "Global")
-            return bool(values) and values[-1].lower() in ("1", "yes", "y", "true", "t", "on")
+        found = content.globals.get(self.name)
+        if found is None:
+            found = content.globals[self.name] = _global_flag(content.unit_file, self.name)
+        return found
 
     @property
     def description(self) -> str:
-        return self.unit_file.get_last("Unit", "Description") or ""
+        return _content(self.options).description
 
 
-@dataclass(frozen=True)
-class UnitState:
+def _global_flag(unit_file: UnitFile, name: str) -> bool:
+    from fleetd.unit.xfleet import FleetOptionsError, parse_fleet_options
+
+    try:
+        return parse_fleet_options(unit_file, name).global_
+    except FleetOptionsError:
+        # A unit the cluster accepted but we cannot read: fall back to the raw flag.
+        values = unit_file.get("X-Fleet", "Global")
+        return bool(values) and values[-1].lower() in ("1", "yes", "y", "true", "t", "on")
+
+
+class UnitState(namedtuple("UnitState", ("name", "hash", "machine_id", "load_state",
+                                         "active_state", "sub_state"),
+                           defaults=("", "", "", "", ""))):
+    __slots__ = ()
     name: str
-    hash: str = ""
-    machine_id: str = ""
-    load_state: str = ""
-    active_state: str = ""
-    sub_state: str = ""
+    hash: str
+    machine_id: str
+    load_state: str
+    active_state: str
+    sub_state: str
 
     @classmethod
     def from_json(cls, data: Any) -> UnitState:

@@ -5,24 +5,32 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TextIO
 
 from fleetd.fleetctl.client import Client, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
 from fleetd.fleetctl.model import Machine, machine_legend
-from fleetd.fleetctl.ssh import SshOptions
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from fleetd.fleetctl.ssh import SshOptions
 
 
-@dataclass
 class Session:
-    client: Client
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    sleep: Callable[[float], None] = time.sleep
-    monotonic: Callable[[], float] = time.monotonic
-    ssh: SshOptions | None = None
-    _machines: dict[str, Machine] | None = None
+    """One command's client, streams (stdout, stderr unless given), clock and SSH options."""
+
+    def __init__(self, client: Client, out: TextIO | None = None, err: TextIO | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 ssh: SshOptions | None = None) -> None:
+        self.client = client
+        self.out = sys.stdout if out is None else out
+        self.err = sys.stderr if err is None else err
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.ssh = ssh
+        self._machines: dict[str, Machine] | None = None
 
     def say(self, line: str) -> None:
         self.out.write(line + "\n")

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 
 from fleetd.fleetctl.errors import FleetctlError, UsageError
 
@@ -46,16 +46,22 @@ _RELAY = (
 )
 
 
-@dataclass(frozen=True)
-class SshOptions:
-    username: str = DEFAULT_USERNAME
-    port: int = DEFAULT_PORT
-    strict_host_key_checking: bool = True
-    known_hosts_file: str = DEFAULT_KNOWN_HOSTS
-    config_file: str | None = None
-    tunnel: str | None = None           # HOST[:PORT]
-    forward_agent: bool = False
-    jump: str | None = None             # HOST[:PORT] to reach `tunnel` through
+# A named tuple, not a dataclass: every fleetctl command makes one, and dataclasses cost
+# a short command more than its own work (see fleetd.fleetctl.model).
+class SshOptions(namedtuple("SshOptions", (
+        "username", "port", "strict_host_key_checking", "known_hosts_file", "config_file",
+        "tunnel", "forward_agent", "jump"),
+        defaults=(DEFAULT_USERNAME, DEFAULT_PORT, True, DEFAULT_KNOWN_HOSTS, None, None, False,
+                  None))):
+    __slots__ = ()
+    username: str
+    port: int
+    strict_host_key_checking: bool
+    known_hosts_file: str
+    config_file: str | None
+    tunnel: str | None           # HOST[:PORT]
+    forward_agent: bool
+    jump: str | None             # HOST[:PORT] to reach `tunnel` through
 
 
 def split_host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -132,7 +138,7 @@ def api_relay_argv(options: SshOptions, endpoint_scheme: str, address: str) -> l
     hop = _hop(options, host, port)
     flags = ["-T", "-o", "ConnectTimeout=15"]
     if options.jump:
-        flags += jump_argv(replace(options, tunnel=options.jump, jump=None))
+        flags += jump_argv(options._replace(tunnel=options.jump, jump=None))
     if endpoint_scheme == "unix":
         sudo = [] if options.username == "root" else ["sudo", "-n"]
         return [hop[0], *flags, *hop[1:],
@@ -143,8 +149,8 @@ def api_relay_argv(options: SshOptions, endpoint_scheme: str, address: str) -> l
 
 # -- which machine an argument means ------------------------------------------------------
 
-@dataclass(frozen=True)
-class MachineRef:
+class MachineRef(namedtuple("MachineRef", ("id", "address"))):
+    __slots__ = ()
     id: str
     address: str
 
@@ -209,7 +215,7 @@ def via_tunnel(options: SshOptions, machine_address: str) -> SshOptions:
         else f"{machine_address}:{options.port}"
     if machine_address == tunnel_host:
         return options
-    return replace(options, tunnel=target, jump=options.tunnel)
+    return options._replace(tunnel=target, jump=options.tunnel)
 
 
 def _address_of(machine: MachineRef) -> str:

@@ -10,17 +10,21 @@ while staying plain spaces that copy and `awk` well.
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from fleetd.fleetctl.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
 
 GAP = 2
 
 
-@dataclass(frozen=True)
-class Column:
+# Named tuples rather than dataclasses: see fleetd.fleetctl.model.
+class Column(namedtuple("Column", ("name", "cell", "value"))):
+    __slots__ = ()
     name: str  # lowercase field name used by --fields; the header is its upper case
     cell: Callable[[Any, bool], str]  # (row, full) -> text
     value: Callable[[Any], Any]  # row -> JSON value (never abbreviated)
@@ -30,8 +34,8 @@ class Column:
         return self.name.upper()
 
 
-@dataclass(frozen=True)
-class Table:
+class Table(namedtuple("Table", ("columns", "rows"))):
+    __slots__ = ()
     columns: tuple[Column, ...]
     rows: tuple[Any, ...]
 
@@ -60,6 +64,11 @@ def layout(lines: Sequence[Sequence[str]]) -> str:
     count = max(len(line) for line in lines)
     widths = [max((len(line[i]) for line in lines if i < len(line)), default=0)
               for i in range(count)]
+    if all(len(line) == count for line in lines):  # a table's lines: one pass per column
+        padded = [[cell.ljust(width + GAP) for cell in column]
+                  for column, width in zip(zip(*lines, strict=True), widths[:-1], strict=False)]
+        padded.append([line[-1] for line in lines])
+        return "".join(["".join(cells).rstrip() + "\n" for cells in zip(*padded, strict=True)])
     out = []
     for line in lines:
         cells = [cell.ljust(widths[i] + GAP) if i < len(line) - 1 else cell
@@ -69,11 +78,11 @@ def layout(lines: Sequence[Sequence[str]]) -> str:
 
 
 def render_table(table: Table, full: bool = False, legend: bool = True) -> str:
-    lines: list[list[str]] = []
+    columns = [[_one_line(column.cell(row, full)) for row in table.rows]
+               for column in table.columns]
+    lines: list[Sequence[str]] = list(zip(*columns, strict=True)) if table.rows else []
     if legend:
-        lines.append([column.header for column in table.columns])
-    for row in table.rows:
-        lines.append([_one_line(column.cell(row, full)) for column in table.columns])
+        lines.insert(0, [column.header for column in table.columns])
     return layout(lines)
 
 
@@ -91,4 +100,6 @@ def render(table: Table, output: str, full: bool = False, legend: bool = True) -
 
 def _one_line(text: str) -> str:
     # A newline or tab inside a cell would break the columns for every later row.
-    return text.replace("\t", " ").replace("\n", " ") or "-"
+    if "\t" in text or "\n" in text:
+        return text.replace("\t", " ").replace("\n", " ")
+    return text or "-"

@@ -4,33 +4,30 @@ Nothing here does I/O; callers read files and talk to etcd, this package only
 turns text into validated values (or positioned errors) and back.
 """
 
-from fleetd.unit.names import (
-    KNOWN_SUFFIXES,
-    UnitName,
-    UnitNameError,
-    is_valid_unit_name,
-    normalize_unit_name,
-    parse_unit_name,
-)
-from fleetd.unit.unitfile import (
-    UnitFile,
-    UnitFileError,
-    UnitOption,
-    content_hash,
-    parse_unit_file,
-    serialize,
-    short_hash,
-    split_command_line,
-)
-from fleetd.unit.xfleet import (
-    FleetOptions,
-    FleetOptionsError,
-    FrozenMetadata,
-    conflicts_with,
-    expand_specifiers,
-    matches_metadata,
-    parse_fleet_options,
-)
+# Each name is imported from its module when first asked for: a caller that needs only
+# unit files (fleetctl's listings) does not pay for the name and [X-Fleet] parsers.
+_HOME = {
+    "KNOWN_SUFFIXES": "names", "UnitName": "names", "UnitNameError": "names",
+    "is_valid_unit_name": "names", "normalize_unit_name": "names", "parse_unit_name": "names",
+    "UnitFile": "unitfile", "UnitFileError": "unitfile", "UnitOption": "unitfile",
+    "content_hash": "unitfile", "parse_unit_file": "unitfile", "serialize": "unitfile",
+    "short_hash": "unitfile", "split_command_line": "unitfile",
+    "FleetOptions": "xfleet", "FleetOptionsError": "xfleet", "FrozenMetadata": "xfleet",
+    "conflicts_with": "xfleet", "expand_specifiers": "xfleet", "matches_metadata": "xfleet",
+    "parse_fleet_options": "xfleet",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KNOWN_SUFFIXES",

@@ -314,6 +314,47 @@ def test_pagination_over_units_states_and_machines(fleets):
         assert reply.message == "invalid value of nextPageToken query parameter"
 
 
+def test_a_client_may_ask_for_larger_pages_up_to_a_bound(etcd_server):
+    """`pageSize` (ours: fleet's server ignores it): a listing of a large cluster in one
+    request; without it fleet's pages of 100; more than the bound gets the bound, and what
+    is not a whole number of items is 400."""
+    registry = stored_cluster(etcd_server, 250)
+    try:
+        api = Api(registry, runner=None, machine_id="m0", max_page_size=200)
+        names = sorted(f"job@{i}.service" for i in range(250))
+        states = [(n, f"m{i}") for n in names for i in range(3)
+                  if f"m{i}" in (f"m{int(n[4:-8]) % 3}", f"m{(int(n[4:-8]) + 1) % 3}")]
+        for asked, unit_pages, state_pages in (
+                (None, [100, 100, 50], [100] * 5), ("1000", [200, 50], [200, 200, 100]),
+                ("120", [120, 120, 10], [120] * 4 + [20]), ("200", [200, 50], [200, 200, 100]),
+                ("10000000000", [200, 50], [200, 200, 100]), ("0001", [1] * 250, [1] * 500)):
+            for route, key, sizes in ((api.list_units, "units", unit_pages),
+                                      (api.list_states, "states", state_pages)):
+                pages, token = [], None
+                while True:
+                    query = {"pageSize": [asked]} if asked else {}
+                    if token:
+                        query["nextPageToken"] = [token]
+                    reply = route(query)
+                    assert reply.status == 200, reply.body
+                    pages.append(reply.body[key])
+                    token = reply.body.get("nextPageToken")
+                    if not token:
+                        break
+                assert [len(p) for p in pages] == sizes, (asked, key)
+                if key == "units":
+                    assert [u["name"] for p in pages for u in p] == names
+                else:
+                    assert [(s["name"], s["machineID"]) for p in pages for s in p] == states
+        for bad in ("0", "000", "-1", "x", "", "1e3", " 5", "１０"):
+            reply = answer(lambda bad=bad: api.list_units({"pageSize": [bad]}))
+            assert reply.status == 400, bad
+            assert "pageSize" in reply.body["error"]["message"]
+        assert answer(lambda: api.list_units({"pageSize": ["5", "6"]})).status == 400
+    finally:
+        registry.etcd.close()
+
+
 @given(names=st.sets(st.text("abc", min_size=1, max_size=4), max_size=40),
        size=st.integers(1, 7))
 def test_paginate_walks_every_item_once_in_order(names, size):

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from fleetd.fleetctl.client import Endpoint, parse_endpoint
+from fleetd.fleetctl.client import Client, Endpoint, parse_endpoint
 from fleetd.fleetctl.errors import FleetctlError, UsageError
 from fleetd.fleetctl.main import build_parser, parse_arguments, resolve_endpoint, run
 from fleetd.fleetctl.model import Machine
@@ -1081,6 +1081,34 @@ def test_a_listing_reads_its_pages_on_one_kept_connection(fleetctl, serve, workd
     assert len(result.out.splitlines()) == 10
     assert fake.paths("GET").count("/fleet/v1/units") == 4
     assert fake.connections == 1, fake.connections  # 4 pages and the machines
+
+
+def test_a_listing_asks_for_large_pages_and_follows_a_server_that_ignores_it(
+        fleetctl, serve, workdir):
+    """fleet's server pages by 100 whatever is asked (it reads only nextPageToken): every
+    page is still read, each asking for 1,000 items; ours answers 1,000 units at once."""
+    fake = FakeFleet(machines=two_machines() + [{"id": "m3"}, {"id": "m4"}], page_size=3)
+    for i in range(10):
+        fake.add_unit(f"web@{i}.service", TEMPLATE, desired="launched", machine=M1)
+    fake.states = [{"name": f"web@{i}.service", "hash": "", "machineID": M1,
+                    "systemdLoadState": "loaded", "systemdActiveState": "active",
+                    "systemdSubState": "running"} for i in range(7)]
+    for command in ("list-unit-files", "list-units"):
+        result = fleetctl(command, "--no-legend", endpoint=serve(fake, name=f"{command}.sock"))
+        assert result.code == 0, result.err
+        assert len(result.out.splitlines()) == (10 if command == "list-unit-files" else 7)
+    paths = fake.paths("GET")
+    assert [paths.count(f"/fleet/v1/{what}") for what in ("units", "machines", "state")] == [
+        4, 2 + 2, 3]
+    for _, path, query, _ in fake.requests:
+        assert query.get("pageSize") == ["1000"], (path, query)
+    # A caller may ask for fleet's own page size (bench/scale.py reads pages as fleet does).
+    client = Client(parse_endpoint(serve(fake, name="paged.sock")))
+    try:
+        assert len(client.paged("/fleet/v1/units", "units", {"pageSize": "100"})) == 10
+    finally:
+        client.close()
+    assert fake.requests[-1][2]["pageSize"] == ["100"]
 
 
 def test_a_kept_connection_the_server_closed_is_opened_again(fleetctl, serve, workdir):
