@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+from fleetd.engine.feasible import TraitsCache
 from fleetd.engine.lease import Leadership
 from fleetd.engine.liveness import Liveness
 from fleetd.engine.scheduler import ClusterView, Decision, Planning
@@ -76,7 +77,9 @@ class EngineCache:
         # whether those are present is the liveness judgement's to say, not the lease's.
         self.machines: dict[str, Machine] = {}
         self.assignments: dict[str, str] = {}  # unit -> machine
-        self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
+        self.assigned_value: dict[str, tuple[str, JobState]] = {}  # unit -> (hash, desired)
+        # Each job digested for the scheduler once, not once per pass.
+        self.traits = TraitsCache()
         # Units whose job or stored assignment changed since the last pass looked (None:
         # every unit, as after a load): only these can need their assignment refreshed.
         self.to_refresh: set[str] | None = None
@@ -361,7 +364,8 @@ class Engine:
         cache.machines = machines
         for a in assignments:
             cache.assignments[a.name] = a.machine
-            cache.assigned_value[a.name] = (a.hash, a.desired.value)
+            cache.assigned_value[a.name] = (a.hash, a.desired)
+        cache.traits.traits_of(cache.jobs)  # every job digested as it is learned
         # Machines holding units that we have neither a record nor a heartbeat of: judged
         # from now on (they may be registering again after an outage, or long dead).
         self.liveness.track(set(cache.assignments.values()) - set(machines),
@@ -455,7 +459,7 @@ class Engine:
             job = cache.jobs.get(unit)
             if job is None or unit in moved:
                 continue
-            wanted = (job.hash, job.desired.value)
+            wanted = (job.hash, job.desired)
             if cache.assigned_value.get(unit) != wanted:
                 key = self.keys.assignment(machine, unit)
                 writes[key] = ops.put(key, self.registry.assignment_value(job))
@@ -499,7 +503,7 @@ class Engine:
         cache = self.cache
         assert cache is not None
         planning = Planning(ClusterView(machines=machines, jobs=cache.jobs,
-                                        assignments=cache.assignments))
+                                        assignments=cache.assignments, traits=cache.traits))
         self.passes += 1
         removals, moved = self._unschedule(planning.unschedule)
         # Units kept in place whose job changed (before placing: a unit placed now is
@@ -573,7 +577,7 @@ class Engine:
             # removal: still one assignment.)
             commit.put(key_of(machine, unit), value_of(job))
             assignments[unit] = machine
-            assigned_value[unit] = (job.hash, job.desired.value)
+            assigned_value[unit] = (job.hash, job.desired)
             lines.log(decision)
         self.placements += lines.count
         lines.summary()

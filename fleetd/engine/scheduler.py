@@ -59,7 +59,6 @@ from fleetd.engine.feasible import (
 )
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
-from fleetd.unit.names import is_template_name
 
 HOT_AFTER = 8  # shared rejections in one scan before a signature gets its own heap
 
@@ -71,6 +70,9 @@ class ClusterView:
     machines: Mapping[str, Machine]   # present machines (lease alive)
     jobs: Mapping[str, Job]           # every non-global job
     assignments: Mapping[str, str]    # unit name -> machine id currently assigned
+    # Jobs digested by earlier passes, kept by the caller (None: digest every job now). It
+    # saves work only: the plan is the same either way.
+    traits: TraitsCache | None = None
 
 
 class Decision(NamedTuple):
@@ -232,9 +234,7 @@ class _Pass:
         self.machines = view.machines
         # Global jobs never reach the scheduler; any that do are left alone. A template
         # (web@.service) is only a pattern for its instances: it is never placed anywhere.
-        cache = TraitsCache()
-        self.traits = {name: Traits(job, cache) for name, job in view.jobs.items()
-                       if not job.is_global and not is_template_name(name)}
+        self.traits = (view.traits or TraitsCache()).traits_of(view.jobs)
         self.classes = MachineClasses(view.machines)
         self.location: dict[str, str] = {}
         self.loads: dict[str, int] = dict.fromkeys(view.machines, 0)
@@ -410,6 +410,8 @@ def _topological(nodes: Mapping[str, object],
     waiting_on: dict[str, int] = {}
     dependents: dict[str, list[str]] = {}
     for name in nodes:
+        if not traits[name].machine_of:
+            continue
         targets = [t for t in traits[name].machine_of if t in nodes]
         if targets:
             waiting_on[name] = len(targets)
