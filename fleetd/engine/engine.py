@@ -80,8 +80,8 @@ class EngineCache:
         self.assigned_value: dict[str, tuple[str, JobState]] = {}  # unit -> (hash, desired)
         # Each job digested for the scheduler once, not once per pass.
         self.traits = TraitsCache()
-        # Units whose job or stored assignment changed since the last pass looked (None:
-        # every unit, as after a load): only these can need their assignment refreshed.
+        # Units whose job changed since the last pass looked (None: every unit, as after a
+        # load): only these can need their assignment refreshed.
         self.to_refresh: set[str] | None = None
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
