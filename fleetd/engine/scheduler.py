@@ -61,6 +61,7 @@ from fleetd.job import Job, JobState
 from fleetd.machine import Machine
 
 HOT_AFTER = 8  # shared rejections in one scan before a signature gets its own heap
+INACTIVE = JobState.INACTIVE  # (a member read through its class costs a lookup per unit)
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ class _Pass:
         self.occupancy[machine_id].add(self.traits[unit])
 
     def _wanted(self, unit: str) -> bool:
-        return unit in self.traits and self.view.jobs[unit].desired != JobState.INACTIVE
+        return unit in self.traits and self.view.jobs[unit].desired != INACTIVE
 
     # -- step 1 ---------------------------------------------------------------------------
 
@@ -273,7 +274,7 @@ class _Pass:
                 reason: str | None = "unit destroyed"
             elif unit not in self.traits:
                 reason = "a template is never scheduled; start its instances instead"
-            elif job.desired == JobState.INACTIVE:
+            elif job.desired == INACTIVE:
                 reason = "desired state inactive"
             elif mid not in self.machines:
                 reason = f"machine {short(mid)} is gone"
