@@ -1,10 +1,17 @@
 """The engine: while it leads, keep every wanted job assigned to a live machine.
 
-It holds a cache of jobs, machine records and assignments built from one snapshot and
-then fed only by watch events (resumed from the snapshot's revision; rebuilt only on
-start, leadership change or compaction). Each pass hands the cache to the pure scheduler
-and commits the returned plan in batched transactions fenced by the leadership token. An
-idle cluster costs only lease renewals.
+It holds a cache of jobs, machine records and assignments built from one snapshot taken
+after it became leader. Jobs and machines are then fed by watch events (resumed from the
+snapshot's revision); assignments are not watched: only the leader writes `assign/`, every
+write guarded by its leadership token, so while that token holds the only changes to
+`assign/` are the ones this engine makes, and the cache takes each as it is written (a
+10,000-unit pass would otherwise decode and apply 10,000 echoes of its own writes while
+working). Anything that could make the cache differ from etcd drops it, and the next pass
+starts from a fresh snapshot: a refused batch (`StalePlan`: the token, or a fence, no
+longer holds), a lost leadership, an error reaching etcd mid-write, a compacted or broken
+watch. Each pass hands the cache to the pure scheduler and commits the returned plan in
+batched transactions fenced by the leadership token. An idle cluster costs only lease
+renewals.
 
 Which machines are alive is not read from etcd's lease expiry but judged from heartbeats
 (`liveness.py`): every engine, leading or not, watches `heartbeat/` all the time. The
@@ -25,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
+from fleetd.engine.feasible import TraitsCache
 from fleetd.engine.lease import Leadership
 from fleetd.engine.liveness import Liveness
 from fleetd.engine.scheduler import ClusterView, Decision, Planning
@@ -69,16 +77,17 @@ class EngineCache:
         # whether those are present is the liveness judgement's to say, not the lease's.
         self.machines: dict[str, Machine] = {}
         self.assignments: dict[str, str] = {}  # unit -> machine
-        self.assigned_value: dict[str, tuple[str, str]] = {}  # unit -> (hash, desired) stored
-        # Units whose job or stored assignment changed since the last pass looked (None:
-        # every unit, as after a load): only these can need their assignment refreshed.
+        self.assigned_value: dict[str, tuple[str, JobState]] = {}  # unit -> (hash, desired)
+        # Each job digested for the scheduler once, not once per pass.
+        self.traits = TraitsCache()
+        # Units whose job changed since the last pass looked (None: every unit, as after a
+        # load): only these can need their assignment refreshed.
         self.to_refresh: set[str] | None = None
         self.pending: dict[str, str] = {}
         self.waiting: frozenset[str] = frozenset()  # machines a pass waits on (logged once)
         # Bumped by every watch event that can change the scheduler's plan. Not by a job
         # whose desired state moved between loaded and launched (the plan only asks whether
-        # it is inactive: its agent's assignment is refreshed, no pass is needed), nor by the
-        # echo of an assignment this engine wrote.
+        # it is inactive: its agent's assignment is refreshed, no pass is needed).
         self.version = 0
         # The view (version, present machines) of the last pass that had nothing to write:
         # the scheduler is pure, so the same view plans the same nothing again.
@@ -110,6 +119,7 @@ class Engine:
         self.passes = 0
         self.turns = 0  # turns of the loop: an idle engine turns only for events (tests)
         self.beats_seen = 0  # heartbeat events applied
+        self.cache_events = 0  # job and machine events applied to the cache (tests)
         self.idle_checks = 0  # checks that found the view as the last quiet pass
         self.refreshes = 0  # of those, the ones that refreshed assignments without planning
         self.placements = 0
@@ -117,6 +127,17 @@ class Engine:
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        try:
+            self._loop(stop)
+        finally:
+            # However the loop ended (an unexpected error too), the cache goes with it: it
+            # may believe writes etcd never took.
+            self._drop_cache()
+            self._stop_beats()
+            self._stop_watching_leader()
+            self.leadership.resign()
+
+    def _loop(self, stop: threading.Event) -> None:
         last_pass = 0.0
         retry = RETRY_FIRST_S
         while not stop.is_set():
@@ -137,6 +158,10 @@ class Engine:
                 self._stop_watching_leader()
                 if self.cache is None:
                     self._load()
+                    # And what is queued: after a refused pass, what refused it (a fenced
+                    # machine registered again) is in a heartbeat waiting here; planning
+                    # without it would be refused again, and again.
+                    self._drain(timeout=0)
                     dirty = True
                 else:
                     # (A lost leadership wakes us: its renewer calls `wake`.)
@@ -157,10 +182,6 @@ class Engine:
                 # At once first (the client fails over on the failed call), then back off.
                 stop.wait(retry)
                 retry = min(retry * 4, min(1.0, self.ttl / 3))
-        self._drop_cache()
-        self._stop_beats()
-        self._stop_watching_leader()
-        self.leadership.resign()
 
     def wake(self) -> None:
         """Cut short a wait for watch events (on shutdown: the stop event is not a queue)."""
@@ -317,6 +338,7 @@ class Engine:
                 raise batch
             for event in batch:
                 self._apply(event)
+            self.cache_events += len(batch)
             dirty = True
         return dirty
 
@@ -342,14 +364,17 @@ class Engine:
         cache.machines = machines
         for a in assignments:
             cache.assignments[a.name] = a.machine
-            cache.assigned_value[a.name] = (a.hash, a.desired.value)
+            cache.assigned_value[a.name] = (a.hash, a.desired)
+        cache.traits.traits_of(cache.jobs)  # every job digested as it is learned
         # Machines holding units that we have neither a record nor a heartbeat of: judged
         # from now on (they may be registering again after an outage, or long dead).
         self.liveness.track(set(cache.assignments.values()) - set(machines),
                             time.monotonic())
         self.cache = cache
         sink = _Tagged(self.events, self._generation)
-        for kind in (Kind.JOB, Kind.MACHINE, Kind.ASSIGN):
+        # Not `assign/`: from here on, while our token holds, we are its only writer (see
+        # the module's docstring).
+        for kind in (Kind.JOB, Kind.MACHINE):
             self._cancel_watches.append(registry.etcd.watch(self.keys.of(kind), revision + 1,
                                                             sink))
         log.info("engine loaded %d jobs, %d machines, %d assignments at revision %d",
@@ -369,9 +394,9 @@ class Engine:
         parsed = self.keys.parse(event.key)
         if parsed is None:
             return
-        if cache.to_refresh is not None and parsed.kind in (Kind.JOB, Kind.ASSIGN):
-            cache.to_refresh.add(parsed.name)
         if parsed.kind is Kind.JOB:
+            if cache.to_refresh is not None:
+                cache.to_refresh.add(parsed.name)
             self._apply_job(cache, parsed.name, event)
         elif parsed.kind is Kind.MACHINE:
             cache.version += 1
@@ -385,8 +410,6 @@ class Engine:
                     cache.machines[parsed.name] = Machine.from_json(decode(event.value))
                 except (ValueError, KeyError):
                     pass
-        elif parsed.kind is Kind.ASSIGN:
-            _apply_assignment(cache, parsed.name, parsed.machine, event.value)
 
     def _apply_job(self, cache: EngineCache, name: str, event: Event) -> None:
         before = cache.jobs.get(name)
@@ -436,7 +459,7 @@ class Engine:
             job = cache.jobs.get(unit)
             if job is None or unit in moved:
                 continue
-            wanted = (job.hash, job.desired.value)
+            wanted = (job.hash, job.desired)
             if cache.assigned_value.get(unit) != wanted:
                 key = self.keys.assignment(machine, unit)
                 writes[key] = ops.put(key, self.registry.assignment_value(job))
@@ -480,7 +503,7 @@ class Engine:
         cache = self.cache
         assert cache is not None
         planning = Planning(ClusterView(machines=machines, jobs=cache.jobs,
-                                        assignments=cache.assignments))
+                                        assignments=cache.assignments, traits=cache.traits))
         self.passes += 1
         removals, moved = self._unschedule(planning.unschedule)
         # Units kept in place whose job changed (before placing: a unit placed now is
@@ -554,7 +577,7 @@ class Engine:
             # removal: still one assignment.)
             commit.put(key_of(machine, unit), value_of(job))
             assignments[unit] = machine
-            assigned_value[unit] = (job.hash, job.desired.value)
+            assigned_value[unit] = (job.hash, job.desired)
             lines.log(decision)
         self.placements += lines.count
         lines.summary()
@@ -614,16 +637,3 @@ def _same_plan(before: Job | None, after: Job | None) -> bool:
     return (before.hash == after.hash
             and (before.desired is JobState.INACTIVE) == (after.desired is JobState.INACTIVE))
 
-
-def _apply_assignment(cache: EngineCache, name: str, machine: str, value: bytes | None
-                      ) -> None:
-    if cache.assignments.get(name) != (machine if value is not None else None):
-        cache.version += 1  # not the echo of what this engine wrote
-    if value is None:
-        if cache.assignments.get(name) == machine:
-            del cache.assignments[name]
-            cache.assigned_value.pop(name, None)
-    else:
-        data = decode(value)
-        cache.assignments[name] = machine
-        cache.assigned_value[name] = (data["hash"], data["desired"])

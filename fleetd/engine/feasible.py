@@ -34,6 +34,7 @@ from fnmatch import fnmatchcase
 
 from fleetd.job import Job
 from fleetd.machine import Machine
+from fleetd.unit.names import is_template_name
 from fleetd.unit.xfleet import FrozenMetadata, matches_metadata
 
 TemplateKey = tuple[str, str]
@@ -96,13 +97,37 @@ def classify_globs(conflicts: tuple[str, ...], replaces: tuple[str, ...]) -> Cla
 
 
 class TraitsCache:
-    """Per pass: metadata constraints interned to small ints (0 = none), globs classified once
-    per distinct (Conflicts, Replaces) pair; instances of one template share both."""
+    """Metadata constraints interned to small ints (0 = none), globs classified once per
+    distinct (Conflicts, Replaces) pair; instances of one template share both. Made for one
+    pass, or kept across passes (the engine's cache does) to digest each job once for as
+    long as its Job object lives: the same object always gets the same Traits (a job
+    changes only by being replaced), so a pass given a kept cache plans exactly what it
+    would plan with a fresh one. Interned ids only ever grow, so they stay stable."""
 
     def __init__(self) -> None:
         self.metadata_ids: dict[FrozenMetadata, int] = {}
         self.metadata_texts: list[str] = [""]
         self.globs: dict[tuple[tuple[str, ...], tuple[str, ...]], Classified] = {}
+        self.signatures: dict[tuple, int] = {}
+        # name -> (the Job digested, its Traits; None: global or a template, never placed)
+        self._digested: dict[str, tuple[Job, Traits | None]] = {}
+
+    def traits_of(self, jobs: Mapping[str, Job]) -> dict[str, Traits]:
+        """The Traits of every job the scheduler places (neither global nor a template),
+        digesting only jobs not seen before as this very object. Remembers just `jobs`."""
+        seen = self._digested
+        digested: dict[str, tuple[Job, Traits | None]] = {}
+        found: dict[str, Traits] = {}
+        for name, job in jobs.items():
+            entry = seen.get(name)
+            if entry is None or entry[0] is not job:
+                entry = (job, None if job.options.global_ or is_template_name(name)
+                         else Traits(job, self))
+            digested[name] = entry
+            if entry[1] is not None:
+                found[name] = entry[1]
+        self._digested = digested
+        return found
 
     def metadata_id(self, constraint: FrozenMetadata) -> int:
         if not constraint:
@@ -111,6 +136,14 @@ class TraitsCache:
         if found is None:
             found = self.metadata_ids[constraint] = len(self.metadata_texts)
             self.metadata_texts.append(format_metadata(constraint))
+        return found
+
+    def signature_id(self, signature: tuple) -> int:
+        """A small int per distinct signature: the scheduler looks one up per placement, and
+        a nested tuple is hashed anew each time."""
+        found = self.signatures.get(signature)
+        if found is None:
+            found = self.signatures[signature] = len(self.signatures) + 1
         return found
 
     def classified(self, conflicts: tuple[str, ...], replaces: tuple[str, ...]) -> Classified:
@@ -142,7 +175,7 @@ class Traits:
             tuple(opts.conflicts), tuple(opts.replaces))
         self.has_globs = bool(labels)
         # Jobs with equal signatures get equal "shared" verdicts on every machine.
-        self.signature = ((self.metadata_id, labels, self.key)
+        self.signature = (cache.signature_id((self.metadata_id, labels, self.key))
                           if labels or self.key is not None else None)
 
 
@@ -222,7 +255,10 @@ class Occupancy:
     def add(self, t: Traits) -> None:
         self.names.add(t.name)
         if t.key is not None:
-            self.by_key.setdefault(t.key, set()).add(t.name)
+            residents = self.by_key.get(t.key)
+            if residents is None:
+                residents = self.by_key[t.key] = set()
+            residents.add(t.name)
         if not t.has_globs:  # (literals, templates and others are all empty)
             return
         for _, name in t.literals:

@@ -59,9 +59,9 @@ from fleetd.engine.feasible import (
 )
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
-from fleetd.unit.names import is_template_name
 
 HOT_AFTER = 8  # shared rejections in one scan before a signature gets its own heap
+INACTIVE = JobState.INACTIVE  # (a member read through its class costs a lookup per unit)
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,9 @@ class ClusterView:
     machines: Mapping[str, Machine]   # present machines (lease alive)
     jobs: Mapping[str, Job]           # every non-global job
     assignments: Mapping[str, str]    # unit name -> machine id currently assigned
+    # Jobs digested by earlier passes, kept by the caller (None: digest every job now). It
+    # saves work only: the plan is the same either way.
+    traits: TraitsCache | None = None
 
 
 class Decision(NamedTuple):
@@ -232,9 +235,7 @@ class _Pass:
         self.machines = view.machines
         # Global jobs never reach the scheduler; any that do are left alone. A template
         # (web@.service) is only a pattern for its instances: it is never placed anywhere.
-        cache = TraitsCache()
-        self.traits = {name: Traits(job, cache) for name, job in view.jobs.items()
-                       if not job.is_global and not is_template_name(name)}
+        self.traits = (view.traits or TraitsCache()).traits_of(view.jobs)
         self.classes = MachineClasses(view.machines)
         self.location: dict[str, str] = {}
         self.loads: dict[str, int] = dict.fromkeys(view.machines, 0)
@@ -258,7 +259,7 @@ class _Pass:
         self.occupancy[machine_id].add(self.traits[unit])
 
     def _wanted(self, unit: str) -> bool:
-        return unit in self.traits and self.view.jobs[unit].desired != JobState.INACTIVE
+        return unit in self.traits and self.view.jobs[unit].desired != INACTIVE
 
     # -- step 1 ---------------------------------------------------------------------------
 
@@ -273,7 +274,7 @@ class _Pass:
                 reason: str | None = "unit destroyed"
             elif unit not in self.traits:
                 reason = "a template is never scheduled; start its instances instead"
-            elif job.desired == JobState.INACTIVE:
+            elif job.desired == INACTIVE:
                 reason = "desired state inactive"
             elif mid not in self.machines:
                 reason = f"machine {short(mid)} is gone"
@@ -410,6 +411,8 @@ def _topological(nodes: Mapping[str, object],
     waiting_on: dict[str, int] = {}
     dependents: dict[str, list[str]] = {}
     for name in nodes:
+        if not traits[name].machine_of:
+            continue
         targets = [t for t in traits[name].machine_of if t in nodes]
         if targets:
             waiting_on[name] = len(targets)

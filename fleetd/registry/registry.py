@@ -104,7 +104,7 @@ class Registry:
         self.etcd = etcd
         self.keys = Keys(prefix)
         self._units: dict[str, UnitFile] = {}  # by hash; content never changes for a hash
-        self._assignment_values: dict[tuple[str, str], bytes] = {}
+        self._assignment_values: dict[tuple[str, JobState], bytes] = {}
         # [X-Fleet] options by (hash, name): pure in both, and parsing them per job made a
         # listing's page cost more than its reads
         self._options: dict[tuple[str, str], FleetOptions] = {}
@@ -549,12 +549,14 @@ class Registry:
     def assignment_value(self, job: Job) -> bytes:
         # A pass writes thousands of these, mostly of a few (hash, state) pairs: one JSON
         # encoding each was a fifth of a 10,000-unit pass.
-        key = (job.hash, job.desired.value)
+        # (Keyed by the state itself: its `.value` is a property, dear at that count.)
+        key = (job.hash, job.desired)
         value = self._assignment_values.get(key)
         if value is None:
             if len(self._assignment_values) >= ASSIGNMENT_VALUES_KEPT:
                 self._assignment_values.clear()
-            value = self._assignment_values[key] = encode({"hash": key[0], "desired": key[1]})
+            value = self._assignment_values[key] = encode({"hash": job.hash,
+                                                           "desired": job.desired.value})
         return value
 
     # -- unit states ------------------------------------------------------------------------

@@ -558,3 +558,152 @@ def test_no_garbage_collection_runs_during_a_pass(registry, engine_registry):
         engine.leadership.resign()
     assert len(registry.assignments()[1]) == 200
     assert collections == []
+
+
+def _cache_agrees(engine: Engine, registry: Registry) -> bool:
+    """The engine's cache of assignments is what etcd holds (read from the test's thread
+    while the engine's changes it: a torn read only makes wait_for look again)."""
+    cache = engine.cache
+    return cache is not None and dict(cache.assignments) == {
+        a.name: a.machine for a in registry.assignments()[1]}
+
+
+def test_the_leader_keeps_its_assignments_as_it_writes_them_and_gets_no_echo(
+        registry, engine_registry):
+    """Only the leader writes `assign/`, each write guarded by its token: its cache takes
+    each assignment as it writes it, and no watch brings the 300 writes back to it (at
+    10,000 units, decoding and applying that echo cost a third of the pass)."""
+    engine, run = engine_over(registry, engine_registry, 3, 300, JobState.LAUNCHED)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 300 and engine.idle_checks >= 1,
+                 20, message="300 placed, the engine settled")
+        assert engine.cache_events == 0, "events of its own writes reached the cache"
+        assert _cache_agrees(engine, registry)
+        checks = engine.idle_checks
+        registry.create_job("late.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+        wait_for(lambda: engine.idle_checks > checks + 1 and any(
+            a.name == "late.service" for a in registry.assignments()[1]), 15,
+                 message="late.service placed, the engine settled again")
+        assert engine.cache_events == 1  # the new job; not its assignment
+        assert _cache_agrees(engine, registry)
+    finally:
+        run.close()
+
+
+def test_a_refused_move_is_not_believed_and_does_not_repeat(registry, engine_registry,
+                                                            caplog):
+    """A machine judged dead and fenced registers again before its units move: the move
+    is refused (its heartbeat key is back). The engine must not go on believing the writes
+    it had planned, nor plan the same refused move over and over: it reloads, takes in the
+    heartbeat that arrived meanwhile, leaves the units where they are, and its cache says
+    what etcd says."""
+    e, b = "e" * 32, "b" * 32
+    beats = {m: Beating(registry, m) for m in (e, b)}
+    engine = Engine(engine_registry, e, ttl=3, reconcile_interval=0.5)
+    back: list[Beating] = []
+    fence = engine_registry.etcd.fence
+
+    def fence_then_b_registers_again(lease: int, deadline_s: float | None = None) -> None:
+        fence(lease, deadline_s)
+        if lease == beats[b].lease and not back:  # (as b's agent would, told by its renewal)
+            back.append(Beating(registry, b))
+
+    engine_registry.etcd.fence = fence_then_b_registers_again
+    run = None
+    try:
+        for i in range(6):
+            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                                JobState.LAUNCHED)
+        run = Running(engine)
+        wait_for(lambda: len(registry.assignments()[1]) == 6, 15, message="placed")
+        on_b = sorted(a.name for a in registry.assignments()[1] if a.machine == b)
+        assert on_b, "least-loaded placement leaves b with units"
+        with caplog.at_level(logging.INFO, logger="fleetd.engine"):
+            beats[b].close()
+            wait_for(lambda: back, 15, message="b judged dead, fenced, registered again")
+            checks = engine.idle_checks
+            wait_for(lambda: engine.idle_checks > checks + 1 and _cache_agrees(engine,
+                                                                               registry),
+                     15, message="the engine settled with the cache etcd has")
+        refused = [r.getMessage() for r in caplog.records
+                   if r.name == "fleetd.engine" and "refused" in r.getMessage()]
+        assert refused, "the move was refused"
+        assert sorted(a.name for a in registry.assignments()[1] if a.machine == b) == on_b
+        assert len(registry.assignments()[1]) == 6
+    finally:
+        if run is not None:
+            run.close()
+        for beating in (*beats.values(), *back):
+            beating.close()
+
+
+def test_a_leader_deposed_and_leading_again_sees_what_another_leader_wrote(
+        registry, engine_registry):
+    """While deposed, the engine's writes fail its token's guard, and another leader moves
+    and removes assignments. Leading again, the engine plans from what etcd holds, not from
+    the cache of its last term."""
+    from fleetd.engine.lease import Leadership
+
+    engine, run = engine_over(registry, engine_registry, 2, 4, JobState.LAUNCHED)
+    etcd, key, ops = registry.etcd, registry.keys.leader(), registry.etcd.ops
+    rival = Leadership(etcd, key, "rival", ttl=10)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == 4 and engine.idle_checks >= 1, 15,
+                 message="placed, the engine settled")
+        old_token = engine.leadership.token
+
+        def rival_took_over() -> bool:  # the engine's lease revoked, as a standby deposes
+            lease = engine.leadership.lease
+            if lease is not None:
+                etcd.revoke(lease)
+            return rival.ensure()
+        wait_for(rival_took_over, 15, message="the rival leads")
+        first, second = sorted(registry.assignments()[1], key=lambda a: a.name)[:2]
+        elsewhere = next(m for m in registry.machines()[1] if m != first.machine)
+        # A write under the deposed engine's token cannot land.
+        assert registry.commit_batches([ops.create(key) == old_token], [
+            ops.delete(registry.keys.assignment(first.machine, first.name))]) == 1
+        value = etcd.get(registry.keys.assignment(first.machine, first.name)).value
+        assert registry.commit_batches(rival.guard(), [
+            ops.delete(registry.keys.assignment(first.machine, first.name)),
+            ops.put(registry.keys.assignment(elsewhere, first.name), value),
+            ops.delete(registry.keys.assignment(second.machine, second.name))]) == 0
+        wait_for(lambda: engine.cache is None, 10, message="the engine dropped its cache")
+        rival.resign()
+        wait_for(lambda: engine.leadership.is_leader and len(registry.assignments()[1]) == 4
+                 and _cache_agrees(engine, registry), 15,
+                 message="the engine leads again, every unit assigned")
+        where = {a.name: a.machine for a in registry.assignments()[1]}
+        assert where[first.name] == elsewhere  # kept where the other leader moved it
+    finally:
+        rival.resign()
+        run.close()
+
+
+def test_an_engine_whose_loop_fails_gives_up_its_cache_and_its_leadership(
+        registry, engine_registry):
+    """An unexpected error ends the loop: the leadership goes with it (a standby takes
+    over; the lease's renewer would otherwise keep a leader that plans nothing), and so
+    does a cache that may believe writes etcd never took."""
+    add_machines(registry, 2)
+    registry.create_job("u0.service", parse_unit_file(UNIT), JobState.LAUNCHED)
+    engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
+    failures: list[BaseException] = []
+
+    def fail() -> None:
+        raise RuntimeError("a bug in a pass")
+
+    def run_loop() -> None:
+        try:
+            engine.run(threading.Event())
+        except RuntimeError as err:
+            failures.append(err)
+
+    engine.reconcile = fail
+    thread = threading.Thread(target=run_loop, daemon=True)
+    thread.start()
+    thread.join(15)
+    assert not thread.is_alive() and failures
+    assert engine.cache is None
+    assert not engine.leadership.is_leader
+    assert registry.etcd.get(registry.keys.leader()) is None

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetd.engine import scheduler
-from fleetd.engine.feasible import glob_template_key, template_key
+from fleetd.engine.feasible import TraitsCache, glob_template_key, template_key
 from fleetd.engine.scheduler import ClusterView, Plan, Planning, schedule, schedule_with_stats
 from fleetd.job import Job, JobState
 from fleetd.machine import Machine
@@ -439,6 +439,22 @@ def test_every_plan_is_feasible_complete_and_stable(v):
     # The same units stay pending (the reason may name another constraint: the first one
     # that fails against the fuller cluster).
     assert set(again.pending) == set(plan.pending)
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters(), clusters())
+def test_jobs_digested_by_earlier_passes_plan_what_fresh_ones_do(first, second):
+    """The engine keeps one TraitsCache across passes: a job object seen before is not
+    digested again, one replaced under the same name (new options) is. Either way each
+    pass plans exactly what it plans from scratch."""
+    kept = TraitsCache()
+    for v in (first, second):
+        fresh = schedule(v)
+        assert schedule(ClusterView(v.machines, v.jobs, v.assignments, kept)) == fresh
+        # The next pass over the same job objects, once the plan is applied.
+        after = ClusterView(v.machines, v.jobs, apply(v, fresh))
+        assert schedule(ClusterView(after.machines, after.jobs, after.assignments, kept)) == \
+            schedule(after)
 
 
 @settings(max_examples=200, deadline=None)
