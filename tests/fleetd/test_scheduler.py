@@ -464,10 +464,14 @@ def test_a_plan_read_as_it_is_made_is_the_same_plan(v, read_first):
     come one at a time in plan order; finishing after reading some of them gives the plan
     `schedule` gives."""
     whole = schedule(v)
-    # (The engine writes removals before placements are known: no unit is placed back on
-    # the machine it is removed from, which would make its agent stop and start it.)
-    assert not ({(d.unit, d.machine) for d in whole.unschedule}
-                & {(d.unit, d.machine) for d in whole.place})
+    # (The engine writes removals before placements are known: a unit placed back on the
+    # machine it is removed from is stopped and started by its agent. That happens only to
+    # a unit kept on a machine its MachineOf= unit is not on: it cannot stay, and may
+    # come back when that unit is placed there.)
+    back = ({(d.unit, d.machine) for d in whole.unschedule}
+            & {(d.unit, d.machine) for d in whole.place})
+    assert all(any(v.assignments.get(peer) != where for peer in v.jobs[unit].options.machine_of)
+               for unit, where in back)
     planning = Planning(v)
     assert planning.unschedule == whole.unschedule
     assert planning.stats().candidates == 0  # no placement decided yet
@@ -479,6 +483,17 @@ def test_a_plan_read_as_it_is_made_is_the_same_plan(v, read_first):
     assert tuple(read) == whole.place[:len(read)]
     assert planning.plan() == whole
     assert planning.plan() == whole  # finishing twice changes nothing
+
+
+def test_a_unit_whose_machine_of_unit_is_not_placed_leaves_and_follows_it():
+    """Fleet's rule too: a unit may stay only where its MachineOf= unit is. Here that unit
+    is placed in the same pass, on the same machine, so the unit comes back to it."""
+    plan = schedule(view([machine("m1")],
+                         [job("a.service"), job("web@3.service", machine_of=("a.service",))],
+                         {"web@3.service": "m1"}))
+    assert [(d.unit, d.machine) for d in plan.unschedule] == [("web@3.service", "m1")]
+    assert [(d.unit, d.machine) for d in plan.place] == [("a.service", "m1"),
+                                                         ("web@3.service", "m1")]
 
 
 def test_placements_are_decided_only_as_they_are_read():
