@@ -57,6 +57,20 @@ def add_machines(registry: Registry, count: int) -> int:
     return lease
 
 
+def running_with_distinct_jobs(registry: Registry, engine: Engine, count: int) -> Running:
+    """Jobs u0… of distinct contents, launched, and the engine running until all are placed."""
+    for i in range(count):
+        registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
+                            JobState.LAUNCHED)
+    run = Running(engine)
+    try:
+        wait_for(lambda: len(registry.assignments()[1]) == count, 15, message="placed")
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
 def engine_over(registry: Registry, engine_registry: Registry, machines: int, units: int,
                 state: JobState) -> tuple[Engine, Running]:
     """A running engine over `machines` machines and `units` jobs u0… in `state`."""
@@ -263,11 +277,7 @@ def test_a_silent_machine_is_fenced_before_its_units_move(registry, engine_regis
     engine = Engine(engine_registry, "e" * 32, ttl=3, reconcile_interval=0.5)
     run = None
     try:
-        for i in range(4):
-            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
-                                JobState.LAUNCHED)
-        run = Running(engine)
-        wait_for(lambda: len(registry.assignments()[1]) == 4, 15, message="placed")
+        run = running_with_distinct_jobs(registry, engine, 4)
         on_b = [a.name for a in registry.assignments()[1] if a.machine == "b" * 32]
         assert on_b, "least-loaded placement leaves b with units"
         lease_b = beats["b" * 32].lease
@@ -611,11 +621,7 @@ def test_a_refused_move_is_not_believed_and_does_not_repeat(registry, engine_reg
     engine_registry.etcd.fence = fence_then_b_registers_again
     run = None
     try:
-        for i in range(6):
-            registry.create_job(f"u{i}.service", parse_unit_file(UNIT + f"X={i}\n"),
-                                JobState.LAUNCHED)
-        run = Running(engine)
-        wait_for(lambda: len(registry.assignments()[1]) == 6, 15, message="placed")
+        run = running_with_distinct_jobs(registry, engine, 6)
         on_b = sorted(a.name for a in registry.assignments()[1] if a.machine == b)
         assert on_b, "least-loaded placement leaves b with units"
         with caplog.at_level(logging.INFO, logger="fleetd.engine"):
