@@ -450,6 +450,36 @@ def test_restart_storm_hits_the_start_limit(runner, tmp_path):
     assert "Start request repeated too quickly." in journal_text(runner, "storm.service")
 
 
+def test_a_new_version_of_a_unit_starts_afresh_under_its_start_limit(runner, tmp_path):
+    """The start limit counts one version's starts: replacing a unit (new content) more
+    often than the limit allows is not a restart storm."""
+    def version(n: int) -> UnitFile:
+        return unit(f"""
+            [Unit]
+            StartLimitBurst=2
+            StartLimitIntervalSec=60
+            [Service]
+            Environment=OUT=@out@
+            ExecStart=/bin/sh -c 'echo v{n} >> "$OUT/count"; exec sleep 30'
+        """, out=tmp_path)
+
+    for n in range(4):
+        runner.load("roll.service", version(n))
+        runner.start("roll.service")
+        assert wait_for(lambda n=n: file_lines(tmp_path / "count")[-1:] == [f"v{n}"])
+        runner.stop("roll.service")
+        assert wait_for(lambda: state(runner, "roll.service").active == "inactive")
+    assert file_lines(tmp_path / "count") == ["v0", "v1", "v2", "v3"]
+    assert "Start request repeated too quickly." not in journal_text(runner, "roll.service")
+    runner.start("roll.service")  # the same version's second start: still within the limit
+    assert wait_for(lambda: len(file_lines(tmp_path / "count")) == 5)
+    runner.stop("roll.service")
+    assert wait_for(lambda: state(runner, "roll.service").active == "inactive")
+    runner.start("roll.service")  # its third: refused
+    wait_state(runner, "roll.service", "failed", "failed")
+    assert "Start request repeated too quickly." in journal_text(runner, "roll.service")
+
+
 # -- oneshot -------------------------------------------------------------------------------
 
 

@@ -119,6 +119,11 @@ class ProcessRunner:
                               self._lock)
                 self._units[parsed.full] = record
             changed = record.content != unit
+            if changed or record.unload_pending:
+                # A new version (a rolling replace, an unload and load) is a new unit, as
+                # systemd forgets an unloaded unit's start limit: only restarts of one
+                # version count towards it.
+                record.start_times.clear()
             record.content, record.config, record.load_error = unit, config, error
             self._graph.update(parsed.full, config)
             record.unload_pending = False
