@@ -9,12 +9,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import fleetd
 from tests.fleetd import test_fleetctl_unit as fake_api
 from tests.fleetd.test_fleetctl_unit import HELLO, M1, TEMPLATE, FakeFleet, two_machines
 
+PROJECT_ROOT = str(Path(fleetd.__file__).resolve().parent.parent)
 sockdir = fake_api.sockdir  # the fake fleet API's fixtures
 serve = fake_api.serve
 
@@ -28,15 +31,21 @@ NOT_FOR_VERSION = ("http.client", "json", "fleetd.fleetctl.client", "fleetd.flee
 
 def loaded_by(argv: list[str], endpoint: str | None = None,
               watched: tuple[str, ...] = NOT_FOR_A_LISTING) -> tuple[str, list[str]]:
-    """(stdout, the watched modules loaded) of `fleetctl ARGV` in a fresh interpreter."""
+    """(stdout, the watched modules loaded) of `fleetctl ARGV` in a fresh interpreter.
+
+    The interpreter starts without `site` (its `.pth` files may import some of these
+    first: one importing certifi brings typing along), finding fleetd by PYTHONPATH, and
+    only what the command itself loads counts."""
     probe = ("import io, sys\n"
+             "at_start = set(sys.modules)\n"
              "from fleetd.fleetctl.main import run\n"
              "out, sys.stdout = sys.stdout, io.StringIO()\n"
              f"assert run({argv!r}) == 0\n"
              "text, sys.stdout = sys.stdout.getvalue(), out\n"
-             f"print(repr((text, sorted(m for m in {watched!r} if m in sys.modules))))\n")
-    env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or ""}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+             f"print(repr((text, sorted(m for m in {watched!r}\n"
+             "                          if m in sys.modules and m not in at_start))))\n")
+    env = {**os.environ, "FLEETCTL_ENDPOINT": endpoint or "", "PYTHONPATH": PROJECT_ROOT}
+    result = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
                             env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     text, loaded = eval(result.stdout.strip().splitlines()[-1])  # our own repr
