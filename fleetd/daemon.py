@@ -167,11 +167,13 @@ class Server:
                  ",".join(self.config.etcd_servers))
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        self.api.close()
+        # Stop first: while the API closes, a standby engine of a cluster going down would
+        # otherwise still campaign, and win (loading every job) as the others resign.
         self.stop.set()
         self.agent.wake()
         if self.engine is not None:
             self.engine.wake()
+        self.api.close()
         for thread in self.threads:
             thread.join(timeout)
         self.view.close()

@@ -1006,3 +1006,29 @@ def test_setting_a_desired_state_costs_two_requests_whatever_the_number_of_units
             assert registry.get_job("job@7.service").job.desired is JobState.LOADED
         finally:
             registry.etcd.close()
+
+
+def test_a_stopping_fleetd_does_not_take_over_from_a_leader_that_resigns(fleets):
+    """A cluster going down stops its fleetds together: one whose API is still closing
+    must not campaign as the leader resigns (it would win, load every job, and resign)."""
+    prefix = f"/api-{uuid.uuid4().hex[:8]}/"
+    leader = fleets(etcd_key_prefix=prefix)
+    wait_for(lambda: leader.server.engine.leadership.is_leader, 15, message="a leader")
+    standby = fleets(etcd_key_prefix=prefix)
+    won: list[bool] = []
+    ensure = standby.server.engine.leadership.ensure
+    standby.server.engine.leadership.ensure = lambda: won.append(ensure()) or won[-1]
+    close_api = standby.server.api.close
+
+    engine_thread = next(t for t in standby.server.threads if t.name == "engine")
+
+    def leader_resigns_while_the_api_closes() -> None:
+        leader.server.shutdown()
+        # Until the standby's engine has either ended or won.
+        wait_for(lambda: True in won or not engine_thread.is_alive(), 15,
+                 message="the standby's engine ended or campaigned")
+        close_api()
+
+    standby.server.api.close = leader_resigns_while_the_api_closes
+    standby.server.shutdown()
+    assert True not in won, "the stopping standby took the leadership"
