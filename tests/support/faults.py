@@ -46,16 +46,40 @@ def cmdline(pid: int) -> str:
 
 def live_units(run_dir: Path, markers: tuple[str, ...] = (SLEEP_MARK, "http.server")
                ) -> UnitView:
-    """unit -> {machine: pid} for every pid file whose process is alive and is a unit's."""
+    """unit -> {machine: pid} for every unit whose main process is alive: by its pid file,
+    and before the file is written by the shell still naming it in its command line (under
+    load the shell may write it well after the unit was started, as systemd counts it)."""
     found: UnitView = {}
     for path in run_dir.glob("*.pid"):
         unit, _, machine = path.stem.rpartition("@")
         try:
             pid = int(path.read_text().strip() or 0)
         except (OSError, ValueError):
-            continue  # being written right now: the next sample sees it
+            continue  # being written right now: its shell is found below
         if pid and pid_alive(pid) and any(m in cmdline(pid) for m in markers):
             found.setdefault(unit, {})[machine] = pid
+    for pid, unit, machine in starting_units(run_dir, markers):
+        if found.get(unit, {}).get(machine) != pid and pid_alive(pid):
+            found.setdefault(unit, {})[machine] = pid
+    return found
+
+
+def starting_units(run_dir: Path, markers: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(pid, unit, machine) of every live shell of a test unit, named by the pid file its
+    command line writes: `sh -c 'echo $$ > RUN_DIR/UNIT@MACHINE.pid; exec … MARKER'`."""
+    prefix = f"> {run_dir}/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        line = cmdline(int(entry.name))
+        at = line.find(prefix)
+        if at < 0 or not any(m in line for m in markers):
+            continue
+        path = line[at + len(prefix):].split(";", 1)[0].strip()
+        if path.endswith(".pid"):
+            unit, _, machine = path[:-len(".pid")].rpartition("@")
+            found.append((int(entry.name), unit, machine))
     return found
 
 
