@@ -10,6 +10,7 @@ unreachable 503, anything unexpected 500).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class Api:
     def discovery(self) -> Response:
         return Response(200, schema.DISCOVERY)
 
+    def _listing(self) -> contextlib.AbstractContextManager:
+        return self.view.listing() if self.view else contextlib.nullcontext()
+
     def _page_size(self, query: schema.Query) -> int:
         return schema.page_size(query, self.page_size, self.max_page_size)
 
@@ -94,6 +98,10 @@ class Api:
     def list_units(self, query: schema.Query) -> Response:
         """One page: this page's jobs, assignments and states only (from the view, or
         ranged reads of just those keys)."""
+        with self._listing():  # the page made too: a snapshot begun meanwhile slows it
+            return self._list_units(query)
+
+    def _list_units(self, query: schema.Query) -> Response:
         token = schema.single(query, "nextPageToken")
         size = self._page_size(query)
         after, listed_at = None, 0
@@ -119,6 +127,10 @@ class Api:
         return Response(200, encode.page_body("units", entities, next_token))
 
     def list_states(self, query: schema.Query) -> Response:
+        with self._listing():
+            return self._list_states(query)
+
+    def _list_states(self, query: schema.Query) -> Response:
         token = schema.single(query, "nextPageToken")
         machine = schema.single(query, "machineID")
         name = schema.single(query, "unitName")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import uuid
 
 import pytest
@@ -244,3 +245,72 @@ def test_an_unread_view_stops_following_etcd_and_the_next_read_starts_it_again(
     keys, requests, again = keys_read_by(registry, lambda: api.get_unit("job@7.service"))
     assert again.body == first.body and (keys, requests) == (0, 1)
     assert all_pages(api) == all_pages(direct)
+
+
+def test_the_listing_that_starts_the_view_is_read_before_its_snapshot(etcd_server):
+    """Read at the same time, the first page and the snapshot (the same keys) took 3x as
+    long: the view reads its snapshot once the listing that woke it has been served."""
+    registry = stored_cluster(etcd_server, 100)
+    view = UnitsView(registry, catch_up_s=30.0)
+    api = Api(registry, None, "m0", page_size=50, view=view)
+    served, snapshots = [], []
+    snapshot = registry.etcd.snapshot
+
+    def recorded(*args, **kwargs):
+        snapshots.append(list(served))
+        return snapshot(*args, **kwargs)
+
+    registry.etcd.snapshot = recorded
+    direct = registry.units_page
+
+    def slow_direct(*args, **kwargs):
+        page = direct(*args, **kwargs)
+        wait_for(lambda: view.following, 15, message="the view woken")
+        return page
+
+    registry.units_page = slow_direct
+    try:
+        first = api.list_units({})
+        served.append("first")
+        assert first.status == 200 and len(first.body["units"]) == 50
+        wait_for(lambda: view.live, 15, message="the view following")
+        assert snapshots and snapshots[0] == ["first"], "the snapshot came after the listing"
+    finally:
+        view.close()
+        registry.etcd.close()
+
+
+def test_a_listing_asked_for_while_the_snapshot_is_read_waits_for_it(etcd_server):
+    """Rather than read the same keys from etcd at the same time, a page asked for while
+    the view reads its snapshot is served from the view once it is built."""
+    registry = stored_cluster(etcd_server, 100)
+    view = UnitsView(registry, catch_up_s=30.0)
+    api = Api(registry, None, "m0", page_size=50, view=view)
+    reading, release = threading.Event(), threading.Event()
+    snapshot = registry.etcd.snapshot
+
+    def held(*args, **kwargs):
+        reading.set()
+        release.wait(30)
+        return snapshot(*args, **kwargs)
+
+    registry.etcd.snapshot = held
+    direct_reads = []
+    direct = registry.units_page
+    registry.units_page = lambda *a, **k: direct_reads.append(a) or direct(*a, **k)
+    replies = []
+    try:
+        view.start()
+        assert reading.wait(15), "the snapshot began"
+        reader = threading.Thread(target=lambda: replies.append(api.list_units({})))
+        reader.start()
+        # Until the reader waits on the view (or, wrongly, has read etcd itself).
+        wait_for(lambda: direct_reads or view._cond._waiters, 15, message="the reader waits")
+        release.set()
+        reader.join(30)
+        assert replies and replies[0].status == 200 and len(replies[0].body["units"]) == 50
+        assert direct_reads == [], "the page was read from etcd beside the snapshot"
+    finally:
+        release.set()
+        view.close()
+        registry.etcd.close()
