@@ -12,7 +12,9 @@ fresh `provision` process:
 - roll50:   the template changed, `max_unavailable: 50`, apply until all replaced;
 - roll1:    changed again, `max_unavailable: 1` (only while N <= --rolling1-max: slow);
 - list:     `fleetctl list-unit-files` and `fleetctl list-units` against the cluster
-            (whole commands; beside them `fleetctl version`, fleetctl_floor: what any
+            (whole commands: list_files is the first read of an idle cluster, whose
+            fleetd then starts following etcd; list_files_again the median of 5 after it;
+            beside them `fleetctl version`, fleetctl_floor: what any
             command costs before it asks anything, and python_start: `python -c pass`),
             and every page of /units and /state read by one client
             (milliseconds, best of 5), with the CPU the fleetds spent serving one pass
@@ -44,9 +46,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PHASES = ("create", "roll50", "roll1", "list_files", "list_units", "fleetctl_floor",
-          "python_start", "units_pages_ms", "state_pages_ms", "pages_cpu_ms", "start_glob",
-          "down")
+PHASES = ("create", "roll50", "roll1", "list_files", "list_files_again", "list_units",
+          "fleetctl_floor", "python_start", "units_pages_ms", "state_pages_ms", "pages_cpu_ms",
+          "start_glob", "down")
 TEMPLATE = """[Unit]
 Description=Sleeper %i
 
@@ -268,6 +270,9 @@ def one_round(tree: Path, work: Path, base: dict, network: str, instances: int,
         env = fleetctl_env(tree, name, state_root)
         figures["list_files"] = fleetctl(tree, ["list-unit-files", "--no-legend"], state_root,
                                          env)
+        figures["list_files_again"] = statistics.median(
+            fleetctl(tree, ["list-unit-files", "--no-legend"], state_root, env)
+            for _ in range(5))
         figures["list_units"] = fleetctl(tree, ["list-units", "--no-legend"], state_root, env)
         # What any command costs before it asks the cluster anything, measured the same way:
         # a listing's own cost is list_files - fleetctl_floor.
