@@ -113,6 +113,18 @@ def parse_fleet_options(unit: UnitFile, unit_name: str) -> FleetOptions:
     return options
 
 
+_NAMED_KEYS = frozenset({"MachineOf", "Replaces", "X-ConditionMachineOf"})
+
+
+def options_depend_on_name(unit: UnitFile) -> bool:
+    """Whether `parse_fleet_options` can answer differently for two names of this unit (a
+    specifier to expand, or unit names checked against the unit's own); if not, a
+    template's instances share one parse."""
+    return any("%" in option.value or option.name in _NAMED_KEYS
+               or option.name not in KNOWN_KEYS and option.name not in DEPRECATED_KEYS
+               for option in unit.section(SECTION))
+
+
 def expand_specifiers(value: str, name: UnitName) -> str:
     """Expand fleet's specifiers: %n name, %N name without type, %p prefix, %i instance, %%."""
     table = {"n": name.full, "N": name.stem, "p": name.prefix, "i": name.instance or "",

@@ -15,6 +15,7 @@ from fleetd.unit.xfleet import (
     conflicts_with,
     expand_specifiers,
     matches_metadata,
+    options_depend_on_name,
     parse_fleet_options,
 )
 
@@ -264,3 +265,28 @@ def test_any_x_fleet_section_gives_options_or_fleet_options_error(entries, name)
         assert err.message
         return
     hash(options)
+
+
+NAME_FREE_OR_NOT = [
+    ("", False),
+    ("Conflicts=web@*.service\nMachineMetadata=region=us", False),
+    ("Global=true", False),
+    ("MachineID=abc123", False),
+    ("Conflicts=web@%i.service", True),
+    ("MachineMetadata=shard=%i", True),
+    ("MachineOf=db.service", True),  # checked against the unit's own name
+    ("X-ConditionMachineOf=db.service", True),
+    ("Replaces=old.service", True),
+]
+
+
+@pytest.mark.parametrize("body,depends", NAME_FREE_OR_NOT)
+def test_whether_a_units_options_depend_on_its_name(body, depends):
+    """Where they do not, a template's instances share one parse (the registry keeps it by
+    content alone): every name must then read the same options."""
+    unit = parse_unit_file(f"[Unit]\nDescription=x %i\n[X-Fleet]\n{body}")
+    assert options_depend_on_name(unit) is depends
+    if not depends:
+        assert {parse_fleet_options(unit, n) for n in
+                ("web@1.service", "web@2.service", "db.service", "web@.service")} == \
+            {parse_fleet_options(unit, "web@1.service")}
