@@ -37,7 +37,7 @@ from fleetd.job import JobState
 from fleetd.registry.etcd import Event, RegistryUnavailable, WatchCompacted
 from fleetd.registry.keys import Kind
 from fleetd.registry.registry import JobRecord, Registry, UnitsPage, decode, state_record
-from fleetd.status import UnitStateRecord, UnitStatus
+from fleetd.status import UnitStateRecord
 
 log = logging.getLogger("fleetd.view")
 
@@ -89,11 +89,11 @@ class UnitsView:
         self._assigned: dict[str, set[str]] = {}  # name -> machines it is assigned to
         self._states: dict[str, dict[str, bytes]] = {}  # name -> machine -> stored state
         self._state_keys: list[str] = []  # "name/machine", sorted as etcd sorts their keys
-        # Decoded values by their stored bytes and revision: listing 1,000 units decodes
-        # 3,000 values, which is most of a page's cost, and they rarely change between
-        # two listings (a template's instances even share their states' bytes).
+        # Decoded jobs by their stored bytes and revision: listing 1,000 units decodes
+        # 1,000 of them, most of a page's cost, and they rarely change between two
+        # listings (states are kept decoded by `state_record`: a template's instances
+        # share their states' bytes).
         self._decoded_jobs: dict[tuple[bytes, int], JobRecord] = {}
-        self._decoded_states: dict[bytes, tuple[str, UnitStatus, bool]] = {}
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,7 +128,7 @@ class UnitsView:
                 self._watch_token = None
                 self._jobs, self._globals, self._names = {}, {}, []
                 self._assigned, self._states, self._state_keys = {}, {}, []
-                self._decoded_jobs, self._decoded_states = {}, {}
+                self._decoded_jobs = {}
                 self._cond.notify_all()
             self._thread = None
             return True
@@ -393,19 +393,11 @@ class UnitsView:
                        ) -> list[UnitStateRecord]:
         found = []
         for machine, value in stored:
-            fields = self._decoded_states.get(value)
-            if fields is None:
-                try:
-                    record = state_record(name, machine, value)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("units view: ignoring the malformed state of %s on %s",
-                                name, machine)
-                    continue
-                self._keep(self._decoded_states, value,
-                           (record.hash, record.status, record.launched))
-                found.append(record)
-            else:
-                found.append(UnitStateRecord(name, machine, *fields))
+            try:  # identical values are decoded once (`state_record` keeps them)
+                found.append(state_record(name, machine, value))
+            except (ValueError, KeyError, TypeError):
+                log.warning("units view: ignoring the malformed state of %s on %s",
+                            name, machine)
         return found
 
     def _keep(self, table: dict, key: object, value: object) -> None:

@@ -546,3 +546,38 @@ def test_a_sent_transaction_that_failed_is_sent_again(etcd_server):
         assert len(registry.assignments("m1")[1]) == 300
     finally:
         etcd.close()
+
+
+def test_a_page_read_from_etcd_decodes_each_distinct_state_value_once(registry, monkeypatch):
+    from fleetd.registry import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "_state_values", {}, raising=False)
+    unit = parse_unit_file(UNIT)
+    for i in range(30):
+        registry.create_job(f"s@{i}.service", unit, JobState.LAUNCHED)
+    running = UnitStatus("loaded", "active", "running")
+    lease = registry.etcd.grant(60)
+    registry.write_states("m1", lease, {f"s@{i}.service": ("h", running, True)
+                                        for i in range(30)})
+    registry.write_states("m2", lease, {"s@0.service": ("h", UnitStatus(), False)})
+    decoded: list[bytes] = []
+    real_decode = registry_module.decode
+    monkeypatch.setattr(registry_module, "decode",
+                        lambda raw: decoded.append(raw) or real_decode(raw))
+    page = registry.units_page(None, 100)
+    assert len(page.jobs) == 30
+    assert page.states["s@7.service"] == [
+        registry_module.UnitStateRecord("s@7.service", "m1", "h", running, True)]
+    assert {s.machine: s.status for s in page.states["s@0.service"]} == {
+        "m1": running, "m2": UnitStatus()}
+    state_values = [raw for raw in decoded if b'"active"' in raw]
+    assert len(state_values) == 2, "one decode per distinct stored value"
+
+
+@pytest.mark.parametrize("value", [b"", b"[]", b"{", b"\xff"])
+def test_a_malformed_state_value_is_refused_every_time(value):
+    from fleetd.registry.registry import state_record
+
+    for _ in range(2):  # never remembered as decoded
+        with pytest.raises(ValueError):
+            state_record("a.service", "m1", value)
