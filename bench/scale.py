@@ -1,7 +1,7 @@
 """Many units on the 3-node local example: apply, rolling replaces, listing, down.
 
     python bench/scale.py [--instances 100,300] [--repeat 3] [--baseline-ref REF]
-                          [--rolling1-max 300] [--network 127.79.0.0/24]
+                          [--rolling1-max 300] [--network 127.79.0.0/24] [--load]
 
 For each instance count N, each round brings up a copy of clusters/local.yaml (agent TTL
 5 s, its own state directory and network) without declared units, then times, each as a
@@ -29,11 +29,16 @@ CPU use over 10 s with nothing to do. With `--baseline-ref REF` the same rounds 
 first on `git archive REF` of this repository (the old code), in the same run, and every
 figure gets a ratio (baseline / this tree: > 1 means faster now). Figures are
 min/median/max over the rounds.
+
+`--load`: every round runs beside the fault suite's injected load (a CPU-bound process per
+core and a writer fsyncing 64 KiB blocks; `tests.support.faults.Load`), for both trees: the
+figures of a busy machine, made the same way every time rather than left to the neighbours.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -46,6 +51,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 PHASES = ("create", "roll50", "roll1", "list_files", "list_files_again", "list_units",
           "fleetctl_floor", "python_start", "units_pages_ms", "state_pages_ms", "pages_cpu_ms",
           "start_glob", "down")
@@ -379,17 +385,27 @@ def main() -> int:
     parser.add_argument("--network", default="127.79.0.0/24")
     parser.add_argument("--tree", type=Path, default=REPO,
                         help="source tree to measure as `this tree` (default: this checkout)")
+    parser.add_argument("--load", action="store_true",
+                        help="run every round beside injected load (a busy process per core "
+                             "and an fsync writer)")
     args = parser.parse_args()
+    if args.load:
+        from tests.support.faults import Load
+
+        loaded: contextlib.AbstractContextManager = Load()
+    else:
+        loaded = contextlib.nullcontext()
     counts = [int(c) for c in args.instances.split(",") if c]
     baseline = None
     scratch = Path(tempfile.mkdtemp(prefix="pvsb", dir="/tmp"))
     try:
-        if args.baseline_ref:
-            old_tree = archive(args.baseline_ref, scratch)
-            baseline = measure(old_tree, f"baseline {args.baseline_ref}", counts, args.repeat,
-                               args.network, args.rolling1_max)
-        results = measure(args.tree.resolve(), "this tree", counts, args.repeat, args.network,
-                          args.rolling1_max)
+        with loaded:
+            if args.baseline_ref:
+                old_tree = archive(args.baseline_ref, scratch)
+                baseline = measure(old_tree, f"baseline {args.baseline_ref}", counts,
+                                   args.repeat, args.network, args.rolling1_max)
+            results = measure(args.tree.resolve(), "this tree", counts, args.repeat,
+                              args.network, args.rolling1_max)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if baseline is not None:
