@@ -80,7 +80,7 @@ _JSON = json.JSONDecoder()
 def decode(raw: bytes) -> dict:
     # Our values are UTF-8 (etcd's and fleet's too): json.loads would first guess among
     # the UTF encodings, half the cost of decoding a small value.
-    value = _JSON.decode(str(raw, "utf-8"))  # None or str: TypeError, as json.loads
+    value = _JSON.decode(str(raw, "utf-8"))  # None: TypeError, as json.loads raised
     if not isinstance(value, dict):
         raise ValueError("registry value is not a JSON object")
     return value

@@ -44,7 +44,7 @@ log = logging.getLogger("fleetd.view")
 CATCH_UP_S = 1.0  # how long a read waits for the view to reach etcd's revision
 IDLE_S = 60.0  # unread for this long, the view stops following etcd
 RETRY_S = 0.5  # between attempts to read or watch again while etcd is away
-DECODED_KEPT = 8192  # decoded values kept at least (more when the view holds more keys)
+DECODED_KEPT = 8192  # decoded jobs kept at least (more when the view holds more jobs)
 _RESYNC = object()  # a reader found the view behind a live etcd: read it anew
 
 
@@ -386,7 +386,7 @@ class UnitsView:
             return None
         record = self.registry.job_record(name, digest, desired, stored[1])
         if record is not None:
-            self._keep(self._decoded_jobs, stored, record)
+            self._keep_job(stored, record)
         return record
 
     def _state_records(self, name: str, stored: list[tuple[str, bytes]]
@@ -400,12 +400,13 @@ class UnitsView:
                             name, machine)
         return found
 
-    def _keep(self, table: dict, key: object, value: object) -> None:
-        """Remember a decoded value; readers add to the tables outside the lock, which is
-        safe for single dict steps, and a table that outgrows the view starts over."""
-        if len(table) >= max(DECODED_KEPT, 2 * len(self._state_keys) + len(self._names)):
-            table.clear()
-        table[key] = value
+    def _keep_job(self, stored: tuple[bytes, int], record: JobRecord) -> None:
+        """Remember a decoded job; readers add to the table outside the lock, which is safe
+        for single dict steps, and a table that outgrows the view (twice its jobs: the old
+        and new values of a replace) starts over."""
+        if len(self._decoded_jobs) >= max(DECODED_KEPT, 2 * len(self._names)):
+            self._decoded_jobs.clear()
+        self._decoded_jobs[stored] = record
 
     # Reads copy what they return under the lock and decode it after, so the watch's
     # events wait for no decoding.
